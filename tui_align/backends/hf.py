@@ -1,0 +1,89 @@
+"""transformers engine: any model transformers loads, optionally with a peft adapter on top."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import UserError
+from ..model_files import ModelRef, load_transformers
+from ..pairs import Message
+from .base import Backend, SamplingSettings, StopCheck
+
+
+def pick_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class TransformersBackend(Backend):
+    engine = "hf"
+
+    def __init__(self, ref: ModelRef, models_dir: Path, *, device: str | None = None, model=None, tokenizer=None):
+        """Load `ref`, or wrap an already loaded (model, tokenizer) pair (tests build tiny ones)."""
+        self.device = device or pick_device()
+        if model is None:
+            model, tokenizer = load_transformers(ref, models_dir, device=self.device)
+        self.model, self.tokenizer = model, tokenizer
+        self.model_id = ref.model_id
+
+    def stream_chat(
+        self, messages: list[Message], settings: SamplingSettings, should_stop: StopCheck | None = None
+    ) -> Iterator[str]:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        try:
+            inputs = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            ).to(self.model.device)
+        except Exception as exc:  # a tokenizer without a chat template, or a malformed message list
+            raise UserError(f"Can't build the chat prompt: {exc}") from exc
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        stop_event = threading.Event()
+
+        class _StopWhenAsked(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return stop_event.is_set() or bool(should_stop and should_stop())
+
+        sampling = settings.temperature > 0
+        kwargs = dict(
+            **inputs,
+            max_new_tokens=settings.max_tokens,
+            do_sample=sampling,
+            streamer=streamer,
+            stopping_criteria=StoppingCriteriaList([_StopWhenAsked()]),
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        if sampling:
+            kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
+        failure: list[BaseException] = []
+
+        def generate() -> None:
+            if settings.seed is not None:
+                torch.manual_seed(settings.seed)
+            try:
+                with torch.inference_mode():
+                    self.model.generate(**kwargs)
+            except BaseException as exc:  # reported on the consumer's thread below
+                failure.append(exc)
+                streamer.end()
+
+        worker = threading.Thread(target=generate, daemon=True)
+        worker.start()
+        try:
+            for piece in streamer:
+                if piece:
+                    yield piece
+                if should_stop is not None and should_stop():
+                    break
+        finally:
+            stop_event.set()
+            worker.join()
+        if failure:
+            raise UserError(f"Generation failed: {failure[0]}") from failure[0]
+
+    def close(self) -> None:
+        self.model = None

@@ -1,0 +1,70 @@
+"""llama.cpp engine: fast CPU/GPU chat from a GGUF file, with the GGUF's own chat template."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import UserError
+from ..model_files import check_gguf
+from ..pairs import Message
+from .base import Backend, SamplingSettings, StopCheck
+
+DEFAULT_CONTEXT = 4096
+
+
+class LlamaCppBackend(Backend):
+    engine = "llamacpp"
+
+    def __init__(self, gguf_path: str | Path, *, lora_path: str | Path | None = None, n_ctx: int = DEFAULT_CONTEXT,
+                 n_gpu_layers: int = 0):
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:
+            raise UserError("llama-cpp-python is not installed: `pip install llama-cpp-python`.") from exc
+        path = Path(gguf_path)
+        if not path.is_file():
+            raise UserError(f"Model not found: {path}")
+        check_gguf(path)
+        try:
+            self._llama = Llama(
+                model_path=str(path),
+                lora_path=str(lora_path) if lora_path else None,
+                n_ctx=n_ctx,
+                n_gpu_layers=n_gpu_layers,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise UserError(f"llama.cpp can't load {path.name}: {exc}") from exc
+        self.model_id = path.name
+        self.path = path
+
+    def stream_chat(
+        self, messages: list[Message], settings: SamplingSettings, should_stop: StopCheck | None = None
+    ) -> Iterator[str]:
+        seed = settings.seed if settings.seed is not None else random.randrange(2**31)
+        try:
+            chunks = self._llama.create_chat_completion(
+                messages=messages,
+                temperature=settings.temperature,
+                top_p=settings.top_p,
+                max_tokens=settings.max_tokens,
+                seed=seed,
+                stream=True,
+            )
+            for chunk in chunks:
+                if should_stop is not None and should_stop():
+                    chunks.close()
+                    return
+                piece = chunk["choices"][0]["delta"].get("content")
+                if piece:
+                    yield piece
+        except ValueError as exc:  # llama.cpp's way of saying the prompt does not fit
+            raise UserError(f"llama.cpp: {exc}") from exc
+
+    def close(self) -> None:
+        # llama-cpp-python 0.3.x prints a TypeError at interpreter exit unless closed explicitly.
+        llama, self._llama = getattr(self, "_llama", None), None
+        if llama is not None:
+            llama.close()

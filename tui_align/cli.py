@@ -1,0 +1,125 @@
+"""`tui-align`: the app, plus headless commands for scripts (import, export, train, pairs)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+from .errors import UserError
+
+FORMAT_CHOICES = ("trl", "trl-chat", "hh")
+# Commands with their own argument parser, handed everything after their name.
+DELEGATED = {"train": "tui_align.train"}
+
+
+def _add_common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    # Subcommands repeat the global options so they work on either side of the command name;
+    # SUPPRESS keeps a subcommand's unset option from overwriting the value given before it.
+    default = argparse.SUPPRESS if suppress else None
+    parser.add_argument("--home", default=default, help="data folder (default: $TUI_ALIGN_HOME or the user data folder)")
+    parser.add_argument("--model", default=default, help="a GGUF file, a transformers folder or a hub id (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--backend", default=default, choices=("llamacpp", "hf"), help="engine (default: llamacpp for GGUF, hf otherwise)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tui-align", description="Chat with a local model, pick preferred answers, train on them.")
+    parser.add_argument("--version", action="version", version=f"tui-align {__version__}")
+    _add_common(parser, suppress=False)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    importer = commands.add_parser("import", help="import preference pairs from JSONL (all or nothing)")
+    importer.add_argument("file")
+    importer.add_argument("--format", default="auto", choices=("auto",) + FORMAT_CHOICES)
+    _add_common(importer, suppress=True)
+
+    exporter = commands.add_parser("export", help="export the stored pairs as JSONL")
+    exporter.add_argument("file")
+    exporter.add_argument("--format", default="trl", choices=FORMAT_CHOICES)
+    _add_common(exporter, suppress=True)
+
+    pairs = commands.add_parser("pairs", help="count the stored pairs by source")
+    _add_common(pairs, suppress=True)
+
+    commands.add_parser("train", help="train a LoRA adapter on the pairs (see `tui-align train --help`)", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in DELEGATED:
+            import importlib
+
+            return importlib.import_module(DELEGATED[argv[0]]).main(argv[1:])
+        args = build_parser().parse_args(argv)
+        handler = {None: run_app, "import": run_import, "export": run_export, "pairs": run_pairs}[args.command]
+        return handler(args) or 0
+    except UserError as exc:
+        print(f"tui-align: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _open_store(args):
+    from .paths import data_home, store_path
+    from .store import Store
+
+    home = data_home(args.home)
+    return home, Store(store_path(home))
+
+
+def run_import(args) -> int:
+    from .formats import import_file
+
+    _, store = _open_store(args)
+    count = import_file(store, args.file, args.format)
+    print(f"imported {count} pairs from {args.file} ({store.count_pairs()} in the store)")
+    return 0
+
+
+def run_export(args) -> int:
+    from .formats import export_file
+
+    _, store = _open_store(args)
+    count = export_file(store, args.file, args.format)
+    print(f"exported {count} pairs to {args.file} ({args.format})")
+    return 0
+
+
+def run_pairs(args) -> int:
+    _, store = _open_store(args)
+    for source, count in store.counts_by_source().items():
+        print(f"{source}\t{count}")
+    print(f"total\t{store.count_pairs()}")
+    return 0
+
+
+def run_app(args) -> int:
+    from .app import AlignApp
+    from .backends import SamplingSettings, load_backend
+    from .model_files import resolve_model
+    from .paths import models_dir
+
+    ref = resolve_model(args.model)  # a bad path fails here, on the terminal, before the screen opens
+    engine = args.backend or ref.default_engine
+    if engine == "llamacpp" and ref.kind != "gguf":
+        raise UserError(f"The llama.cpp engine needs a GGUF file; {ref.location} is a {ref.kind}. Use --backend hf.")
+    home, store = _open_store(args)
+    app = AlignApp(
+        store=store,
+        load_backend=lambda: load_backend(ref, engine, models_dir(home)),
+        home=home,
+        model_label=f"{ref.model_id} ({engine})",
+        settings=SamplingSettings(),
+    )
+    try:
+        app.run()
+    finally:
+        store.close()
+    return app.return_code or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Ordered schema migrations for the SQLite store; each runs once and is recorded."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Callable
+
+# Each migration returns its SQL; `migrate` runs it and records it in one transaction.
+MIGRATIONS: list[Callable[[], str]] = []
+migration = MIGRATIONS.append
+
+
+@migration
+def m001_initial() -> str:
+    return """
+        CREATE TABLE conversations (
+            id INTEGER PRIMARY KEY,
+            created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+            system_prompt TEXT NOT NULL DEFAULT '',
+            model TEXT
+        );
+        CREATE TABLE messages (
+            id INTEGER PRIMARY KEY,
+            conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+            position INTEGER NOT NULL,
+            role TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
+            content TEXT NOT NULL,
+            created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
+        );
+        CREATE INDEX messages_by_conversation ON messages(conversation_id, position);
+        -- Every pick the user made, ties and skips included, with all candidates as shown.
+        CREATE TABLE picks (
+            id INTEGER PRIMARY KEY,
+            conversation_id INTEGER REFERENCES conversations(id) ON DELETE SET NULL,
+            prompt_json TEXT NOT NULL,
+            candidates_json TEXT NOT NULL,
+            outcome TEXT NOT NULL CHECK (outcome IN ('chosen', 'written', 'tie', 'skip')),
+            chosen_index INTEGER,
+            written TEXT,
+            model TEXT,
+            settings_json TEXT NOT NULL DEFAULT '{}',
+            created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
+        );
+        CREATE TABLE pairs (
+            id INTEGER PRIMARY KEY,
+            pick_id INTEGER REFERENCES picks(id) ON DELETE SET NULL,
+            prompt_json TEXT NOT NULL,
+            chosen TEXT NOT NULL,
+            rejected TEXT NOT NULL,
+            source TEXT NOT NULL,
+            model TEXT,
+            settings_json TEXT NOT NULL DEFAULT '{}',
+            created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+            updated_at TEXT
+        );
+        CREATE INDEX pairs_by_source ON pairs(source);
+    """
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Apply every migration not yet recorded in `_migrations`, each in its own transaction."""
+    db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+    applied = {row[0] for row in db.execute("SELECT name FROM _migrations")}
+    for step in MIGRATIONS:
+        if step.__name__ in applied:
+            continue
+        record = f"INSERT INTO _migrations VALUES ('{step.__name__}', strftime('%Y-%m-%dT%H:%M:%fZ','now'));"
+        try:
+            db.executescript(f"BEGIN;\n{step()}\n{record}\nCOMMIT;")
+        except sqlite3.Error:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+
+def schema_version(db: sqlite3.Connection) -> int:
+    return db.execute("SELECT COUNT(*) FROM _migrations").fetchone()[0]

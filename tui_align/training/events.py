@@ -1,0 +1,80 @@
+"""Progress events a training run emits, one JSON object a line (the app reads this stream).
+
+Event kinds and their fields:
+  start       config, train_pairs, eval_pairs, truncated, total_steps, device, dtype, run_dir
+  step        step, total_steps, epoch, loss, plus per method: chosen_reward, rejected_reward,
+              accuracy, margin (dpo/orpo/reward); kl, reward, value_loss (ppo); tokens_per_s, eta_s
+  eval        step, accuracy, margin, loss (held-out pairs), plus phase ("reward" or "policy")
+  phase       name ("reward_model" | "ppo"), for methods with stages
+  checkpoint  step, path
+  done        run_dir, metrics, seconds
+  error       message (one line), kind ("oom" | "nan" | "data" | "model" | "crash")
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from typing import IO, Callable
+
+EventSink = Callable[..., None]
+
+
+def _clean(value):
+    """JSON has no NaN/inf; send them as strings so the reader sees what happened."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+class JsonlEvents:
+    """Writes each event as one flushed JSON line."""
+
+    def __init__(self, stream: IO[str] | None = None):
+        self.stream = stream or sys.stdout
+
+    def __call__(self, kind: str, **fields) -> None:
+        record = {"event": kind, "time": round(time.time(), 3), **_clean(fields)}
+        self.stream.write(json.dumps(record) + "\n")
+        self.stream.flush()
+
+
+class HumanEvents:
+    """Readable progress for a person running `tui-align train` without --jsonl."""
+
+    def __init__(self, stream: IO[str] | None = None):
+        self.stream = stream or sys.stderr
+
+    def __call__(self, kind: str, **fields) -> None:
+        if kind == "step":
+            shown = {k: v for k, v in fields.items() if isinstance(v, (int, float)) and k != "total_steps"}
+            text = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+            line = f"step {fields.get('step')}/{fields.get('total_steps')}  {text}"
+        elif kind == "error":
+            line = f"error: {fields.get('message')}"
+        elif kind == "start":
+            line = (f"training {fields.get('config', {}).get('method')} on {fields.get('train_pairs')} pairs "
+                    f"({fields.get('eval_pairs')} held out) on {fields.get('device')}")
+        else:
+            line = f"{kind}: " + ", ".join(f"{k}={v}" for k, v in fields.items() if k != "config")
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+class CollectEvents:
+    """Keeps events in a list; for tests and for code that runs a loop in-process."""
+
+    def __init__(self):
+        self.events: list[dict] = []
+
+    def __call__(self, kind: str, **fields) -> None:
+        self.events.append({"event": kind, **fields})
+
+    def of(self, kind: str) -> list[dict]:
+        return [e for e in self.events if e["event"] == kind]

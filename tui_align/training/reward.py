@@ -1,0 +1,242 @@
+"""The reward model: a second LoRA adapter ("reward") plus a scalar head, on the policy's own base.
+
+No second copy of the model: peft keeps several adapters on one base and `set_adapter` picks
+which one runs. The head reads the final hidden state of the last real token (found from the
+attention mask, since this tokenizer's pad token is its EOS token) and gives one score per
+sequence. Trained with the Bradley-Terry loss on chosen vs rejected answers.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import losses
+from .config import TrainConfig
+from .data import EncodedPair, preference_batch
+from .events import EventSink
+
+POLICY_ADAPTER = "default"
+REWARD_ADAPTER = "reward"
+HEAD_FILE = "reward_head.safetensors"
+
+
+def scalar_head(model, seed: int = 0) -> nn.Linear:
+    """A Linear(hidden, 1) in float32 on the model's device; small random weights, zero bias.
+
+    float32 whatever the model's dtype: the score feeds a sigmoid and the head is tiny.
+    """
+    hidden = model.get_base_model().config.hidden_size
+    generator = torch.Generator().manual_seed(seed)
+    head = nn.Linear(hidden, 1)
+    with torch.no_grad():
+        # std 1/sqrt(hidden+1): scores start near +-1, as in TRL's value/reward heads
+        head.weight.copy_(torch.randn(1, hidden, generator=generator) / math.sqrt(hidden + 1))
+        head.bias.zero_()
+    return head.to(next(model.parameters()).device)
+
+
+def add_reward_adapter(model) -> None:
+    """Attach the "reward" LoRA adapter (same settings as the policy's) unless it is there already."""
+    if REWARD_ADAPTER not in model.peft_config:
+        model.add_adapter(REWARD_ADAPTER, copy.deepcopy(model.peft_config[POLICY_ADAPTER]))
+    # add_adapter leaves the active adapter alone; make sure the policy is the trainable one.
+    model.set_adapter(POLICY_ADAPTER)
+
+
+@contextmanager
+def active_adapter(model, name: str):
+    """Run with adapter `name`, then hand the model back with the policy adapter active and trainable.
+
+    peft's set_adapter also flips requires_grad (only the active adapter trains), so leaving any
+    other adapter active would silently freeze the policy.
+    """
+    model.set_adapter(name)
+    try:
+        yield model
+    finally:
+        model.set_adapter(POLICY_ADAPTER)
+
+
+def adapter_parameters(model, name: str) -> list[nn.Parameter]:
+    """The LoRA weights of one adapter, by name (e.g. `...q_proj.lora_A.reward.weight`)."""
+    return [p for n, p in model.named_parameters() if "lora_" in n and f".{name}." in n]
+
+
+def position_ids_from(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, so a left-padded row is read as generate() saw it."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def final_hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B,T,H) last-layer hidden states through the currently active adapter, without the LM head.
+
+    Skipping lm_head saves a (B,T,vocab) matmul: the heads only need the hidden states.
+    """
+    decoder = model.get_base_model().get_decoder()
+    out = decoder(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from(attention_mask),
+        use_cache=False,
+    )
+    return out.last_hidden_state
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) index of the last 1 in each row of the mask; works for left and right padding."""
+    length = attention_mask.shape[1]
+    flipped_first = attention_mask.flip(-1).long().argmax(-1)
+    return length - 1 - flipped_first
+
+
+def reward_scores(model, head: nn.Linear, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) scores of whole sequences with the reward adapter; the caller picks grad or no_grad."""
+    with active_adapter(model, REWARD_ADAPTER):
+        hidden = final_hidden_states(model, input_ids, attention_mask)
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    last = hidden[rows, last_token_index(attention_mask)]  # (B,H)
+    return head(last.float()).squeeze(-1)
+
+
+def _batches(items: list, size: int, generator: torch.Generator | None = None) -> list[list]:
+    order = torch.randperm(len(items), generator=generator).tolist() if generator else range(len(items))
+    ordered = [items[i] for i in order]
+    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+
+
+def reward_steps(n_train: int, config: TrainConfig) -> int:
+    """Optimizer steps the reward phase takes."""
+    return config.ppo.reward_epochs * math.ceil(n_train / max(1, config.batch_size))
+
+
+def _pair_scores(model, head, batch: list[EncodedPair], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, int]:
+    tensors = preference_batch(batch, pad_id)
+    input_ids = tensors["input_ids"].to(device)
+    attention_mask = tensors["attention_mask"].to(device)
+    scores = reward_scores(model, head, input_ids, attention_mask)
+    n = len(batch)
+    return scores[:n], scores[n:], int(attention_mask.sum())
+
+
+@torch.no_grad()
+def evaluate_reward_model(model, head, pairs: list[EncodedPair], pad_id: int, batch_size: int) -> dict:
+    """Held-out accuracy (share with r_chosen > r_rejected), mean margin and mean loss."""
+    model.eval()
+    device = head.weight.device
+    chosen, rejected = [], []
+    for batch in _batches(pairs, batch_size):
+        rc, rr, _ = _pair_scores(model, head, batch, pad_id, device)
+        chosen.append(rc)
+        rejected.append(rr)
+    rc, rr = torch.cat(chosen), torch.cat(rejected)
+    return {
+        "accuracy": (rc > rr).float().mean().item(),
+        "margin": (rc - rr).mean().item(),
+        "loss": losses.reward_loss(rc, rr).mean().item(),
+    }
+
+
+def train_reward_model(
+    model,
+    tokenizer,
+    train: list[EncodedPair],
+    held_out: list[EncodedPair],
+    config: TrainConfig,
+    emit: EventSink,
+    should_stop: Callable[[], bool],
+    *,
+    total_steps: int | None = None,
+) -> tuple[nn.Linear, dict]:
+    """Train the "reward" adapter and a fresh head with Bradley-Terry; the policy adapter stays frozen.
+
+    Emits step events numbered 1..reward_steps (out of `total_steps`, the whole run's count) and an
+    eval event with phase "reward" after each epoch. Returns (head, metrics); metrics["stopped"] is
+    True when should_stop() cut it short.
+    """
+    add_reward_adapter(model)
+    head = scalar_head(model, seed=config.seed)
+    pad_id = tokenizer.pad_token_id
+    device = head.weight.device
+    per_epoch = math.ceil(len(train) / config.batch_size)
+    total_steps = total_steps or reward_steps(len(train), config)
+    params = adapter_parameters(model, REWARD_ADAPTER) + list(head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=config.ppo.reward_learning_rate, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(config.seed)
+    metrics: dict = {"stopped": False}
+    step, started, tokens = 0, time.monotonic(), 0
+
+    for epoch in range(config.ppo.reward_epochs):
+        for batch in _batches(train, config.batch_size, generator):
+            model.train()
+            with active_adapter(model, REWARD_ADAPTER):
+                # Inside the context only "reward" requires grad; the policy adapter is frozen.
+                rc, rr, n_tokens = _pair_scores(model, head, batch, pad_id, device)
+                loss = losses.reward_loss(rc, rr).mean()
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"reward model loss is {loss.item()} at step {step + 1}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+            step += 1
+            tokens += n_tokens
+            elapsed = time.monotonic() - started
+            emit(
+                "step",
+                phase="reward_model",
+                step=step,
+                total_steps=total_steps,
+                epoch=step / per_epoch,
+                loss=loss.item(),
+                chosen_reward=rc.mean().item(),
+                rejected_reward=rr.mean().item(),
+                accuracy=(rc > rr).float().mean().item(),
+                margin=(rc - rr).mean().item(),
+                tokens_per_s=tokens / max(elapsed, 1e-9),
+                eta_s=elapsed / step * (total_steps - step),
+            )
+            if should_stop():
+                metrics["stopped"] = True
+                return head, metrics
+        if held_out:
+            result = evaluate_reward_model(model, head, held_out, pad_id, config.batch_size)
+            emit("eval", phase="reward", step=step, **result)
+            metrics.update({"reward_accuracy": result["accuracy"], "reward_margin": result["margin"]})
+    model.eval()
+    return head, metrics
+
+
+def save_reward_model(model, head: nn.Linear, folder: str | Path) -> Path:
+    """Write the "reward" adapter (peft layout, loadable with load_adapter) and the head into `folder`."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = get_peft_model_state_dict(model, adapter_name=REWARD_ADAPTER)
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, folder / "adapter_model.safetensors")
+    model.peft_config[REWARD_ADAPTER].save_pretrained(folder)
+    save_file({k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}, folder / HEAD_FILE)
+    return folder
+
+
+def load_reward_model(model, folder: str | Path) -> nn.Linear:
+    """Attach a saved reward adapter as "reward" and return its head; the policy stays active."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if REWARD_ADAPTER in model.peft_config:
+        model.delete_adapter(REWARD_ADAPTER)
+    model.load_adapter(str(folder), adapter_name=REWARD_ADAPTER, is_trainable=False)
+    model.set_adapter(POLICY_ADAPTER)
+    head = scalar_head(model)
+    head.load_state_dict(load_file(str(folder / HEAD_FILE), device=str(head.weight.device)))
+    return head
