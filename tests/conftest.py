@@ -71,3 +71,11 @@ def tiny_model_dir(tmp_path_factory, smol_tokenizer) -> Path:
     build_tiny_llama(smol_tokenizer).save_pretrained(folder)
     smol_tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def default_hf_folder(tmp_path_factory, default_gguf) -> Path:
+    """The default model converted once to a transformers folder (~30 s per test session)."""
+    from tui_align.model_files import resolve_model, transformers_folder
+
+    return Path(transformers_folder(resolve_model(None), tmp_path_factory.mktemp("models")))

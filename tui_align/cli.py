@@ -71,11 +71,13 @@ def _open_store(args):
 
 
 def run_import(args) -> int:
-    from .formats import import_file
+    from .formats import read_file
 
     _, store = _open_store(args)
-    count = import_file(store, args.file, args.format)
-    print(f"imported {count} pairs from {args.file} ({store.count_pairs()} in the store)")
+    result = read_file(args.file, args.format)  # every line checked before anything is stored
+    store.add_pairs(result.pairs)
+    skipped = f"; {result.skipped_summary()}" if result.skipped else ""
+    print(f"imported {len(result.pairs)} pairs from {args.file} ({store.count_pairs()} in the store{skipped})")
     return 0
 
 

@@ -1,0 +1,1 @@
+"""Trained adapters: finding them, converting them for llama.cpp, exporting them."""

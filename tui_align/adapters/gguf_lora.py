@@ -1,0 +1,190 @@
+"""Convert a peft LoRA adapter into a GGUF LoRA that llama.cpp loads with `lora_path`.
+
+A GGUF LoRA names each pair of tensors after the base GGUF tensor it modifies
+(`blk.0.attn_q.weight.lora_a` / `.lora_b`) and keeps peft's meaning, delta = (alpha / r) · B · A.
+The trap: llama-family GGUFs store attn_q and attn_k with their rows permuted for rotary
+embeddings (transformers undoes this on load), so the B matrices of q and k need that same
+row permutation, or the adapter silently does something else.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+
+# Architectures whose GGUF layout this converter knows, and whether q/k rows are permuted there.
+# Only llama is verified here (against transformers, see tests/test_gguf_lora.py); others are
+# refused rather than converted on a guess.
+PERMUTED_QK = {"llama": True}
+SUPPORTED_ARCHS = tuple(PERMUTED_QK)
+
+
+@dataclass
+class BaseGGUF:
+    path: Path
+    arch: str
+    n_blocks: int
+    n_head: int
+    n_head_kv: int
+    tensor_shapes: dict[str, tuple[int, ...]]  # name -> (rows, cols) as numpy sees them
+
+
+def read_base(path: str | Path) -> BaseGGUF:
+    import gguf
+
+    path = Path(path)
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"Can't read the base GGUF {path}: {exc}") from exc
+
+    def field(name, default=None):
+        item = reader.fields.get(name)
+        return item.contents() if item is not None else default
+
+    arch = field("general.architecture")
+    if arch not in PERMUTED_QK:
+        raise UserError(
+            f"The GGUF LoRA converter supports {', '.join(SUPPORTED_ARCHS)} models; {path.name} is {arch!r}."
+        )
+    n_head = int(field(f"{arch}.attention.head_count"))
+    shapes = {t.name: tuple(int(n) for n in reversed(t.shape.tolist())) for t in reader.tensors}
+    return BaseGGUF(
+        path=path,
+        arch=arch,
+        n_blocks=int(field(f"{arch}.block_count")),
+        n_head=n_head,
+        n_head_kv=int(field(f"{arch}.attention.head_count_kv", n_head)),
+        tensor_shapes=shapes,
+    )
+
+
+def permute_rows_for_rope(weight: np.ndarray, n_head: int) -> np.ndarray:
+    """The row order llama.cpp's converter gives q/k weights: per head, interleaved halves.
+
+    weight: (out_features, ...) with out_features = n_head * head_dim.
+    """
+    rows = weight.shape[0]
+    return (
+        weight.reshape(n_head, 2, rows // n_head // 2, *weight.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weight.shape)
+    )
+
+
+def load_peft_adapter(adapter_dir: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(adapter_config, {peft tensor name: float32 array}) from a peft adapter folder."""
+    from safetensors.numpy import load_file
+
+    folder = Path(adapter_dir)
+    config_path = folder / "adapter_config.json"
+    weights_path = folder / "adapter_model.safetensors"
+    if not config_path.is_file() or not weights_path.is_file():
+        raise UserError(f"{folder} is not a peft adapter folder (needs adapter_config.json and adapter_model.safetensors).")
+    try:
+        config = json.loads(config_path.read_text())
+        tensors = {name: array.astype(np.float32) for name, array in load_file(str(weights_path)).items()}
+    except Exception as exc:  # safetensors raises its own error type for a damaged file
+        raise UserError(f"The adapter in {folder} is corrupt: {exc}") from exc
+    if config.get("peft_type", "LORA") != "LORA":
+        raise UserError(f"{folder} holds a {config.get('peft_type')} adapter; only LoRA converts to GGUF.")
+    if config.get("use_dora") or config.get("fan_in_fan_out"):
+        raise UserError("DoRA and fan-in-fan-out adapters have no GGUF LoRA form.")
+    return config, tensors
+
+
+def lora_modules(tensors: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{transformers module name: (A (r, in), B (out, r))} from peft's tensor names."""
+    modules: dict[str, dict[str, np.ndarray]] = {}
+    for name, array in tensors.items():
+        for part in ("lora_A", "lora_B"):
+            marker = f".{part}."
+            if marker in name:
+                module = name.split(marker)[0].removeprefix("base_model.model.")
+                modules.setdefault(module, {})[part] = array
+    incomplete = [m for m, parts in modules.items() if len(parts) != 2]
+    if incomplete or not modules:
+        raise UserError(f"The adapter has no complete LoRA pairs (incomplete: {incomplete[:3]}).")
+    return {m: (parts["lora_A"], parts["lora_B"]) for m, parts in modules.items()}
+
+
+def module_scale(config: dict, module: str, rank: int) -> float:
+    """peft's scale for one module, honouring rank/alpha patterns and rsLoRA."""
+    alpha = config.get("lora_alpha", rank)
+    for pattern, value in (config.get("alpha_pattern") or {}).items():
+        if module.endswith(pattern):
+            alpha = value
+    return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+
+
+def gguf_lora_tensors(config: dict, tensors: dict[str, np.ndarray], base: BaseGGUF, *, permute: bool = True):
+    """Yield (gguf tensor name, array) pairs and the alpha to write.
+
+    llama.cpp applies alpha / rank with one alpha for the whole file; where peft's per-module
+    scale differs from that (patterns, rsLoRA), the difference is folded into B.
+    """
+    import gguf
+
+    name_map = gguf.TensorNameMap(gguf.MODEL_ARCH[base.arch.upper()], base.n_blocks)
+    global_alpha = float(config.get("lora_alpha", config.get("r", 8)))
+    out = []
+    for module, (lora_a, lora_b) in sorted(lora_modules(tensors).items()):
+        gguf_name = name_map.get_name(module)
+        if gguf_name is None or f"{gguf_name}.weight" not in base.tensor_shapes:
+            raise UserError(f"The adapter modifies {module}, which {base.path.name} does not have: trained for another base?")
+        target = f"{gguf_name}.weight"
+        rows, cols = base.tensor_shapes[target]
+        if lora_a.shape[1] != cols or lora_b.shape[0] != rows:
+            raise UserError(
+                f"The adapter's {module} is {lora_b.shape[0]}x{lora_a.shape[1]} but {base.path.name} has "
+                f"{rows}x{cols}: it was trained for another base."
+            )
+        rank = lora_a.shape[0]
+        correction = module_scale(config, module, rank) / (global_alpha / rank)
+        if not math.isclose(correction, 1.0):
+            lora_b = lora_b * correction
+        if permute and PERMUTED_QK[base.arch]:
+            if gguf_name.endswith(".attn_q"):
+                lora_b = permute_rows_for_rope(lora_b, base.n_head)
+            elif gguf_name.endswith(".attn_k"):
+                lora_b = permute_rows_for_rope(lora_b, base.n_head_kv)
+        out.append((f"{target}.lora_a", np.ascontiguousarray(lora_a, dtype=np.float32)))
+        out.append((f"{target}.lora_b", np.ascontiguousarray(lora_b, dtype=np.float32)))
+    return out, global_alpha
+
+
+def convert_to_gguf_lora(adapter_dir: str | Path, base_gguf: str | Path, out_path: str | Path, *, permute: bool = True) -> Path:
+    """Write the GGUF LoRA for `adapter_dir` on top of `base_gguf`, atomically. `permute=False` is for tests only."""
+    import gguf
+
+    base = read_base(base_gguf)
+    config, tensors = load_peft_adapter(adapter_dir)
+    converted, alpha = gguf_lora_tensors(config, tensors, base, permute=permute)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, staging = tempfile.mkstemp(prefix=f".{out_path.name}-", dir=out_path.parent)
+    os.close(fd)
+    try:
+        writer = gguf.GGUFWriter(staging, base.arch)
+        writer.add_type(gguf.GGUFType.ADAPTER)
+        writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+        for name, array in converted:
+            writer.add_tensor(name, array)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(staging, out_path)
+    except OSError as exc:
+        Path(staging).unlink(missing_ok=True)
+        raise UserError(f"Couldn't write {out_path}: {exc.strerror or exc}") from exc
+    return out_path
