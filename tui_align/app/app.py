@@ -1,0 +1,152 @@
+"""AlignApp: the store, the model (loaded in a worker) and the settings that every screen shares."""
+
+from __future__ import annotations
+
+import threading
+from functools import partial
+from pathlib import Path
+from typing import Callable, Iterable
+
+from textual import work
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.reactive import reactive
+from textual.screen import Screen
+from textual.worker import get_current_worker
+
+from ..backends.base import Backend, SamplingSettings
+from ..errors import UserError
+from ..store import Store
+from .generation import first_line
+from .messages import BackendFailed, BackendReady
+from .screens import MAIN_SCREENS
+from .screens.help import HelpScreen
+from .settings_text import MIN_CANDIDATES
+
+# Palette commands that run an action on one of the main screens: (title, help, screen, action).
+SCREEN_COMMANDS = (
+    ("Send for N candidates", "Send the typed message and sample N answers side by side", "chat", "candidates"),
+    ("New conversation", "Start an empty conversation", "chat", "new_conversation"),
+    ("System prompt", "Set the system prompt (starts a new conversation)", "chat", "system_prompt"),
+    ("Sampling settings", "Temperature, top-p, max tokens, seed, N candidates", "chat", "settings"),
+    ("Stop the answer", "Stop the answer that is streaming; keep what was written", "chat", "stop"),
+    ("Import pairs", "Import preference pairs from a JSONL file", "pairs", "import"),
+    ("Export pairs", "Export every pair to a JSONL file", "pairs", "export"),
+)
+# Seconds to wait at exit for a generation to notice it was cancelled before freeing the model.
+CLOSE_WAIT_S = 5.0
+
+
+class AlignApp(App[int]):
+    """Chat with a local model, pick preferred answers, keep every pick.
+
+    Screens reach shared state through the app: `store`, `home`, `backend` (None until loaded),
+    `generation_lock` (hold it while generating: a backend runs one generation at a time),
+    and the reactives below (watch them to stay current).
+    """
+
+    CSS_PATH = "app.tcss"
+    TITLE = "tui-align"
+    SCREENS = {entry.name: entry.factory for entry in MAIN_SCREENS}
+    MODES = {entry.name: entry.name for entry in MAIN_SCREENS}
+    BINDINGS = [
+        Binding("f1", "help", "Help"),
+        Binding("question_mark", "help", "Help", show=False),
+        *(Binding(entry.key, f"show_screen('{entry.name}')", entry.title) for entry in MAIN_SCREENS),
+    ]
+
+    settings: reactive[SamplingSettings] = reactive(SamplingSettings, init=False)
+    candidate_count = reactive(MIN_CANDIDATES, init=False)
+    pair_count = reactive(0, init=False)
+    #: loading | ready | failed
+    backend_state = reactive("loading", init=False)
+
+    def __init__(
+        self,
+        store: Store,
+        load_backend: Callable[[], Backend],
+        home: Path | str,
+        model_label: str,
+        settings: SamplingSettings | None = None,
+        candidate_count: int = MIN_CANDIDATES,
+    ) -> None:
+        super().__init__()
+        self.store = store
+        self.home = Path(home)
+        self.model_label = model_label
+        self.backend: Backend | None = None
+        self.backend_error = ""
+        self.generation_lock = threading.Lock()
+        self._load_backend = load_backend
+        self.sub_title = model_label
+        self.set_reactive(AlignApp.settings, settings or SamplingSettings())
+        self.set_reactive(AlignApp.candidate_count, candidate_count)
+        self.set_reactive(AlignApp.pair_count, store.count_pairs())
+
+    @property
+    def model_id(self) -> str:
+        """The model name stored with each pair."""
+        return self.backend.model_id if self.backend is not None else self.model_label
+
+    def on_mount(self) -> None:
+        self.switch_mode(MAIN_SCREENS[0].name)
+        self.load_model(self._load_backend)
+
+    @work(thread=True, exclusive=True, group="load-model")
+    def load_model(self, load: Callable[[], Backend]) -> None:
+        """Load the model off the UI thread: transformers can take half a minute."""
+        try:
+            backend = load()
+        except UserError as exc:
+            self.post_message(BackendFailed(str(exc)))
+            return
+        except Exception as exc:  # whatever the engine raises, the user gets one line
+            self.post_message(BackendFailed(f"Couldn't load the model: {first_line(exc)}"))
+            return
+        if get_current_worker().is_cancelled:  # the app quit while we loaded
+            backend.close()
+            return
+        self.post_message(BackendReady(backend))
+
+    def on_backend_ready(self, message: BackendReady) -> None:
+        self.backend = message.backend
+        self.backend_state = "ready"
+
+    def on_backend_failed(self, message: BackendFailed) -> None:
+        self.backend_error = message.error
+        self.backend_state = "failed"
+        self.notify(message.error, title="Model not loaded", severity="error", timeout=15)
+
+    def refresh_pair_count(self) -> None:
+        self.pair_count = self.store.count_pairs()
+
+    def on_unmount(self) -> None:
+        # Workers were cancelled on shutdown; a generation notices between two tokens and lets go.
+        backend, self.backend = self.backend, None
+        if backend is not None and self.generation_lock.acquire(timeout=CLOSE_WAIT_S):
+            backend.close()
+            self.generation_lock.release()
+
+    # Navigation ------------------------------------------------------------------------------------
+
+    def action_show_screen(self, name: str) -> None:
+        self.switch_mode(name)
+
+    def action_help(self) -> None:
+        if isinstance(self.screen, HelpScreen):
+            return
+        self.push_screen(HelpScreen([(entry.title, entry.key, entry.help) for entry in MAIN_SCREENS]))
+
+    async def run_screen_action(self, name: str, action: str) -> None:
+        """Show main screen `name` and run `action` there (palette commands)."""
+        await self.switch_mode(name)
+        if not await self.run_action(action, self.get_screen(name)):
+            self.notify("Not now: let the answer finish (esc stops it) or pick first.", severity="warning")
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Help", "Every key, screen by screen", self.action_help)
+        for entry in MAIN_SCREENS:
+            yield SystemCommand(f"Show {entry.title}", entry.description, partial(self.action_show_screen, entry.name))
+        for title, help_text, name, action in SCREEN_COMMANDS:
+            yield SystemCommand(title, help_text, partial(self.run_screen_action, name, action))

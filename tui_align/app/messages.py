@@ -1,0 +1,62 @@
+"""Messages that worker threads post to the UI (post_message is thread-safe; widget methods are not)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from textual.message import Message
+
+from ..backends.base import Backend
+
+
+@dataclass
+class BackendReady(Message):
+    """The model finished loading and can generate."""
+
+    backend: Backend
+
+
+@dataclass
+class BackendFailed(Message):
+    """The model could not be loaded; `error` is one line for the user."""
+
+    error: str
+
+
+@dataclass
+class AnswerProgress(Message):
+    """The text of answer `slot` so far (cumulative, so a newer one may replace a queued older one)."""
+
+    slot: int
+    text: str
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, AnswerProgress) and message.slot == self.slot
+
+
+@dataclass
+class AnswerDone(Message):
+    """Answer `slot` ended: finished, stopped by the user, or cut short by an error."""
+
+    slot: int
+    text: str
+    stopped: bool
+
+
+@dataclass
+class GenerationFinished(Message):
+    """All requested answers are done; `texts` holds one per slot that was started, in order."""
+
+    texts: list[str] = field(default_factory=list)
+    stopped: bool = False
+    error: str | None = None
+
+
+@dataclass
+class TransferFinished(Message):
+    """An import or export worker ended; `error` is one line, or None on success."""
+
+    action: str
+    count: int = 0
+    path: str = ""
+    error: str | None = None

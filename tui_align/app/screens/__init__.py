@@ -1,0 +1,33 @@
+"""The main screens, one registry entry each: adding a screen (train, compare, …) is one line here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from textual.screen import Screen
+
+from .chat import ChatScreen
+from .pairs import PairsScreen
+
+
+@dataclass(frozen=True)
+class MainScreen:
+    """A top-level screen: its mode name, title, the key that shows it, and how to build it."""
+
+    name: str
+    title: str
+    key: str
+    factory: Callable[[], Screen]
+    description: str
+
+    @property
+    def help(self) -> str:
+        """The screen's HELP markdown (Textual's own per-widget help attribute)."""
+        return getattr(self.factory, "HELP", None) or ""
+
+
+MAIN_SCREENS: tuple[MainScreen, ...] = (
+    MainScreen("chat", "Chat", "f2", ChatScreen, "Chat with the model and pick preferred answers"),
+    MainScreen("pairs", "Pairs", "f3", PairsScreen, "Browse, search, edit, import and export pairs"),
+)

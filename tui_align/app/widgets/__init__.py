@@ -1,0 +1,1 @@
+"""Widgets used by the app's screens."""
