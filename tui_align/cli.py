@@ -42,6 +42,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(pairs, suppress=True)
 
     commands.add_parser("train", help="train a LoRA adapter on the pairs (see `tui-align train --help`)", add_help=False)
+
+    compare = commands.add_parser("compare", help="answer one prompt with the base and with a trained adapter")
+    compare.add_argument("--adapter", required=True, help="a run id (see `tui-align adapters`) or a peft adapter folder")
+    compare.add_argument("--prompt", required=True)
+    compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    compare.add_argument("--max-tokens", type=int, default=128)
+    _add_common(compare, suppress=True)
+
+    adapters = commands.add_parser("adapters", help="list trained adapters")
+    _add_common(adapters, suppress=True)
+
+    export_adapter = commands.add_parser("export-adapter", help="write an adapter as peft, merged, gguf-lora or gguf")
+    export_adapter.add_argument("run", help="a run id or a peft adapter folder")
+    export_adapter.add_argument("--to", required=True, choices=("peft", "merged", "gguf-lora", "gguf"))
+    export_adapter.add_argument("out", help="folder (peft, merged) or file (gguf-lora, gguf)")
+    _add_common(export_adapter, suppress=True)
     return parser
 
 
@@ -53,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
 
             return importlib.import_module(DELEGATED[argv[0]]).main(argv[1:])
         args = build_parser().parse_args(argv)
-        handler = {None: run_app, "import": run_import, "export": run_export, "pairs": run_pairs}[args.command]
+        handler = {
+            None: run_app, "import": run_import, "export": run_export, "pairs": run_pairs,
+            "compare": run_compare, "adapters": run_adapters, "export-adapter": run_export_adapter,
+        }[args.command]
         return handler(args) or 0
     except UserError as exc:
         print(f"tui-align: {exc}", file=sys.stderr)
@@ -98,6 +118,52 @@ def run_pairs(args) -> int:
     return 0
 
 
+def run_compare(args) -> int:
+    from .adapters.registry import find_adapter
+    from .backends import SamplingSettings
+    from .compare import base_ref_for, load_pair
+    from .paths import data_home, models_dir
+
+    home = data_home(args.home)
+    adapter = find_adapter(home, args.adapter)
+    ref = base_ref_for(adapter, args.model)
+    base, tuned = load_pair(ref, args.backend, models_dir(home), adapter)
+    settings = SamplingSettings(temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed)
+    messages = [{"role": "user", "content": args.prompt}]
+    try:
+        for title, backend in ((f"base ({ref.model_id})", base), (f"adapter ({adapter.name})", tuned)):
+            print(f"== {title}")
+            print(backend.chat(messages, settings).strip())
+            print()
+    finally:
+        base.close()
+        tuned.close()
+    return 0
+
+
+def run_adapters(args) -> int:
+    from .adapters.registry import list_adapters
+    from .paths import data_home
+
+    for adapter in list_adapters(data_home(args.home)):
+        metrics = ", ".join(f"{k}={v:.3g}" for k, v in adapter.metrics.items() if isinstance(v, (int, float)))
+        created = adapter.run.get("created_at", "")[:16]
+        print(f"{adapter.name}\t{adapter.method}\t{adapter.status}\t{adapter.pairs or '?'} pairs\t{created}\t{metrics}")
+    return 0
+
+
+def run_export_adapter(args) -> int:
+    from .adapters.export import export_adapter
+    from .adapters.registry import find_adapter
+    from .paths import data_home, models_dir
+
+    home = data_home(args.home)
+    adapter = find_adapter(home, args.run)
+    out = export_adapter(adapter, args.to, args.out, models_dir(home), base_spec=args.model)
+    print(f"wrote {args.to} to {out}")
+    return 0
+
+
 def run_app(args) -> int:
     from .app import AlignApp
     from .backends import SamplingSettings, load_backend
@@ -114,6 +180,7 @@ def run_app(args) -> int:
         load_backend=lambda: load_backend(ref, engine, models_dir(home)),
         home=home,
         model_label=f"{ref.model_id} ({engine})",
+        model_spec=args.model,
         settings=SamplingSettings(),
     )
     try:

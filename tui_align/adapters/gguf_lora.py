@@ -183,6 +183,7 @@ def convert_to_gguf_lora(adapter_dir: str | Path, base_gguf: str | Path, out_pat
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
+        os.chmod(staging, 0o644)  # mkstemp's 0600 would hide the file from other users' llama.cpp/Ollama
         os.replace(staging, out_path)
     except OSError as exc:
         Path(staging).unlink(missing_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -21,13 +22,26 @@ def pick_device() -> str:
 class TransformersBackend(Backend):
     engine = "hf"
 
-    def __init__(self, ref: ModelRef, models_dir: Path, *, device: str | None = None, model=None, tokenizer=None):
-        """Load `ref`, or wrap an already loaded (model, tokenizer) pair (tests build tiny ones)."""
+    def __init__(self, ref: ModelRef, models_dir: Path, *, device: str | None = None, model=None, tokenizer=None,
+                 adapter_path: str | Path | None = None):
+        """Load `ref` (and a peft adapter on top), or wrap an already loaded (model, tokenizer) pair."""
         self.device = device or pick_device()
         if model is None:
             model, tokenizer = load_transformers(ref, models_dir, device=self.device)
+        if adapter_path is not None:
+            model = attach_adapter(model, adapter_path)
         self.model, self.tokenizer = model, tokenizer
-        self.model_id = ref.model_id
+        self.model_id = ref.model_id if adapter_path is None else f"{ref.model_id}+{Path(adapter_path).name}"
+        # False answers from the base alone, with the same weights in memory (peft's disable_adapter).
+        self.adapter_enabled = True
+
+    def base_view(self) -> "TransformersBackend":
+        """A second backend over the same weights that answers with the adapter switched off."""
+        view = object.__new__(TransformersBackend)
+        view.__dict__.update(self.__dict__)
+        view.adapter_enabled = False
+        view.model_id = self.model_id.split("+")[0]
+        return view
 
     def stream_chat(
         self, messages: list[Message], settings: SamplingSettings, should_stop: StopCheck | None = None
@@ -64,8 +78,12 @@ class TransformersBackend(Backend):
         def generate() -> None:
             if settings.seed is not None:
                 torch.manual_seed(settings.seed)
+            adapter_off = (
+                self.model.disable_adapter() if not self.adapter_enabled and hasattr(self.model, "disable_adapter")
+                else contextlib.nullcontext()
+            )
             try:
-                with torch.inference_mode():
+                with torch.inference_mode(), adapter_off:
                     self.model.generate(**kwargs)
             except BaseException as exc:  # reported on the consumer's thread below
                 failure.append(exc)
@@ -87,3 +105,14 @@ class TransformersBackend(Backend):
 
     def close(self) -> None:
         self.model = None
+
+
+def attach_adapter(model, adapter_path: str | Path):
+    """Put a trained peft adapter on a loaded base; errors (wrong base, damaged files) become one line."""
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, str(adapter_path)).eval()
+    except Exception as exc:  # peft raises RuntimeError on shape mismatch, ValueError/OSError on bad files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"Can't load the adapter {Path(adapter_path).name}: {first[:200]}") from exc

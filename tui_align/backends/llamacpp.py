@@ -37,7 +37,7 @@ class LlamaCppBackend(Backend):
             )
         except (ValueError, RuntimeError) as exc:
             raise UserError(f"llama.cpp can't load {path.name}: {exc}") from exc
-        self.model_id = path.name
+        self.model_id = path.name if lora_path is None else f"{path.name}+{Path(lora_path).parent.name}"
         self.path = path
 
     def stream_chat(

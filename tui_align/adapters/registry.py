@@ -1,0 +1,122 @@
+"""Trained adapters on disk: each run folder under <home>/models/adapters/, or any peft adapter folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+from ..paths import adapters_dir
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+GGUF_LORA_FILE = "adapter.gguf"
+
+
+@dataclass
+class Adapter:
+    """A peft LoRA adapter and what its run.json says about it (empty for a bare peft folder)."""
+
+    path: Path
+    run: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def method(self) -> str:
+        return self.run.get("method", "?")
+
+    @property
+    def status(self) -> str:
+        return self.run.get("status", "completed" if self.is_complete else "?")
+
+    @property
+    def is_complete(self) -> bool:
+        """True when the adapter's weights are there to load."""
+        return all((self.path / name).is_file() for name in ADAPTER_FILES)
+
+    @property
+    def base_location(self) -> str | None:
+        """Where the base model came from: run.json's record, else peft's base_model_name_or_path."""
+        recorded = self.run.get("base_model", {}).get("location")
+        if recorded:
+            return recorded
+        try:
+            return json.loads((self.path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        except (OSError, ValueError):
+            return None
+
+    @property
+    def pairs(self) -> int | None:
+        return self.run.get("data", {}).get("train_pairs")
+
+    @property
+    def metrics(self) -> dict:
+        return self.run.get("metrics") or {}
+
+
+def read_adapter(folder: Path) -> Adapter:
+    run = {}
+    run_file = folder / "run.json"
+    if run_file.is_file():
+        try:
+            run = json.loads(run_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{run_file} is corrupt: {exc}") from exc
+    return Adapter(folder, run)
+
+
+def list_adapters(home: Path) -> list[Adapter]:
+    """Every run folder, newest first; corrupt ones are left out rather than hiding the rest."""
+    root = adapters_dir(home)
+    found = []
+    for folder in sorted(root.iterdir() if root.is_dir() else [], reverse=True):
+        if folder.is_dir() and not folder.name.startswith("."):
+            try:
+                found.append(read_adapter(folder))
+            except UserError:
+                continue
+    return found
+
+
+def find_adapter(home: Path, run: str) -> Adapter:
+    """A run id under the adapters folder, or the path of any peft adapter folder; must be loadable."""
+    candidates = [Path(run).expanduser(), adapters_dir(home) / run]
+    folder = next((c for c in candidates if c.is_dir()), None)
+    if folder is None:
+        raise UserError(f"No adapter named {run!r} (looked in {adapters_dir(home)} and at that path).")
+    adapter = read_adapter(folder)
+    if not adapter.is_complete:
+        raise UserError(
+            f"{folder} has no trained adapter (needs {' and '.join(ADAPTER_FILES)}; run status: {adapter.status})."
+        )
+    return adapter
+
+
+def delete_adapter(adapter: Adapter) -> None:
+    shutil.rmtree(adapter.path)
+
+
+def check_same_base(adapter: Adapter, base_location: str) -> None:
+    """Refuse an adapter that run.json says was trained on another base model."""
+    recorded = adapter.run.get("base_model", {})
+    if not recorded:
+        return  # a bare peft folder: shapes are checked when it is applied
+    if recorded.get("location") != base_location and recorded.get("model_id") != Path(base_location).name:
+        raise UserError(
+            f"{adapter.name} was trained on {recorded.get('model_id')}, not on {Path(base_location).name}."
+        )
+
+
+def gguf_lora_for(adapter: Adapter, base_gguf: str | Path) -> Path:
+    """The adapter as a GGUF LoRA for llama.cpp, converted once and kept beside it."""
+    from .gguf_lora import convert_to_gguf_lora
+
+    target = adapter.path / GGUF_LORA_FILE
+    weights = adapter.path / "adapter_model.safetensors"
+    if target.is_file() and target.stat().st_mtime >= weights.stat().st_mtime:
+        return target
+    return convert_to_gguf_lora(adapter.path, base_gguf, target)
