@@ -16,6 +16,7 @@ class LoraSettings:
 @dataclass
 class DPOSettings:
     beta: float = 0.1  # DPO paper's default strength of the implicit KL constraint
+    sft_weight: float = 0.0  # > 0 adds an NLL term on the chosen answer (RPO, arXiv:2404.19733); 0 = plain DPO
 
 
 @dataclass
@@ -25,6 +26,7 @@ class ORPOSettings:
 
 @dataclass
 class PPOSettings:
+    sft_epochs: int = 1  # supervised passes over the chosen answers before PPO: RL only reinforces what it samples
     reward_epochs: int = 2
     reward_learning_rate: float = 1e-4
     rollouts_per_prompt: int = 1
@@ -37,6 +39,7 @@ class PPOSettings:
     gae_lambda: float = 0.95
     value_coef: float = 0.1
     temperature: float = 1.0
+    missing_eos_penalty: float = 1.0  # an answer cut off by max_new_tokens scores at most -this (scores are unit-scale)
 
 
 @dataclass

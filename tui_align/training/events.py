@@ -39,7 +39,7 @@ class JsonlEvents:
     def __init__(self, stream: IO[str] | None = None):
         self.stream = stream or sys.stdout
 
-    def __call__(self, kind: str, **fields) -> None:
+    def __call__(self, kind: str, /, **fields) -> None:
         record = {"event": kind, "time": round(time.time(), 3), **_clean(fields)}
         self.stream.write(json.dumps(record) + "\n")
         self.stream.flush()
@@ -51,7 +51,7 @@ class HumanEvents:
     def __init__(self, stream: IO[str] | None = None):
         self.stream = stream or sys.stderr
 
-    def __call__(self, kind: str, **fields) -> None:
+    def __call__(self, kind: str, /, **fields) -> None:
         if kind == "step":
             shown = {k: v for k, v in fields.items() if isinstance(v, (int, float)) and k != "total_steps"}
             text = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
@@ -73,7 +73,7 @@ class CollectEvents:
     def __init__(self):
         self.events: list[dict] = []
 
-    def __call__(self, kind: str, **fields) -> None:
+    def __call__(self, kind: str, /, **fields) -> None:
         self.events.append({"event": kind, **fields})
 
     def of(self, kind: str) -> list[dict]:

@@ -44,25 +44,36 @@ def scalar_head(model, seed: int = 0) -> nn.Linear:
 
 
 def add_reward_adapter(model) -> None:
-    """Attach the "reward" LoRA adapter (same settings as the policy's) unless it is there already."""
-    if REWARD_ADAPTER not in model.peft_config:
-        model.add_adapter(REWARD_ADAPTER, copy.deepcopy(model.peft_config[POLICY_ADAPTER]))
+    """Attach a fresh "reward" LoRA adapter with the policy's settings.
+
+    One left over from a cancelled run's checkpoint is replaced: its head was never saved, and a
+    half-trained adapter under a new head is worse than a fresh start.
+    """
+    if REWARD_ADAPTER in model.peft_config:
+        model.delete_adapter(REWARD_ADAPTER)
+    model.add_adapter(REWARD_ADAPTER, copy.deepcopy(model.peft_config[POLICY_ADAPTER]))
     # add_adapter leaves the active adapter alone; make sure the policy is the trainable one.
     model.set_adapter(POLICY_ADAPTER)
 
 
 @contextmanager
 def active_adapter(model, name: str):
-    """Run with adapter `name`, then hand the model back with the policy adapter active and trainable.
+    """Run with adapter `name`, then give the previously active adapter back.
 
-    peft's set_adapter also flips requires_grad (only the active adapter trains), so leaving any
-    other adapter active would silently freeze the policy.
+    peft's set_adapter also flips requires_grad (only the active adapter trains). Restoring the
+    previous adapter, not always the policy, matters when this nests inside a reward-model
+    training step: freezing the reward adapter between its forward and backward would silently
+    drop its gradients.
     """
+    previous = model.active_adapter
+    if previous == name:
+        yield model
+        return
     model.set_adapter(name)
     try:
         yield model
     finally:
-        model.set_adapter(POLICY_ADAPTER)
+        model.set_adapter(previous)
 
 
 def adapter_parameters(model, name: str) -> list[nn.Parameter]:
@@ -106,7 +117,8 @@ def reward_scores(model, head: nn.Linear, input_ids: torch.Tensor, attention_mas
     return head(last.float()).squeeze(-1)
 
 
-def _batches(items: list, size: int, generator: torch.Generator | None = None) -> list[list]:
+def shuffled_batches(items: list, size: int, generator: torch.Generator | None = None) -> list[list]:
+    """Batches of `size`, in an order drawn from `generator` (kept in order without one)."""
     order = torch.randperm(len(items), generator=generator).tolist() if generator else range(len(items))
     ordered = [items[i] for i in order]
     return [ordered[i : i + size] for i in range(0, len(ordered), size)]
@@ -132,7 +144,7 @@ def evaluate_reward_model(model, head, pairs: list[EncodedPair], pad_id: int, ba
     model.eval()
     device = head.weight.device
     chosen, rejected = [], []
-    for batch in _batches(pairs, batch_size):
+    for batch in shuffled_batches(pairs, batch_size):
         rc, rr, _ = _pair_scores(model, head, batch, pad_id, device)
         chosen.append(rc)
         rejected.append(rr)
@@ -174,7 +186,7 @@ def train_reward_model(
     step, started, tokens = 0, time.monotonic(), 0
 
     for epoch in range(config.ppo.reward_epochs):
-        for batch in _batches(train, config.batch_size, generator):
+        for batch in shuffled_batches(train, config.batch_size, generator):
             model.train()
             with active_adapter(model, REWARD_ADAPTER):
                 # Inside the context only "reward" requires grad; the policy adapter is frozen.
@@ -210,8 +222,29 @@ def train_reward_model(
             result = evaluate_reward_model(model, head, held_out, pad_id, config.batch_size)
             emit("eval", phase="reward", step=step, **result)
             metrics.update({"reward_accuracy": result["accuracy"], "reward_margin": result["margin"]})
+    normalize_head(model, head, train, pad_id, config.batch_size)
     model.eval()
     return head, metrics
+
+
+@torch.no_grad()
+def normalize_head(model, head: nn.Linear, pairs: list[EncodedPair], pad_id: int, batch_size: int) -> None:
+    """Rescale the head so scores on the training answers have mean 0 and std 1.
+
+    Bradley-Terry fixes only score differences, so the raw scale is arbitrary; on a unit scale
+    PPO's kl_coef and missing-EOS penalty mean the same thing whatever the reward model learned.
+    Folded into the head's weights, so a saved reward model needs no extra numbers.
+    """
+    model.eval()
+    scores = []
+    for batch in shuffled_batches(pairs, batch_size):
+        rc, rr, _ = _pair_scores(model, head, batch, pad_id, head.weight.device)
+        scores += [rc, rr]
+    scores = torch.cat(scores)
+    mean = scores.mean().item()
+    std = max(scores.std().item(), 1e-3) if scores.numel() > 1 else 1.0
+    head.weight.div_(std)
+    head.bias.sub_(mean).div_(std)
 
 
 def save_reward_model(model, head: nn.Linear, folder: str | Path) -> Path:

@@ -1,0 +1,411 @@
+"""Data preparation, the DPO/ORPO loops on a tiny model, and the `tui_align.train` entry point end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tui_align.pairs import Pair
+from tui_align.training import data, loop, run_folder, runner, synthetic
+from tui_align.training.config import TrainConfig
+from tui_align.training.events import CollectEvents
+from tui_align.train import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+MULTI_TURN = Pair(
+    prompt=[
+        {"role": "system", "content": "You answer briefly."},
+        {"role": "user", "content": "Hi!"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "What is 2 plus 2?"},
+    ],
+    chosen="4.",
+    rejected="It is four, I think, but I am not sure at all.",
+)
+
+
+def full_ids(tokenizer, pair: Pair, answer: str) -> list[int]:
+    return data.template_ids(tokenizer, pair.prompt + [{"role": "assistant", "content": answer}], False)
+
+
+# --- data -------------------------------------------------------------------------------------------
+
+
+def test_sequences_are_the_chat_template_of_the_full_conversation(smol_tokenizer):
+    [encoded], truncated = data.encode_pairs(smol_tokenizer, [MULTI_TURN], max_length=512)
+    assert truncated == 0
+    assert encoded.chosen_ids == full_ids(smol_tokenizer, MULTI_TURN, MULTI_TURN.chosen)
+    assert encoded.rejected_ids == full_ids(smol_tokenizer, MULTI_TURN, MULTI_TURN.rejected)
+    generation_prompt = data.template_ids(smol_tokenizer, MULTI_TURN.prompt, True)
+    assert encoded.prompt_ids == generation_prompt == encoded.chosen_ids[: encoded.prompt_len]
+
+
+def test_labels_mask_exactly_the_prompt_and_padding(smol_tokenizer):
+    [encoded], _ = data.encode_pairs(smol_tokenizer, [MULTI_TURN], max_length=512)
+    batch = data.preference_batch([encoded], pad_id=smol_tokenizer.pad_token_id)
+    labels, mask = batch["labels"], batch["attention_mask"]
+    assert batch["input_ids"].shape == (2, len(encoded.rejected_ids))  # chosen row, then rejected row
+    for row, ids in enumerate([encoded.chosen_ids, encoded.rejected_ids]):
+        assert labels[row, : encoded.prompt_len].eq(-100).all()
+        assert labels[row, encoded.prompt_len : len(ids)].tolist() == ids[encoded.prompt_len :]
+        assert labels[row, len(ids) :].eq(-100).all() and mask[row, len(ids) :].eq(0).all()
+        assert mask[row, : len(ids)].eq(1).all()
+    scored = labels[0][labels[0] != -100].tolist()
+    assert smol_tokenizer.decode(scored) == "4.<|im_end|>\n"  # the answer and its end-of-turn, nothing else
+
+
+def test_long_pairs_are_truncated_and_counted(smol_tokenizer):
+    short = Pair(prompt=[{"role": "user", "content": "Hi"}], chosen="Hello.", rejected="Hey.")
+    long = Pair(prompt=[{"role": "user", "content": "word " * 80}], chosen="yes " * 60, rejected="no")
+    encoded, truncated = data.encode_pairs(smol_tokenizer, [short, long, short], max_length=48)
+    assert truncated == 1
+    kept = encoded[1]
+    assert kept.length <= 48 and kept.prompt_len == 24  # the prompt keeps its last max_length // 2 tokens
+    assert kept.prompt_ids == data.template_ids(smol_tokenizer, long.prompt, True)[-24:]  # ends with the assistant header
+    assert encoded[0].chosen_ids == full_ids(smol_tokenizer, short, short.chosen)  # untouched
+
+
+def test_max_length_too_small_is_a_user_error(smol_tokenizer):
+    from tui_align.errors import UserError
+
+    with pytest.raises(UserError, match="max-length"):
+        data.encode_pairs(smol_tokenizer, [MULTI_TURN], max_length=4)
+
+
+def test_prompt_batch_pads_on_the_left():
+    batch = data.prompt_batch([[5, 6, 7], [8]], pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def fake_pair(length: int) -> data.EncodedPair:
+    return data.EncodedPair(prompt_len=1, chosen_ids=[1] * length, rejected_ids=[2] * length, prompt_ids=[1])
+
+
+def test_length_grouped_batches_cover_everything_once_with_less_padding():
+    items = [fake_pair(random.Random(i).randint(5, 200)) for i in range(96)]
+    batches = data.length_grouped_batches(items, 8, random.Random(0))
+    assert sorted(id(p) for b in batches for p in b) == sorted(id(p) for p in items)
+
+    def padding(groups):
+        return sum(max(p.length for p in g) * len(g) - sum(p.length for p in g) for g in groups)
+
+    plain = [items[i : i + 8] for i in range(0, 96, 8)]
+    assert padding(batches) < padding(plain) / 3
+
+
+def test_held_out_split_is_seeded_and_disjoint():
+    pairs = list(range(40))
+    train, held = data.split_held_out(pairs, 0.1, seed=3)
+    assert len(held) == 4 and sorted(train + held) == pairs
+    assert data.split_held_out(pairs, 0.1, seed=3) == (train, held)
+    assert data.split_held_out(list(range(5)), 0.1, seed=0)[1] != []  # small sets still hold one out
+    assert data.split_held_out([1], 0.5, seed=0) == ([1], [])  # never the only pair
+
+
+def test_schedule_resumes_exactly_where_it_stopped():
+    items = [fake_pair(n) for n in range(5, 35)]
+    config = TrainConfig(epochs=3, batch_size=4)
+    full = [(step, [id(p) for p in batch]) for step, _, batch in loop.schedule(items, config)]
+    assert len(full) == loop.total_steps(len(items), config) == 24
+    resumed = [(step, [id(p) for p in batch]) for step, _, batch in loop.schedule(items, config, start_step=10)]
+    assert resumed == full[10:]
+    capped = TrainConfig(epochs=1, max_steps=11, batch_size=4)  # --max-steps beyond one epoch keeps going
+    assert [s for s, _, _ in loop.schedule(items, capped)] == list(range(1, 12))
+
+
+def test_shared_prompt_batch_layout():
+    pair = data.EncodedPair(prompt_len=3, chosen_ids=[1, 2, 3, 10, 11], rejected_ids=[1, 2, 3, 20], prompt_ids=[1, 2, 3])
+    short = data.EncodedPair(prompt_len=1, chosen_ids=[4, 12], rejected_ids=[4, 21, 22], prompt_ids=[4])
+    t = data.shared_prompt_batch([pair, short], pad_id=0)
+    assert t["input_ids"].tolist() == [[1, 2, 3, 10, 11, 20], [4, 12, 21, 22, 0, 0]]
+    assert t["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 3]  # the rejected answer restarts after the prompt
+    assert t["position_ids"][1, :4].tolist() == [0, 1, 1, 2]
+    # chosen rows first; each answer token is predicted from the position before it in its own branch
+    assert t["sources"].tolist() == [[2, 3], [0, 0], [2, 0], [0, 2]]
+    assert t["targets"].tolist() == [[10, 11], [12, -100], [20, -100], [21, 22]]
+    assert t["rows"].tolist() == [0, 1, 0, 1]
+    allowed = (t["attention_mask"][0, 0] == 0).int().tolist()
+    assert allowed[5] == [1, 1, 1, 0, 0, 1]  # the rejected token sees the prompt and itself, not the chosen answer
+    assert allowed[4] == [1, 1, 1, 1, 1, 0]
+
+
+def test_one_shared_prompt_forward_equals_separate_sequences(smol_tokenizer, tiny_llama):
+    config = TrainConfig()
+    model = runner.attach_lora(tiny_llama, config, None)
+    with torch.no_grad():  # a trained-looking adapter, so the LoRA path matters
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    pairs = synthetic.trait_pairs(5, "signoff") + [MULTI_TURN]
+    encoded, _ = data.encode_pairs(smol_tokenizer, pairs, 256)
+    params = [p for p in model.parameters() if p.requires_grad]
+    packed, packed_counts, _ = loop.batch_logps(model, encoded, smol_tokenizer.pad_token_id)
+    plain, plain_counts, _ = loop.separate_logps(model, encoded, smol_tokenizer.pad_token_id)
+    assert packed_counts.tolist() == plain_counts.tolist()
+    assert torch.allclose(packed, plain, atol=1e-4), (packed - plain).abs().max()
+    grads_packed = torch.autograd.grad(packed.sum(), params)
+    grads_plain = torch.autograd.grad(plain.sum(), params)
+    for a, b in zip(grads_packed, grads_plain):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-3)
+    with model.disable_adapter():
+        base_packed, _, _ = loop.batch_logps(model, encoded, smol_tokenizer.pad_token_id)
+    assert not torch.allclose(base_packed, packed)  # disable_adapter reaches the decoder-level forward too
+
+
+def test_dpo_sft_weight_adds_the_chosen_nll(smol_tokenizer, tiny_llama):
+    from tui_align.training import dpo
+
+    encoded, _ = data.encode_pairs(smol_tokenizer, synthetic.trait_pairs(4, "signoff"), 256)
+    model = runner.attach_lora(tiny_llama, TrainConfig(), None)
+    cache = dpo.reference_logps(model, encoded, smol_tokenizer.pad_token_id, 4)
+    settings = TrainConfig().dpo
+    with torch.no_grad():
+        plain, _, _, _ = dpo._pair_terms(model, encoded, cache, smol_tokenizer.pad_token_id, settings)
+        settings.sft_weight = 0.5
+        mixed, _, _, _ = dpo._pair_terms(model, encoded, cache, smol_tokenizer.pad_token_id, settings)
+        logps, counts, _ = loop.batch_logps(model, encoded, smol_tokenizer.pad_token_id)
+    assert torch.allclose(plain, torch.full_like(plain, 0.693147), atol=1e-5)  # the adapter starts as the base
+    assert torch.allclose(mixed - plain, 0.5 * -logps[:4] / counts[:4], atol=1e-5)
+
+
+# --- learning the trait on a tiny model ------------------------------------------------------------
+
+
+def lora_snapshot(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("method,lr,steps", [("dpo", 3e-3, 36), ("orpo", 5e-3, 30)])
+def test_tiny_model_learns_the_trait(method, lr, steps, smol_tokenizer, tiny_llama):
+    """Held-out accuracy high, trait in greedy answers to unseen questions 0 -> most, LoRA weights moved."""
+    torch.manual_seed(0)
+    trait = "prefix"
+    config = TrainConfig(method=method, batch_size=6, learning_rate=lr, max_steps=steps, max_length=128)
+    train, _ = data.encode_pairs(smol_tokenizer, synthetic.trait_pairs(36, trait), config.max_length)
+    held_out, _ = data.encode_pairs(smol_tokenizer, synthetic.eval_pairs(trait), config.max_length)
+    prompts = synthetic.eval_prompts()
+    before = sum(synthetic.has_trait(a, trait) for a in synthetic.greedy_answers(tiny_llama, smol_tokenizer, prompts, 6))
+
+    model = runner.attach_lora(tiny_llama, config, None)
+    initial = lora_snapshot(model)
+    events = CollectEvents()
+    train_fn = runner._method_module(method).__dict__[f"train_{method}"]
+    metrics = train_fn(model, smol_tokenizer, train, held_out, config, events, lambda: False)
+
+    answers = synthetic.greedy_answers(model, smol_tokenizer, prompts, 6)
+    after = sum(synthetic.has_trait(a, trait) for a in answers)
+    assert before <= 1, f"the untrained model already shows the trait: {before}/12"
+    assert after >= 9, f"trait in only {after}/12 greedy answers after training: {answers}"
+    assert metrics["eval_accuracy"] >= 0.9
+    assert len(events.of("step")) == steps and events.of("eval")
+    for name, value in lora_snapshot(model).items():
+        assert not torch.equal(value, initial[name]), f"parameter {name} has not changed"
+    with model.disable_adapter():  # the reference is still the untouched base
+        base = synthetic.greedy_answers(model, smol_tokenizer, prompts, 6)
+    assert sum(synthetic.has_trait(a, trait) for a in base) == before
+
+
+# --- the entry point --------------------------------------------------------------------------------
+
+
+def write_pairs_file(path: Path, count: int, trait: str = "prefix") -> list[Pair]:
+    pairs = synthetic.trait_pairs(count, trait)
+    with open(path, "w") as fh:
+        for p in pairs:
+            fh.write(json.dumps({"prompt": p.prompt[-1]["content"], "chosen": p.chosen, "rejected": p.rejected}) + "\n")
+    return pairs
+
+
+@pytest.fixture
+def pairs_file(tmp_path) -> Path:
+    path = tmp_path / "pairs.jsonl"
+    write_pairs_file(path, 12)
+    return path
+
+
+def run_cli(capsys, *args) -> tuple[int, list[dict]]:
+    code = main([*map(str, args), "--jsonl"])
+    lines = capsys.readouterr().out.splitlines()
+    return code, [json.loads(line) for line in lines]  # every line must be JSON
+
+
+def test_cli_trains_and_writes_a_loadable_adapter(capsys, pairs_file, tiny_model_dir, private_home):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    code, events = run_cli(capsys, "--method", "dpo", "--data", pairs_file, "--model", tiny_model_dir,
+                           "--max-steps", 3, "--batch-size", 4, "--lr", 1e-3)
+    kinds = [e["event"] for e in events]
+    assert code == 0, events[-1]
+    assert kinds[0] == "start" and kinds[-1] == "done" and kinds.count("step") == 3
+    start, done = events[0], events[-1]
+    assert start["train_pairs"] + start["eval_pairs"] == 12 and start["total_steps"] == 3
+    run_dir = Path(done["run_dir"])
+    assert run_dir.parent == private_home / "models" / "adapters" and run_dir.name.endswith("-dpo")
+    assert done["cancelled"] is False and "eval_accuracy" in done["metrics"]
+
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "completed" and record["method"] == "dpo"
+    assert record["data"]["hash"] == run_folder.data_hash(run_folder.read_pairs_file(run_dir))
+    assert record["base_model"]["location"] == str(tiny_model_dir) and record["settings"]["max_steps"] == 3
+    assert not (run_dir / "checkpoint").exists()
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), run_dir)
+    assert any("lora_B" in n and p.abs().sum() > 0 for n, p in model.named_parameters())
+
+
+def test_orpo_through_the_cli(capsys, pairs_file, tiny_model_dir):
+    code, events = run_cli(capsys, "--method", "orpo", "--data", pairs_file, "--model", tiny_model_dir, "--max-steps", 2)
+    assert code == 0 and events[-1]["event"] == "done"
+    assert {"nll", "log_odds", "accuracy", "margin"} <= set(events[1])
+
+
+def test_cancel_then_resume_matches_an_uninterrupted_run(pairs_file, tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    def options(out, **kw):
+        config = TrainConfig(method="dpo", max_steps=6, batch_size=3, learning_rate=2e-3)
+        return runner.RunOptions(config=config, data=str(pairs_file), model=str(tiny_model_dir),
+                                 out=str(out) if out else None, **kw)
+
+    straight = CollectEvents()
+    assert runner.run(options(tmp_path / "straight"), straight) == 0
+
+    first = CollectEvents()
+    stop_after_2 = lambda: len(first.of("step")) >= 2  # noqa: E731
+    assert runner.run(options(tmp_path / "cut"), first, stop_after_2) == runner.EXIT_CANCELLED
+    cut = tmp_path / "cut"
+    assert first.events[-1]["event"] == "done" and first.events[-1]["cancelled"] is True
+    assert json.loads((cut / "run.json").read_text())["status"] == "cancelled"
+    assert (cut / "checkpoint" / "optimizer.pt").is_file() and not (cut / "adapter_model.safetensors").exists()
+
+    second = CollectEvents()
+    assert runner.run(options(None, resume=str(cut)), second) == 0
+    assert [e["step"] for e in second.of("step")] == [3, 4, 5, 6]
+    assert json.loads((cut / "run.json").read_text())["status"] == "completed"
+    resumed = load_file(cut / "adapter_model.safetensors")
+    expected = load_file(tmp_path / "straight" / "adapter_model.safetensors")
+    for name, tensor in expected.items():
+        assert torch.allclose(resumed[name], tensor, atol=1e-6), name
+
+
+def test_sigterm_stops_after_the_step_and_exits_130(pairs_file, tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "tui_align.train", "--jsonl", "--data", str(pairs_file), "--model",
+               str(tiny_model_dir), "--max-steps", "500", "--batch-size", "2", "--out", str(out)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    events = []
+    for line in proc.stdout:
+        events.append(json.loads(line))
+        if events[-1]["event"] == "step" and events[-1]["step"] == 2:
+            proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=60)
+    assert code == 130, proc.stderr.read()
+    assert events[-1]["event"] == "done" and events[-1]["cancelled"] is True
+    assert events[-1]["run_dir"] == str(out) and events[-2]["event"] == "checkpoint"
+    assert (out / "checkpoint" / "state.json").is_file()
+
+
+def test_nan_loss_ends_with_one_nan_error(capsys, pairs_file, tiny_model_dir, monkeypatch):
+    from tui_align.training import dpo
+
+    real = dpo.dpo_loss
+    monkeypatch.setattr(dpo, "dpo_loss", lambda *a: (real(*a)[0] * float("nan"),) + real(*a)[1:])
+    code, events = run_cli(capsys, "--data", pairs_file, "--model", tiny_model_dir, "--max-steps", 3)
+    assert code == 1
+    assert events[-1]["event"] == "error" and events[-1]["kind"] == "nan" and "--lr" in events[-1]["message"]
+    run_dir = Path(events[0]["run_dir"])
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
+    assert not (run_dir / "adapter_model.safetensors").exists()
+
+
+def test_cuda_out_of_memory_says_what_to_lower(capsys, pairs_file, tiny_model_dir, monkeypatch):
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(loop, "batch_logps", oom)
+    code, events = run_cli(capsys, "--data", pairs_file, "--model", tiny_model_dir, "--max-steps", 2)
+    assert code == 1 and events[-1] == {**events[-1], "event": "error", "kind": "oom",
+                                        "message": "out of memory: lower --batch-size or --max-length"}
+
+
+def test_full_disk_while_saving_leaves_earlier_adapters_alone(capsys, pairs_file, tiny_model_dir, private_home, monkeypatch):
+    from peft import PeftModel
+
+    earlier = private_home / "models" / "adapters" / "earlier-run"
+    earlier.mkdir(parents=True)
+    (earlier / "adapter_model.safetensors").write_bytes(b"earlier weights")
+
+    def full_disk(self, folder, **kwargs):
+        (Path(folder) / "adapter_model.safetensors").write_bytes(b"half")
+        raise OSError(28, "No space left on device", str(folder))
+
+    monkeypatch.setattr(PeftModel, "save_pretrained", full_disk)
+    code, events = run_cli(capsys, "--data", pairs_file, "--model", tiny_model_dir, "--max-steps", 1)
+    assert code == 1 and events[-1]["kind"] == "disk" and "No space left" in events[-1]["message"]
+    assert (earlier / "adapter_model.safetensors").read_bytes() == b"earlier weights"
+    run_dir = Path(events[0]["run_dir"])
+    assert sorted(p.name for p in run_dir.iterdir()) == ["pairs.jsonl", "run.json"]  # no half adapter
+
+
+def test_fewer_pairs_than_a_batch_shrinks_the_batch_and_says_so(capsys, tmp_path, tiny_model_dir):
+    path = tmp_path / "three.jsonl"
+    write_pairs_file(path, 3)
+    code, events = run_cli(capsys, "--data", path, "--model", tiny_model_dir, "--batch-size", 8, "--eval-fraction", 0,
+                           "--epochs", 1)
+    assert code == 0
+    notes = [e["message"] for e in events if e["event"] == "note"]
+    assert notes == ["only 3 training pairs: batch size lowered from 8 to 3"]
+    assert events[0]["config"]["batch_size"] == 3 and events[-1]["event"] == "done"
+
+
+def test_no_pairs_in_the_store_is_one_data_error(capsys, private_home, tiny_model_dir):
+    from tui_align.store import Store
+
+    private_home.mkdir(parents=True, exist_ok=True)
+    Store(private_home / "tui-align.sqlite3").close()
+    code, events = run_cli(capsys, "--model", tiny_model_dir)
+    assert code == 1 and len(events) == 1
+    assert events[0]["kind"] == "data" and "No preference pairs" in events[0]["message"]
+
+
+def test_truncation_is_reported_in_start(capsys, tmp_path, tiny_model_dir):
+    path = tmp_path / "long.jsonl"
+    rows = [{"prompt": f"question {i} " + "very " * 40, "chosen": "yes " * 40, "rejected": "no"} for i in range(4)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, events = run_cli(capsys, "--data", path, "--model", tiny_model_dir, "--max-length", 32, "--max-steps", 1)
+    assert code == 0 and events[0]["truncated"] == 4
+    assert any(e["event"] == "note" and "truncated" in e["message"] for e in events)
+
+
+def test_a_model_that_fails_to_load_is_a_model_error(capsys, pairs_file, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    code, events = run_cli(capsys, "--data", pairs_file, "--model", broken)
+    assert code == 1 and [e["event"] for e in events] == ["error"] and events[0]["kind"] == "model"
+
+
+def test_bad_flags_are_one_json_error_line(capsys):
+    code, events = run_cli(capsys, "--batch-size", "0")
+    assert code == 1 and events == [{**events[0], "event": "error", "kind": "data", "message": "--batch-size must be at least 1"}]
+    code, events = run_cli(capsys, "--method", "sft")
+    assert code == 1 and "invalid choice" in events[0]["message"]
+
+
+def test_resuming_a_completed_run_is_refused(capsys, pairs_file, tiny_model_dir, tmp_path):
+    out = tmp_path / "done"
+    assert run_cli(capsys, "--data", pairs_file, "--model", tiny_model_dir, "--max-steps", 1, "--out", out)[0] == 0
+    code, events = run_cli(capsys, "--resume", out)
+    assert code == 1 and "already completed" in events[-1]["message"]

@@ -1,0 +1,158 @@
+"""Pieces every preference loop shares: the step schedule, the optimizer, the one-forward log-probs, timing.
+
+DPO and ORPO differ only in their loss; everything around it lives here so each method module
+reads as "compute the loss for a batch".
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import random
+import time
+from typing import Callable, Iterator
+
+import torch
+
+from .config import TrainConfig
+from .data import EncodedPair, length_grouped_batches, preference_batch, shared_prompt_batch
+from .losses import IGNORE_INDEX, label_logps, sequence_logps
+
+SaveCheckpoint = Callable[..., None]  # save_checkpoint(step, optimizer=None)
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    return max(1, math.ceil(n_train / batch_size))
+
+
+def total_steps(n_train: int, config: TrainConfig) -> int:
+    """Optimizer steps of a run: --max-steps when given (it overrides --epochs, as in transformers), else epochs."""
+    if config.max_steps:
+        return config.max_steps
+    return config.epochs * steps_per_epoch(n_train, config.batch_size)
+
+
+def schedule(train: list[EncodedPair], config: TrainConfig, start_step: int = 0) -> Iterator[tuple[int, float, list[EncodedPair]]]:
+    """(step, epoch as a float, batch) for steps start_step+1 .. total_steps.
+
+    Each epoch's batch order comes from its own seeded RNG, so a resumed run skips exactly the
+    batches it already trained on and sees the same ones after.
+    """
+    per_epoch = steps_per_epoch(len(train), config.batch_size)
+    last = total_steps(len(train), config)
+    step = 0
+    for epoch in range(math.ceil(last / per_epoch)):
+        rng = random.Random(f"{config.seed}-{epoch}")
+        for batch in length_grouped_batches(train, config.batch_size, rng):
+            step += 1
+            if step > last:
+                return
+            if step > start_step:
+                yield step, step / per_epoch, batch
+
+
+def make_optimizer(model, config: TrainConfig, state: dict | None = None) -> torch.optim.Optimizer:
+    """AdamW over the trainable (LoRA) weights; restores `state` when resuming."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+    if state is not None:
+        optimizer.load_state_dict(state)
+    return optimizer
+
+
+def optimizer_step(model, optimizer: torch.optim.Optimizer, loss: torch.Tensor, step: int) -> None:
+    """Backward, clip the gradient norm at 1, step; a non-finite loss stops the run instead."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"the loss is {loss.item()} at step {step}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def _decoder_and_head(model):
+    """(decoder, lm_head) when the logits are plainly lm_head(hidden), else None (softcapped or scaled logits)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        return None
+    try:
+        decoder, head = base.get_decoder(), base.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    if decoder is None or head is None or decoder is base:
+        return None
+    return decoder, head
+
+
+def batch_logps(model, batch: list[EncodedPair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Summed answer log-probs of chosen and rejected in one forward: ((2B,) logps, (2B,) answer lengths, tokens run).
+
+    Rows 0..B-1 are the chosen answers, B..2B-1 the rejected ones. The prompt runs once per pair
+    (`shared_prompt_batch`) and the LM head only at the positions that predict answer tokens:
+    with a 49k vocabulary, prompt logits would be a large share of the compute for nothing.
+    """
+    parts = _decoder_and_head(model)
+    if parts is None:
+        return separate_logps(model, batch, pad_id)
+    decoder, head = parts
+    device = next(model.parameters()).device
+    dtype = next(decoder.parameters()).dtype
+    tensors = {k: v.to(device) for k, v in shared_prompt_batch(batch, pad_id, mask_dtype=dtype).items()}
+    hidden = decoder(
+        input_ids=tensors["input_ids"],
+        attention_mask=tensors["attention_mask"],
+        position_ids=tensors["position_ids"],
+        use_cache=False,
+    ).last_hidden_state  # (B,T,H)
+    selected = hidden[tensors["rows"].unsqueeze(1), tensors["sources"]]  # (2B,K,H)
+    targets = tensors["targets"]
+    logps = label_logps(head(selected), targets).sum(-1)
+    tokens = sum(len(p.chosen_ids) + len(p.rejected_ids) - p.prompt_len for p in batch)
+    return logps, (targets != IGNORE_INDEX).sum(-1), tokens
+
+
+def separate_logps(model, batch: list[EncodedPair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The plain way, for models whose logits aren't lm_head(hidden): chosen and rejected as separate rows.
+
+    The LM head still runs only from the earliest answer position on (`logits_to_keep`).
+    """
+    device = next(model.parameters()).device
+    tensors = preference_batch(batch, pad_id)
+    input_ids = tensors["input_ids"].to(device)
+    attention_mask = tensors["attention_mask"].to(device)
+    labels = tensors["labels"].to(device)
+    width = input_ids.shape[1]
+    kwargs = {}
+    if _accepts_logits_to_keep(model):
+        first_scored = min(p.prompt_len for p in batch)  # labels before this index are all -100
+        keep = width - max(first_scored - 1, 0)
+        kwargs["logits_to_keep"] = keep
+        labels = labels[:, width - keep :]
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs).logits
+    counts = (labels[:, 1:] != IGNORE_INDEX).sum(-1)
+    return sequence_logps(logits, labels), counts, int(attention_mask.sum())
+
+
+class Progress:
+    """Tokens/s and ETA for step events, measured from the first step this process ran."""
+
+    def __init__(self, start_step: int, total: int):
+        self.start_step, self.total = start_step, total
+        self.started = time.monotonic()
+        self.tokens = 0
+
+    def fields(self, step: int, tokens: int) -> dict:
+        self.tokens += tokens
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        done = step - self.start_step
+        return {
+            "tokens_per_s": self.tokens / elapsed,
+            "eta_s": elapsed / max(done, 1) * (self.total - step),
+        }
