@@ -181,6 +181,8 @@ def run_app(args) -> int:
         home=home,
         model_label=f"{ref.model_id} ({engine})",
         model_spec=args.model,
+        model_ref=ref,
+        engine=engine,
         settings=SamplingSettings(),
     )
     try:

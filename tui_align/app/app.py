@@ -16,6 +16,7 @@ from textual.worker import get_current_worker
 
 from ..backends.base import Backend, SamplingSettings
 from ..errors import UserError
+from ..model_files import ModelRef
 from ..store import Store
 from .generation import first_line
 from .messages import BackendFailed, BackendReady
@@ -69,11 +70,19 @@ class AlignApp(App[int]):
         model_label: str,
         settings: SamplingSettings | None = None,
         candidate_count: int = MIN_CANDIDATES,
+        model_spec: str | None = None,
+        model_ref: ModelRef | None = None,
+        engine: str | None = None,
     ) -> None:
         super().__init__()
         self.store = store
         self.home = Path(home)
         self.model_label = model_label
+        self.model_spec = model_spec  # what --model said (None: the default); the train child gets the same
+        self.model_ref = model_ref  # the base behind `backend`; adapters load onto it (None: resolve model_spec)
+        self.engine = engine  # llamacpp | hf (None: the model's default)
+        self.active_adapter: str | None = None  # the adapter the chat model runs with (adapters screen)
+        self.compare_tallies: dict = {}  # adapter name -> blind-compare tally; outlives the compare screen
         self.backend: Backend | None = None
         self.backend_error = ""
         self.generation_lock = threading.Lock()

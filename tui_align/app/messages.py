@@ -60,3 +60,66 @@ class TransferFinished(Message):
     count: int = 0
     path: str = ""
     error: str | None = None
+
+
+@dataclass
+class TrainProgress(Message):
+    """A step event from the training child (the run's state already holds it; newer ones replace older)."""
+
+    event: dict
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, TrainProgress)
+
+
+@dataclass
+class TrainEvent(Message):
+    """Any other line from the training child: start, eval, checkpoint, phase, or plain output."""
+
+    event: dict
+
+
+@dataclass
+class TrainFinished(Message):
+    """The training child exited after completing or being cancelled (`cancelled` says which)."""
+
+    cancelled: bool = False
+
+
+@dataclass
+class TrainFailed(Message):
+    """The training child failed: an error event, a crash, or it could not be read; `error` is one line."""
+
+    error: str
+
+
+@dataclass
+class ComparePairReady(Message):
+    """The compare screen's (base, tuned) backends for adapter `adapter` finished loading."""
+
+    adapter: str
+    base: Backend
+    tuned: Backend
+
+
+@dataclass
+class AdapterActivated(Message):
+    """The chat model now runs with adapter `adapter` (None: the plain base)."""
+
+    adapter: str | None
+
+
+@dataclass
+class AdapterWorkFailed(Message):
+    """Loading, unloading or exporting an adapter failed; `error` is one line for the user."""
+
+    action: str
+    error: str
+
+
+@dataclass
+class AdapterExported(Message):
+    """export_adapter wrote `form` to `path`."""
+
+    form: str
+    path: str

@@ -7,8 +7,11 @@ from typing import Callable
 
 from textual.screen import Screen
 
+from .adapters import AdaptersScreen
 from .chat import ChatScreen
+from .compare import CompareScreen
 from .pairs import PairsScreen
+from .train import TrainScreen
 
 
 @dataclass(frozen=True)
@@ -30,4 +33,7 @@ class MainScreen:
 MAIN_SCREENS: tuple[MainScreen, ...] = (
     MainScreen("chat", "Chat", "f2", ChatScreen, "Chat with the model and pick preferred answers"),
     MainScreen("pairs", "Pairs", "f3", PairsScreen, "Browse, search, edit, import and export pairs"),
+    MainScreen("train", "Train", "f4", TrainScreen, "Train a LoRA adapter on the pairs"),
+    MainScreen("compare", "Compare", "f5", CompareScreen, "Base and trained adapter side by side, blind A/B"),
+    MainScreen("adapters", "Adapters", "f6", AdaptersScreen, "Trained runs: load, unload, delete, export"),
 )

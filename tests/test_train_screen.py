@@ -1,0 +1,257 @@
+"""The train screen, driven with Pilot against fake training children (tiny scripts) and one real run."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import textwrap
+import time
+
+import pytest
+from textual.widgets import Input, ProgressBar, RichLog, Select, Static
+
+from tui_align.app import AlignApp
+from tui_align.app import train_process
+from tui_align.app.screens.train import TrainScreen, format_seconds
+from tui_align.app.train_process import form_defaults, form_flags
+from tui_align.errors import UserError
+from tui_align.paths import store_path
+from tui_align.store import Store
+from tui_align.training import synthetic
+
+from fakes import ScriptedBackend
+
+SIZE = (110, 40)
+
+STEPS_THEN_DONE = """
+    import json, sys
+    open(sys.argv[0] + ".argv", "w").write(json.dumps(sys.argv[1:]))
+    def say(**e): print(json.dumps(e), flush=True)
+    say(event="start", config={"method": "dpo"}, train_pairs=4, eval_pairs=1, total_steps=3, device="cpu",
+        run_dir="RUN")
+    print("a stray line that is not JSON", flush=True)
+    for step in (1, 2, 3):
+        say(event="step", step=step, total_steps=3, epoch=1, loss=0.7 - 0.1 * step, accuracy=0.5 + 0.1 * step,
+            margin=0.1 * step, tokens_per_s=123.0, eta_s=3 - step)
+    say(event="eval", step=3, accuracy=0.75, margin=0.2, loss=0.5)
+    say(event="done", run_dir="RUN", metrics={}, seconds=1.0)
+"""
+
+ERROR_EVENT = """
+    import json
+    print(json.dumps({"event": "start", "total_steps": 5, "run_dir": "RUN"}), flush=True)
+    print(json.dumps({"event": "error", "kind": "oom", "message": "CUDA out of memory: lower --batch-size"}))
+    raise SystemExit(1)
+"""
+
+CRASH = """
+    import sys
+    sys.stderr.write("Traceback (most recent call last):\\n  boom\\nRuntimeError: segfault-ish\\n")
+    raise SystemExit(1)
+"""
+
+STEPS_UNTIL_SIGINT = """
+    import json, signal, sys, time
+    open(sys.argv[0] + ".argv", "a").write(json.dumps(sys.argv[1:]) + "\\n")
+    stop = []
+    signal.signal(signal.SIGINT, lambda *a: stop.append(1))
+    def say(**e): print(json.dumps(e), flush=True)
+    say(event="start", total_steps=1000, run_dir="RUNDIR")
+    step = 0
+    while not stop and step < 1000:
+        step += 1
+        say(event="step", step=step, total_steps=1000, loss=1.0, accuracy=0.5)
+        time.sleep(0.02)
+    say(event="checkpoint", step=step, path="RUNDIR/checkpoint")
+    say(event="done", run_dir="RUNDIR", metrics={}, seconds=0.1, cancelled=True)
+    raise SystemExit(130)
+"""
+
+
+@pytest.fixture
+def store(tmp_path):
+    (tmp_path / "home").mkdir()
+    store = Store(store_path(tmp_path / "home"))  # where the child looks for the pairs of --home
+    store.add_pairs(synthetic.trait_pairs(6, "prefix"))
+    yield store
+    store.close()
+
+
+def fake_child(monkeypatch, tmp_path, source: str):
+    """Make the screen run `source` (a python script) instead of `python -m tui_align.train`."""
+    script = tmp_path / "child.py"
+    script.write_text(textwrap.dedent(source))
+    monkeypatch.setattr(train_process, "train_command", lambda: [sys.executable, str(script)])
+    return script
+
+
+def make_app(store, tmp_path, **kwargs) -> AlignApp:
+    return AlignApp(store=store, load_backend=ScriptedBackend, home=tmp_path / "home", model_label="scripted",
+                    **kwargs)
+
+
+async def open_train(pilot) -> TrainScreen:
+    await pilot.press("f4")
+    await pilot.pause()
+    assert isinstance(pilot.app.screen, TrainScreen)
+    return pilot.app.screen
+
+
+async def wait_for(pilot, condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+    await pilot.pause()
+
+
+async def run_to_end(pilot, screen: TrainScreen, timeout: float = 20.0) -> None:
+    await pilot.press("ctrl+g")
+    await wait_for(pilot, lambda: screen.train_run is not None and not screen.train_run.running, timeout)
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+def log_text(screen) -> str:
+    return "\n".join(strip.text for strip in screen.query_one("#train-log", RichLog).lines)
+
+
+def errors(app) -> list[str]:
+    return [n.message for n in app._notifications if n.severity == "error"]
+
+
+def test_form_flags_parse_and_name_the_bad_field():
+    flags = form_flags("orpo", {**form_defaults(), "max-steps": "7", "lr": "1e-4"})
+    assert flags[:2] == ["--method", "orpo"]
+    assert flags[flags.index("--max-steps") + 1] == "7" and flags[flags.index("--lr") + 1] == "0.0001"
+    assert "--max-steps" not in form_flags("dpo", form_defaults())  # optional and empty: left to epochs
+    for name, value, words in [("batch-size", "two", "Batch size must be a whole number"),
+                               ("eval-fraction", "1", "Eval fraction must be in [0, 1)"),
+                               ("max-length", "8", "Max length must be at least 16"),
+                               ("lr", "0", "Learning rate must be positive")]:
+        with pytest.raises(UserError, match=words.replace("[", r"\[").replace(")", r"\)")):
+            form_flags("dpo", {**form_defaults(), name: value})
+
+
+def test_format_seconds():
+    assert [format_seconds(s) for s in (5, 125, 3725, None)] == ["5s", "2m 05s", "1h 02m", "?"]
+
+
+async def test_a_run_shows_progress_metrics_and_the_done_line(store, tmp_path, monkeypatch):
+    script = fake_child(monkeypatch, tmp_path, STEPS_THEN_DONE)
+    app = make_app(store, tmp_path, model_spec="/models/x.gguf")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_train(pilot)
+        assert "6 pairs" in str(screen.query_one("#train-pairs", Static).render())
+        screen.query_one("#method", Select).value = "orpo"
+        screen.query_one("#field-max-steps", Input).value = "3"
+        await run_to_end(pilot, screen)
+        bar = screen.query_one("#train-progress", ProgressBar)
+        assert (bar.progress, bar.total) == (3, 3)
+        metrics = str(screen.query_one("#train-metrics", Static).render())
+        assert "loss 0.4" in metrics and "accuracy 0.8" in metrics and "123 tokens/s" in metrics
+        assert "held out: loss 0.5  accuracy 0.75" in metrics
+        assert screen.query_one("#loss-spark").data == pytest.approx([0.6, 0.5, 0.4])
+        log = log_text(screen)
+        assert "a stray line that is not JSON" in log and "done in 1 s: RUN" in log and "eval @ step 3" in log
+        assert screen.train_run.status == "completed" and not errors(app)
+    argv = __import__("json").loads(script.with_name("child.py.argv").read_text())
+    assert argv[:3] == ["--jsonl", "--home", str(tmp_path / "home")]
+    assert argv[argv.index("--method") + 1] == "orpo" and argv[argv.index("--max-steps") + 1] == "3"
+    assert argv[-2:] == ["--model", "/models/x.gguf"]
+    assert store.count_pairs() == 6
+
+
+async def test_a_bad_form_value_starts_nothing(store, tmp_path, monkeypatch):
+    fake_child(monkeypatch, tmp_path, STEPS_THEN_DONE)
+    async with make_app(store, tmp_path).run_test(size=SIZE) as pilot:
+        screen = await open_train(pilot)
+        screen.query_one("#field-epochs", Input).value = "0"
+        await pilot.press("ctrl+g")
+        await pilot.pause()
+        assert screen.train_run is None and errors(pilot.app) == ["Epochs must be at least 1, not 0."]
+
+
+async def test_an_error_event_is_one_error_line(store, tmp_path, monkeypatch):
+    fake_child(monkeypatch, tmp_path, ERROR_EVENT)
+    async with make_app(store, tmp_path).run_test(size=SIZE) as pilot:
+        screen = await open_train(pilot)
+        await run_to_end(pilot, screen)
+        assert errors(pilot.app) == ["out of memory: CUDA out of memory: lower --batch-size"]
+        assert "error (oom): CUDA out of memory" in log_text(screen)
+        assert screen.train_run.can_resume and not screen.query_one("#resume").disabled
+
+
+async def test_a_crash_without_events_points_at_the_log(store, tmp_path, monkeypatch):
+    fake_child(monkeypatch, tmp_path, CRASH)
+    async with make_app(store, tmp_path).run_test(size=SIZE) as pilot:
+        screen = await open_train(pilot)
+        await run_to_end(pilot, screen)
+        log_path = screen.train_run.log_path
+        assert errors(pilot.app) == [f"training crashed (exit 1) — see {log_path}"]
+        assert "RuntimeError: segfault-ish" in log_path.read_text()
+        assert "Traceback" not in log_text(screen)
+    assert store.count_pairs() == 6
+
+
+async def test_a_child_that_cannot_start_is_one_error_line(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_process, "train_command", lambda: [str(tmp_path / "no-such-program")])
+    async with make_app(store, tmp_path).run_test(size=SIZE) as pilot:
+        screen = await open_train(pilot)
+        await pilot.press("ctrl+g")
+        await pilot.pause()
+        assert len(errors(pilot.app)) == 1 and errors(pilot.app)[0].startswith("Couldn't start training:")
+        assert screen.train_run.status == "failed" and not screen.query_one("#start").disabled
+
+
+async def test_cancel_signals_the_child_and_resume_continues_its_run(store, tmp_path, monkeypatch):
+    script = fake_child(monkeypatch, tmp_path, STEPS_UNTIL_SIGINT)
+    async with make_app(store, tmp_path).run_test(size=SIZE) as pilot:
+        screen = await open_train(pilot)
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: screen.train_run.step >= 3)
+        # Training goes on while the user chats; coming back shows the progress so far.
+        await pilot.press("f2")
+        steps_then = screen.train_run.step
+        await wait_for(pilot, lambda: screen.train_run.step >= steps_then + 5)
+        await pilot.press("f4")
+        await pilot.pause()
+        assert pilot.app.screen is screen
+        assert screen.query_one("#train-progress", ProgressBar).progress >= steps_then + 5
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not screen.train_run.running)
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+        run = screen.train_run
+        assert (run.status, run.returncode, run.run_dir) == ("cancelled", 130, "RUNDIR")
+        assert run.step < 1000 and "cancelled (resumable)" in log_text(screen) and not errors(pilot.app)
+        await pilot.click("#resume")
+        await wait_for(pilot, lambda: screen.train_run is not run and screen.train_run.step >= 1)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not screen.train_run.running)
+    calls = script.with_name("child.py.argv").read_text().splitlines()
+    assert len(calls) == 2 and __import__("json").loads(calls[1])[-2:] == ["--resume", "RUNDIR"]
+
+
+async def test_quitting_the_app_cancels_a_running_child(store, tmp_path, monkeypatch):
+    fake_child(monkeypatch, tmp_path, STEPS_UNTIL_SIGINT)
+    async with make_app(store, tmp_path).run_test(size=SIZE) as pilot:
+        screen = await open_train(pilot)
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: screen.train_run.step >= 1)
+        process = screen.train_run.process
+    assert process.poll() == 130  # stopped cleanly (it saved its checkpoint), not killed
+
+
+async def test_real_training_child_runs_two_steps(store, tmp_path, tiny_model_dir, private_home):
+    """The real `python -m tui_align.train` on a tiny model, from the screen, to `done`."""
+    async with make_app(store, tmp_path, model_spec=str(tiny_model_dir)).run_test(size=SIZE) as pilot:
+        screen = await open_train(pilot)
+        screen.query_one("#field-max-steps", Input).value = "2"
+        screen.query_one("#field-batch-size", Input).value = "2"
+        await run_to_end(pilot, screen, timeout=90)
+        run = screen.train_run
+        assert run.status == "completed", (run.error, run.log_path.read_text()[-2000:])
+        assert run.step == 2 and len(run.losses) == 2 and not errors(pilot.app)
+        assert "done" in log_text(screen)
+        assert (tmp_path / "home") in __import__("pathlib").Path(run.run_dir).parents

@@ -1,0 +1,261 @@
+"""The adapters screen: every training run; load one as the chat model, unload it, delete it, export it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+from textual.worker import get_current_worker
+
+from ...adapters.registry import Adapter, check_same_base, delete_adapter, list_adapters
+from ...backends.base import Backend
+from ...errors import UserError
+from ...model_files import ModelRef, resolve_model
+from ...paths import models_dir
+from ..generation import first_line
+from ..messages import AdapterActivated, AdapterExported, AdapterWorkFailed
+from .confirm import ConfirmModal
+from .export_adapter import ExportModal
+
+if TYPE_CHECKING:
+    from ..app import AlignApp
+
+COLUMNS = (("run", 24), ("method", 7), ("status", 10), ("pairs", 6), ("date", 16), ("metrics", 30))
+
+
+def app_base_ref(app: AlignApp) -> ModelRef:
+    """The base the chat model runs on: what the app was started with (--model, else the default model)."""
+    return app.model_ref or resolve_model(app.model_spec)
+
+
+def load_adapter_pair(app: AlignApp, adapter: Adapter) -> tuple[Backend, Backend]:
+    """(base, tuned) for the compare screen, on the app's own base and engine. Slow: call it in a worker."""
+    from ...compare import load_pair
+
+    ref = app_base_ref(app)
+    check_same_base(adapter, ref.location)
+    return load_pair(ref, app.engine, models_dir(app.home), adapter)
+
+
+def load_chat_backend(app: AlignApp, adapter: Adapter | None) -> Backend:
+    """The app's base with `adapter` on top (None: the plain base). Slow: call it in a worker."""
+    from ...backends import load_backend
+
+    ref = app_base_ref(app)
+    if adapter is not None:
+        check_same_base(adapter, ref.location)
+    return load_backend(ref, app.engine, models_dir(app.home), adapter=adapter)
+
+
+def metrics_text(metrics: dict) -> str:
+    return ", ".join(f"{k}={v:.3g}" for k, v in metrics.items() if isinstance(v, (int, float)))
+
+
+class AdaptersScreen(Screen):
+    HELP = """\
+| Key | Does |
+|---|---|
+| Enter, l | load the selected adapter as the chat model |
+| u | unload: chat with the plain base model again |
+| d, Delete | delete the selected run folder (asks first) |
+| x | export the adapter: peft, merged, gguf-lora or gguf |
+| r | reload the list |
+"""
+
+    BINDINGS = [
+        Binding("l", "load", "Load"),
+        Binding("u", "unload", "Unload"),
+        Binding("d,delete", "delete", "Delete"),
+        Binding("x", "export", "Export"),
+        Binding("r", "reload", "Reload"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.adapters: list[Adapter] = []
+        self.busy = ""  # what a worker is doing right now ("" when nothing)
+
+    @property
+    def align_app(self) -> AlignApp:
+        return self.app  # type: ignore[return-value]
+
+    def load_chat_backend(self, adapter: Adapter | None) -> Backend:
+        """Runs on a worker thread. Tests replace it with a scripted backend."""
+        return load_chat_backend(self.align_app, adapter)
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("", id="adapters-status")
+        yield DataTable(id="adapters", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        for label, width in COLUMNS:
+            table.add_column(label, width=width, key=label)
+        self.action_reload()
+        table.focus()
+
+    def on_screen_resume(self) -> None:
+        self.action_reload()
+
+    def action_reload(self) -> None:
+        table = self.query_one(DataTable)
+        row = table.cursor_row
+        self.adapters = list_adapters(self.align_app.home)
+        active = self.align_app.active_adapter
+        table.clear()
+        for adapter in self.adapters:
+            mark = "● " if adapter.name == active else ""
+            table.add_row(
+                mark + adapter.name, adapter.method, adapter.status, str(adapter.pairs or "?"),
+                adapter.run.get("created_at", "")[:16].replace("T", " "), metrics_text(adapter.metrics),
+                key=adapter.name,
+            )
+        if self.adapters:
+            table.move_cursor(row=min(row, len(self.adapters) - 1))
+        self.refresh_status()
+
+    def refresh_status(self) -> None:
+        active = self.align_app.active_adapter
+        chat = f"chat model: base + {active}" if active else "chat model: the base (no adapter)"
+        busy = f" │ {self.busy}…" if self.busy else ""
+        self.query_one("#adapters-status", Static).update(f"{len(self.adapters)} runs │ {chat}{busy}")
+
+    def selected(self) -> Adapter | None:
+        table = self.query_one(DataTable)
+        if not self.adapters:
+            return None
+        return self.adapters[min(table.cursor_row, len(self.adapters) - 1)]
+
+    def _refuse_if_busy(self) -> bool:
+        if self.busy:
+            self.notify(f"Wait: {self.busy}.", severity="warning")
+        return bool(self.busy)
+
+    # Load and unload ----------------------------------------------------------------------------
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_load()
+
+    def action_load(self) -> None:
+        adapter = self.selected()
+        if adapter is None or self._refuse_if_busy():
+            return
+        if not adapter.is_complete:
+            self.notify(f"{adapter.name} has no trained adapter (status: {adapter.status}).", severity="error")
+            return
+        self._switch(adapter)
+
+    def action_unload(self) -> None:
+        if self.align_app.active_adapter is None:
+            self.notify("No adapter is loaded: the chat already runs on the base.")
+        elif not self._refuse_if_busy():
+            self._switch(None)
+
+    def _switch(self, adapter: Adapter | None) -> None:
+        if self.align_app.backend_state == "loading":
+            self.notify("The model is still loading; try again in a moment.", severity="warning")
+            return
+        self.busy = f"loading {adapter.name}" if adapter else "loading the base"
+        self.refresh_status()
+        self._activate(adapter)
+
+    @work(thread=True, exclusive=True, group="adapter-load")
+    def _activate(self, adapter: Adapter | None) -> None:
+        app = self.align_app
+        try:
+            backend = self.load_chat_backend(adapter)
+        except UserError as exc:
+            self.post_message(AdapterWorkFailed("load", str(exc)))
+            return
+        except Exception as exc:  # whatever the engine raises, the user gets one line
+            what = adapter.name if adapter else "the base model"
+            self.post_message(AdapterWorkFailed("load", f"Couldn't load {what}: {first_line(exc)}"))
+            return
+        if get_current_worker().is_cancelled:
+            backend.close()
+            return
+        # Swap under the lock: an answer streaming from the old model finishes first, then it is freed.
+        with app.generation_lock:
+            old, app.backend = app.backend, backend
+            if old is not None:
+                old.close()
+        self.post_message(AdapterActivated(adapter.name if adapter else None))
+
+    def on_adapter_activated(self, message: AdapterActivated) -> None:
+        app = self.align_app
+        app.active_adapter = message.adapter
+        app.sub_title = f"{app.model_label} + {message.adapter}" if message.adapter else app.model_label
+        app.backend_state = "ready"
+        self.busy = ""
+        self.action_reload()
+        self.notify(f"Chatting with {message.adapter}." if message.adapter else "Chatting with the base model.")
+
+    def on_adapter_work_failed(self, message: AdapterWorkFailed) -> None:
+        self.busy = ""
+        self.refresh_status()
+        title = "Export failed" if message.action == "export" else "Adapter not loaded"
+        self.notify(message.error, title=title, severity="error", timeout=15)
+
+    # Delete and export ----------------------------------------------------------------------------
+
+    def action_delete(self) -> None:
+        adapter = self.selected()
+        if adapter is None or self._refuse_if_busy():
+            return
+        if adapter.name == self.align_app.active_adapter:
+            self.notify(f"{adapter.name} is the chat model: unload it (u) first.", severity="warning")
+            return
+
+        def answered(yes: bool | None) -> None:
+            if not yes:
+                return
+            try:
+                delete_adapter(adapter)
+            except OSError as exc:
+                self.notify(f"Couldn't delete {adapter.path}: {exc.strerror or exc}", severity="error")
+                return
+            self.action_reload()
+            self.notify(f"Deleted {adapter.name}.")
+
+        self.app.push_screen(ConfirmModal(f"Delete run {adapter.name} and its adapter?"), answered)
+
+    def action_export(self) -> None:
+        adapter = self.selected()
+        if adapter is None or self._refuse_if_busy():
+            return
+        if not adapter.is_complete:
+            self.notify(f"{adapter.name} has no trained adapter to export.", severity="error")
+            return
+
+        def chosen(result: tuple[str, str] | None) -> None:
+            if result is not None:
+                self.busy = f"exporting {adapter.name} as {result[0]}"
+                self.refresh_status()
+                self._export(adapter, *result)
+
+        self.app.push_screen(ExportModal(adapter.name, self.align_app.home), chosen)
+
+    @work(thread=True, exclusive=True, group="adapter-export")
+    def _export(self, adapter: Adapter, form: str, out: str) -> None:
+        from ...adapters.export import export_adapter
+
+        app = self.align_app
+        try:
+            path = export_adapter(adapter, form, out, models_dir(app.home), base_spec=app.model_spec)
+        except UserError as exc:
+            self.post_message(AdapterWorkFailed("export", str(exc)))
+        except Exception as exc:  # a converter bug must not kill the app; the user sees one line
+            self.post_message(AdapterWorkFailed("export", f"Export failed: {first_line(exc)}"))
+        else:
+            self.post_message(AdapterExported(form, str(path)))
+
+    def on_adapter_exported(self, message: AdapterExported) -> None:
+        self.busy = ""
+        self.refresh_status()
+        self.notify(f"Wrote {message.form} to {message.path}.")

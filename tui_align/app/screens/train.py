@@ -1,0 +1,247 @@
+"""The train screen: a form for one LoRA run, and the live progress of the training child.
+
+Training runs in its own process (`python -m tui_align.train --jsonl`); a thread worker reads its
+events. The run's state lives in a `TrainRun` kept by this screen, which the app builds once and
+keeps across screen switches, so the user can chat while it trains and come back to the progress.
+Quitting the app cancels a running child cleanly (it saves checkpoint/, so it can be resumed).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, RichLog, Select, Sparkline, Static
+
+from ...errors import UserError
+from ..generation import first_line
+from ..messages import TrainEvent, TrainFailed, TrainFinished, TrainProgress
+from ..train_process import FIELDS, METHODS, TrainRun, form_defaults, form_flags, format_metrics, new_run
+
+if TYPE_CHECKING:
+    from ..app import AlignApp
+
+STEP_METRICS = ("loss", "accuracy", "margin", "kl", "reward", "value_loss")
+
+
+def format_seconds(seconds) -> str:
+    """'1h 02m', '3m 05s' or '42s'; '?' when unknown."""
+    if not isinstance(seconds, (int, float)) or seconds < 0:
+        return "?"
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+class TrainScreen(Screen):
+    HELP = """\
+| Key | Does |
+|---|---|
+| ctrl+g | start training with the form's settings on every stored pair |
+| escape | cancel: the run stops after the current step and saves a checkpoint |
+| ctrl+o | resume the last cancelled or failed run where it stopped |
+
+Training runs in a separate process: switch to Chat (F2) and keep picking while it runs.
+Quitting the app cancels a running training cleanly; resume it later from here.
+"""
+
+    BINDINGS = [
+        Binding("ctrl+g", "start", "Start"),
+        Binding("escape", "cancel", "Cancel"),
+        Binding("ctrl+o", "resume", "Resume"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.train_run: TrainRun | None = None
+        self._logged = 0  # how many of run.log_lines the RichLog shows
+
+    @property
+    def align_app(self) -> AlignApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        defaults = form_defaults()
+        yield Header()
+        with Horizontal(id="train-body"):
+            with VerticalScroll(id="train-form"):
+                yield Static("", id="train-pairs")
+                with Horizontal(classes="train-field"):
+                    yield Label("method")
+                    yield Select([(m, m) for m in METHODS], value=METHODS[0], allow_blank=False, id="method",
+                                 compact=True)
+                for spec in FIELDS:
+                    with Horizontal(classes="train-field"):
+                        yield Label(spec.label)
+                        placeholder = "(from epochs)" if spec.optional else ""
+                        yield Input(defaults[spec.name], placeholder=placeholder, id=f"field-{spec.name}",
+                                    compact=True)
+                with Horizontal(id="train-buttons"):
+                    yield Button("Start", id="start", variant="primary", compact=True)
+                    yield Button("Cancel", id="cancel", variant="error", compact=True)
+                    yield Button("Resume", id="resume", compact=True)
+            with Vertical(id="train-live"):
+                yield Static("No training yet: set the options and press Start (ctrl+g).", id="train-status")
+                yield ProgressBar(id="train-progress", show_eta=False)
+                yield Static("", id="train-metrics")
+                yield Label("loss", classes="spark-label")
+                yield Sparkline([], id="loss-spark")
+                yield Label("accuracy", classes="spark-label")
+                yield Sparkline([], id="accuracy-spark")
+                yield RichLog(id="train-log", wrap=True, markup=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.watch(self.app, "pair_count", self.show_pair_count)
+        self.refresh_view()
+
+    def on_screen_resume(self) -> None:
+        self.align_app.refresh_pair_count()
+        self.refresh_view()
+
+    def on_unmount(self) -> None:
+        if self.train_run is not None and self.train_run.running:
+            self.train_run.stop_for_exit()  # blocks at most EXIT_WAIT_S: the app is quitting anyway
+
+    def show_pair_count(self, count: int) -> None:
+        self.query_one("#train-pairs", Static).update(f"{count} pairs in the store")
+
+    # Actions ---------------------------------------------------------------------------------------
+
+    def form_values(self) -> tuple[str, dict[str, str]]:
+        method = str(self.query_one("#method", Select).value)
+        return method, {spec.name: self.query_one(f"#field-{spec.name}", Input).value for spec in FIELDS}
+
+    def action_start(self) -> None:
+        if self.train_run is not None and self.train_run.running:
+            self.notify("A training run is already going; cancel it first (escape).", severity="warning")
+            return
+        try:
+            flags = form_flags(*self.form_values())
+        except UserError as exc:
+            self.notify(str(exc), title="Check the form", severity="error")
+            return
+        if self.align_app.store.count_pairs() == 0:
+            self.notify("No pairs yet: pick preferred answers on the Chat screen (F2) first.", severity="error")
+            return
+        self.launch(new_run(self.align_app.home, flags, model=getattr(self.app, "model_spec", None)))
+
+    def action_resume(self) -> None:
+        if self.train_run is None or not self.train_run.can_resume:
+            self.notify("Nothing to resume: only a cancelled or failed run can be resumed.", severity="warning")
+            return
+        self.launch(new_run(self.align_app.home, [], resume=self.train_run.run_dir))
+
+    def action_cancel(self) -> None:
+        if self.train_run is None or not self.train_run.cancel():
+            self.notify("No training is running.", severity="warning")
+            return
+        self.train_run.add_log("cancelling: the run stops after the current step and saves a checkpoint…")
+        self.refresh_view()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        actions = {"start": self.action_start, "cancel": self.action_cancel, "resume": self.action_resume}
+        actions[event.button.id]()
+
+    def launch(self, run: TrainRun) -> None:
+        """Start the child and the worker that reads it; a child that can't start is one error line."""
+        self.train_run = run
+        self._logged = 0
+        self.query_one("#train-log", RichLog).clear()
+        try:
+            run.start()
+        except UserError as exc:
+            run.add_log(str(exc))
+            self.notify(str(exc), title="Training", severity="error")
+        else:
+            self.read_child(run)
+        self.refresh_view()
+
+    # The reader thread -----------------------------------------------------------------------------
+
+    @work(thread=True, group="train")
+    def read_child(self, run: TrainRun) -> None:
+        """Read the child's events until it exits; reaches the UI only through post_message."""
+        try:
+            for line in run.process.stdout:
+                event = run.record_line(line)
+                self.post_message(TrainProgress(event) if event["event"] == "step" else TrainEvent(event))
+            run.finish(run.process.wait())
+        except Exception as exc:  # a reader that breaks must still end the run with one line
+            run.process.kill()
+            run.finish(run.process.wait())
+            run.add_log(f"lost the training output: {first_line(exc)}")
+        if run.status == "failed":
+            self.post_message(TrainFailed(run.error or "training failed"))
+        else:
+            self.post_message(TrainFinished(cancelled=run.status == "cancelled"))
+
+    def on_train_progress(self, message: TrainProgress) -> None:
+        self.refresh_view()
+
+    def on_train_event(self, message: TrainEvent) -> None:
+        self.refresh_view()
+
+    def on_train_finished(self, message: TrainFinished) -> None:
+        if message.cancelled:
+            self.notify("Training cancelled; resume it with ctrl+o.", title="Training")
+        else:
+            self.notify(f"Training done: {self.train_run.run_dir}", title="Training")
+        self.refresh_view()
+
+    def on_train_failed(self, message: TrainFailed) -> None:
+        self.notify(message.error, title="Training failed", severity="error", timeout=15)
+        self.refresh_view()
+
+    # Showing the run -------------------------------------------------------------------------------
+
+    def refresh_view(self) -> None:
+        """Show `self.train_run` as it stands: every widget is drawn from it, never the other way round."""
+        run = self.train_run
+        running = run is not None and run.running
+        self.query_one("#start", Button).disabled = running
+        self.query_one("#cancel", Button).disabled = not running
+        self.query_one("#resume", Button).disabled = run is None or not run.can_resume
+        self.show_pair_count(self.align_app.pair_count)
+        if run is None:
+            return
+        bar = self.query_one("#train-progress", ProgressBar)
+        bar.update(total=run.total_steps or None, progress=run.step)
+        self.query_one("#train-status", Static).update(self.status_text(run))
+        self.query_one("#train-metrics", Static).update(self.metrics_text(run))
+        self.query_one("#loss-spark", Sparkline).data = list(run.losses)
+        self.query_one("#accuracy-spark", Sparkline).data = list(run.accuracies)
+        log = self.query_one("#train-log", RichLog)
+        new_lines = run.log_lines[self._logged:]
+        for line in new_lines:
+            log.write(line)
+        self._logged += len(new_lines)
+
+    @staticmethod
+    def status_text(run: TrainRun) -> str:
+        steps = f"step {run.step}/{run.total_steps or '?'}"
+        if run.running:
+            return f"{'cancelling' if run.cancel_requested else 'training'}: {steps}"
+        if run.status == "failed":
+            return f"failed at {steps}: {run.error}"
+        return f"{run.status} at {steps}: {run.run_dir}"
+
+    @staticmethod
+    def metrics_text(run: TrainRun) -> str:
+        latest = run.latest
+        if not latest:
+            return "waiting for the first step…"
+        lines = [format_metrics(latest, STEP_METRICS)]
+        speed = latest.get("tokens_per_s")
+        speed_text = f"{speed:.0f} tokens/s" if isinstance(speed, (int, float)) else "? tokens/s"
+        lines.append(f"epoch {latest.get('epoch', '?')}  {speed_text}  ETA {format_seconds(latest.get('eta_s'))}")
+        if run.last_eval:
+            lines.append("held out: " + format_metrics(run.last_eval, ("loss", "accuracy", "margin")))
+        return "\n".join(lines)

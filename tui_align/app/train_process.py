@@ -1,0 +1,273 @@
+"""The training child process: the command line built from the form, and the state of one run.
+
+The app never trains in-process (a crash, an OOM or a NaN must not take the chat down): it runs
+`python -m tui_align.train --jsonl ...` and reads one JSON event a line from its stdout. `TrainRun`
+holds everything the train screen shows, so the screen can be rebuilt from it at any time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+from ..training.config import TrainConfig
+
+# Seconds to wait, when the app quits, for a cancelled run to finish its step and save checkpoint/.
+EXIT_WAIT_S = 15.0
+# The exit code train.py uses for a run stopped by SIGINT/SIGTERM (see its docstring).
+EXIT_CANCELLED = 130
+ERROR_KINDS = {"oom": "out of memory", "nan": "loss became NaN", "data": "bad data or settings",
+               "model": "model problem", "crash": "training crashed"}
+METHODS = ("dpo", "orpo", "ppo")
+MIN_MAX_LENGTH = 16  # train.py rejects less (training/data.py); checked here too so the form says so at once
+
+
+def train_command() -> list[str]:
+    """The program that trains; tests replace this with a fake child."""
+    return [sys.executable, "-m", "tui_align.train"]
+
+
+@dataclass(frozen=True)
+class FormField:
+    """One form input: its flag, the label shown, how to parse it and what it must satisfy."""
+
+    name: str
+    label: str
+    parse: type
+    check: str  # "pos" > 0, "nonneg" >= 0, "fraction" in [0, 1), "int>=1", or a minimum given by `minimum`
+    minimum: float = 1
+    optional: bool = False
+
+
+FIELDS = (
+    FormField("epochs", "epochs", int, "min"),
+    FormField("max-steps", "max steps", int, "min", optional=True),
+    FormField("batch-size", "batch size", int, "min"),
+    FormField("lr", "learning rate", float, "pos"),
+    FormField("beta", "beta (dpo)", float, "pos"),
+    FormField("lam", "lambda (orpo)", float, "nonneg"),
+    FormField("lora-rank", "LoRA rank", int, "min"),
+    FormField("max-length", "max length", int, "min", minimum=MIN_MAX_LENGTH),
+    FormField("eval-fraction", "eval fraction", float, "fraction"),
+    FormField("seed", "seed", int, "nonneg"),
+)
+
+
+def form_defaults() -> dict[str, str]:
+    """The form's starting values: train.py's own defaults, as text."""
+    config = TrainConfig()
+    values = {"epochs": config.epochs, "max-steps": config.max_steps, "batch-size": config.batch_size,
+              "lr": config.learning_rate, "beta": config.dpo.beta, "lam": config.orpo.lam,
+              "lora-rank": config.lora.rank, "max-length": config.max_length,
+              "eval-fraction": config.eval_fraction, "seed": config.seed}
+    return {name: "" if value is None else str(value) for name, value in values.items()}
+
+
+def form_flags(method: str, values: dict[str, str]) -> list[str]:
+    """Command-line flags for the form's values; a bad value is a one-line UserError naming the field."""
+    if method not in METHODS:
+        raise UserError(f"Method must be one of {', '.join(METHODS)}.")
+    flags = ["--method", method]
+    for spec in FIELDS:
+        text = values.get(spec.name, "").strip()
+        if not text and spec.optional:
+            continue
+        try:
+            value = spec.parse(text)
+        except ValueError:
+            kind = "a whole number" if spec.parse is int else "a number"
+            raise UserError(f"{spec.label.capitalize()} must be {kind}, not {text!r}.") from None
+        problems = {
+            "min": (value >= spec.minimum, f"at least {spec.minimum:g}"),
+            "pos": (value > 0, "positive"),
+            "nonneg": (value >= 0, "zero or more"),
+            "fraction": (0 <= value < 1, "in [0, 1)"),
+        }
+        ok, wanted = problems[spec.check]
+        if not ok:
+            raise UserError(f"{spec.label.capitalize()} must be {wanted}, not {text}.")
+        flags += [f"--{spec.name}", str(value)]
+    return flags
+
+
+@dataclass
+class TrainRun:
+    """One training child and what it has said so far. Written by the reader thread, read by the UI.
+
+    status: running | completed | cancelled | failed
+    """
+
+    argv: list[str]
+    log_path: Path
+    status: str = "running"
+    run_dir: str | None = None
+    total_steps: int = 0
+    step: int = 0
+    latest: dict = field(default_factory=dict)  # the last step event
+    last_eval: dict = field(default_factory=dict)
+    losses: list[float] = field(default_factory=list)
+    accuracies: list[float] = field(default_factory=list)
+    log_lines: list[str] = field(default_factory=list)  # every line shown in the event log, in order
+    error: str | None = None
+    returncode: int | None = None
+    process: subprocess.Popen | None = None
+    cancel_requested: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def start(self) -> None:
+        """Start the child; a program that can't start is a UserError (nothing else has changed)."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "w", encoding="utf-8") as log:
+            try:
+                # Its own session: a Ctrl-C meant for the terminal must not reach the child; we signal it ourselves.
+                self.process = subprocess.Popen(
+                    self.argv, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True,
+                    bufsize=1, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                )
+            except OSError as exc:
+                self.status = "failed"
+                self.error = f"Couldn't start training: {exc.strerror or exc}"
+                raise UserError(self.error) from None
+        self.add_log(f"started: {' '.join(self.argv[1:])}")
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+    @property
+    def can_resume(self) -> bool:
+        """True if the run stopped early and its folder is known (train.py --resume continues it)."""
+        return self.status in ("cancelled", "failed") and self.run_dir is not None
+
+    def add_log(self, line: str) -> None:
+        with self._lock:
+            self.log_lines.append(line)
+
+    def record_line(self, line: str) -> dict:
+        """Parse one stdout line and fold it into the state; returns the event (kind "output" if not JSON)."""
+        line = line.rstrip("\n")
+        try:
+            event = json.loads(line)
+        except ValueError:
+            event = None
+        if not isinstance(event, dict) or "event" not in event:
+            event = {"event": "output", "text": line}
+        with self._lock:
+            self._fold(event)
+        return event
+
+    def _fold(self, event: dict) -> None:
+        kind = event["event"]
+        if kind == "start":
+            self.run_dir = event.get("run_dir") or self.run_dir
+            self.total_steps = int(event.get("total_steps") or 0)
+        elif kind == "step":
+            self.step = int(event.get("step") or self.step)
+            self.total_steps = int(event.get("total_steps") or self.total_steps)
+            self.latest = event
+            for series, key in ((self.losses, "loss"), (self.accuracies, "accuracy")):
+                if isinstance(event.get(key), (int, float)):
+                    series.append(float(event[key]))
+        elif kind == "eval":
+            self.last_eval = event
+        elif kind == "done":
+            self.run_dir = event.get("run_dir") or self.run_dir
+        elif kind == "error":
+            label = ERROR_KINDS.get(event.get("kind", "crash"), "training failed")
+            self.error = f"{label}: {event.get('message', '')}".rstrip(": ")
+        text = describe_event(event)
+        if text is not None:
+            self.log_lines.append(text)
+
+    def finish(self, returncode: int) -> None:
+        """The child exited: settle the status and the one line the user sees if it failed."""
+        with self._lock:
+            self.returncode = returncode
+            if self.error is not None:
+                self.status = "failed"
+            elif returncode == 0:
+                self.status = "completed"
+            elif returncode == EXIT_CANCELLED or (self.cancel_requested and returncode < 0):
+                self.status = "cancelled"
+            else:
+                self.status = "failed"
+                self.error = f"training crashed (exit {returncode}) — see {self.log_path}"
+
+    def cancel(self) -> bool:
+        """Ask the child to stop after its current step (it saves checkpoint/); False if not running."""
+        if self.process is None or self.process.poll() is not None:
+            return False
+        self.cancel_requested = True
+        self.process.send_signal(signal.SIGINT)
+        return True
+
+    def stop_for_exit(self, wait_s: float = EXIT_WAIT_S) -> None:
+        """The app is quitting: cancel cleanly (resumable), and kill only a child that won't stop."""
+        if not self.cancel():
+            return
+        try:
+            self.process.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def describe_event(event: dict) -> str | None:
+    """The event-log line for an event; None for step events (they go to the bar and the plot)."""
+    kind = event["event"]
+    if kind == "step":
+        return None
+    if kind == "output":
+        return event["text"]
+    if kind == "start":
+        return (f"start: {event.get('config', {}).get('method', '?')} on {event.get('train_pairs')} pairs "
+                f"({event.get('eval_pairs')} held out), {event.get('total_steps')} steps on {event.get('device')}"
+                f" → {event.get('run_dir')}")
+    if kind == "eval":
+        return f"eval @ step {event.get('step')}: " + format_metrics(event, ("loss", "accuracy", "margin"))
+    if kind == "checkpoint":
+        return f"checkpoint @ step {event.get('step')}: {event.get('path')}"
+    if kind == "done":
+        state = "cancelled (resumable)" if event.get("cancelled") else "done"
+        seconds = event.get("seconds")
+        took = f" in {seconds:.0f} s" if isinstance(seconds, (int, float)) else ""
+        return f"{state}{took}: {event.get('run_dir')}"
+    if kind == "error":
+        return f"error ({event.get('kind', 'crash')}): {event.get('message', '')}"
+    if kind == "phase":
+        return f"phase: {event.get('name')}"
+    fields = ", ".join(f"{k}={v}" for k, v in event.items() if k not in ("event", "time"))
+    return f"{kind}: {fields}"
+
+
+def format_metrics(event: dict, keys: tuple[str, ...]) -> str:
+    """'loss 0.693  accuracy 0.5' for the keys the event has."""
+    parts = []
+    for key in keys:
+        value = event.get(key)
+        if isinstance(value, float):
+            parts.append(f"{key} {value:.4g}")
+        elif value is not None:
+            parts.append(f"{key} {value}")
+    return "  ".join(parts)
+
+
+def new_run(home: Path, flags: list[str], model: str | None = None, resume: str | None = None) -> TrainRun:
+    """A TrainRun (not started yet) for the form's flags, or for continuing the run in `resume`."""
+    argv = [*train_command(), "--jsonl", "--home", str(home)]
+    argv += ["--resume", resume] if resume else flags
+    if model and not resume:  # a resumed run keeps its own model and settings
+        argv += ["--model", model]
+    log_path = Path(home) / "logs" / f"train-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**9}.log"
+    run = TrainRun(argv=argv, log_path=log_path)
+    if resume:
+        run.run_dir = resume
+    return run
