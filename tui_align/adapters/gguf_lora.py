@@ -168,17 +168,31 @@ def convert_to_gguf_lora(adapter_dir: str | Path, base_gguf: str | Path, out_pat
     base = read_base(base_gguf)
     config, tensors = load_peft_adapter(adapter_dir)
     converted, alpha = gguf_lora_tensors(config, tensors, base, permute=permute)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, staging = tempfile.mkstemp(prefix=f".{out_path.name}-", dir=out_path.parent)
-    os.close(fd)
-    try:
-        writer = gguf.GGUFWriter(staging, base.arch)
+
+    def fill(writer) -> None:
         writer.add_type(gguf.GGUFType.ADAPTER)
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
         writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
         for name, array in converted:
             writer.add_tensor(name, array)
+
+    return write_gguf_atomically(out_path, base.arch, fill)
+
+
+def write_gguf_atomically(out_path: str | Path, arch: str, fill) -> Path:
+    """Let `fill(writer)` add KVs and tensors to a GGUFWriter over a temp file, then rename it into place.
+
+    A failure (disk full) removes the temp file and leaves any earlier file at `out_path` intact.
+    """
+    import gguf
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, staging = tempfile.mkstemp(prefix=f".{out_path.name}-", dir=out_path.parent)
+    os.close(fd)
+    try:
+        writer = gguf.GGUFWriter(staging, arch)
+        fill(writer)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -188,4 +202,7 @@ def convert_to_gguf_lora(adapter_dir: str | Path, base_gguf: str | Path, out_pat
     except OSError as exc:
         Path(staging).unlink(missing_ok=True)
         raise UserError(f"Couldn't write {out_path}: {exc.strerror or exc}") from exc
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
     return out_path

@@ -7,14 +7,11 @@ and is stored as F16.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
-from .gguf_lora import gguf_lora_tensors, load_peft_adapter, read_base
+from .gguf_lora import gguf_lora_tensors, load_peft_adapter, read_base, write_gguf_atomically
 
 
 def merge_into_gguf(adapter_dir: str | Path, base_gguf: str | Path, out_path: str | Path) -> Path:
@@ -28,12 +25,8 @@ def merge_into_gguf(adapter_dir: str | Path, base_gguf: str | Path, out_path: st
         target, part = name.rsplit(".", 1)
         factors.setdefault(target, {})[part] = array
     reader = gguf.GGUFReader(str(base.path))
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, staging = tempfile.mkstemp(prefix=f".{out_path.name}-", dir=out_path.parent)
-    os.close(fd)
-    try:
-        writer = gguf.GGUFWriter(staging, base.arch)
+
+    def fill(writer) -> None:
         for item in reader.fields.values():
             if item.name == gguf.Keys.General.ARCHITECTURE or item.name.startswith("GGUF."):
                 continue  # written by GGUFWriter itself
@@ -49,16 +42,5 @@ def merge_into_gguf(adapter_dir: str | Path, base_gguf: str | Path, out_path: st
                 writer.add_tensor(tensor.name, merged.astype(np.float16))
             else:
                 writer.add_tensor(tensor.name, tensor.data, raw_shape=tensor.data.shape, raw_dtype=tensor.tensor_type)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.chmod(staging, 0o644)  # mkstemp's 0600 would hide the file from other users' llama.cpp/Ollama
-        os.replace(staging, out_path)
-    except OSError as exc:
-        Path(staging).unlink(missing_ok=True)
-        raise UserError(f"Couldn't write {out_path}: {exc.strerror or exc}") from exc
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
-    return out_path
+
+    return write_gguf_atomically(out_path, base.arch, fill)
