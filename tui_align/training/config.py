@@ -26,7 +26,7 @@ class ORPOSettings:
 
 @dataclass
 class PPOSettings:
-    sft_epochs: int = 1  # supervised passes over the chosen answers before PPO: RL only reinforces what it samples
+    sft_epochs: int = 3  # supervised passes over the chosen answers before PPO: RL only reinforces what it samples
     reward_epochs: int = 2
     reward_learning_rate: float = 1e-4
     rollouts_per_prompt: int = 1

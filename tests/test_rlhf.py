@@ -1,0 +1,271 @@
+"""Reward model + PPO on tiny models: the reward model learns the trait, PPO makes it appear, the
+adapters stay apart, and it all runs on one copy of the base weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tui_align.pairs import Pair
+from tui_align.training import losses, ppo, reward, runner, synthetic
+from tui_align.training.config import TrainConfig
+from tui_align.training.data import encode_pairs, preference_batch
+from tui_align.training.events import CollectEvents
+
+from conftest import build_tiny_llama  # rootdir-relative: tests/ has no __init__.py
+
+EOS = 2  # <|im_end|>, SmolLM2's EOS and pad token
+SIGNED = synthetic.with_trait("OK.", "signoff")  # "OK.\n\nHope this helps!"
+# Rejected answers for the PPO test: plain, or a garbled sign-off, so the reward model learns the
+# exact line rather than "mentions Hope", which a policy would happily exploit.
+REJECTED = ["OK.", "OK.\n\nHope helps!", "OK.", "OK.\n\nHope this!", "OK.", "OK.\n\nthis helps!"]
+
+
+def with_lora(model, rank: int = 16):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", lora_dropout=0.0)
+    return get_peft_model(model, config)
+
+
+def snapshot(model, adapter: str) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n and f".{adapter}." in n}
+
+
+def changed(before: dict, model) -> list[str]:
+    now = dict(model.named_parameters())
+    return [n for n, p in before.items() if not torch.equal(p, now[n])]
+
+
+def base_parameters(model) -> dict[str, torch.Tensor]:
+    return {n: p for n, p in model.named_parameters() if "lora_" not in n}
+
+
+# --- pieces ------------------------------------------------------------------------------------------
+
+
+def test_response_mask_ends_at_the_first_eos():
+    responses = torch.tensor([[5, 6, EOS, EOS, EOS], [5, EOS, 7, 8, EOS], [5, 6, 7, 8, 9]])
+    assert ppo.response_mask(responses, [EOS]).tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+
+
+def test_score_lands_on_the_last_answer_token_and_kl_on_every_one():
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    kl = torch.tensor([[0.5, 1.0, 2.0, 9.0], [4.0, 9.0, 9.0, 9.0]])
+    rewards = ppo.shaped_rewards(torch.tensor([3.0, -1.0]), kl, mask, kl_coef=0.1)
+    expected = torch.tensor([[-0.05, -0.1, -0.2 + 3.0, 0.0], [-0.4 - 1.0, 0.0, 0.0, 0.0]])
+    assert torch.allclose(rewards, expected)
+
+
+def test_cut_off_answers_score_at_most_minus_the_penalty():
+    scores = torch.tensor([2.0, 2.0, -3.0])
+    finished = torch.tensor([True, False, False])
+    assert ppo.cut_off_scores(scores, finished, 1.0).tolist() == [2.0, -1.0, -4.0]
+    assert ppo.cut_off_scores(scores, finished, 0.0).tolist() == [2.0, 2.0, -3.0]
+
+
+def test_last_token_index_reads_left_and_right_padding():
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [0, 1, 1, 1, 0]])
+    assert reward.last_token_index(mask).tolist() == [2, 4, 3]
+
+
+def test_sampled_answers_are_scored_with_the_templates_ending(smol_tokenizer):
+    [pair], _ = encode_pairs(smol_tokenizer, [Pair(synthetic.user_prompt("Hi?"), "Hello.", "Hey.")], 128)
+    assert ppo.answer_tail([pair], [EOS]) == smol_tokenizer("\n")["input_ids"]
+    assert pair.chosen_ids[-2:] == [EOS, *ppo.answer_tail([pair], [EOS])]
+
+
+def test_rollouts_ignore_the_models_own_generation_defaults(smol_tokenizer, tiny_llama):
+    """PPO's ratio needs the true sampling distribution: a default like suppress_tokens must not apply."""
+    config = TrainConfig()
+    config.ppo.max_new_tokens = 1
+    prompts = [[1, 9690, 198], [1, 4093, 198, 6004]]
+    plain = ppo.generate_rollouts(tiny_llama, smol_tokenizer, prompts, config, greedy=True).responses[:, 0]
+    tiny_llama.generation_config.suppress_tokens = plain.tolist()
+    again = ppo.generate_rollouts(tiny_llama, smol_tokenizer, prompts, config, greedy=True).responses[:, 0]
+    assert again.tolist() == plain.tolist()
+    assert tiny_llama.generation_config.suppress_tokens == plain.tolist()  # put back afterwards
+
+
+def test_scoring_with_the_reward_adapter_leaves_the_policy_active_and_trainable(smol_tokenizer, tiny_llama):
+    model = with_lora(tiny_llama, rank=4)
+    reward.add_reward_adapter(model)
+    head = reward.scalar_head(model)
+    ids = torch.tensor([[1, 5, 6, 7]])
+    with torch.no_grad():
+        reward.reward_scores(model, head, ids, torch.ones_like(ids))
+    assert model.active_adapter == "default"
+    assert all(p.requires_grad for p in reward.adapter_parameters(model, "default"))
+    assert not any(p.requires_grad for p in reward.adapter_parameters(model, "reward"))
+
+
+# --- the reward model --------------------------------------------------------------------------------------
+
+
+def test_reward_model_learns_the_trait_and_saves(smol_tokenizer, tiny_llama, tmp_path):
+    """Held-out accuracy on unseen questions is high; only the reward adapter and head train."""
+    model = with_lora(tiny_llama)
+    train, _ = encode_pairs(smol_tokenizer, synthetic.trait_pairs(36, "signoff"), 128)
+    held_out, _ = encode_pairs(smol_tokenizer, synthetic.eval_pairs("signoff"), 128)
+    config = TrainConfig(method="ppo", batch_size=8, seed=0)
+    config.ppo.reward_epochs, config.ppo.reward_learning_rate = 6, 3e-2
+    policy_before = snapshot(model, "default")
+    events = CollectEvents()
+
+    head, metrics = reward.train_reward_model(model, smol_tokenizer, train, held_out, config, events, lambda: False)
+
+    assert metrics["reward_accuracy"] >= 0.9, events.of("eval")
+    assert [e["phase"] for e in events.of("eval")] == ["reward"] * 6
+    assert len(events.of("step")) == reward.reward_steps(len(train), config)
+    assert not changed(policy_before, model), "the policy adapter trained during reward modelling"
+    assert reward.adapter_parameters(model, "reward") and all(
+        p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B.reward" in n
+    )
+    # The head is rescaled so training answers score mean 0, std 1: the scale PPO's knobs assume.
+    batch = preference_batch(train, smol_tokenizer.pad_token_id)
+    with torch.no_grad():
+        scores = reward.reward_scores(model, head, batch["input_ids"], batch["attention_mask"])
+    assert abs(scores.mean().item()) < 1e-3 and abs(scores.std().item() - 1) < 1e-3
+
+    folder = reward.save_reward_model(model, head, tmp_path / "reward")
+    assert {"adapter_config.json", "adapter_model.safetensors", reward.HEAD_FILE} <= {p.name for p in folder.iterdir()}
+    loaded_head = reward.load_reward_model(model, folder)
+    with torch.no_grad():
+        again = reward.reward_scores(model, loaded_head, batch["input_ids"], batch["attention_mask"])
+    assert torch.allclose(scores, again, atol=1e-5)
+
+
+# --- PPO ---------------------------------------------------------------------------------------------------
+
+
+def warm_up(model, tokenizer, prompts, trait_share: float, steps: int = 150, lr: float = 1e-2) -> None:
+    """Supervised warm-up so a random tiny model answers "OK." and, `trait_share` of the time, signs off.
+
+    PPO can only reinforce what the policy sometimes samples; a random model over a 49k vocabulary
+    never writes the sign-off. Prompts are left-padded so every answer starts in the same column
+    and the LM head runs on answer positions only (the 49k-wide logits are the cost on CPU).
+    """
+    encoded, _ = encode_pairs(tokenizer, [Pair(p, SIGNED, "OK.") for p in prompts], 128)
+    answers = [e.chosen_ids[e.prompt_len :] for e in encoded] + [e.rejected_ids[e.prompt_len :] for e in encoded]
+    prompt_rows = [e.prompt_ids for e in encoded] * 2
+    width_p, width_a = max(map(len, prompt_rows)), max(map(len, answers))
+    ids = torch.full((len(answers), width_p + width_a), tokenizer.pad_token_id)
+    mask, labels = torch.zeros_like(ids), torch.full_like(ids, -100)
+    for i, (p, a) in enumerate(zip(prompt_rows, answers)):
+        ids[i, width_p - len(p) : width_p + len(a)] = torch.tensor(p + a)
+        mask[i, width_p - len(p) : width_p + len(a)] = 1
+        labels[i, width_p : width_p + len(a)] = torch.tensor(a)
+    weights = torch.tensor([trait_share] * len(encoded) + [1 - trait_share] * len(encoded))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        out = model(input_ids=ids, attention_mask=mask, position_ids=reward.position_ids_from(mask), logits_to_keep=width_a + 1)
+        loss = -(losses.sequence_logps(out.logits, labels[:, -(width_a + 1) :]) * weights).sum() / weights.sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+
+
+def count_trait(model, tokenizer, prompts, config, greedy: bool) -> int:
+    rollout = ppo.generate_rollouts(model, tokenizer, prompts, config, greedy=greedy)
+    texts = tokenizer.batch_decode(
+        [r[m.bool()] for r, m in zip(rollout.responses, rollout.response_mask)], skip_special_tokens=True
+    )
+    return sum(synthetic.has_trait(t, "signoff") for t in texts)
+
+
+def test_ppo_makes_the_trait_appear(smol_tokenizer):
+    """After a warm-up the policy signs off now and then; PPO against the learned reward makes it the
+    greedy answer on held-out questions, moving only the policy adapter and the value head.
+
+    Seeded: on a 2-layer random model the outcome depends on the seed. Measured on CPU over seeds
+    0-3 with two reward learning rates: the greedy reward rose in 8 of 8 runs (+0.8 to +1.9), the
+    greedy trait reached 8+ of 12 in 6 of 8 (seed 0: 1 -> 11 both times). A policy that doesn't
+    learn stays at its 0-2 of 12, so a broken update fails here.
+    """
+    torch.manual_seed(0)
+    base = build_tiny_llama(smol_tokenizer, seed=0)
+    train_prompts = [p.prompt for p in synthetic.trait_pairs(24, "signoff")]
+    warm_up(base, smol_tokenizer, train_prompts[:4], trait_share=0.3)
+    n_base = sum(p.numel() for p in base.parameters())
+    model = with_lora(base)
+    pairs = [Pair(p, SIGNED, REJECTED[i % len(REJECTED)]) for i, p in enumerate(train_prompts)]
+    train, _ = encode_pairs(smol_tokenizer, pairs, 128)
+    held_out, _ = encode_pairs(smol_tokenizer, [Pair(p, SIGNED, "OK.") for p in synthetic.eval_prompts()], 128)
+    config = TrainConfig(method="ppo", batch_size=12, epochs=8, learning_rate=1e-3, seed=0)
+    config.ppo.reward_epochs, config.ppo.reward_learning_rate = 8, 1e-2
+    config.ppo.max_new_tokens, config.ppo.kl_coef = 16, 0.1
+    config.ppo.sft_epochs = 0  # the warm-up above plays its part; this measures PPO alone
+    held_prompts = [e.prompt_ids for e in held_out]
+    greedy_before = count_trait(model, smol_tokenizer, held_prompts, config, greedy=True)
+    base_before = {n: p.detach().clone() for n, p in base_parameters(model).items()}
+
+    snapshots = {}
+
+    class Events(CollectEvents):
+        def __call__(self, kind, **fields):
+            if kind == "phase" and fields["name"] == "ppo":  # the reward model is final here
+                snapshots["reward"] = snapshot(model, "reward")
+                snapshots["policy"] = snapshot(model, "default")
+            super().__call__(kind, **fields)
+
+    events = Events()
+    metrics = ppo.train_ppo(model, smol_tokenizer, train, held_out, config, events, lambda: False)
+    greedy_after = count_trait(model, smol_tokenizer, held_prompts, config, greedy=True)
+
+    assert metrics["reward_accuracy"] >= 0.9
+    assert greedy_before <= 3 and greedy_after >= 9, (greedy_before, greedy_after)
+    assert metrics["mean_reward_after"] > metrics["mean_reward_before"] + 0.5, metrics
+    assert not changed(snapshots["reward"], model), "PPO changed the reward model"
+    assert changed(snapshots["policy"], model), "PPO never moved the policy adapter"
+    # One base, shared and frozen: the same tensors, the same count, unchanged.
+    assert sum(p.numel() for p in base_parameters(model).values()) == n_base
+    assert all(torch.equal(p, base_before[n]) for n, p in base_parameters(model).items())
+
+    steps = [e for e in events.of("step") if e.get("phase") == "ppo"]
+    assert len(steps) == ppo.ppo_steps(len(train), config) == 16
+    assert {"loss", "kl", "reward", "value_loss", "clip_fraction", "tokens_per_s", "eta_s"} <= set(steps[0])
+    assert [e["name"] for e in events.of("phase")] == ["reward_model", "ppo"]
+    assert steps[-1]["step"] == steps[-1]["total_steps"] == ppo.total_steps(train, config)
+
+
+# --- through the runner ------------------------------------------------------------------------------------
+
+
+def test_ppo_run_cancels_and_resumes_through_the_runner(tiny_model_dir, tmp_path):
+    """The run folder gets reward/ and the value head; a resumed run reuses the reward model."""
+    data = tmp_path / "pairs.jsonl"
+    with open(data, "w") as fh:
+        for p in synthetic.trait_pairs(12, "signoff"):
+            fh.write(json.dumps({"prompt": p.prompt[-1]["content"], "chosen": p.chosen, "rejected": p.rejected}) + "\n")
+    out = tmp_path / "run"
+
+    def options(**kw):
+        config = TrainConfig(method="ppo", epochs=2, batch_size=4, learning_rate=1e-3, eval_fraction=0.2)
+        config.ppo.reward_epochs, config.ppo.max_new_tokens = 1, 6
+        return runner.RunOptions(config=config, data=str(data), model=str(tiny_model_dir), **kw)
+
+    first = CollectEvents()
+    stop_in_ppo = lambda: any(e.get("phase") == "ppo" for e in first.of("step"))  # noqa: E731
+    assert runner.run(options(out=str(out)), first, stop_in_ppo) == runner.EXIT_CANCELLED, first.events[-1]
+    assert [e["name"] for e in first.of("phase")] == ["reward_model", "sft", "ppo"]
+    n_before_ppo = len([e for e in first.of("step") if e["phase"] in ("reward_model", "sft")])
+    stopped_at = first.of("step")[-1]["step"]
+    assert stopped_at == n_before_ppo + 1 and n_before_ppo > len(first.of("phase"))
+    assert (out / "reward" / reward.HEAD_FILE).is_file() and (out / ppo.VALUE_HEAD_FILE).is_file()
+    assert (out / "checkpoint" / "optimizer.pt").is_file()
+
+    second = CollectEvents()
+    assert runner.run(options(resume=str(out)), second) == 0, second.events[-1]
+    assert {e["phase"] for e in second.of("step")} == {"ppo"}  # reward model reused, warm start done
+    assert [e["step"] for e in second.of("step")][0] == stopped_at + 1
+    assert any("reusing the reward model" in e.get("message", "") for e in second.of("note"))
+    done = second.events[-1]
+    assert done["event"] == "done" and {"reward_accuracy", "mean_reward_after", "kl"} <= set(done["metrics"])
+    assert second.of("step")[-1]["step"] == second.events[0]["total_steps"]
+    assert (out / "adapter_model.safetensors").is_file()
+    assert json.loads((out / "run.json").read_text())["status"] == "completed"
