@@ -409,3 +409,13 @@ def test_resuming_a_completed_run_is_refused(capsys, pairs_file, tiny_model_dir,
     assert run_cli(capsys, "--data", pairs_file, "--model", tiny_model_dir, "--max-steps", 1, "--out", out)[0] == 0
     code, events = run_cli(capsys, "--resume", out)
     assert code == 1 and "already completed" in events[-1]["message"]
+
+
+def test_ppo_flags_reach_the_config():
+    from tui_align.errors import UserError
+    from tui_align.train import build_parser, config_from_args
+
+    config = config_from_args(build_parser().parse_args(["--method", "ppo", "--kl-coef", "0.1", "--sft-epochs", "0"]))
+    assert (config.ppo.kl_coef, config.ppo.sft_epochs) == (0.1, 0)
+    with pytest.raises(UserError, match="--sft-epochs must not be negative"):
+        config_from_args(build_parser().parse_args(["--sft-epochs", "-1"]))

@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--sft-weight", type=float, default=defaults.dpo.sft_weight,
         help="DPO: weight of an NLL term on the chosen answer, which keeps answers from drifting (RPO; default: 0)")
     add("--lam", type=float, default=defaults.orpo.lam, help=f"ORPO lambda (default: {defaults.orpo.lam})")
+    add("--kl-coef", type=float, default=defaults.ppo.kl_coef, help=f"PPO: weight of the per-token KL penalty (default: {defaults.ppo.kl_coef})")
+    add("--sft-epochs", type=int, default=defaults.ppo.sft_epochs,
+        help=f"PPO: supervised passes over the chosen answers before PPO, so it samples what it should reinforce (default: {defaults.ppo.sft_epochs})")
     add("--lora-rank", type=int, default=defaults.lora.rank, help=f"LoRA rank (default: {defaults.lora.rank})")
     add("--lora-alpha", type=int, help="LoRA alpha (default: twice the rank)")
     add("--max-length", type=int, default=defaults.max_length,
@@ -77,6 +80,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         (args.beta > 0, "--beta must be positive"),
         (args.lam >= 0, "--lam must not be negative"),
         (args.sft_weight >= 0, "--sft-weight must not be negative"),
+        (args.kl_coef >= 0, "--kl-coef must not be negative"),
+        (args.sft_epochs >= 0, "--sft-epochs must not be negative"),
         (args.lora_rank >= 1, "--lora-rank must be at least 1"),
         (args.lora_alpha is None or args.lora_alpha >= 1, "--lora-alpha must be at least 1"),
         (args.max_length >= MIN_MAX_LENGTH, f"--max-length must be at least {MIN_MAX_LENGTH}"),
@@ -101,6 +106,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     config.dpo.beta = args.beta
     config.dpo.sft_weight = args.sft_weight
     config.orpo.lam = args.lam
+    config.ppo.kl_coef = args.kl_coef
+    config.ppo.sft_epochs = args.sft_epochs
     config.lora.rank = args.lora_rank
     config.lora.alpha = args.lora_alpha or 2 * args.lora_rank  # alpha / rank = 2 keeps the default LoRA scale
     return config

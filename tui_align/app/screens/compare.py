@@ -189,6 +189,7 @@ class CompareScreen(Screen):
         self._close_pair()
         self.pair, self.loading = (message.adapter, message.base, message.tuned), None
         self.refresh_status()
+        self.query_one("#compare-prompt", Input).focus()  # the next thing to do is type a prompt
 
     def on_adapter_work_failed(self, message: AdapterWorkFailed) -> None:
         self.loading = None
