@@ -71,6 +71,24 @@ def optimizer_step(model, optimizer: torch.optim.Optimizer, loss: torch.Tensor, 
     optimizer.step()
 
 
+def finish_step(step, total, config: TrainConfig, metrics: dict, emit, run_eval, should_stop, save_checkpoint,
+                optimizer) -> bool:
+    """The bookkeeping after each DPO/ORPO step: held-out eval when `run_eval` is given, a checkpoint when
+    one is due or the user asked to stop. Returns True when the loop should stop now."""
+    if run_eval is not None:
+        result = run_eval()
+        emit("eval", step=step, **result)
+        metrics.update(eval_accuracy=result["accuracy"], eval_margin=result["margin"], eval_loss=result["loss"])
+    if should_stop() and step < total:
+        if save_checkpoint:
+            save_checkpoint(step, optimizer=optimizer)
+        metrics["stopped"] = True
+        return True
+    if save_checkpoint and config.checkpoint_every and step % config.checkpoint_every == 0 and step < total:
+        save_checkpoint(step, optimizer=optimizer)
+    return False
+
+
 def _accepts_logits_to_keep(model) -> bool:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "logits_to_keep" in inspect.signature(base.forward).parameters

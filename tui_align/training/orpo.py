@@ -90,17 +90,10 @@ def train_orpo(
             **progress.fields(step, tokens),
         )
         metrics.update(train_loss=loss.item(), steps=step)
-        if held_out and (step % per_epoch == 0 or step == total):
-            result = evaluate(model, held_out, pad_id, config)
-            emit("eval", step=step, **result)
-            metrics.update(eval_accuracy=result["accuracy"], eval_margin=result["margin"], eval_loss=result["loss"])
-        if should_stop() and step < total:
-            if save_checkpoint:
-                save_checkpoint(step, optimizer=optimizer)
-            metrics["stopped"] = True
+        evaluate_now = held_out and (step % per_epoch == 0 or step == total)
+        run_eval = (lambda: evaluate(model, held_out, pad_id, config)) if evaluate_now else None
+        if loop.finish_step(step, total, config, metrics, emit, run_eval, should_stop, save_checkpoint, optimizer):
             break
-        if save_checkpoint and config.checkpoint_every and step % config.checkpoint_every == 0 and step < total:
-            save_checkpoint(step, optimizer=optimizer)
     model.eval()
     return metrics
 
