@@ -8,11 +8,9 @@ from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 from ..backends.base import Backend, SamplingSettings, StopCheck
-from ..errors import UserError
 from ..pairs import Message
 from ..store import Store
-from .generation import first_line
-from .messages import AnswerDone, AnswerProgress, GenerationFinished
+from .generation import stream_answers
 
 COMPARE_HELP = """\
 | Key | Does |
@@ -71,28 +69,8 @@ def compare_answers(
     should_stop: StopCheck,
     post: Callable[[object], object],
 ) -> list[str]:
-    """Answer `prompt` once per backend with the same settings, one after the other; slot i is backends[i].
-
-    Posts the same messages as generate_answers; a stop request or an error leaves later slots unstarted.
-    """
-    texts: list[str] = []
-    error = None
-    for slot, backend in enumerate(backends):
-        text = ""
-        try:
-            for piece in backend.stream_chat(prompt, settings, should_stop):
-                text += piece
-                post(AnswerProgress(slot, text))
-        except UserError as exc:
-            error = str(exc)
-        except Exception as exc:  # an engine bug must not kill the app; the user sees one line
-            error = f"Generation failed: {first_line(exc)}"
-        texts.append(text)
-        post(AnswerDone(slot, text, bool(should_stop())))
-        if error or should_stop():
-            break
-    post(GenerationFinished(texts, bool(should_stop()), error))
-    return texts
+    """Answer `prompt` once per backend with the same settings, one after the other; slot i is backends[i]."""
+    return stream_answers([(backend, settings) for backend in backends], prompt, should_stop, post)
 
 
 @dataclass

@@ -23,14 +23,24 @@ def generate_answers(
     should_stop: StopCheck,
     post: Callable[[object], object],
 ) -> list[str]:
-    """Answer `prompt` once per settings, one after the other (a backend runs one generation at a time).
+    """Answer `prompt` once per settings, one after the other (a backend runs one generation at a time)."""
+    return stream_answers([(backend, settings) for settings in settings_list], prompt, should_stop, post)
+
+
+def stream_answers(
+    jobs: Sequence[tuple[Backend, SamplingSettings]],
+    prompt: list[Message],
+    should_stop: StopCheck,
+    post: Callable[[object], object],
+) -> list[str]:
+    """Answer `prompt` once per (backend, settings) job, in order; slot i is jobs[i].
 
     Posts AnswerProgress while each answer streams, AnswerDone after each, and one GenerationFinished.
     A stop request or an error ends the whole batch: later slots are never started.
     """
     texts: list[str] = []
     stopped, error = False, None
-    for slot, settings in enumerate(settings_list):
+    for slot, (backend, settings) in enumerate(jobs):
         text = ""
         try:
             for piece in backend.stream_chat(prompt, settings, should_stop):
