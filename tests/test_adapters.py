@@ -14,8 +14,7 @@ from tui_align.cli import main
 PROMPT = "Tell me a story about a dragon."
 
 
-@pytest.fixture(scope="module")
-def run_folder(default_hf_folder, default_gguf, tmp_path_factory):
+def make_run_folder(folder, default_hf_folder, default_gguf, seed: int):
     """A run folder as training leaves it: a peft adapter strong enough to change greedy answers, and run.json."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -24,12 +23,11 @@ def run_folder(default_hf_folder, default_gguf, tmp_path_factory):
         AutoModelForCausalLM.from_pretrained(default_hf_folder),
         LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj"], init_lora_weights=False),
     )
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.3)
-    folder = tmp_path_factory.mktemp("runs") / "20261124-120000-dpo"
     model.save_pretrained(folder)
     (folder / "run.json").write_text(json.dumps({
         "method": "dpo", "status": "completed", "created_at": "2026-11-24T12:00:00+00:00",
@@ -37,6 +35,17 @@ def run_folder(default_hf_folder, default_gguf, tmp_path_factory):
         "data": {"train_pairs": 32}, "metrics": {"eval_accuracy": 0.875},
     }))
     return folder
+
+
+@pytest.fixture(scope="module")
+def run_folder(default_hf_folder, default_gguf, tmp_path_factory):
+    return make_run_folder(tmp_path_factory.mktemp("runs") / "20261124-120000-dpo", default_hf_folder, default_gguf, 1)
+
+
+@pytest.fixture(scope="module")
+def second_run_folder(default_hf_folder, default_gguf, tmp_path_factory):
+    """Another adapter on the same base, with other weights: it answers differently again."""
+    return make_run_folder(tmp_path_factory.mktemp("runs") / "20261125-080000-dpo", default_hf_folder, default_gguf, 2)
 
 
 @pytest.fixture(autouse=True)
@@ -73,6 +82,21 @@ def test_compare_prints_base_and_adapter_answers(run_folder, engine, capsys):
     assert set(answers) == {"base", "adapter"}
     assert answers["base"] and answers["adapter"]
     assert answers["base"] != answers["adapter"]
+
+
+@pytest.mark.parametrize("engine", ["llamacpp", "hf"])
+def test_compare_against_a_second_adapter_answers_as_each_does_alone(run_folder, second_run_folder, engine, capsys):
+    """--against puts a second adapter where the base was; with transformers both share one base in memory
+    and switch adapters per answer, which must not change either answer."""
+    options = ["--prompt", PROMPT, "--max-tokens", "16", "--backend", engine]
+    main(["compare", "--adapter", str(run_folder), *options])
+    first = sections(capsys.readouterr().out)["adapter"]
+    main(["compare", "--adapter", str(second_run_folder), *options])
+    second = sections(capsys.readouterr().out)["adapter"]
+    assert main(["compare", "--adapter", str(run_folder), "--against", str(second_run_folder), *options]) == 0
+    answers = sections(capsys.readouterr().out)
+    assert answers == {"against": second, "adapter": first}
+    assert first != second
 
 
 def test_both_engines_give_the_base_the_same_greedy_start(run_folder, capsys):
@@ -142,3 +166,19 @@ def test_bad_adapters_give_one_line(run_folder, tmp_path, capsys):
     assert main(["compare", "--adapter", str(other), "--prompt", "hi", "--model", str(run_folder / "..")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
+
+    # --against: a second adapter on another base, the same adapter twice, or none at all.
+    assert main(["compare", "--adapter", str(run_folder), "--against", str(other), "--prompt", "hi"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"tui-align: other-base was trained on someone/other-model, not on {run_folder_base(run_folder)}."
+    )
+    assert main(["compare", "--adapter", str(run_folder), "--against", str(run_folder), "--prompt", "hi"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"tui-align: Both sides are {run_folder.name}: compare two different adapters."
+    )
+    assert main(["compare", "--adapter", str(run_folder), "--against", "no-such-run", "--prompt", "hi"]) == 2
+    assert "No adapter named 'no-such-run'" in capsys.readouterr().err
+
+
+def run_folder_base(folder) -> str:
+    return json.loads((folder / "run.json").read_text())["base_model"]["model_id"]

@@ -1,4 +1,4 @@
-"""The compare and adapters screens, driven with Pilot: scripted backends stand in for base and adapter."""
+"""The compare and adapters screens, driven with Pilot: scripted backends stand in for base and adapters."""
 
 from __future__ import annotations
 
@@ -8,20 +8,25 @@ import pytest
 from textual.widgets import DataTable, Input, Select, Static
 
 from tui_align.app import AlignApp
+from tui_align.app.comparison import tally_from_records
 from tui_align.app.screens.adapters import AdaptersScreen, ExportModal
 from tui_align.app.screens.compare import CompareScreen, CompareTally
 from tui_align.app.screens.confirm import ConfirmModal
 from tui_align.app.widgets.candidates import CandidateColumn
 from tui_align.errors import UserError
+from tui_align.model_files import ModelRef
 from tui_align.pairs import Pair
 from tui_align.store import Store
+from tui_align.training.run_folder import data_hash, write_pairs_file
 
 from fakes import ScriptedBackend
 
 SIZE = (110, 32)
 RUN = "20261124-120000-dpo"
+OLDER_RUN = "20261123-090000-orpo"
 BASE_ANSWER = "Paris."
 TUNED_ANSWER = "The capital of France is Paris, on the Seine."
+OLDER_ANSWER = "Paris, of course."
 
 
 @pytest.fixture
@@ -31,22 +36,28 @@ def store(tmp_path):
     store.close()
 
 
-def make_run(home, name: str = RUN, status: str = "completed"):
-    """A run folder as training leaves it; the fake loaders never read the weights."""
+def make_run(home, name: str = RUN, status: str = "completed", pairs: list[Pair] | None = None, **run):
+    """A run folder as training leaves it (with its pairs.jsonl when `pairs` is given; `run` adds to run.json);
+    the fake loaders never read the weights."""
     folder = home / "models" / "adapters" / name
     folder.mkdir(parents=True)
     (folder / "adapter_config.json").write_text(json.dumps({"r": 8, "lora_alpha": 16}))
     (folder / "adapter_model.safetensors").write_bytes(b"not really weights")
+    data = {"train_pairs": 32}
+    if pairs is not None:
+        write_pairs_file(folder, pairs)
+        data["hash"] = data_hash(pairs)
     (folder / "run.json").write_text(json.dumps({
         "method": "dpo", "status": status, "created_at": "2026-11-24T12:00:00+00:00",
-        "data": {"train_pairs": 32}, "metrics": {"eval_accuracy": 0.875},
+        "data": data, "metrics": {"eval_accuracy": 0.875}, **run,
     }))
     return folder
 
 
-def make_app(store, tmp_path, chat_backend=None) -> AlignApp:
+def make_app(store, tmp_path, chat_backend=None, **kwargs) -> AlignApp:
     chat_backend = chat_backend or ScriptedBackend(model_id="base-model")
-    return AlignApp(store=store, load_backend=lambda: chat_backend, home=tmp_path, model_label="base-model (test)")
+    return AlignApp(store=store, load_backend=lambda: chat_backend, home=tmp_path, model_label="base-model (test)",
+                    **kwargs)
 
 
 async def settle(pilot) -> None:
@@ -54,14 +65,19 @@ async def settle(pilot) -> None:
     await pilot.pause()
 
 
-async def open_compare(pilot, loader) -> CompareScreen:
-    """Show the compare screen with `loader` in place of the real model loading, and choose RUN."""
+async def open_compare(pilot, loader=None, new: str = RUN, old: str | None = None) -> CompareScreen:
+    """Show the compare screen with `loader` (None: the real one) in place of the model loading, and choose
+    `new` (and `old`, else the base stays)."""
     await settle(pilot)
     screen = pilot.app.get_screen("compare")
-    screen.load_compare_pair = loader
+    if loader is not None:
+        screen.load_compare_pair = loader
     await pilot.press("f5")
     await settle(pilot)
-    screen.query_one("#compare-adapter", Select).value = RUN
+    if old is not None:
+        screen.query_one("#compare-old", Select).value = old
+    screen.query_one("#compare-new", Select).value = new
+    await pilot.pause()  # the selects' events start the loading worker
     await settle(pilot)
     return screen
 
@@ -85,13 +101,17 @@ def errors(app) -> list[str]:
     return [n.message for n in app._notifications if n.severity == "error"]
 
 
+def warnings(app) -> list[str]:
+    return [n.message for n in app._notifications if n.severity == "warning"]
+
+
 # Compare ----------------------------------------------------------------------------------------
 
 
 def test_tally_describes_wins_of_all_blind_picks():
     tally = CompareTally()
     assert tally.describe() == "no blind picks yet"
-    for winner in ("adapter", "adapter", "base", "tie"):
+    for winner in ("new", "new", "old", "tie"):
         tally.add(winner)
     assert tally.describe() == "new beats old: 2 of 4 (50%), ties 1"
 
@@ -101,7 +121,7 @@ async def test_both_answers_appear_with_one_seed(store, tmp_path):
     base, tuned = scripted_pair()
     app = make_app(store, tmp_path)
     async with app.run_test(size=SIZE) as pilot:
-        screen = await open_compare(pilot, lambda adapter: (base, tuned))
+        screen = await open_compare(pilot, lambda old, new: (base, tuned))
         await ask(pilot, screen, "Capital of France?")
         texts = sorted(column.text for column in screen.query(CandidateColumn))
         assert texts == sorted([BASE_ANSWER, TUNED_ANSWER])
@@ -119,21 +139,21 @@ async def test_blind_pick_stores_a_compare_pair_and_updates_the_tally(store, tmp
     make_run(tmp_path)
     app = make_app(store, tmp_path)
     async with app.run_test(size=SIZE) as pilot:
-        screen = await open_compare(pilot, lambda adapter: scripted_pair())
+        screen = await open_compare(pilot, lambda old, new: scripted_pair())
         await ask(pilot, screen, "Capital of France?")
-        adapter_column = screen.order.index("adapter")
-        await pilot.press("ab"[adapter_column])
+        new_column = screen.order.index("new")
+        await pilot.press("ab"[new_column])
         await settle(pilot)
         (pair,) = store.list_pairs(source="compare")
         assert (pair.chosen, pair.rejected) == (TUNED_ANSWER, BASE_ANSWER)
         assert pair.last_user_message == "Capital of France?"
-        assert pair.settings["compare"] == {"adapter": RUN, "winner": "adapter", "blind": True}
+        assert pair.settings["compare"] == {"old": "base", "new": RUN, "winner": "new", "blind": True}
         assert app.pair_count == 1
         assert "new beats old: 1 of 1 (100%), ties 0" in status(screen)
         titles = [c.border_title for c in screen.query(CandidateColumn)]
-        assert titles[adapter_column] == f"{'AB'[adapter_column]} · adapter"  # revealed after the pick
+        assert titles[new_column] == f"{'AB'[new_column]} · new: {RUN}"  # revealed after the pick
         assert screen.phase == "idle"
-        # The tally lives on the app: it is still there after a visit to another screen.
+        # The tally is still there after a visit to another screen.
         await pilot.press("f2")
         await pilot.press("f5")
         await pilot.pause()
@@ -144,7 +164,7 @@ async def test_tie_stores_no_pair_but_counts(store, tmp_path):
     make_run(tmp_path)
     app = make_app(store, tmp_path)
     async with app.run_test(size=SIZE) as pilot:
-        screen = await open_compare(pilot, lambda adapter: scripted_pair())
+        screen = await open_compare(pilot, lambda old, new: scripted_pair())
         await ask(pilot, screen, "Capital of France?")
         await pilot.press("t")
         await settle(pilot)
@@ -154,41 +174,43 @@ async def test_tie_stores_no_pair_but_counts(store, tmp_path):
 
 
 async def test_random_prompt_comes_from_the_stored_pairs_and_letters_type_when_idle(store, tmp_path):
-    make_run(tmp_path)
+    make_run(tmp_path)  # no pairs.jsonl: nothing held out to draw from
     store.add_pairs([Pair([{"role": "user", "content": "Name a blue fruit."}], "Blueberry.", "Apple.")])
     base, tuned = scripted_pair()
     app = make_app(store, tmp_path)
     async with app.run_test(size=SIZE) as pilot:
-        screen = await open_compare(pilot, lambda adapter: (base, tuned))
+        screen = await open_compare(pilot, lambda old, new: (base, tuned))
         await pilot.press("ctrl+r")
         await settle(pilot)
         assert base.requests[0][0] == [{"role": "user", "content": "Name a blue fruit."}]
+        assert warnings(app) == [f"{RUN} has no pairs.jsonl: drawing prompts from all stored pairs."]
+        assert "prompt from all stored pairs" in status(screen)
         await pilot.press("t")  # pick
         await settle(pilot)
         await pilot.press("ctrl+a", "ctrl+k", "a", "b", "t")  # idle: the pick keys are just letters again
         assert screen.query_one("#compare-prompt", Input).value == "abt"
 
 
-async def test_not_blind_titles_the_columns_base_and_adapter(store, tmp_path):
+async def test_not_blind_titles_the_columns_old_and_new(store, tmp_path):
     make_run(tmp_path)
     app = make_app(store, tmp_path)
     async with app.run_test(size=SIZE) as pilot:
-        screen = await open_compare(pilot, lambda adapter: scripted_pair())
+        screen = await open_compare(pilot, lambda old, new: scripted_pair())
         await pilot.press("ctrl+b")
         await ask(pilot, screen, "Capital of France?")
-        assert [c.border_title for c in screen.query(CandidateColumn)] == ["base", "adapter"]
+        assert [c.border_title for c in screen.query(CandidateColumn)] == ["old: base", f"new: {RUN}"]
         assert [c.text for c in screen.query(CandidateColumn)] == [BASE_ANSWER, TUNED_ANSWER]
         await pilot.press("b")
         await settle(pilot)
         assert store.list_pairs(source="compare")[0].settings["compare"]["blind"] is False
-        assert app.compare_tallies[RUN].total == 0  # only blind picks count
+        assert screen.tally.total == 0  # only blind picks count
 
 
 async def test_a_compare_load_error_is_one_line(store, tmp_path):
     make_run(tmp_path)
 
-    def refuse(adapter):
-        raise UserError(f"{adapter.name} was trained on other-model, not on base-model.")
+    def refuse(old, new):
+        raise UserError(f"{new.name} was trained on other-model, not on base-model.")
 
     app = make_app(store, tmp_path)
     async with app.run_test(size=SIZE) as pilot:
@@ -196,6 +218,160 @@ async def test_a_compare_load_error_is_one_line(store, tmp_path):
         assert errors(app) == [f"{RUN} was trained on other-model, not on base-model."]
         await ask(pilot, screen, "Capital of France?")
         assert screen.phase == "idle" and "not loaded" in status(screen)
+
+
+def test_the_tally_counts_blind_picks_of_the_two_models_either_way_round():
+    records = [
+        {"old": "base", "new": RUN, "winner": "new", "blind": True},
+        {"old": RUN, "new": "base", "winner": "new", "blind": True},  # the other way round: the base won
+        {"adapter": RUN, "winner": "adapter", "blind": True},  # stored before two-model compares
+        {"adapter": RUN, "winner": "tie", "blind": True},
+        {"old": "base", "new": RUN, "winner": "new", "blind": False},  # not blind: not counted
+        {"old": OLDER_RUN, "new": RUN, "winner": "new", "blind": True},  # another pair of models
+    ]
+    assert tally_from_records(records, "base", RUN) == CompareTally(wins=2, losses=1, ties=1)
+    assert tally_from_records(records, OLDER_RUN, RUN) == CompareTally(wins=1)
+    assert tally_from_records(records, RUN, OLDER_RUN) == CompareTally(losses=1)
+
+
+async def test_two_adapters_answer_side_by_side_and_the_pick_names_both(store, tmp_path):
+    make_run(tmp_path)
+    make_run(tmp_path, OLDER_RUN)
+    older = ScriptedBackend(default=OLDER_ANSWER, model_id=f"base-model+{OLDER_RUN}")
+    tuned = ScriptedBackend(default=TUNED_ANSWER, model_id=f"base-model+{RUN}")
+    asked = []
+
+    def loader(old, new):
+        asked.append((old and old.name, new.name))
+        return older, tuned
+
+    app = make_app(store, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_compare(pilot, loader, new=RUN, old=OLDER_RUN)
+        assert asked == [(OLDER_RUN, RUN)]  # one load, with both adapters
+        assert "● ready" in status(screen)
+        await ask(pilot, screen, "Capital of France?")
+        assert sorted(c.text for c in screen.query(CandidateColumn)) == sorted([OLDER_ANSWER, TUNED_ANSWER])
+        (older_prompt, older_settings), = older.requests
+        (tuned_prompt, tuned_settings), = tuned.requests
+        assert older_prompt == tuned_prompt and older_settings == tuned_settings  # same prompt, seed, settings
+        old_column = screen.order.index("old")
+        await pilot.press("ab"[old_column])
+        await settle(pilot)
+        (pair,) = store.list_pairs(source="compare")
+        assert (pair.chosen, pair.rejected) == (OLDER_ANSWER, TUNED_ANSWER)
+        assert pair.settings["compare"] == {"old": OLDER_RUN, "new": RUN, "winner": "old", "blind": True}
+        assert "new beats old: 0 of 1 (0%), ties 0" in status(screen)
+        titles = [c.border_title for c in screen.query(CandidateColumn)]
+        assert titles[old_column] == f"{'AB'[old_column]} · old: {OLDER_RUN}"
+        # Back to the base as the old side: another pair of models, loaded again, with its own tally.
+        screen.query_one("#compare-old", Select).value = "base"
+        await settle(pilot)
+        assert asked[-1] == (None, RUN)
+        assert "no blind picks yet" in status(screen)
+
+
+async def test_the_same_model_on_both_sides_is_refused(store, tmp_path):
+    make_run(tmp_path)
+    app = make_app(store, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_compare(pilot, lambda old, new: scripted_pair(), new=RUN, old=RUN)
+        assert warnings(app) == [f"Old and new are both {RUN}: choose two different models."]
+        assert "choose two different models" in status(screen)
+        await ask(pilot, screen, "Capital of France?")
+        assert screen.phase == "idle"
+
+
+async def test_an_old_adapter_for_another_base_is_one_line(store, tmp_path):
+    """The real loader: both adapters are checked against the app's base before anything loads."""
+    make_run(tmp_path)
+    make_run(tmp_path, OLDER_RUN, base_model={"kind": "hub", "location": "someone/other-model",
+                                              "model_id": "someone/other-model"})
+    app = make_app(store, tmp_path, model_ref=ModelRef("gguf", str(tmp_path / "base-model.gguf")))
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_compare(pilot, new=RUN, old=OLDER_RUN)
+        assert errors(app) == [f"{OLDER_RUN} was trained on someone/other-model, not on base-model.gguf."]
+        assert "not loaded" in status(screen)
+
+
+def fruit_pairs(count: int) -> list[Pair]:
+    return [Pair([{"role": "user", "content": f"Name fruit number {i}."}], f"Fruit {i}.", "No.") for i in range(count)]
+
+
+async def test_ctrl_r_draws_the_held_out_prompts_of_the_new_run_in_turn(store, tmp_path):
+    from tui_align.training.data import split_held_out
+
+    pairs = fruit_pairs(8)
+    make_run(tmp_path, pairs=pairs, settings={"eval_fraction": 0.25, "seed": 7})
+    train, held = split_held_out(pairs, 0.25, 7)  # what the runner held out: 2 of the 8
+    held_prompts = [p.last_user_message for p in held]
+    assert len(held_prompts) == 2
+    store.add_pairs([Pair([{"role": "user", "content": "A stored prompt."}], "Yes.", "No.")])
+    base, tuned = scripted_pair()
+    app = make_app(store, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_compare(pilot, lambda old, new: (base, tuned))
+        sent = []
+        for turn in range(3):
+            await pilot.press("ctrl+r")
+            await settle(pilot)
+            sent.append(tuned.requests[-1][0][-1]["content"])
+            assert f"held-out prompt {turn % 2 + 1} of 2" in status(screen)
+            await pilot.press("t")
+            await settle(pilot)
+        assert sent == held_prompts + held_prompts[:1]  # each held-out prompt once, then round again
+        assert warnings(app) == []
+        # A typed prompt says nothing about where it came from.
+        await ask(pilot, screen, "Typed by hand.")
+        assert "held-out" not in status(screen)
+
+
+async def test_ctrl_r_falls_back_to_the_stored_pairs_when_the_run_held_out_nothing(store, tmp_path):
+    make_run(tmp_path, pairs=fruit_pairs(4), settings={"eval_fraction": 0.0, "seed": 0})
+    store.add_pairs([Pair([{"role": "user", "content": "A stored prompt."}], "Yes.", "No.")])
+    base, tuned = scripted_pair()
+    app = make_app(store, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_compare(pilot, lambda old, new: (base, tuned))
+        await pilot.press("ctrl+r")
+        await settle(pilot)
+        assert tuned.requests[-1][0][-1]["content"] == "A stored prompt."
+        assert warnings(app) == [f"{RUN} held out no pairs: drawing prompts from all stored pairs."]
+        assert "prompt from all stored pairs" in status(screen)
+
+
+async def test_the_tally_is_rebuilt_from_the_store_after_a_restart(tmp_path):
+    make_run(tmp_path)
+    make_run(tmp_path, OLDER_RUN)
+    path = tmp_path / "s.sqlite3"
+    store = Store(path)
+    app = make_app(store, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_compare(pilot, lambda old, new: scripted_pair())
+        for _ in range(2):
+            await ask(pilot, screen, "Capital of France?")
+            await pilot.press("ab"[screen.order.index("new")])
+            await settle(pilot)
+        await ask(pilot, screen, "Capital of France?")
+        await pilot.press("t")
+        await settle(pilot)
+        assert "new beats old: 2 of 3 (67%), ties 1" in status(screen)
+    store.close()
+
+    store = Store(path)  # the app closed; a new one opens the same store
+    store.record_pick([{"role": "user", "content": "Old pick."}], ["x", "y"], "chosen", chosen_index=0,
+                      settings={"compare": {"adapter": RUN, "winner": "base", "blind": True}}, source="compare")
+    app = make_app(store, tmp_path)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            screen = await open_compare(pilot, lambda old, new: scripted_pair())
+            # The three picks above plus one stored before two-model compares (the base won it).
+            assert "new beats old: 2 of 4 (50%), ties 1" in status(screen)
+            screen.query_one("#compare-old", Select).value = OLDER_RUN
+            await settle(pilot)
+            assert "no blind picks yet" in status(screen)  # another pair of models
+    finally:
+        store.close()
 
 
 # Adapters ---------------------------------------------------------------------------------------

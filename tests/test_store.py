@@ -106,6 +106,18 @@ def test_ties_and_skips_are_kept_as_picks_but_make_no_pairs():
     assert store.pick_counts() == {"tie": 1, "skip": 1}
 
 
+def test_compare_records_come_from_every_compare_pick_ties_included():
+    store = Store(":memory:")
+    first = {"old": "base", "new": "run-1", "winner": "new", "blind": True}
+    tie = {"old": "run-1", "new": "run-2", "winner": "tie", "blind": True}
+    store.record_pick(PROMPT, ["Red.", "Blue."], "chosen", chosen_index=0, settings={"seed": 1, "compare": first},
+                      source="compare")
+    store.record_pick(PROMPT, ["Red.", "Blue."], "chosen", chosen_index=1, settings={"seed": 2})  # the chat's
+    store.record_pick([{"role": "user", "content": '"compare"'}], ["a", "b"], "skip", settings={"note": '"compare"'})
+    store.record_pick(PROMPT, ["Red.", "Blue."], "tie", settings={"compare": tie})
+    assert store.compare_records() == [first, tie]
+
+
 def test_identical_candidates_make_no_pair():
     store = Store(":memory:")
     assert store.record_pick(PROMPT, ["Red.", "Red."], "chosen", chosen_index=0) == []

@@ -43,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("train", help="train a LoRA adapter on the pairs (see `tui-align train --help`)", add_help=False)
 
-    compare = commands.add_parser("compare", help="answer one prompt with the base and with a trained adapter")
+    compare = commands.add_parser("compare", help="answer one prompt with a trained adapter and with the base (or a second adapter)")
     compare.add_argument("--adapter", required=True, help="a run id (see `tui-align adapters`) or a peft adapter folder")
+    compare.add_argument("--against", help="a second run id or adapter folder on the same base to answer instead of the base")
     compare.add_argument("--prompt", required=True)
     compare.add_argument("--seed", type=int, default=0)
     compare.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -126,18 +127,20 @@ def run_compare(args) -> int:
 
     home = data_home(args.home)
     adapter = find_adapter(home, args.adapter)
-    ref = base_ref_for(adapter, args.model)
-    base, tuned = load_pair(ref, args.backend, models_dir(home), adapter)
+    against = find_adapter(home, args.against) if args.against else None
+    ref = base_ref_for(adapter, args.model, against)
+    old, new = load_pair(ref, args.backend, models_dir(home), adapter, against)
     settings = SamplingSettings(temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed)
     messages = [{"role": "user", "content": args.prompt}]
+    old_title = f"base ({ref.model_id})" if against is None else f"against ({against.name})"
     try:
-        for title, backend in ((f"base ({ref.model_id})", base), (f"adapter ({adapter.name})", tuned)):
+        for title, backend in ((old_title, old), (f"adapter ({adapter.name})", new)):
             print(f"== {title}")
             print(backend.chat(messages, settings).strip())
             print()
     finally:
-        base.close()
-        tuned.close()
+        old.close()
+        new.close()
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Base model and trained adapter side by side: the same prompt, seed and settings to both."""
+"""Two models side by side: the base or a trained adapter against a trained adapter, on one base, with the
+same prompt, seed and settings to both."""
 
 from __future__ import annotations
 
@@ -10,27 +11,40 @@ from .errors import UserError
 from .model_files import ModelRef, resolve_model
 
 
-def base_ref_for(adapter: Adapter, model_spec: str | None) -> ModelRef:
-    """The base to compare against: --model if given (checked against run.json), else the run's own base."""
+def base_ref_for(adapter: Adapter, model_spec: str | None, against: Adapter | None = None) -> ModelRef:
+    """The base both sides run on: --model if given, else the run's own base; `adapter` and `against`
+    (when given) are both checked against it."""
     if model_spec is None:
         if not adapter.base_location:
             raise UserError(f"{adapter.name} does not say which base it was trained on: pass --model.")
         ref = resolve_model(adapter.base_location)
     else:
         ref = resolve_model(model_spec)
-    check_same_base(adapter, ref.location)
+    check_pair(ref, adapter, against)
     return ref
 
 
-def load_pair(ref: ModelRef, engine: str | None, models_dir: Path, adapter: Adapter) -> tuple[Backend, Backend]:
-    """(base, tuned). transformers: one copy of the weights, the base via disable_adapter.
-    llama.cpp: two contexts over the same GGUF, one with the GGUF LoRA (small models; fast on a CPU)."""
+def check_pair(ref: ModelRef, new: Adapter, old: Adapter | None) -> None:
+    """Refuse two sides that are not two different adapters (or the base and one) on the base `ref`."""
+    if old is not None and old.path.resolve() == new.path.resolve():
+        raise UserError(f"Both sides are {new.name}: compare two different adapters.")
+    check_same_base(new, ref.location)
+    if old is not None:
+        check_same_base(old, ref.location)
+
+
+def load_pair(ref: ModelRef, engine: str | None, models_dir: Path, new: Adapter,
+              old: Adapter | None = None) -> tuple[Backend, Backend]:
+    """(old, new): `old` None is the plain base.
+    transformers: one copy of the weights; the base via disable_adapter, a second adapter loaded beside
+    the first and switched in per answer (peft's load_adapter + set_adapter).
+    llama.cpp: two contexts over the same GGUF, each with its GGUF LoRA (small models; fast on a CPU)."""
     engine = engine or ref.default_engine
-    tuned = load_backend(ref, engine, models_dir, adapter=adapter)
-    if engine == "hf":
-        return tuned.base_view(), tuned
+    tuned = load_backend(ref, engine, models_dir, adapter=new)
     try:
-        return load_backend(ref, engine, models_dir), tuned
+        if engine == "hf":
+            return (tuned.base_view() if old is None else tuned.adapter_view(old.path)), tuned
+        return load_backend(ref, engine, models_dir, adapter=old), tuned
     except BaseException:
         tuned.close()
         raise

@@ -155,6 +155,22 @@ class Store:
         rows = self._query("SELECT outcome, COUNT(*) AS n FROM picks GROUP BY outcome")
         return {row["outcome"]: row["n"] for row in rows}
 
+    def compare_records(self) -> list[dict]:
+        """The "compare" record of every pick made on the compare screen, oldest first, ties included
+        (they store no pair, so the picks, not the pairs, are what a tally is rebuilt from)."""
+        # LIKE skips the chat's picks without parsing them; the parsed JSON then decides.
+        rows = self._query("SELECT settings_json FROM picks WHERE settings_json LIKE '%\"compare\"%' ORDER BY id")
+        records = []
+        for row in rows:
+            try:
+                settings = json.loads(row["settings_json"])
+            except ValueError:
+                continue
+            record = settings.get("compare") if isinstance(settings, dict) else None
+            if isinstance(record, dict):
+                records.append(record)
+        return records
+
     # Pairs -------------------------------------------------------------------------------
 
     def add_pairs(self, pairs: Sequence[Pair]) -> list[int]:

@@ -82,7 +82,6 @@ class AlignApp(App[int]):
         self.model_ref = model_ref  # the base behind `backend`; adapters load onto it (None: resolve model_spec)
         self.engine = engine  # llamacpp | hf (None: the model's default)
         self.active_adapter: str | None = None  # the adapter the chat model runs with (adapters screen)
-        self.compare_tallies: dict = {}  # adapter name -> blind-compare tally; outlives the compare screen
         self.backend: Backend | None = None
         self.backend_error = ""
         self.generation_lock = threading.Lock()

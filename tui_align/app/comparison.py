@@ -1,5 +1,5 @@
-"""What the compare screen does that needs no widget: seed, column order, streaming both models, storing
-the pick, the tally of blind picks, the status line."""
+"""What the compare screen does that needs no widget: seed, column order, drawing prompts, streaming both
+models, storing the pick, the tally of blind picks rebuilt from the store, the status line."""
 
 from __future__ import annotations
 
@@ -15,28 +15,32 @@ from .generation import stream_answers
 COMPARE_HELP = """\
 | Key | Does |
 |---|---|
-| Enter | send the typed prompt to the base and to the adapter (same seed and settings) |
-| ctrl+r | draw a random prompt from the stored pairs and send it |
+| old / new | the two models: old is the base (default) or a finished run, new a finished run on the same base |
+| Enter | send the typed prompt to both models (same seed and settings) |
+| ctrl+r | send the next prompt the new run held out from training (else a random stored pair's) |
 | ctrl+b | blind mode on/off (on: columns are A and B in random order) |
 | a / b | prefer the left / right answer (stored as a pair, source "compare") |
 | t | tie (recorded, no pair) |
 | esc | stop the answers |
 
-Only blind picks count in the tally "new beats old".
+Only blind picks count in the tally "new beats old"; it is rebuilt from the store for the two chosen models.
 """
+
+#: The old side's key when it is the plain base model; otherwise a side is a run's name.
+BASE = "base"
 
 # Seeds drawn when the settings leave it open: shown, so a comparison can be repeated.
 SEED_RANGE = (1, 2**31 - 1)
 
 
 def with_fixed_seed(settings: SamplingSettings) -> SamplingSettings:
-    """One seed for both models: the difference between the answers is the adapter, not the dice."""
+    """One seed for both models: the difference between the answers is the models, not the dice."""
     return settings if settings.seed is not None else replace(settings, seed=random.randint(*SEED_RANGE))
 
 
 def column_order(blind: bool) -> list[str]:
-    """Which model answers in each column, left to right: random when blind, else base first."""
-    order = ["base", "adapter"]
+    """Which model answers in each column, left to right: random when blind, else old first."""
+    order = ["old", "new"]
     if blind and random.random() < 0.5:
         order.reverse()
     return order
@@ -48,14 +52,25 @@ def random_prompt(store: Store) -> str | None:
     return random.choice(prompts) if prompts else None
 
 
+def draw_prompt(store: Store, held_out: list[str], turn: int) -> tuple[str, str] | None:
+    """ctrl+r's prompt and where it came from: the new run's held-out prompts in turn (each once before
+    any repeats) when it has any, else a random stored pair's; None when there is nothing to draw."""
+    if held_out:
+        index = turn % len(held_out)
+        return held_out[index], f"held-out prompt {index + 1} of {len(held_out)}"
+    text = random_prompt(store)
+    return None if text is None else (text, "prompt from all stored pairs")
+
+
 def record_comparison(
     store: Store, prompt: list[Message], answers: list[str], order: list[str], index: int | None, *,
-    adapter: str, blind: bool, settings: SamplingSettings, model: str,
+    old: str, new: str, blind: bool, settings: SamplingSettings, model: str,
 ) -> tuple[str, list[int]]:
-    """Store a pick between the columns (index None: a tie); returns the winner ("adapter", "base" or
-    "tie") and the new pair ids, source "compare", so the next run trains on it."""
+    """Store a pick between the columns (index None: a tie); returns the winner ("new", "old" or "tie")
+    and the new pair ids, source "compare", so the next run trains on it. The record names both models
+    (`old` is BASE or a run), so the tally can be rebuilt from the store."""
     winner = "tie" if index is None else order[index]
-    record = {**settings.as_dict(), "compare": {"adapter": adapter, "winner": winner, "blind": blind}}
+    record = {**settings.as_dict(), "compare": {"old": old, "new": new, "winner": winner, "blind": blind}}
     outcome = "tie" if index is None else "chosen"
     saved = store.record_pick(prompt, list(answers), outcome, chosen_index=index, model=model, settings=record,
                               source="compare")
@@ -75,7 +90,7 @@ def compare_answers(
 
 @dataclass
 class CompareTally:
-    """Blind picks for one adapter: the trained model's wins, losses and ties against its base."""
+    """Blind picks between two models: the new model's wins, losses and ties against the old one."""
 
     wins: int = 0
     losses: int = 0
@@ -86,10 +101,10 @@ class CompareTally:
         return self.wins + self.losses + self.ties
 
     def add(self, winner: str) -> None:
-        """`winner`: "adapter", "base" or "tie"."""
-        if winner == "adapter":
+        """`winner`: "new", "old" or "tie"."""
+        if winner == "new":
             self.wins += 1
-        elif winner == "base":
+        elif winner == "old":
             self.losses += 1
         else:
             self.ties += 1
@@ -100,15 +115,47 @@ class CompareTally:
         return f"new beats old: {self.wins} of {self.total} ({100 * self.wins / self.total:.0f}%), ties {self.ties}"
 
 
-STATES = {"none": "choose an adapter", "loading": "◌ loading {name}…", "ready": "● {name} ready",
-          "failed": "✗ {name} not loaded"}
+# What flips when a record compared the same two models the other way round.
+SWAPPED = {"new": "old", "old": "new", "tie": "tie"}
 
 
-def compare_status(name: str | None, state: str, blind: bool, seed: int | None, tally: CompareTally | None) -> str:
-    """'● run ready │ blind on │ seed 7 │ new beats old: …' for the compare screen's top bar."""
-    parts = [STATES[state].format(name=name), f"blind {'on' if blind else 'off'}"]
+def matchup(record: dict) -> tuple[str, str, str] | None:
+    """(old, new, winner "new"/"old"/"tie") of a stored compare record. Records from before two-model
+    compares name one adapter against the base, with the winner "adapter" or "base"."""
+    if isinstance(record.get("new"), str):
+        return record.get("old", BASE), record["new"], record.get("winner")
+    if isinstance(record.get("adapter"), str):
+        winner = {"adapter": "new", "base": "old"}.get(record.get("winner"), record.get("winner"))
+        return BASE, record["adapter"], winner
+    return None
+
+
+def tally_from_records(records: list[dict], old: str, new: str) -> CompareTally:
+    """The blind picks between `old` and `new` among the store's compare records (either way round)."""
+    tally = CompareTally()
+    for record in records:
+        found = matchup(record) if record.get("blind") else None
+        if found is None or found[2] not in SWAPPED:
+            continue
+        if found[:2] == (old, new):
+            tally.add(found[2])
+        elif found[:2] == (new, old):
+            tally.add(SWAPPED[found[2]])
+    return tally
+
+
+STATES = {"none": "choose the new model", "same": "choose two different models", "loading": "◌ loading…",
+          "ready": "● ready", "failed": "✗ not loaded: choose again to retry"}
+
+
+def compare_status(state: str, blind: bool, seed: int | None, tally: CompareTally | None,
+                   origin: str | None = None) -> str:
+    """'● ready │ blind on │ seed 7 │ new beats old: … │ held-out prompt 3 of 12' for the compare screen."""
+    parts = [STATES[state], f"blind {'on' if blind else 'off'}"]
     if seed is not None:
         parts.append(f"seed {seed}")
     if tally is not None:
         parts.append(tally.describe())
+    if origin:
+        parts.append(origin)
     return " │ ".join(parts)

@@ -95,11 +95,17 @@ class TrainFailed(Message):
 
 @dataclass
 class ComparePairReady(Message):
-    """The compare screen's (base, tuned) backends for adapter `adapter` finished loading."""
+    """The compare screen's two backends finished loading: `old` ("base" or a run) and `new` (a run).
 
-    adapter: str
-    base: Backend
-    tuned: Backend
+    `held_out`: the prompts the new run held out from training; `held_out_note` says why there are none.
+    """
+
+    old: str
+    new: str
+    old_backend: Backend
+    new_backend: Backend
+    held_out: list[str] = field(default_factory=list)
+    held_out_note: str = ""
 
 
 @dataclass

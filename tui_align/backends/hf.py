@@ -34,6 +34,8 @@ class TransformersBackend(Backend):
         self.model_id = ref.model_id if adapter_path is None else f"{ref.model_id}+{Path(adapter_path).name}"
         # False answers from the base alone, with the same weights in memory (peft's disable_adapter).
         self.adapter_enabled = True
+        # Which of the peft model's adapters answers (None: no adapter); views over one model differ here.
+        self.adapter_name = None if adapter_path is None else "default"
 
     def base_view(self) -> "TransformersBackend":
         """A second backend over the same weights that answers with the adapter switched off."""
@@ -41,6 +43,19 @@ class TransformersBackend(Backend):
         view.__dict__.update(self.__dict__)
         view.adapter_enabled = False
         view.model_id = self.model_id.split("+")[0]
+        return view
+
+    def adapter_view(self, adapter_path: str | Path) -> "TransformersBackend":
+        """A second backend over the same base weights that answers with another peft adapter: loaded
+        beside this one (peft's load_adapter), switched in (set_adapter) before each answer."""
+        if self.adapter_name is None:
+            raise UserError("adapter_view needs a backend loaded with an adapter.")
+        name = f"other{len(self.model.peft_config)}"
+        load_extra_adapter(self.model, adapter_path, name)
+        view = object.__new__(TransformersBackend)
+        view.__dict__.update(self.__dict__)
+        view.adapter_name = name
+        view.model_id = f"{self.model_id.split('+')[0]}+{Path(adapter_path).name}"
         return view
 
     def stream_chat(
@@ -83,6 +98,8 @@ class TransformersBackend(Backend):
                 else contextlib.nullcontext()
             )
             try:
+                if self.adapter_enabled and self.adapter_name is not None:
+                    self.model.set_adapter(self.adapter_name)  # another view over this model may have switched
                 with torch.inference_mode(), adapter_off:
                     self.model.generate(**kwargs)
             except BaseException as exc:  # reported on the consumer's thread below
@@ -114,5 +131,18 @@ def attach_adapter(model, adapter_path: str | Path):
     try:
         return PeftModel.from_pretrained(model, str(adapter_path)).eval()
     except Exception as exc:  # peft raises RuntimeError on shape mismatch, ValueError/OSError on bad files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"Can't load the adapter {Path(adapter_path).name}: {first[:200]}") from exc
+        raise _adapter_error(adapter_path, exc) from exc
+
+
+def load_extra_adapter(peft_model, adapter_path: str | Path, name: str) -> None:
+    """Load a second trained adapter into a peft model, beside the ones it has, under `name`."""
+    try:
+        peft_model.load_adapter(str(adapter_path), adapter_name=name)
+    except Exception as exc:  # the same failures as attach_adapter's
+        raise _adapter_error(adapter_path, exc) from exc
+    peft_model.eval()
+
+
+def _adapter_error(adapter_path: str | Path, exc: Exception) -> UserError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return UserError(f"Can't load the adapter {Path(adapter_path).name}: {first[:200]}")

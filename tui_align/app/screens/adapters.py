@@ -32,13 +32,14 @@ def app_base_ref(app: AlignApp) -> ModelRef:
     return app.model_ref or resolve_model(app.model_spec)
 
 
-def load_adapter_pair(app: AlignApp, adapter: Adapter) -> tuple[Backend, Backend]:
-    """(base, tuned) for the compare screen, on the app's own base and engine. Slow: call it in a worker."""
-    from ...compare import load_pair
+def load_adapter_pair(app: AlignApp, old: Adapter | None, new: Adapter) -> tuple[Backend, Backend]:
+    """(old, new) for the compare screen, on the app's own base and engine; `old` None is the plain base.
+    Slow: call it in a worker."""
+    from ...compare import check_pair, load_pair
 
     ref = app_base_ref(app)
-    check_same_base(adapter, ref.location)
-    return load_pair(ref, app.engine, models_dir(app.home), adapter)
+    check_pair(ref, new, old)  # both adapters, before anything loads
+    return load_pair(ref, app.engine, models_dir(app.home), new, old)
 
 
 def load_chat_backend(app: AlignApp, adapter: Adapter | None) -> Backend:

@@ -1,4 +1,5 @@
-"""The compare screen: one prompt, one seed, base and trained adapter side by side, optionally blind."""
+"""The compare screen: one prompt, one seed, two models side by side (the base or a trained adapter against
+a trained adapter), optionally blind."""
 
 from __future__ import annotations
 
@@ -11,15 +12,16 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.reactive import reactive
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Input, Select, Static
+from textual.widgets import Footer, Header, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
+from ...adapters.held_out import held_out_prompts
 from ...adapters.registry import Adapter, list_adapters
 from ...backends.base import Backend, SamplingSettings
 from ...errors import UserError
 from ..comparison import (
-    COMPARE_HELP, CompareTally, column_order, compare_answers, compare_status, random_prompt, record_comparison,
-    with_fixed_seed,
+    BASE, COMPARE_HELP, CompareTally, column_order, compare_answers, compare_status, draw_prompt, record_comparison,
+    tally_from_records, with_fixed_seed,
 )
 from ..generation import first_line
 from ..messages import AdapterWorkFailed, AnswerDone, AnswerProgress, ComparePairReady, GenerationFinished
@@ -54,9 +56,18 @@ class CompareScreen(Screen):
     def __init__(self) -> None:
         super().__init__()
         self.adapters: dict[str, Adapter] = {}
-        self.pair: tuple[str, Backend, Backend] | None = None  # (adapter name, base, tuned), loaded once
-        self.loading: str | None = None
-        self.order: list[str] = []  # "base"/"adapter" per column, left to right
+        # ((old, new), old backend, new backend), loaded once per choice; old is BASE or a run's name.
+        self.pair: tuple[tuple[str, str], Backend, Backend] | None = None
+        self.loading: tuple[str, str] | None = None
+        self.tally = CompareTally()  # of the chosen two models, rebuilt from the store when they change
+        self.held_out: dict[str, tuple[list[str], str]] = {}  # run -> (its held-out prompts, why none)
+        self.draws: dict[str, int] = {}  # run -> how many held-out prompts ctrl+r has drawn from it
+        self.told: set[str] = set()  # runs whose missing held-out prompts the user was told about
+        self.drawn: tuple[str, str] | None = None  # (prompt, where from) of the last ctrl+r
+        self.origin: str | None = None  # where the compared prompt came from, for the status line
+        self.names: dict[str, str] = {}  # "old"/"new" -> model, as compared last
+        self.handled: tuple[str, str | None] | None = None  # the choice chosen_changed last acted on
+        self.order: list[str] = []  # "old"/"new" per column, left to right
         self.answers: list[str] = []
         self.prompt: list[dict] = []
         self.settings = SamplingSettings()
@@ -66,23 +77,27 @@ class CompareScreen(Screen):
     def align_app(self) -> AlignApp:
         return self.app  # type: ignore[return-value]
 
-    def load_compare_pair(self, adapter: Adapter) -> tuple[Backend, Backend]:
-        """(base, tuned) for `adapter`; runs on a worker thread. Tests replace it with scripted backends."""
-        return load_adapter_pair(self.align_app, adapter)
+    def load_compare_pair(self, old: Adapter | None, new: Adapter) -> tuple[Backend, Backend]:
+        """(old, new) backends, `old` None being the base; runs on a worker thread. Tests replace it with
+        scripted backends."""
+        return load_adapter_pair(self.align_app, old, new)
 
     def compose(self) -> ComposeResult:
         yield Header()
         with Horizontal(id="compare-bar"):
-            yield Select([], prompt="adapter to compare", id="compare-adapter")
-            yield Static("", id="compare-status")
+            yield Label("old", classes="compare-label")
+            yield Select([(BASE, BASE)], value=BASE, allow_blank=False, id="compare-old")
+            yield Label("new", classes="compare-label")
+            yield Select([], prompt="a trained adapter", id="compare-new")
+        yield Static("", id="compare-status")
         yield Input(placeholder="a prompt for both models (Enter sends; ctrl+r draws one)", id="compare-prompt")
         yield CandidatesPanel(CandidateColumn(1), CandidateColumn(2), id="compare-columns")
         yield Static("", id="compare-hint")
         yield Footer()
 
     def on_mount(self) -> None:
-        self._title_columns(reveal=False)
         self.on_screen_resume()
+        self._title_columns(reveal=False)
 
     def on_screen_resume(self) -> None:
         self.refresh_adapters()  # a run may have finished since we were last shown
@@ -100,27 +115,34 @@ class CompareScreen(Screen):
         if list(found) == list(self.adapters):
             return
         self.adapters = found
-        select = self.query_one("#compare-adapter", Select)
-        current = select.value
-        select.set_options((name, name) for name in found)
-        if current in found:
-            select.value = current
+        lost = False
+        for select, first in ((self.query_one("#compare-old", Select), [BASE]),
+                              (self.query_one("#compare-new", Select), [])):
+            current = select.value
+            kept = current in found or current in first
+            lost = lost or (isinstance(current, str) and not kept)
+            with self.prevent(Select.Changed):  # new options, the same choice: nothing to reload
+                select.set_options((name, name) for name in first + list(found))  # old falls back to the base
+                if kept:
+                    select.value = current
+        if lost:  # a chosen run was deleted meanwhile
+            self.chosen_changed()
 
     @property
-    def adapter_name(self) -> str | None:
-        value = self.query_one("#compare-adapter", Select).value
-        return value if isinstance(value, str) else None
-
-    def tally(self, name: str) -> CompareTally:
-        return self.align_app.compare_tallies.setdefault(name, CompareTally())
+    def chosen(self) -> tuple[str, str | None]:
+        """(old, new) as the two selects say: old BASE or a run, new a run or None."""
+        old = self.query_one("#compare-old", Select).value
+        new = self.query_one("#compare-new", Select).value
+        return (old if isinstance(old, str) else BASE), (new if isinstance(new, str) else None)
 
     def refresh_status(self) -> None:
-        name = self.adapter_name
-        state = ("none" if name is None else "loading" if self.loading == name
-                 else "ready" if self.pair is not None and self.pair[0] == name else "failed")
+        old, new = self.chosen
+        state = ("none" if new is None else "same" if old == new else "loading" if self.loading == (old, new)
+                 else "ready" if self.pair is not None and self.pair[0] == (old, new) else "failed")
         seed = self.settings.seed if self.answers or self.phase != "idle" else None
-        tally = self.tally(name) if name else None
-        self.query_one("#compare-status", Static).update(compare_status(name, state, self.blind, seed, tally))
+        tally = self.tally if state not in ("none", "same") else None
+        origin = self.origin if self.answers or self.phase != "idle" else None
+        self.query_one("#compare-status", Static).update(compare_status(state, self.blind, seed, tally, origin))
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "prefer":
@@ -134,7 +156,8 @@ class CompareScreen(Screen):
     def watch_phase(self, phase: str) -> None:
         prompt_input = self.query_one("#compare-prompt", Input)
         prompt_input.disabled = phase != "idle"
-        self.query_one("#compare-adapter", Select).disabled = phase != "idle"
+        for select in self.query(Select):
+            select.disabled = phase != "idle"
         hint = self.query_one("#compare-hint", Static)
         if phase == "picking":
             left, right = ("A", "B") if self.blind else self.order
@@ -152,48 +175,78 @@ class CompareScreen(Screen):
         self.refresh_status()
 
     def _title_columns(self, reveal: bool) -> None:
-        order = self.order or ["base", "adapter"]
+        order = self.order or ["old", "new"]
+        old, new = self.chosen
+        names = self.names if self.answers else {"old": old, "new": new or "?"}  # who wrote what's shown
         for column, side, role in zip(self.query(CandidateColumn), SIDES, order):
-            column.border_title = (f"{side} · {role}" if reveal else side) if self.blind else role
+            label = f"{role}: {names[role]}"
+            column.border_title = (f"{side} · {label}" if reveal else side) if self.blind else label
 
     # Loading the pair ---------------------------------------------------------------------------
 
     def on_select_changed(self, event: Select.Changed) -> None:
         event.stop()
-        name = self.adapter_name
-        if name is not None and (self.pair is None or self.pair[0] != name):
+        self.chosen_changed()
+
+    def chosen_changed(self) -> None:
+        if self.chosen == self.handled:  # both selects changed at once: their two events say the same
+            return
+        self.handled = old, new = self.chosen
+        # The tally of these two, from every blind pick in the store: it survives a restart.
+        self.tally = tally_from_records(self.align_app.store.compare_records(), old, new)
+        if new is not None and old == new:
+            self.notify(f"Old and new are both {new}: choose two different models.", severity="warning")
+        elif new is not None and (self.pair is None or self.pair[0] != (old, new)):
             self._close_pair()
-            self.loading = name
-            self._load(self.adapters[name])
+            self.loading = (old, new)
+            self._load(self.adapters.get(old), self.adapters[new])
+        if self.phase == "idle" and not self.answers:
+            self._title_columns(reveal=False)
         self.refresh_status()
 
     @work(thread=True, exclusive=True, group="compare-load")
-    def _load(self, adapter: Adapter) -> None:
+    def _load(self, old: Adapter | None, new: Adapter) -> None:
+        held_out, note = self._held_out(new)
+        names = f"{old.name if old else BASE} and {new.name}"
         try:
-            base, tuned = self.load_compare_pair(adapter)
+            old_backend, new_backend = self.load_compare_pair(old, new)
         except UserError as exc:
             self.post_message(AdapterWorkFailed("compare", str(exc)))
             return
         except Exception as exc:  # whatever the engine raises, the user gets one line
-            self.post_message(AdapterWorkFailed("compare", f"Couldn't load {adapter.name}: {first_line(exc)}"))
+            self.post_message(AdapterWorkFailed("compare", f"Couldn't load {names}: {first_line(exc)}"))
             return
         if get_current_worker().is_cancelled:
-            base.close(), tuned.close()
+            old_backend.close(), new_backend.close()
             return
-        self.post_message(ComparePairReady(adapter.name, base, tuned))
+        self.post_message(ComparePairReady(old.name if old else BASE, new.name, old_backend, new_backend,
+                                           held_out, note))
+
+    def _held_out(self, new: Adapter) -> tuple[list[str], str]:
+        """(the prompts `new`'s run held out, why there are none); on the worker thread: it imports torch."""
+        if new.name in self.held_out:
+            return self.held_out[new.name]
+        try:
+            prompts = held_out_prompts(new)
+        except UserError as exc:
+            return [], str(exc)
+        except Exception as exc:  # an odd run folder must not stop the comparison: ctrl+r falls back
+            return [], f"{new.name}'s held-out pairs can't be found ({first_line(exc)})"
+        return prompts, "" if prompts else f"{new.name} held out no pairs"
 
     def on_compare_pair_ready(self, message: ComparePairReady) -> None:
-        if message.adapter != self.adapter_name:  # the user chose another adapter meanwhile
-            message.base.close(), message.tuned.close()
+        self.held_out[message.new] = (message.held_out, message.held_out_note)
+        if (message.old, message.new) != self.chosen:  # the user chose other models meanwhile
+            message.old_backend.close(), message.new_backend.close()
             return
         self._close_pair()
-        self.pair, self.loading = (message.adapter, message.base, message.tuned), None
+        self.pair, self.loading = ((message.old, message.new), message.old_backend, message.new_backend), None
         self.refresh_status()
         self.query_one("#compare-prompt", Input).focus()  # the next thing to do is type a prompt
 
     def on_adapter_work_failed(self, message: AdapterWorkFailed) -> None:
         self.loading = None
-        self.notify(message.error, title="Adapter not loaded", severity="error", timeout=15)
+        self.notify(message.error, title="Models not loaded", severity="error", timeout=15)
         self.refresh_status()
 
     def _close_pair(self) -> None:
@@ -208,36 +261,59 @@ class CompareScreen(Screen):
         self.compare(event.value)
 
     def action_random_prompt(self) -> None:
-        text = random_prompt(self.align_app.store)
-        if text is None:
+        """The new run's held-out prompts in turn (it never trained on them), else any stored pair's."""
+        problem = self.not_ready()
+        if problem:  # the held-out prompts come with the models: draw once they are here
+            self.notify(problem, severity="warning")
+            return
+        new = self.chosen[1]
+        held_out, note = self.held_out.get(new, ([], "")) if new else ([], "")
+        turn = self.draws.get(new, 0)
+        drawn = draw_prompt(self.align_app.store, held_out, turn)
+        if drawn is None:
             self.notify("No stored pairs to draw a prompt from yet.", severity="warning")
             return
-        self.query_one("#compare-prompt", Input).value = text
-        self.compare(text)
+        if held_out:
+            self.draws[new] = turn + 1
+        elif note and new not in self.told:  # say once per run why its own held-out prompts aren't used
+            self.told.add(new)
+            self.notify(f"{note}: drawing prompts from all stored pairs.", severity="warning")
+        self.drawn = drawn
+        self.query_one("#compare-prompt", Input).value = drawn[0]
+        self.compare(drawn[0])
 
     def action_toggle_blind(self) -> None:
         self.blind = not self.blind
 
-    def compare(self, raw: str) -> None:
-        text = raw.strip()
-        name = self.adapter_name
-        problem = (
+    def not_ready(self) -> str:
+        """Why the chosen two models can't answer now ("" when they can)."""
+        old, new = self.chosen
+        return (
             "Wait for the answers, or press esc to stop them." if self.phase != "idle"
-            else "Choose an adapter first." if name is None
-            else f"{name} is still loading…" if self.loading == name
-            else f"{name} is not loaded: choose it again to retry." if self.pair is None or self.pair[0] != name
-            else "Type a prompt first (or ctrl+r draws one)." if not text
+            else "Choose the new model (a trained adapter) first." if new is None
+            else "Old and new are the same model: choose two different ones." if old == new
+            else f"{old} and {new} are still loading…" if self.loading == (old, new)
+            else f"{old} and {new} are not loaded: choose again to retry."
+            if self.pair is None or self.pair[0] != (old, new)
             else ""
         )
+
+    def compare(self, raw: str) -> None:
+        text = raw.strip()
+        old, new = self.chosen
+        problem = self.not_ready() or ("Type a prompt first (or ctrl+r draws one)." if not text else "")
         if problem:
             self.notify(problem, severity="warning")
             return
         self.settings = with_fixed_seed(self.align_app.settings)
         self.prompt = [{"role": "user", "content": text}]
+        self.origin = self.drawn[1] if self.drawn is not None and self.drawn[0].strip() == text else None
+        self.drawn = None
+        self.names = {"old": old, "new": new}
         self.order = column_order(self.blind)
         self.answers = []
-        _, base, tuned = self.pair
-        backends = [base if role == "base" else tuned for role in self.order]
+        _, old_backend, new_backend = self.pair
+        backends = [old_backend if role == "old" else new_backend for role in self.order]
         for column in self.query(CandidateColumn):
             column.remove_class("unused").set_text("", "waiting")
         self._title_columns(reveal=False)
@@ -276,18 +352,18 @@ class CompareScreen(Screen):
 
     def action_prefer(self, index: int | None) -> None:
         """Store the pick (index None: a tie), committed before the screen changes; then reveal the models."""
-        name = self.pair[0]
         try:
             winner, saved = record_comparison(
                 self.align_app.store, self.prompt, self.answers, self.order, index,
-                adapter=name, blind=self.blind, settings=self.settings, model=self.pair[1].model_id,
+                old=self.names["old"], new=self.names["new"], blind=self.blind, settings=self.settings,
+                model=self.pair[1].model_id,
             )
         except (UserError, ValueError) as exc:
             self.notify(str(exc), title="Not saved", severity="error")
             return
         self.align_app.refresh_pair_count()
         if self.blind:
-            self.tally(name).add(winner)
+            self.tally.add(winner)  # the same count the store gives back after a restart
         self._title_columns(reveal=True)
         self.phase = "idle"
         if winner == "tie":
@@ -295,4 +371,4 @@ class CompareScreen(Screen):
         elif not saved:
             self.notify("The two answers are identical: nothing to learn, no pair saved.", severity="warning")
         else:
-            self.notify(f"Saved 1 pair: the {winner} answer won.")
+            self.notify(f"Saved 1 pair: the {winner} model's answer ({self.names[winner]}) won.")

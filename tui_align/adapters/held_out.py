@@ -1,0 +1,34 @@
+"""The prompts a run held out from training: the fair ones to compare it on, since it never learnt from them."""
+
+from __future__ import annotations
+
+from ..errors import UserError
+from ..training.run_folder import PAIRS_FILE, config_from_dict, data_hash, read_pairs_file
+from .registry import Adapter
+
+
+def held_out_prompts(adapter: Adapter) -> list[str]:
+    """The distinct last user messages of the pairs `adapter`'s run held out for evaluation, in pairs.jsonl order.
+
+    The split is the runner's own (split_held_out with run.json's eval_fraction and seed over pairs.jsonl),
+    so these are exactly the pairs the run never trained on. Imports torch: call it off the UI thread.
+    Raises UserError (one line) when the run folder can't say: no pairs.jsonl, unreadable, or changed.
+    """
+    if not (adapter.path / PAIRS_FILE).is_file():
+        raise UserError(f"{adapter.name} has no {PAIRS_FILE}")
+    try:
+        pairs = read_pairs_file(adapter.path)
+    except (OSError, ValueError, TypeError) as exc:  # a bad line: not JSON, or not a pair's fields
+        raise UserError(f"{adapter.name}'s {PAIRS_FILE} can't be read ({type(exc).__name__})") from exc
+    recorded = adapter.run.get("data", {}).get("hash")
+    if recorded and data_hash(pairs) != recorded:  # another split than the one it trained with
+        raise UserError(f"{adapter.name}'s {PAIRS_FILE} changed since it trained")
+    settings = adapter.run.get("settings")
+    from ..training.data import split_held_out  # torch comes with it: not at app start-up
+
+    try:
+        config = config_from_dict(settings if isinstance(settings, dict) else {})
+        _, held = split_held_out(pairs, config.eval_fraction, config.seed)
+    except (TypeError, ValueError, AttributeError) as exc:  # run.json's settings from a stranger
+        raise UserError(f"{adapter.name}'s run.json settings can't be read ({type(exc).__name__})") from exc
+    return list(dict.fromkeys(p.last_user_message for p in held if p.last_user_message.strip()))
