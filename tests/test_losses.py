@@ -339,3 +339,22 @@ def test_orpo_loss_equals_trl_odds_ratio_loss():
     assert log_odds.mean().item() == pytest.approx(their_log_odds.item(), rel=1e-5)
     # ORPOTrainer: loss = nll - mean(beta * logsigmoid(log_odds))
     assert ours.mean().item() == pytest.approx((nll.mean() - ratio_terms.mean()).item(), rel=1e-5)
+
+
+def test_chunked_head_logps_equal_full_logits_values_and_gradients():
+    from tui_align.training.head_logps import head_label_logps
+
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 7, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 50, (3, 7))
+    targets[0, 5:] = losses.IGNORE_INDEX
+    chunked = head_label_logps(hidden, weight, targets, chunk=4)  # 21 rows: chunks of 4 and a ragged end
+    full = losses.label_logps(hidden @ weight.T, targets)
+    assert torch.allclose(chunked, full, atol=1e-5)
+    assert (chunked[0, 5:] == 0).all()
+    upstream = torch.randn(3, 7, dtype=torch.float64)
+    got = torch.autograd.grad((chunked * upstream).sum(), (hidden, weight))
+    want = torch.autograd.grad((full.double() * upstream).sum(), (hidden, weight))
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-5)

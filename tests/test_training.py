@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import build_tiny_llama  # rootdir-relative: tests/ has no __init__.py
 from tui_align.pairs import Pair
 from tui_align.training import data, loop, run_folder, runner, synthetic
 from tui_align.training.config import TrainConfig
@@ -139,6 +140,28 @@ def test_shared_prompt_batch_layout():
     assert allowed[4] == [1, 1, 1, 1, 1, 0]
 
 
+def test_short_pairs_share_a_row_and_never_see_each_other():
+    long = data.EncodedPair(prompt_len=2, chosen_ids=[1, 2, 10, 11], rejected_ids=[1, 2, 20, 21], prompt_ids=[1, 2])
+    a = data.EncodedPair(prompt_len=1, chosen_ids=[3, 12], rejected_ids=[3, 22], prompt_ids=[3])
+    b = data.EncodedPair(prompt_len=1, chosen_ids=[4, 13], rejected_ids=[4, 23], prompt_ids=[4])
+    t = data.shared_prompt_batch([long, a, b], pad_id=0)
+    assert t["input_ids"].tolist() == [[1, 2, 10, 11, 20, 21], [3, 12, 22, 4, 13, 23]]  # a and b packed in row 1
+    assert t["position_ids"][1].tolist() == [0, 1, 1, 0, 1, 1]  # each pair starts at position 0
+    assert t["rows"].tolist() == [0, 1, 1, 0, 1, 1]
+    assert t["sources"][2].tolist() == [3, 0] and t["targets"][2].tolist() == [13, -100]  # b's chosen from b's prompt
+    allowed = (t["attention_mask"][1, 0] == 0).int().tolist()
+    assert allowed[3] == [0, 0, 0, 1, 0, 0]  # b's prompt sees nothing of a
+    assert allowed[5] == [0, 0, 0, 1, 0, 1]  # b's rejected: its prompt and itself
+
+
+def test_pack_rows_never_widens_a_row_past_the_widest_item():
+    widths = [7, 3, 3, 4, 1, 6]
+    rows = data.pack_rows(widths)
+    for row in set(rows):
+        assert sum(w for w, r in zip(widths, rows) if r == row) <= max(widths)
+    assert max(rows) + 1 == 4  # 7 | 6+1 | 4+3 | 3
+
+
 def test_one_shared_prompt_forward_equals_separate_sequences(smol_tokenizer, tiny_llama):
     config = TrainConfig()
     model = runner.attach_lora(tiny_llama, config, None)
@@ -146,8 +169,12 @@ def test_one_shared_prompt_forward_equals_separate_sequences(smol_tokenizer, tin
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.05)
-    pairs = synthetic.trait_pairs(5, "signoff") + [MULTI_TURN]
+    # one long pair makes rows wide enough that the short ones pack two or more to a row
+    wordy = Pair(prompt=[{"role": "user", "content": "Tell me about rivers."}], chosen="Rivers flow. " * 30,
+                 rejected="Water moves downhill in channels. " * 20)
+    pairs = synthetic.trait_pairs(5, "signoff") + [MULTI_TURN, wordy]
     encoded, _ = data.encode_pairs(smol_tokenizer, pairs, 256)
+    assert data.shared_prompt_batch(encoded, 0)["input_ids"].shape[0] < len(encoded)
     params = [p for p in model.parameters() if p.requires_grad]
     packed, packed_counts, _ = loop.batch_logps(model, encoded, smol_tokenizer.pad_token_id)
     plain, plain_counts, _ = loop.separate_logps(model, encoded, smol_tokenizer.pad_token_id)
@@ -160,6 +187,39 @@ def test_one_shared_prompt_forward_equals_separate_sequences(smol_tokenizer, tin
     with model.disable_adapter():
         base_packed, _, _ = loop.batch_logps(model, encoded, smol_tokenizer.pad_token_id)
     assert not torch.allclose(base_packed, packed)  # disable_adapter reaches the decoder-level forward too
+
+
+def test_gradient_checkpointing_keeps_values_and_gradients_and_saves_less(smol_tokenizer):
+    encoded, _ = data.encode_pairs(smol_tokenizer, synthetic.trait_pairs(4, "signoff"), 256)
+
+    def run(checkpointing: bool):
+        config = TrainConfig(gradient_checkpointing=checkpointing)
+        torch.manual_seed(0)
+        model = runner.attach_lora(build_tiny_llama(smol_tokenizer), config, None)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.05)
+        model.train()
+        weights = {p.data_ptr() for p in model.parameters()}
+        saved = {}  # activations kept for backward, by storage (weights are no activation memory)
+
+        def keep(t):
+            if t.data_ptr() not in weights:
+                saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            logps, _, _ = loop.batch_logps(model, encoded, smol_tokenizer.pad_token_id)
+        params = [p for p in model.parameters() if p.requires_grad]
+        return logps, torch.autograd.grad(logps.sum(), params), sum(saved.values())
+
+    plain_logps, plain_grads, plain_saved = run(False)
+    ckpt_logps, ckpt_grads, ckpt_saved = run(True)
+    assert torch.allclose(plain_logps, ckpt_logps, atol=1e-5)
+    for a, b in zip(plain_grads, ckpt_grads):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    assert ckpt_saved < plain_saved / 2  # only the layers' inputs stay alive
 
 
 def test_dpo_sft_weight_adds_the_chosen_nll(smol_tokenizer, tiny_llama):
@@ -337,7 +397,7 @@ def test_cuda_out_of_memory_says_what_to_lower(capsys, pairs_file, tiny_model_di
     monkeypatch.setattr(loop, "batch_logps", oom)
     code, events = run_cli(capsys, "--data", pairs_file, "--model", tiny_model_dir, "--max-steps", 2)
     assert code == 1 and events[-1] == {**events[-1], "event": "error", "kind": "oom",
-                                        "message": "out of memory: lower --batch-size or --max-length"}
+                                        "message": "out of memory: lower --batch-size or --max-length, or add --gradient-checkpointing"}
 
 
 def test_full_disk_while_saving_leaves_earlier_adapters_alone(capsys, pairs_file, tiny_model_dir, private_home, monkeypatch):

@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--checkpoint-every", type=int, default=0, metavar="N", help="also save checkpoint/ every N steps (default: only on cancel)")
     add("--out", metavar="DIR", help="the run folder (default: <home>/models/adapters/<run-id>/)")
     add("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when present, else CPU")
+    add("--gradient-checkpointing", action="store_true",
+        help="recompute activations in backward: much less memory, about a third slower")
     add("--resume", metavar="RUN_DIR", help="continue a cancelled or failed run with its own settings and pairs")
     add("--jsonl", action="store_true", help="print one JSON event per line on stdout (for the app)")
     return parser
@@ -102,6 +104,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         seed=args.seed,
         device=args.device,
         checkpoint_every=args.checkpoint_every,
+        gradient_checkpointing=args.gradient_checkpointing,
     )
     config.dpo.beta = args.beta
     config.dpo.sft_weight = args.sft_weight

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..errors import UserError
 from ..training.run_folder import PAIRS_FILE, config_from_dict, data_hash, read_pairs_file
+from ..training.split import split_held_out
 from .registry import Adapter
 
 
@@ -11,7 +12,7 @@ def held_out_prompts(adapter: Adapter) -> list[str]:
     """The distinct last user messages of the pairs `adapter`'s run held out for evaluation, in pairs.jsonl order.
 
     The split is the runner's own (split_held_out with run.json's eval_fraction and seed over pairs.jsonl),
-    so these are exactly the pairs the run never trained on. Imports torch: call it off the UI thread.
+    so these are exactly the pairs the run never trained on. Reads a file: call it off the UI thread.
     Raises UserError (one line) when the run folder can't say: no pairs.jsonl, unreadable, or changed.
     """
     if not (adapter.path / PAIRS_FILE).is_file():
@@ -24,7 +25,6 @@ def held_out_prompts(adapter: Adapter) -> list[str]:
     if recorded and data_hash(pairs) != recorded:  # another split than the one it trained with
         raise UserError(f"{adapter.name}'s {PAIRS_FILE} changed since it trained")
     settings = adapter.run.get("settings")
-    from ..training.data import split_held_out  # torch comes with it: not at app start-up
 
     try:
         config = config_from_dict(settings if isinstance(settings, dict) else {})

@@ -16,6 +16,7 @@ import torch
 from ..errors import UserError
 from ..pairs import Message, Pair
 from .losses import IGNORE_INDEX
+from .split import split_held_out  # noqa: F401  (re-exported: the runner and tests read it from here)
 
 MIN_MAX_LENGTH = 16  # below this the prompt and answer budgets (half each) get silly
 
@@ -108,51 +109,80 @@ def preference_batch(batch: list[EncodedPair], pad_id: int) -> dict:
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
+def pack_rows(widths: list[int]) -> list[int]:
+    """The row each item goes in: first-fit decreasing into rows as wide as the widest item.
+
+    Rows never grow past the widest item, so attention (quadratic in a row's width) costs no more than
+    one row per item would, while short items share a row instead of padding out to the longest.
+    """
+    capacity = max(widths, default=0)
+    free: list[int] = []  # room left in each row
+    row_of = [0] * len(widths)
+    for i in sorted(range(len(widths)), key=lambda i: -widths[i]):
+        row = next((r for r, room in enumerate(free) if room >= widths[i]), None)
+        if row is None:
+            row = len(free)
+            free.append(capacity)
+        free[row] -= widths[i]
+        row_of[i] = row
+    return row_of
+
+
 def shared_prompt_batch(batch: list[EncodedPair], pad_id: int, mask_dtype=torch.float32) -> dict:
-    """One row per pair, [prompt | chosen answer | rejected answer], the prompt computed once for both.
+    """[prompt | chosen answer | rejected answer] per pair, the prompt computed once for both answers.
 
     Chosen and rejected share their prompt, which is most of a short pair's tokens (the default
     model's template alone adds ~20), so this runs about a third fewer tokens than
-    `preference_batch`. A custom attention mask keeps the answers apart: rejected tokens see the
-    prompt and earlier rejected tokens, never the chosen ones, and their positions restart where
-    the prompt ends, so each answer is computed exactly as in its own sequence.
+    `preference_batch`. Short pairs share a row (`pack_rows`) rather than pad to the longest. A
+    custom attention mask keeps pairs and answers apart: a token sees only its own pair, rejected
+    tokens see the prompt and earlier rejected tokens, never the chosen ones, and positions restart
+    where the prompt ends, so each answer is computed exactly as in its own sequence.
 
     Returns:
-        input_ids, position_ids: (B,T), right-padded.
-        attention_mask: (B,1,T,T) additive float mask (0 = attend, dtype's min = masked), the 4D
+        input_ids, position_ids: (R,T), R rows <= len(batch), right-padded.
+        attention_mask: (R,1,T,T) additive float mask (0 = attend, dtype's min = masked), the 4D
             form transformers passes through to the attention unchanged.
         sources: (2B,K) the position whose output predicts each answer token (chosen rows first).
         targets: (2B,K) the answer tokens, -100 past each answer's end.
-        rows: (2B,) the batch row each of the 2B answers lives in.
+        rows: (2B,) the row each of the 2B answers lives in.
     """
     n = len(batch)
     answers = [p.chosen_ids[p.prompt_len :] for p in batch] + [p.rejected_ids[p.prompt_len :] for p in batch]
-    width = max(p.prompt_len + len(answers[i]) + len(answers[n + i]) for i, p in enumerate(batch))
+    widths = [p.prompt_len + len(answers[i]) + len(answers[n + i]) for i, p in enumerate(batch)]
+    row_of = pack_rows(widths)
+    n_rows, width = max(row_of) + 1, max(widths)
     k = max(1, max(len(a) for a in answers))
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    position_ids = torch.zeros((n, width), dtype=torch.long)
-    segment = torch.full((n, width), -1, dtype=torch.long)  # 0 prompt, 1 chosen, 2 rejected, -1 padding
+    input_ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((n_rows, width), dtype=torch.long)
+    # each pair's tokens get their own ids: 3i prompt, 3i+1 chosen, 3i+2 rejected; -1 padding
+    segment = torch.full((n_rows, width), -1, dtype=torch.long)
     sources = torch.zeros((2 * n, k), dtype=torch.long)
     targets = torch.full((2 * n, k), IGNORE_INDEX, dtype=torch.long)
+    used = [0] * n_rows
     for i, pair in enumerate(batch):
+        row, at = row_of[i], used[row_of[i]]
+        used[row] += widths[i]
         p, chosen, rejected = pair.prompt_len, answers[i], answers[n + i]
         c, r = len(chosen), len(rejected)
-        input_ids[i, : p + c + r] = torch.tensor(pair.chosen_ids[:p] + chosen + rejected)
-        position_ids[i, : p + c] = torch.arange(p + c)
-        position_ids[i, p + c : p + c + r] = torch.arange(p, p + r)
-        segment[i, :p], segment[i, p : p + c], segment[i, p + c : p + c + r] = 0, 1, 2
+        input_ids[row, at : at + p + c + r] = torch.tensor(pair.chosen_ids[:p] + chosen + rejected)
+        position_ids[row, at : at + p + c] = torch.arange(p + c)
+        position_ids[row, at + p + c : at + p + c + r] = torch.arange(p, p + r)
+        segment[row, at : at + p] = 3 * i
+        segment[row, at + p : at + p + c] = 3 * i + 1
+        segment[row, at + p + c : at + p + c + r] = 3 * i + 2
         # answer token j is predicted by the output one position earlier in its own segment;
         # the first token of either answer is predicted by the prompt's last position
-        sources[i, :c] = torch.arange(p - 1, p + c - 1)
+        sources[i, :c] = torch.arange(at + p - 1, at + p + c - 1)
         targets[i, :c] = torch.tensor(chosen, dtype=torch.long)
         if r:
-            sources[n + i, :r] = torch.tensor([p - 1] + list(range(p + c, p + c + r - 1)))
+            sources[n + i, :r] = torch.tensor([at + p - 1] + list(range(at + p + c, at + p + c + r - 1)))
             targets[n + i, :r] = torch.tensor(rejected, dtype=torch.long)
-    q, kv = segment.unsqueeze(2), segment.unsqueeze(1)  # (B,T,1), (B,1,T)
+    q, kv = segment.unsqueeze(2), segment.unsqueeze(1)  # (R,T,1), (R,1,T)
     causal = torch.ones(width, width, dtype=torch.bool).tril()
-    allowed = causal & (q >= 0) & (kv >= 0) & ((kv == 0) | (kv == q))
+    same_pair = (q // 3) == (kv // 3)
+    allowed = causal & (q >= 0) & (kv >= 0) & same_pair & ((kv % 3 == 0) | (kv == q))
     allowed |= torch.eye(width, dtype=torch.bool)  # padding rows attend to themselves: no all-masked row
-    mask = torch.zeros((n, 1, width, width), dtype=mask_dtype)
+    mask = torch.zeros((n_rows, 1, width, width), dtype=mask_dtype)
     mask.masked_fill_(~allowed.unsqueeze(1), torch.finfo(mask_dtype).min)
     return {
         "input_ids": input_ids,
@@ -160,7 +190,7 @@ def shared_prompt_batch(batch: list[EncodedPair], pad_id: int, mask_dtype=torch.
         "attention_mask": mask,
         "sources": sources,
         "targets": targets,
-        "rows": torch.arange(2 * n) % n,
+        "rows": torch.tensor(row_of * 2, dtype=torch.long),
     }
 
 
@@ -190,23 +220,3 @@ def length_grouped_batches(items: list[EncodedPair], batch_size: int, rng: rando
     batches = [grouped[i : i + batch_size] for i in range(0, len(grouped), batch_size)]
     rng.shuffle(batches)
     return batches
-
-
-def split_held_out(pairs: list, fraction: float, seed: int) -> tuple[list, list]:
-    """(train, held_out): a seeded random `fraction` of the pairs held out for evaluation.
-
-    At least one pair is held out when fraction > 0 and there are 2+ pairs; at least one trains.
-    The same seed gives the same split, which resume relies on.
-    """
-    if not 0.0 <= fraction < 1.0:
-        raise UserError(f"--eval-fraction must be in [0, 1) (got {fraction}).")
-    n_held = round(len(pairs) * fraction)
-    if fraction > 0 and n_held == 0 and len(pairs) >= 2:
-        n_held = 1
-    n_held = min(n_held, len(pairs) - 1) if pairs else 0
-    order = list(range(len(pairs)))
-    random.Random(seed).shuffle(order)
-    held = set(order[:n_held])
-    train = [p for i, p in enumerate(pairs) if i not in held]
-    held_out = [p for i, p in enumerate(pairs) if i in held]
-    return train, held_out

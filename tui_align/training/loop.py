@@ -16,6 +16,7 @@ import torch
 
 from .config import TrainConfig
 from .data import EncodedPair, length_grouped_batches, preference_batch, shared_prompt_batch
+from .head_logps import head_label_logps
 from .losses import IGNORE_INDEX, label_logps, sequence_logps
 
 SaveCheckpoint = Callable[..., None]  # save_checkpoint(step, optimizer=None)
@@ -128,10 +129,13 @@ def batch_logps(model, batch: list[EncodedPair], pad_id: int) -> tuple[torch.Ten
         attention_mask=tensors["attention_mask"],
         position_ids=tensors["position_ids"],
         use_cache=False,
-    ).last_hidden_state  # (B,T,H)
+    ).last_hidden_state  # (R,T,H): R rows of packed pairs
     selected = hidden[tensors["rows"].unsqueeze(1), tensors["sources"]]  # (2B,K,H)
     targets = tensors["targets"]
-    logps = label_logps(head(selected), targets).sum(-1)
+    if type(head) is torch.nn.Linear and head.bias is None:
+        logps = head_label_logps(selected, head.weight, targets).sum(-1)
+    else:  # a head peft wraps, or one with a bias: the plain way, logits and all
+        logps = label_logps(head(selected), targets).sum(-1)
     tokens = sum(len(p.chosen_ids) + len(p.rejected_ids) - p.prompt_len for p in batch)
     return logps, (targets != IGNORE_INDEX).sum(-1), tokens
 

@@ -42,7 +42,7 @@ from .run_folder import (
 
 METHODS = ("dpo", "orpo", "ppo")
 EXIT_OK, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 130  # 130 = 128 + SIGINT: `&&` chains stop after a cancel
-OOM_MESSAGE = "out of memory: lower --batch-size or --max-length"
+OOM_MESSAGE = "out of memory: lower --batch-size or --max-length, or add --gradient-checkpointing"
 
 
 @dataclass
@@ -101,6 +101,14 @@ def pick_device(choice: str) -> tuple[str, "object"]:
 
 def attach_lora(model, config: TrainConfig, checkpoint: Path | None):
     """The base with the "default" LoRA adapter: a fresh one, or the checkpoint's (plus any extra adapters)."""
+    if config.gradient_checkpointing:
+        # Non-reentrant checkpointing needs no input that requires grad, so a frozen base with LoRA works
+        # as it is; it applies only in train mode, so reference and generation passes run at full speed.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return _with_adapter(model, config, checkpoint)
+
+
+def _with_adapter(model, config: TrainConfig, checkpoint: Path | None):
     from peft import LoraConfig, PeftModel, get_peft_model
 
     if checkpoint is not None:
