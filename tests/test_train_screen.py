@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import textwrap
 import time
 
 import pytest
-from textual.widgets import Input, ProgressBar, RichLog, Select, Static
+from textual.widgets import Checkbox, DataTable, Input, ProgressBar, RichLog, Select, Static
 
 from tui_align.app import AlignApp
 from tui_align.app import train_process
+from tui_align.app.screens.adapters import AdaptersScreen
 from tui_align.app.screens.train import TrainScreen, format_seconds
 from tui_align.app.train_process import form_defaults, form_flags
 from tui_align.errors import UserError
-from tui_align.paths import store_path
+from tui_align.paths import adapters_dir, store_path
 from tui_align.store import Store
 from tui_align.training import synthetic
 
@@ -118,6 +120,45 @@ def log_text(screen) -> str:
 
 def errors(app) -> list[str]:
     return [n.message for n in app._notifications if n.severity == "error"]
+
+
+def warnings(app) -> list[str]:
+    return [n.message for n in app._notifications if n.severity == "warning"]
+
+
+def child_calls(script) -> list[list[str]]:
+    """The argv (after the program) of every start of the fake child, in order."""
+    path = script.with_name("child.py.argv")
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def stopped_run(tmp_path, name: str, status: str = "cancelled", checkpoint: bool = True):
+    """A run folder as a cancelled or crashed run leaves it in a past session (the fake child reads none of it)."""
+    folder = adapters_dir(tmp_path / "home") / name
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"method": "dpo", "status": status,
+                                                 "created_at": "2026-11-24T12:00:00+00:00"}))
+    if checkpoint:
+        (folder / "checkpoint").mkdir()
+        (folder / "checkpoint" / "state.json").write_text('{"step": 5}')
+    return folder
+
+
+async def open_adapters(pilot, row: int = 0) -> AdaptersScreen:
+    await pilot.press("f6")
+    await pilot.pause()
+    screen = pilot.app.screen
+    assert isinstance(screen, AdaptersScreen)
+    screen.query_one(DataTable).move_cursor(row=row)
+    await pilot.pause()
+    return screen
+
+
+def resume_enabled(screen: AdaptersScreen) -> bool:
+    """Whether the footer shows ctrl+o Resume lit (True) or dimmed (False) for the selected run."""
+    binding = screen.active_bindings["ctrl+o"]
+    assert binding.binding.action == "resume"
+    return binding.enabled
 
 
 def test_form_flags_parse_and_name_the_bad_field():
@@ -255,3 +296,77 @@ async def test_real_training_child_runs_two_steps(store, tmp_path, tiny_model_di
         assert run.step == 2 and len(run.losses) == 2 and not errors(pilot.app)
         assert "done" in log_text(screen)
         assert (tmp_path / "home") in __import__("pathlib").Path(run.run_dir).parents
+
+
+async def test_resume_from_the_adapters_screen_continues_a_run_of_an_earlier_session(store, tmp_path, monkeypatch):
+    """After a restart the train screen knows no run; the adapters screen resumes one that has a checkpoint."""
+    script = fake_child(monkeypatch, tmp_path, STEPS_THEN_DONE)
+    stopped_run(tmp_path, "20261124-120000-dpo", status="completed", checkpoint=False)
+    folder = stopped_run(tmp_path, "20261123-090000-dpo", status="cancelled")
+    async with make_app(store, tmp_path).run_test(size=SIZE) as pilot:
+        adapters = await open_adapters(pilot, row=0)
+        assert not resume_enabled(adapters)  # a completed run: dimmed
+        adapters.query_one(DataTable).move_cursor(row=1)
+        await pilot.pause()
+        assert resume_enabled(adapters)
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        screen = pilot.app.screen
+        assert isinstance(screen, TrainScreen)
+        await wait_for(pilot, lambda: screen.train_run is not None and not screen.train_run.running)
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+        bar = screen.query_one("#train-progress", ProgressBar)
+        assert (bar.progress, bar.total) == (3, 3) and screen.train_run.status == "completed"
+        assert screen.train_run.log_lines[0].endswith(f"--resume {folder}")  # the log pane wraps it
+        assert "held out: loss 0.5" in str(screen.query_one("#train-metrics", Static).render())
+        assert not errors(pilot.app) and not warnings(pilot.app)
+    assert child_calls(script) == [["--jsonl", "--home", str(tmp_path / "home"), "--resume", str(folder)]]
+
+
+async def test_resume_is_refused_while_a_run_is_going_and_without_a_checkpoint(store, tmp_path, monkeypatch):
+    script = fake_child(monkeypatch, tmp_path, STEPS_UNTIL_SIGINT)
+    stopped_run(tmp_path, "20261124-120000-dpo", status="failed", checkpoint=False)  # failed while loading
+    stopped_run(tmp_path, "20261123-090000-dpo", status="cancelled")
+    async with make_app(store, tmp_path).run_test(size=SIZE) as pilot:
+        adapters = await open_adapters(pilot, row=0)
+        assert not resume_enabled(adapters)
+        await pilot.press("ctrl+o")  # dimmed, but the key says why rather than nothing
+        await pilot.pause()
+        assert pilot.app.screen is adapters
+        assert warnings(pilot.app) == ["20261124-120000-dpo stopped before saving a checkpoint: nothing to resume; "
+                                       "start a new run on Train (F4)."]
+        pilot.app.clear_notifications()
+
+        train = await open_train(pilot)
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: train.train_run.step >= 1)
+        running = train.train_run
+        adapters = await open_adapters(pilot, row=1)
+        assert resume_enabled(adapters)
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        assert pilot.app.screen is adapters and train.train_run is running and running.running
+        assert warnings(pilot.app) == ["A training run is already going: wait for it or cancel it on Train (F4) "
+                                       "first."]
+        await open_train(pilot)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not running.running)
+        await pilot.app.workers.wait_for_complete()
+        assert not errors(pilot.app)
+    assert len(child_calls(script)) == 1 and "--resume" not in child_calls(script)[0]
+
+
+async def test_the_low_memory_switch_adds_gradient_checkpointing(store, tmp_path, monkeypatch):
+    assert "--gradient-checkpointing" not in form_flags("dpo", form_defaults())
+    assert form_flags("dpo", form_defaults(), low_memory=True)[-1] == "--gradient-checkpointing"
+    script = fake_child(monkeypatch, tmp_path, STEPS_THEN_DONE)
+    async with make_app(store, tmp_path).run_test(size=SIZE) as pilot:
+        screen = await open_train(pilot)
+        assert not screen.query_one("#low-memory", Checkbox).value
+        await pilot.click("#low-memory")
+        assert screen.query_one("#low-memory", Checkbox).value
+        await run_to_end(pilot, screen)
+        assert screen.train_run.status == "completed" and not errors(pilot.app)
+    argv = json.loads(script.with_name("child.py.argv").read_text())
+    assert "--gradient-checkpointing" in argv and argv[argv.index("--method") + 1] == "dpo"

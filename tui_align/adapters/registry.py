@@ -9,9 +9,11 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..paths import adapters_dir
+from ..training.run_folder import CHECKPOINT
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 GGUF_LORA_FILE = "adapter.gguf"
+RESUMABLE = ("cancelled", "failed")  # run.json statuses that `train --resume` continues
 
 
 @dataclass
@@ -37,6 +39,15 @@ class Adapter:
     def is_complete(self) -> bool:
         """True when the adapter's weights are there to load."""
         return all((self.path / name).is_file() for name in ADAPTER_FILES)
+
+    @property
+    def has_checkpoint(self) -> bool:
+        return (self.path / CHECKPOINT).is_dir()
+
+    @property
+    def can_resume(self) -> bool:
+        """True when the run stopped early and saved where it was, so `train --resume` picks it up."""
+        return self.status in RESUMABLE and self.has_checkpoint
 
     @property
     def base_location(self) -> str | None:

@@ -71,8 +71,9 @@ def form_defaults() -> dict[str, str]:
     return {name: "" if value is None else str(value) for name, value in values.items()}
 
 
-def form_flags(method: str, values: dict[str, str]) -> list[str]:
-    """Command-line flags for the form's values; a bad value is a one-line UserError naming the field."""
+def form_flags(method: str, values: dict[str, str], low_memory: bool = False) -> list[str]:
+    """Command-line flags for the form's values; a bad value is a one-line UserError naming the field.
+    `low_memory` is the form's switch for --gradient-checkpointing."""
     if method not in METHODS:
         raise UserError(f"Method must be one of {', '.join(METHODS)}.")
     flags = ["--method", method]
@@ -95,6 +96,8 @@ def form_flags(method: str, values: dict[str, str]) -> list[str]:
         if not ok:
             raise UserError(f"{spec.label.capitalize()} must be {wanted}, not {text}.")
         flags += [f"--{spec.name}", str(value)]
+    if low_memory:
+        flags.append("--gradient-checkpointing")
     return flags
 
 

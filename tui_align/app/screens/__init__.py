@@ -35,5 +35,5 @@ MAIN_SCREENS: tuple[MainScreen, ...] = (
     MainScreen("pairs", "Pairs", "f3", PairsScreen, "Browse, search, edit, import and export pairs"),
     MainScreen("train", "Train", "f4", TrainScreen, "Train a LoRA adapter on the pairs"),
     MainScreen("compare", "Compare", "f5", CompareScreen, "Two models side by side (base or run vs run), blind A/B"),
-    MainScreen("adapters", "Adapters", "f6", AdaptersScreen, "Trained runs: load, unload, delete, export"),
+    MainScreen("adapters", "Adapters", "f6", AdaptersScreen, "Trained runs: load, unload, delete, export, resume"),
 )

@@ -1,4 +1,5 @@
-"""The adapters screen: every training run; load one as the chat model, unload it, delete it, export it."""
+"""The adapters screen: every training run; load one as the chat model, unload it, delete it, export it,
+or resume a cancelled or failed one on the train screen (also after the app was restarted)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 from textual.worker import get_current_worker
 
-from ...adapters.registry import Adapter, check_same_base, delete_adapter, list_adapters
+from ...adapters.registry import RESUMABLE, Adapter, check_same_base, delete_adapter, list_adapters
 from ...backends.base import Backend
 from ...errors import UserError
 from ...model_files import ModelRef, resolve_model
@@ -64,6 +65,7 @@ class AdaptersScreen(Screen):
 | u | unload: chat with the plain base model again |
 | d, Delete | delete the selected run folder (asks first) |
 | x | export the adapter: peft, merged, gguf-lora or gguf |
+| ctrl+o | resume a cancelled or failed run from its checkpoint: its progress shows on Train (F4) |
 | r | reload the list |
 """
 
@@ -72,6 +74,9 @@ class AdaptersScreen(Screen):
         Binding("u", "unload", "Unload"),
         Binding("d,delete", "delete", "Delete"),
         Binding("x", "export", "Export"),
+        Binding("ctrl+o", "resume", "Resume"),
+        # Same key, tried when Resume is dimmed for the selected run: says why instead of doing nothing.
+        Binding("ctrl+o", "explain_resume", show=False),
         Binding("r", "reload", "Reload"),
     ]
 
@@ -104,6 +109,15 @@ class AdaptersScreen(Screen):
     def on_screen_resume(self) -> None:
         self.action_reload()
 
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self.refresh_bindings()  # Resume is lit only for a run that can resume
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "resume":
+            adapter = self.selected()
+            return True if adapter is not None and adapter.can_resume else None
+        return True
+
     def action_reload(self) -> None:
         table = self.query_one(DataTable)
         row = table.cursor_row
@@ -120,6 +134,7 @@ class AdaptersScreen(Screen):
         if self.adapters:
             table.move_cursor(row=min(row, len(self.adapters) - 1))
         self.refresh_status()
+        self.refresh_bindings()
 
     def refresh_status(self) -> None:
         active = self.align_app.active_adapter
@@ -202,6 +217,33 @@ class AdaptersScreen(Screen):
         self.refresh_status()
         title = "Export failed" if message.action == "export" else "Adapter not loaded"
         self.notify(message.error, title=title, severity="error", timeout=15)
+
+    # Resume ---------------------------------------------------------------------------------------
+
+    async def action_resume(self) -> None:
+        """Continue the selected run in the train screen's child, as `tui-align train --resume` would."""
+        adapter = self.selected()
+        if adapter is None or not adapter.can_resume:
+            self.action_explain_resume()
+            return
+        train = self.app.get_screen("train")
+        if train.training:
+            self.notify("A training run is already going: wait for it or cancel it on Train (F4) first.",
+                        severity="warning")
+            return
+        await self.app.switch_mode("train")  # launch draws on the train screen, so it must be showing
+        train.resume(str(adapter.path))
+
+    def action_explain_resume(self) -> None:
+        adapter = self.selected()
+        if adapter is None:
+            self.notify("No runs to resume.", severity="warning")
+        elif adapter.status not in RESUMABLE:
+            self.notify(f"{adapter.name} is {adapter.status}: only a cancelled or failed run can be resumed.",
+                        severity="warning")
+        elif not adapter.has_checkpoint:
+            self.notify(f"{adapter.name} stopped before saving a checkpoint: nothing to resume; start a new run "
+                        "on Train (F4).", severity="warning")
 
     # Delete and export ----------------------------------------------------------------------------
 

@@ -15,7 +15,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, RichLog, Select, Sparkline, Static
+from textual.widgets import (Button, Checkbox, Footer, Header, Input, Label, ProgressBar, RichLog, Select, Sparkline,
+                             Static)
 
 from ...errors import UserError
 from ..generation import first_line
@@ -48,8 +49,9 @@ class TrainScreen(Screen):
 | escape | cancel: the run stops after the current step and saves a checkpoint |
 | ctrl+o | resume the last cancelled or failed run where it stopped |
 
+"low memory" adds --gradient-checkpointing: much less memory, about a third slower.
 Training runs in a separate process: switch to Chat (F2) and keep picking while it runs.
-Quitting the app cancels a running training cleanly; resume it later from here.
+Quitting the app cancels a running training cleanly; after a restart, resume it from Adapters (F6, ctrl+o).
 """
 
     BINDINGS = [
@@ -83,6 +85,8 @@ Quitting the app cancels a running training cleanly; resume it later from here.
                         placeholder = "(from epochs)" if spec.optional else ""
                         yield Input(defaults[spec.name], placeholder=placeholder, id=f"field-{spec.name}",
                                     compact=True)
+                yield Checkbox("low memory (gradient checkpointing)", id="low-memory", compact=True,
+                               tooltip="Recompute activations in backward: much less memory, about a third slower.")
                 with Horizontal(id="train-buttons"):
                     yield Button("Start", id="start", variant="primary", compact=True)
                     yield Button("Cancel", id="cancel", variant="error", compact=True)
@@ -115,16 +119,21 @@ Quitting the app cancels a running training cleanly; resume it later from here.
 
     # Actions ---------------------------------------------------------------------------------------
 
+    @property
+    def training(self) -> bool:
+        """True while a child this screen started is running (one run at a time)."""
+        return self.train_run is not None and self.train_run.running
+
     def form_values(self) -> tuple[str, dict[str, str]]:
         method = str(self.query_one("#method", Select).value)
         return method, {spec.name: self.query_one(f"#field-{spec.name}", Input).value for spec in FIELDS}
 
     def action_start(self) -> None:
-        if self.train_run is not None and self.train_run.running:
+        if self.training:
             self.notify("A training run is already going; cancel it first (escape).", severity="warning")
             return
         try:
-            flags = form_flags(*self.form_values())
+            flags = form_flags(*self.form_values(), low_memory=self.query_one("#low-memory", Checkbox).value)
         except UserError as exc:
             self.notify(str(exc), title="Check the form", severity="error")
             return
@@ -137,7 +146,15 @@ Quitting the app cancels a running training cleanly; resume it later from here.
         if self.train_run is None or not self.train_run.can_resume:
             self.notify("Nothing to resume: only a cancelled or failed run can be resumed.", severity="warning")
             return
-        self.launch(new_run(self.align_app.home, [], resume=self.train_run.run_dir))
+        self.resume(self.train_run.run_dir)
+
+    def resume(self, run_dir: str) -> None:
+        """Continue the run in `run_dir`: this session's, or one the adapters screen picked after a restart.
+        The screen must be showing (launch draws on it)."""
+        if self.training:
+            self.notify("A training run is already going; cancel it first (escape).", severity="warning")
+            return
+        self.launch(new_run(self.align_app.home, [], resume=run_dir))
 
     def action_cancel(self) -> None:
         if self.train_run is None or not self.train_run.cancel():
