@@ -105,13 +105,38 @@ def test_scoring_with_the_reward_adapter_leaves_the_policy_active_and_trainable(
 # --- the reward model --------------------------------------------------------------------------------------
 
 
+def test_pair_scores_with_a_shared_prompt_equal_whole_sequences(smol_tokenizer, tiny_llama):
+    model = runner.attach_lora(tiny_llama, TrainConfig(), None)
+    reward.add_reward_adapter(model)
+    head = reward.scalar_head(model)
+    with torch.no_grad():  # a trained-looking reward adapter, so its path matters
+        for name, param in model.named_parameters():
+            if "lora_B" in name and ".reward." in name:
+                param.normal_(0, 0.05)
+    wordy = Pair(prompt=[{"role": "user", "content": "Rivers?"}], chosen="Rivers flow. " * 20, rejected="No.")
+    encoded, _ = encode_pairs(smol_tokenizer, synthetic.trait_pairs(4, "signoff") + [wordy], 256)
+    pad = smol_tokenizer.pad_token_id
+    model.train()
+    with reward.active_adapter(model, reward.REWARD_ADAPTER):
+        chosen, rejected, _ = reward._pair_scores(model, head, encoded, pad, "cpu")
+        whole = preference_batch(encoded, pad)
+        expected = reward.reward_scores(model, head, whole["input_ids"], whole["attention_mask"])
+        params = reward.adapter_parameters(model, reward.REWARD_ADAPTER)
+        got_grads = torch.autograd.grad((chosen - rejected).sum(), params)
+        want_grads = torch.autograd.grad((expected[:5] - expected[5:]).sum(), params)
+    assert torch.allclose(torch.cat([chosen, rejected]), expected, atol=1e-5)
+    for a, b in zip(got_grads, want_grads):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_reward_model_learns_the_trait_and_saves(smol_tokenizer, tiny_llama, tmp_path):
     """Held-out accuracy on unseen questions is high; only the reward adapter and head train."""
     model = with_lora(tiny_llama)
     train, _ = encode_pairs(smol_tokenizer, synthetic.trait_pairs(36, "signoff"), 128)
     held_out, _ = encode_pairs(smol_tokenizer, synthetic.eval_pairs("signoff"), 128)
     config = TrainConfig(method="ppo", batch_size=8, seed=0)
-    config.ppo.reward_epochs, config.ppo.reward_learning_rate = 6, 3e-2
+    # 3e-2 sat at the edge of divergence on this tiny model (6th epoch blew up after a float-order change)
+    config.ppo.reward_epochs, config.ppo.reward_learning_rate = 6, 1e-2
     policy_before = snapshot(model, "default")
     events = CollectEvents()
 

@@ -145,6 +145,7 @@ def shared_prompt_batch(batch: list[EncodedPair], pad_id: int, mask_dtype=torch.
         sources: (2B,K) the position whose output predicts each answer token (chosen rows first).
         targets: (2B,K) the answer tokens, -100 past each answer's end.
         rows: (2B,) the row each of the 2B answers lives in.
+        ends: (2B,) the position of each answer's last token (a reward model reads its score there).
     """
     n = len(batch)
     answers = [p.chosen_ids[p.prompt_len :] for p in batch] + [p.rejected_ids[p.prompt_len :] for p in batch]
@@ -158,6 +159,7 @@ def shared_prompt_batch(batch: list[EncodedPair], pad_id: int, mask_dtype=torch.
     segment = torch.full((n_rows, width), -1, dtype=torch.long)
     sources = torch.zeros((2 * n, k), dtype=torch.long)
     targets = torch.full((2 * n, k), IGNORE_INDEX, dtype=torch.long)
+    ends = torch.zeros(2 * n, dtype=torch.long)
     used = [0] * n_rows
     for i, pair in enumerate(batch):
         row, at = row_of[i], used[row_of[i]]
@@ -177,6 +179,8 @@ def shared_prompt_batch(batch: list[EncodedPair], pad_id: int, mask_dtype=torch.
         if r:
             sources[n + i, :r] = torch.tensor([at + p - 1] + list(range(at + p + c, at + p + c + r - 1)))
             targets[n + i, :r] = torch.tensor(rejected, dtype=torch.long)
+        ends[i] = at + p + c - 1
+        ends[n + i] = at + p + c + r - 1 if r else at + p - 1
     q, kv = segment.unsqueeze(2), segment.unsqueeze(1)  # (R,T,1), (R,1,T)
     causal = torch.ones(width, width, dtype=torch.bool).tril()
     same_pair = (q // 3) == (kv // 3)
@@ -191,6 +195,7 @@ def shared_prompt_batch(batch: list[EncodedPair], pad_id: int, mask_dtype=torch.
         "sources": sources,
         "targets": targets,
         "rows": torch.tensor(row_of * 2, dtype=torch.long),
+        "ends": ends,
     }
 
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from . import losses
 from .config import TrainConfig
-from .data import EncodedPair, preference_batch
+from .data import EncodedPair, shared_prompt_batch
 from .events import EventSink
 
 POLICY_ADAPTER = "default"
@@ -130,12 +130,25 @@ def reward_steps(n_train: int, config: TrainConfig) -> int:
 
 
 def _pair_scores(model, head, batch: list[EncodedPair], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, int]:
-    tensors = preference_batch(batch, pad_id)
-    input_ids = tensors["input_ids"].to(device)
-    attention_mask = tensors["attention_mask"].to(device)
-    scores = reward_scores(model, head, input_ids, attention_mask)
+    """(chosen scores, rejected scores, tokens run) with the reward adapter, the prompt run once for both.
+
+    The shared-prompt layout the DPO loop uses: each answer's last hidden state is exactly what its own
+    sequence would give, for a third fewer tokens (and that much less activation memory).
+    """
+    decoder = model.get_base_model().get_decoder()
+    dtype = next(decoder.parameters()).dtype
+    tensors = {k: v.to(device) for k, v in shared_prompt_batch(batch, pad_id, mask_dtype=dtype).items()}
+    with active_adapter(model, REWARD_ADAPTER):
+        hidden = decoder(
+            input_ids=tensors["input_ids"],
+            attention_mask=tensors["attention_mask"],
+            position_ids=tensors["position_ids"],
+            use_cache=False,
+        ).last_hidden_state  # (R,T,H)
+    scores = head(hidden[tensors["rows"], tensors["ends"]].float()).squeeze(-1)  # (2B,)
     n = len(batch)
-    return scores[:n], scores[n:], int(attention_mask.sum())
+    tokens = sum(len(p.chosen_ids) + len(p.rejected_ids) - p.prompt_len for p in batch)
+    return scores[:n], scores[n:], tokens
 
 
 @torch.no_grad()
