@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import random
 from pathlib import Path
 from typing import Iterator
@@ -12,6 +13,19 @@ from ..pairs import Message
 from .base import Backend, SamplingSettings, StopCheck
 
 DEFAULT_CONTEXT = 4096
+
+
+def batch_threads() -> int:
+    """Threads for prompt processing: half the logical cores, as llama-cpp-python already uses for generation.
+
+    Its own default for prompts is every core. llama.cpp's threads wait for each other after every
+    operation, so when anything else wants a core (another program, a training run) one of them is often
+    off the CPU and the rest wait: on a 2-core machine with two busy processes beside it, a short chat
+    prompt's first token took up to 8 s (p90) instead of 0.3 s, and a 2000-token prompt 15 to 37 s
+    instead of 14 s. The price on an idle 2-core machine: short prompts none measurable, a 2000-token
+    prompt 10 s instead of 5 s (benchmarks/user_loop.py times first tokens in the app).
+    """
+    return max(1, multiprocessing.cpu_count() // 2)
 
 
 class LlamaCppBackend(Backend):
@@ -33,6 +47,7 @@ class LlamaCppBackend(Backend):
                 lora_path=str(lora_path) if lora_path else None,
                 n_ctx=n_ctx,
                 n_gpu_layers=n_gpu_layers,
+                n_threads_batch=batch_threads(),
                 verbose=False,
             )
         except (ValueError, RuntimeError) as exc:
