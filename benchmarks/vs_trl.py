@@ -1,0 +1,514 @@
+"""tui-align's training loops against TRL's trainers: the same base, pairs, LoRA, batch, max length and beta.
+
+Three contests, each contender in its own worker process (peak memory and threads stay apart):
+- DPO: ours against TRL's DPOTrainer with its defaults, and with its fastest settings for this case.
+- Reward model: ours (a second LoRA adapter + a scalar head) against TRL's RewardTrainer.
+- ORPO: ours against ORPOTrainer from `trl.experimental.orpo` (TRL 1.x keeps ORPO only there).
+
+Same work: the pairs are the first hh-rlhf pairs (../shared/data) whose prompt plus longer answer fit in
+--max-length under the chat template, so neither side truncates; the worker checks that TRL tokenizes
+them into exactly our token ids. Tokens/s counts those same tokens (prompt + chosen + prompt +
+rejected) for every contender, so its ratio is the inverse ratio of times.
+
+Same loss: besides each run's logged step-0 loss, a check worker gives one LoRA adapter random, nonzero
+weights and computes our DPO loss and TRL's `_compute_loss` (reference = base, adapter disabled) on
+the same batch: a step-0 loss of log 2 alone would not tell a wrong loss from a right one.
+
+    python benchmarks/vs_trl.py                 # all three, 48 pairs (6 steps of 8)
+    python benchmarks/vs_trl.py --only dpo --pairs 16 --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import SHARED_DATA, Section, peak_rss_mib, quiet_hf, report, run_worker  # noqa: E402
+
+SCRIPT = Path(__file__).resolve()
+CONTESTS = ("dpo", "reward", "orpo")
+# TRL's fastest settings for a LoRA run on this model, found by trying them (see docs/benchmarks.md):
+# no gradient checkpointing (it recomputes every layer in backward), bf16 autocast where the hardware has
+# bf16 arithmetic (on the dev machine's AVX512-BF16 CPU: 39.7 s against 65.7 s in float32 for the same
+# 2 steps), and for DPO the reference log-probs computed once up front.
+TRL_FAST = {"gradient_checkpointing": False}
+
+
+def fast_bf16(device: str) -> bool:
+    """Whether bf16 autocast is TRL's faster choice here: a bf16 CUDA card, or a CPU with bf16 instructions."""
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+# --- the data both sides train on -------------------------------------------------------------------
+
+
+def benchmark_pairs(tokenizer, count: int, max_length: int):
+    """(pairs, encoded): the first `count` hh-rlhf pairs that fit `max_length` untruncated, in file order."""
+    from tui_align.formats import read_pairs
+    from tui_align.training.data import encode_pairs
+
+    chosen_pairs, encoded = [], []
+    for pair in read_pairs(SHARED_DATA, "hh"):
+        one, truncated = encode_pairs(tokenizer, [pair], max_length)
+        if truncated:
+            continue
+        chosen_pairs.append(pair)
+        encoded += one
+        if len(encoded) == count:
+            return chosen_pairs, encoded
+    raise SystemExit(f"only {len(encoded)} pairs of {SHARED_DATA.name} fit {max_length} tokens")
+
+
+def trl_records(pairs) -> list[dict]:
+    """TRL's conversational preference form: the prompt as messages, each answer one assistant message."""
+    return [
+        {
+            "prompt": [dict(m) for m in p.prompt],
+            "chosen": [{"role": "assistant", "content": p.chosen}],
+            "rejected": [{"role": "assistant", "content": p.rejected}],
+        }
+        for p in pairs
+    ]
+
+
+def sequence_tokens(encoded) -> int:
+    """The work both sides do, counted one way: prompt + chosen plus prompt + rejected, without padding."""
+    return sum(len(p.chosen_ids) + len(p.rejected_ids) for p in encoded)
+
+
+# --- workers ----------------------------------------------------------------------------------------
+
+
+def _setup(opts):
+    import torch
+
+    from tui_align import paths
+    from tui_align.model_files import resolve_model, transformers_folder
+    from tui_align.training.runner import pick_device
+
+    quiet_hf()
+    torch.manual_seed(0)
+    device, dtype = pick_device(opts.device)
+    folder = transformers_folder(resolve_model(None), paths.models_dir(paths.data_home()))
+    return device, dtype, folder
+
+
+def _tokenizer(folder):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    return tokenizer
+
+
+def _lora_config(task_type: str):
+    from peft import LoraConfig
+
+    from tui_align.training.config import LoraSettings
+
+    lora = LoraSettings()
+    return LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=lora.target_modules, task_type=task_type)
+
+
+def _peak_memory(device: str) -> dict:
+    import torch
+
+    out = {"peak_rss_mib": round(peak_rss_mib())}
+    if device == "cuda":
+        out["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
+    return out
+
+
+def _step_summary(step_ends: list[float], first_step_start: float, losses: list[float]) -> dict:
+    """Per-step seconds from the end times of consecutive steps; the first step timed from its own start."""
+    times = [step_ends[0] - first_step_start] + [b - a for a, b in zip(step_ends, step_ends[1:])]
+    later = sorted(times[1:]) or times
+    return {
+        "steps": len(times),
+        "step_seconds": [round(t, 3) for t in times],
+        "median_step_s": later[len(later) // 2],  # the first step also warms up kernels and allocator
+        "loop_s": step_ends[-1] - first_step_start,
+        "step0_loss": losses[0] if losses else None,
+    }
+
+
+def worker_ours(opts) -> dict:
+    """Our DPO / reward / ORPO loop, called as the runner calls it (no run folder: that is I/O, not training)."""
+    import torch
+
+    from tui_align.training import dpo, orpo, reward
+    from tui_align.training.config import TrainConfig
+    from tui_align.training.runner import attach_lora
+    from transformers import AutoModelForCausalLM
+
+    device, dtype, folder = _setup(opts)
+    tokenizer = _tokenizer(folder)
+    _, encoded = benchmark_pairs(tokenizer, opts.pairs, opts.max_length)
+    started = time.monotonic()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+    method = "dpo" if opts.contest == "reward" else opts.contest
+    config = TrainConfig(method=method, epochs=1, batch_size=opts.batch_size, learning_rate=opts.lr,
+                         max_length=opts.max_length, device=device, eval_fraction=0.0)
+    config.dpo.beta = opts.beta
+    config.orpo.lam = opts.beta
+    config.ppo.reward_epochs = 1
+    config.ppo.reward_learning_rate = opts.lr
+    config.gradient_checkpointing = opts.variant == "ours-ckpt"
+    model = attach_lora(model, config, None)
+    load_s = time.monotonic() - started
+
+    marks: dict = {"ends": [], "losses": []}
+    original_reference = dpo.reference_logps
+
+    def timed_reference(*args, **kwargs):
+        t0 = time.monotonic()
+        result = original_reference(*args, **kwargs)
+        marks["reference_s"] = time.monotonic() - t0
+        marks["first_start"] = time.monotonic()
+        return result
+
+    dpo.reference_logps = timed_reference
+
+    def emit(kind, **values):
+        if kind == "step":
+            marks["ends"].append(time.monotonic())
+            marks["losses"].append(values["loss"])
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.monotonic()
+    marks["first_start"] = t0
+    if opts.contest == "dpo":
+        dpo.train_dpo(model, tokenizer, encoded, [], config, emit, lambda: False)
+    elif opts.contest == "orpo":
+        orpo.train_orpo(model, tokenizer, encoded, [], config, emit, lambda: False)
+    else:
+        reward.train_reward_model(model, tokenizer, encoded, [], config, emit, lambda: False)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    total_s = time.monotonic() - t0
+    return {
+        "contender": "tui-align" + (" (gradient_checkpointing)" if config.gradient_checkpointing else ""),
+        "variant": opts.variant,
+        "load_s": round(load_s, 2),
+        "setup_s": round(marks.get("reference_s", 0.0), 2),  # DPO: the reference log-probs, once per data set
+        "train_s": round(total_s, 2),
+        "tokens": sequence_tokens(encoded),
+        **_step_summary(marks["ends"], marks["first_start"], marks["losses"]),
+        **_peak_memory(device),
+    }
+
+
+class _StepTimes:
+    """A TrainerCallback that keeps the wall-clock end of every optimizer step and the logged losses."""
+
+    def __new__(cls):
+        from transformers import TrainerCallback
+
+        class Callback(TrainerCallback):
+            def __init__(self):
+                self.first_start, self.ends, self.losses = None, [], []
+
+            def on_step_begin(self, args, state, control, **kwargs):
+                if self.first_start is None:
+                    self.first_start = time.monotonic()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                self.ends.append(time.monotonic())
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs and "loss" in logs:
+                    self.losses.append(logs["loss"])
+
+        return Callback()
+
+
+def _trl_args(opts, config_cls, out_dir: str, device: str, **extra):
+    kwargs = dict(
+        output_dir=out_dir,
+        per_device_train_batch_size=opts.batch_size,
+        max_length=opts.max_length,
+        learning_rate=opts.lr,
+        num_train_epochs=1,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+        dataloader_num_workers=0,
+        use_cpu=device == "cpu",
+        disable_tqdm=True,
+    )
+    if opts.variant == "fast":
+        kwargs.update(TRL_FAST)
+        kwargs["bf16"] = fast_bf16(device) if opts.fast_bf16 == "auto" else opts.fast_bf16 == "on"
+    kwargs.update(extra)
+    return config_cls(**kwargs)
+
+
+def _trl_trainer(opts, device, dtype, folder, tokenizer, pairs, out_dir):
+    """The TRL trainer for this contest and variant, built the way its docs show (peft_config, not a PeftModel)."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    dataset = Dataset.from_list(trl_records(pairs))
+    if opts.contest == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        extra = {"beta": opts.beta}
+        if opts.variant == "fast":
+            extra.update(precompute_ref_log_probs=True, precompute_ref_batch_size=opts.batch_size * 2)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
+        args = _trl_args(opts, DPOConfig, out_dir, device, **extra)
+        return DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                          peft_config=_lora_config("CAUSAL_LM"))
+    if opts.contest == "orpo":
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
+        args = _trl_args(opts, ORPOConfig, out_dir, device, beta=opts.beta)
+        return ORPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                           peft_config=_lora_config("CAUSAL_LM"))
+    from trl import RewardConfig, RewardTrainer
+
+    model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=dtype, num_labels=1).to(device)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    config = _lora_config("SEQ_CLS")
+    config.modules_to_save = ["score"]  # TRL's advice for a causal LM: the fresh head must train too
+    args = _trl_args(opts, RewardConfig, out_dir, device)
+    return RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=config)
+
+
+def worker_trl(opts) -> dict:
+    import torch
+
+    device, dtype, folder = _setup(opts)
+    tokenizer = _tokenizer(folder)
+    pairs, encoded = benchmark_pairs(tokenizer, opts.pairs, opts.max_length)
+    with tempfile.TemporaryDirectory(prefix="trl-bench-") as out_dir:
+        started = time.monotonic()
+        trainer = _trl_trainer(opts, device, dtype, folder, tokenizer, pairs, out_dir)
+        init_s = time.monotonic() - started  # tokenizing, and for precompute_ref_log_probs the reference pass
+        same_tokens = _same_tokens(opts.contest, trainer, encoded)
+        timer = _StepTimes()
+        trainer.add_callback(timer)
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.monotonic()
+        trainer.train()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        train_s = time.monotonic() - t0
+    return {
+        "contender": f"TRL {opts.variant}",
+        "variant": opts.variant,
+        "setup_s": round(init_s + (timer.first_start - t0), 2),
+        "train_s": round(init_s + train_s, 2),
+        "tokens": sequence_tokens(encoded),
+        "same_tokens": same_tokens,
+        "bf16": bool(trainer.args.bf16),
+        "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
+        "precompute_ref_log_probs": bool(getattr(trainer.args, "precompute_ref_log_probs", False)),
+        **_step_summary(timer.ends, timer.first_start, timer.losses),
+        **_peak_memory(device),
+    }
+
+
+def _same_tokens(contest: str, trainer, encoded) -> str:
+    """How many pairs TRL turned into exactly our token ids ("48/48"), or "n/a" where its columns differ."""
+    ds = trainer.train_dataset
+    columns = set(ds.column_names)
+    ours = {tuple(p.chosen_ids): tuple(p.rejected_ids) for p in encoded}
+    same = 0
+    if {"prompt_ids", "chosen_ids", "rejected_ids"} <= columns:  # DPO
+        for row in ds:
+            chosen = tuple(row["prompt_ids"] + row["chosen_ids"])
+            same += ours.get(chosen) == tuple(row["prompt_ids"] + row["rejected_ids"])
+    elif {"chosen_ids", "rejected_ids"} <= columns:  # reward
+        for row in ds:
+            same += ours.get(tuple(row["chosen_ids"])) == tuple(row["rejected_ids"])
+    elif {"chosen_input_ids", "rejected_input_ids"} <= columns:  # ORPO (legacy column names)
+        for row in ds:
+            same += ours.get(tuple(row["chosen_input_ids"])) == tuple(row["rejected_input_ids"])
+    else:
+        return "n/a"
+    return f"{same}/{len(encoded)}"
+
+
+def worker_dpo_check(opts) -> dict:
+    """Our DPO loss and TRL's on one batch, through one LoRA adapter with random nonzero weights."""
+    import torch
+    from datasets import Dataset
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig, DPOTrainer
+
+    from tui_align.training import dpo
+    from tui_align.training.config import DPOSettings
+
+    device, dtype, folder = _setup(opts)
+    tokenizer = _tokenizer(folder)
+    pairs, encoded = benchmark_pairs(tokenizer, opts.batch_size, opts.max_length)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
+    model = get_peft_model(model, _lora_config("CAUSAL_LM"))
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:  # B = 0 would make the adapter the identity and every loss log 2
+                param.copy_(torch.randn(param.shape, generator=generator).to(param) * 0.01)
+    model.eval()
+    with torch.no_grad():
+        cache = dpo.reference_logps(model, encoded, tokenizer.pad_token_id, opts.batch_size)
+        ours, _, _, _ = dpo._pair_terms(model, encoded, cache, tokenizer.pad_token_id, DPOSettings(beta=opts.beta))
+    with tempfile.TemporaryDirectory(prefix="trl-check-") as out_dir:
+        args = DPOConfig(output_dir=out_dir, per_device_train_batch_size=opts.batch_size, max_length=opts.max_length,
+                         beta=opts.beta, report_to="none", use_cpu=device == "cpu", bf16=False,
+                         gradient_checkpointing=False, disable_tqdm=True)
+        trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(trl_records(pairs)),
+                             processing_class=tokenizer)
+        # Given a PeftModel, TRL makes its reference a frozen copy of the adapter ("ref"); without it
+        # the reference is the base with adapters disabled, which is what our DPO uses.
+        if "ref" in model.peft_config:
+            model.delete_adapter("ref")
+        model.set_adapter("default")
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(pairs))])
+        batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+        model.eval()
+        with torch.no_grad():
+            theirs = trainer.compute_loss(model, batch)
+    return {"ours": ours.mean().item(), "trl": float(theirs), "pairs": len(pairs)}
+
+
+WORKERS = {"ours": worker_ours, "trl": worker_trl, "dpo-check": worker_dpo_check}
+
+
+# --- the driver ---------------------------------------------------------------------------------------
+
+
+def _worker_args(args, contest: str, variant: str) -> list[str]:
+    return [
+        "--worker", "trl" if variant in ("default", "fast") else "ours", "--contest", contest, "--variant", variant,
+        "--pairs", str(args.pairs), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
+        "--beta", str(args.beta), "--lr", str(args.lr), "--device", args.device, "--fast-bf16", args.fast_bf16,
+    ]
+
+
+def _trl_has_orpo() -> str | None:
+    try:
+        from trl.experimental.orpo import ORPOTrainer  # noqa: F401
+    except Exception as exc:  # an installed TRL without it: say so rather than fail the whole benchmark
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def collect(args) -> Section:
+    rows, runs, notes = [], {}, []
+    contests = [c for c in CONTESTS if c in args.only.split(",")]
+    missing_orpo = _trl_has_orpo()
+    for contest in contests:
+        variants = ["ours", "ours-ckpt", "default", "fast"]
+        if contest == "orpo" and missing_orpo:
+            variants = ["ours", "ours-ckpt"]
+            notes.append(f"TRL ORPO: not in the installed TRL ({missing_orpo}).")
+        results = {}
+        for variant in variants:
+            try:
+                results[variant] = run_worker(SCRIPT, _worker_args(args, contest, variant))
+            except Exception as exc:  # one contender failing must not lose the others' numbers
+                notes.append(f"{contest} {variant} failed: {str(exc).splitlines()[0]}")
+        runs[contest] = results
+        for variant, r in results.items():
+            rows.append(_row(contest, r, results))
+    if "dpo" in contests:
+        try:
+            check = run_worker(SCRIPT, ["--worker", "dpo-check", "--contest", "dpo", "--variant", "check",
+                                        "--pairs", str(args.batch_size), "--batch-size", str(args.batch_size),
+                                        "--max-length", str(args.max_length), "--beta", str(args.beta),
+                                        "--lr", str(args.lr), "--device", args.device])
+            runs["dpo_loss_check"] = check
+            diff = abs(check["ours"] - check["trl"])
+            notes.append(f"DPO loss, same batch of {check['pairs']}, LoRA with random nonzero weights: ours "
+                         f"{check['ours']:.6f}, TRL {check['trl']:.6f}, |diff| {diff:.2e}.")
+        except Exception as exc:
+            notes.append(f"DPO loss check failed: {str(exc).splitlines()[0]}")
+    notes.append(f"{args.pairs} hh-rlhf pairs that fit {args.max_length} tokens untruncated, batch {args.batch_size}, "
+                 f"1 epoch, LoRA r16/alpha32 on all linear layers, beta/lambda {args.beta}.")
+    notes.append("s/step: median of steps 2..N. total s: everything from trainer start to the last step, including "
+                 "tokenizing and reference log-probs. TRL/ours and TRL/ckpt: TRL's total s over ours without and "
+                 "with gradient checkpointing (>1: ours faster).")
+    columns = ["contest", "contender", "s/step", "total s", "tokens/s", "TRL/ours", "TRL/ckpt", "peak MiB",
+               "step-0 loss", "same tokens"]
+    return Section("Training against TRL", columns, rows, notes, runs)
+
+
+def _row(contest: str, r: dict, results: dict) -> list:
+    memory = r.get("peak_gpu_mib", r.get("peak_rss_mib"))
+
+    def ratio(ours_variant: str):
+        ours = results.get(ours_variant)
+        return round(r["train_s"] / ours["train_s"], 2) if ours and r["variant"] in ("default", "fast") else None
+
+    settings = []
+    if r["contender"].startswith("TRL"):
+        settings = [k for k in ("bf16", "gradient_checkpointing", "precompute_ref_log_probs") if r.get(k)]
+    name = r["contender"] + (f" ({', '.join(settings)})" if settings else "")
+    return [contest, name, round(r["median_step_s"], 2), round(r["train_s"], 1), round(r["tokens"] / r["train_s"], 1),
+            ratio("ours"), ratio("ours-ckpt"), memory,
+            None if r["step0_loss"] is None else round(r["step0_loss"], 4), r.get("same_tokens", "")]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", default=",".join(CONTESTS), help="comma-separated: dpo,reward,orpo")
+    parser.add_argument("--pairs", type=int, default=48)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--fast-bf16", default="auto", choices=("auto", "on", "off"),
+                        help="bf16 autocast in TRL's fast variant (auto: where the hardware has bf16 arithmetic)")
+    parser.add_argument("--quick", action="store_true", help="16 pairs, batch 4, max length 128: a smoke test")
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    parser.add_argument("--contest", choices=CONTESTS, help=argparse.SUPPRESS)
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.pairs, args.batch_size, args.max_length = 16, 4, 128
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        report(WORKERS[args.worker](args))
+        return 0
+    from common import format_table, machine_info
+
+    section = collect(args)
+    print(format_table(section))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine_info(), "args": vars(args), "data": section.data},
+                                              indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
