@@ -118,3 +118,15 @@ def quiet_hf() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+
+
+def finish_standalone(section: Section, json_path: str | None, started: float) -> int:
+    """What a part does when run on its own: print its table, save it as JSON; 1 when a contender failed."""
+    section.data["machine"] = machine_info()
+    section.data["wall_s"] = round(time.perf_counter() - started, 1)
+    print(format_table(section))
+    if json_path:
+        Path(json_path).write_text(json.dumps({"title": section.title, "columns": section.columns, "rows": section.rows,
+                                               "notes": section.notes, "data": section.data}, indent=1))
+    return 0 if not any(n.startswith("failed:") or " failed: " in n for n in section.notes) else 1
+

@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import Section, format_table, machine_info, peak_rss_mib, quiet_hf, report, run_worker  # noqa: E402
+from common import Section, finish_standalone, peak_rss_mib, quiet_hf, report, run_worker  # noqa: E402
 
 TITLE = "Generation overhead: tui-align's engines vs the raw libraries"
 ENGINES = ("llamacpp", "hf")
@@ -352,14 +352,7 @@ def main(argv=None) -> int:
         report(measure(args.worker, args.device, args.max_tokens, args.reps, PROMPTS[:args.prompt_count], args.home))
         return 0
     started = time.perf_counter()
-    section = collect(args)
-    section.data["machine"] = machine_info()
-    section.data["wall_s"] = round(time.perf_counter() - started, 1)
-    print(format_table(section))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"title": section.title, "columns": section.columns, "rows": section.rows,
-                                               "notes": section.notes, "data": section.data}, indent=1))
-    return 0 if not any(n.startswith("failed:") for n in section.notes) else 1
+    return finish_standalone(collect(args), args.json, started)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ machine actually reaches with torch, not a datasheet number.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -125,14 +124,10 @@ def collect(args, dpo_runs: dict | None = None) -> Section:
 def main(argv=None) -> int:
     from vs_trl import parse_args
 
-    from common import format_table
+    from common import finish_standalone
 
     args = parse_args(argv)
-    section = collect(args)
-    print(format_table(section))
-    if args.json:
-        Path(args.json).write_text(json.dumps(section.data, indent=2))
-    return 0
+    return finish_standalone(collect(args), args.json, time.perf_counter())
 
 
 if __name__ == "__main__":

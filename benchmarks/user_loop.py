@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import string
@@ -43,7 +42,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import Section, format_table, machine_info, peak_rss_mib, report, run_worker  # noqa: E402
+from common import Section, finish_standalone, peak_rss_mib, report, run_worker  # noqa: E402
 from generation import percentile  # noqa: E402
 
 TITLE = "The user's loop: train -> first compare answer, and typing while training"
@@ -588,14 +587,7 @@ def main(argv=None) -> int:
         report(latency_worker(args))
         return 0
     started = time.perf_counter()
-    section = collect(args)
-    section.data["machine"] = machine_info()
-    section.data["wall_s"] = round(time.perf_counter() - started, 1)
-    print(format_table(section))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"title": section.title, "columns": section.columns, "rows": section.rows,
-                                               "notes": section.notes, "data": section.data}, indent=1))
-    return 0 if not any(n.startswith("failed:") for n in section.notes) else 1
+    return finish_standalone(collect(args), args.json, started)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ the same batch: a step-0 loss of log 2 alone would not tell a wrong loss from a 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -500,14 +499,9 @@ def main(argv=None) -> int:
     if args.worker:
         report(WORKERS[args.worker](args))
         return 0
-    from common import format_table, machine_info
+    from common import finish_standalone
 
-    section = collect(args)
-    print(format_table(section))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine_info(), "args": vars(args), "data": section.data},
-                                              indent=2))
-    return 0
+    return finish_standalone(collect(args), args.json, time.perf_counter())
 
 
 if __name__ == "__main__":
