@@ -33,12 +33,13 @@ def parse_args(argv=None):
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, from {', '.join(PARTS)}")
+    parser.add_argument("--contests", default="dpo,reward,orpo", help="train part: which of dpo,reward,orpo")
     parser.add_argument("--quick", action="store_true", help="small settings everywhere: checks that it all runs")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--json", help="where the JSON goes (default: benchmarks/results/<date>-<cpu|gpu>.json)")
     parser.add_argument("--markdown", help="also write the tables here as Markdown")
     args = parser.parse_args(argv)
-    train_args = vs_trl.parse_args((["--quick"] if args.quick else []) + ["--device", args.device])
+    train_args = vs_trl.parse_args((["--quick"] if args.quick else []) + ["--device", args.device, "--only", args.contests])
     for key, value in vars(train_args).items():
         if not hasattr(args, key):
             setattr(args, key, value)
