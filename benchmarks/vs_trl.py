@@ -394,7 +394,53 @@ def worker_dpo_check(opts) -> dict:
     return {"ours": ours.mean().item(), "trl": float(theirs), "pairs": len(pairs)}
 
 
-WORKERS = {"ours": worker_ours, "trl": worker_trl, "dpo-check": worker_dpo_check}
+def worker_reward_check(opts) -> dict:
+    """Our Bradley-Terry loss and TRL's RewardTrainer.compute_loss on one batch, from the same scalar head.
+
+    Both LoRA adapters start as the identity (B = 0), so each score is the base's hidden state at the
+    scored token times the same random head: equal losses mean the same tokens, the same scored position
+    and the same loss. (Runs' step-0 losses can't show this: their first batches differ.)
+    """
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from trl import RewardConfig, RewardTrainer
+
+    from tui_align.training import losses, reward
+    from tui_align.training.config import TrainConfig
+    from tui_align.training.runner import attach_lora
+
+    device, dtype, folder = _setup(opts)
+    tokenizer = _tokenizer(folder)
+    pairs, encoded = benchmark_pairs(tokenizer, opts.batch_size, opts.max_length)
+    model = attach_lora(AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device), TrainConfig(), None)
+    reward.add_reward_adapter(model)
+    head = reward.scalar_head(model, seed=0)  # zero bias, like TRL's bias-free score head
+    model.eval()
+    with torch.no_grad():
+        chosen, rejected, _ = reward._pair_scores(model, head, encoded, tokenizer.pad_token_id, device)
+        ours = losses.reward_loss(chosen, rejected).mean().item()
+    classifier = AutoModelForSequenceClassification.from_pretrained(folder, dtype=dtype, num_labels=1).to(device)
+    classifier.config.pad_token_id = tokenizer.pad_token_id
+    with torch.no_grad():
+        classifier.score.weight.copy_(head.weight.to(classifier.score.weight))
+    config = _lora_config("SEQ_CLS")
+    config.modules_to_save = ["score"]
+    with tempfile.TemporaryDirectory(prefix="trl-check-") as out_dir:
+        args = RewardConfig(output_dir=out_dir, per_device_train_batch_size=opts.batch_size, max_length=opts.max_length,
+                            report_to="none", use_cpu=device == "cpu", bf16=False, gradient_checkpointing=False,
+                            disable_tqdm=True)
+        trainer = RewardTrainer(model=classifier, args=args, train_dataset=Dataset.from_list(trl_records(pairs)),
+                                processing_class=tokenizer, peft_config=config)
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(pairs))])
+        batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+        trainer.model.eval()
+        with torch.no_grad():
+            theirs = trainer.compute_loss(trainer.model, batch)
+    return {"ours": ours, "trl": float(theirs), "pairs": len(pairs)}
+
+
+WORKERS = {"ours": worker_ours, "trl": worker_trl, "dpo-check": worker_dpo_check, "reward-check": worker_reward_check}
 
 
 # --- the driver ---------------------------------------------------------------------------------------
@@ -434,18 +480,21 @@ def collect(args) -> Section:
         runs[contest] = results
         for variant, r in results.items():
             rows.append(_row(contest, r, results))
-    if "dpo" in contests:
+    checks = {"dpo": "LoRA with random nonzero weights", "reward": "the same random head, identity LoRA"}
+    for contest, how in checks.items():
+        if contest not in contests:
+            continue
         try:
-            check = run_worker(SCRIPT, ["--worker", "dpo-check", "--contest", "dpo", "--variant", "check",
+            check = run_worker(SCRIPT, ["--worker", f"{contest}-check", "--contest", contest, "--variant", "check",
                                         "--pairs", str(args.batch_size), "--batch-size", str(args.batch_size),
                                         "--max-length", str(args.max_length), "--beta", str(args.beta),
                                         "--lr", str(args.lr), "--device", args.device])
-            runs["dpo_loss_check"] = check
+            runs[f"{contest}_loss_check"] = check
             diff = abs(check["ours"] - check["trl"])
-            notes.append(f"DPO loss, same batch of {check['pairs']}, LoRA with random nonzero weights: ours "
-                         f"{check['ours']:.6f}, TRL {check['trl']:.6f}, |diff| {diff:.2e}.")
+            notes.append(f"{contest} loss, same batch of {check['pairs']}, {how}: ours {check['ours']:.6f}, "
+                         f"TRL {check['trl']:.6f}, |diff| {diff:.2e}.")
         except Exception as exc:
-            notes.append(f"DPO loss check failed: {str(exc).splitlines()[0]}")
+            notes.append(f"{contest} loss check failed: {str(exc).splitlines()[0]}")
     notes.append(f"{args.pairs} hh-rlhf pairs that fit {args.max_length} tokens untruncated, batch {args.batch_size}, "
                  f"1 epoch, LoRA r16/alpha32 on all linear layers, beta/lambda {args.beta}.")
     notes.append("s/step: mean over all steps (our length-grouped batches vary more than TRL's random ones, so a "
