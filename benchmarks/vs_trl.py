@@ -153,7 +153,7 @@ def worker_ours(opts) -> dict:
 
     from tui_align.training import dpo, orpo, reward
     from tui_align.training.config import TrainConfig
-    from tui_align.training.runner import attach_lora
+    from tui_align.training.runner import attach_lora, precision
     from transformers import AutoModelForCausalLM
 
     device, dtype, folder = _setup(opts)
@@ -169,6 +169,7 @@ def worker_ours(opts) -> dict:
     config.ppo.reward_epochs = 1
     config.ppo.reward_learning_rate = opts.lr
     config.gradient_checkpointing = opts.variant == "ours-ckpt"
+    config.cpu_bf16 = opts.variant == "ours-bf16"
     model = attach_lora(model, config, None)
     load_s = time.monotonic() - started
 
@@ -193,17 +194,19 @@ def worker_ours(opts) -> dict:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.monotonic()
     marks["first_start"] = t0
-    if opts.contest == "dpo":
-        dpo.train_dpo(model, tokenizer, encoded, [], config, emit, lambda: False)
-    elif opts.contest == "orpo":
-        orpo.train_orpo(model, tokenizer, encoded, [], config, emit, lambda: False)
-    else:
-        reward.train_reward_model(model, tokenizer, encoded, [], config, emit, lambda: False)
+    with precision(config, device):  # as the runner does: bf16 autocast for --cpu-bf16
+        if opts.contest == "dpo":
+            dpo.train_dpo(model, tokenizer, encoded, [], config, emit, lambda: False)
+        elif opts.contest == "orpo":
+            orpo.train_orpo(model, tokenizer, encoded, [], config, emit, lambda: False)
+        else:
+            reward.train_reward_model(model, tokenizer, encoded, [], config, emit, lambda: False)
     if device == "cuda":
         torch.cuda.synchronize()
     total_s = time.monotonic() - t0
     return {
-        "contender": "tui-align" + (" (gradient_checkpointing)" if config.gradient_checkpointing else ""),
+        "contender": "tui-align" + (" (gradient_checkpointing)" if config.gradient_checkpointing else "")
+        + (" (cpu_bf16)" if config.cpu_bf16 and device == "cpu" else ""),
         "variant": opts.variant,
         "load_s": round(load_s, 2),
         "setup_s": round(marks.get("reference_s", 0.0), 2),  # DPO: the reference log-probs, once per data set
@@ -466,10 +469,13 @@ def collect(args) -> Section:
     rows, runs, notes = [], {}, []
     contests = [c for c in CONTESTS if c in args.only.split(",")]
     missing_orpo = _trl_has_orpo()
+    import torch
+
+    on_bf16_cpu = (args.device == "cpu" or not torch.cuda.is_available()) and fast_bf16("cpu")
     for contest in contests:
-        variants = ["ours", "ours-ckpt", "default", "fast"]
-        if contest == "orpo" and missing_orpo:
-            variants = ["ours", "ours-ckpt"]
+        variants = ["ours", "ours-ckpt"] + (["ours-bf16"] if on_bf16_cpu else [])
+        if not (contest == "orpo" and missing_orpo):
+            variants += ["default", "fast"]
             notes.append(f"TRL ORPO: not in the installed TRL ({missing_orpo}).")
         results = {}
         for variant in variants:
@@ -499,10 +505,10 @@ def collect(args) -> Section:
                  f"1 epoch, LoRA r16/alpha32 on all linear layers, beta/lambda {args.beta}.")
     notes.append("s/step: mean over all steps (our length-grouped batches vary more than TRL's random ones, so a "
                  "median would flatter us). total s: everything from trainer start to the last step, including "
-                 "tokenizing and reference log-probs. TRL/ours and TRL/ckpt: TRL's total s over ours without and "
-                 "with gradient checkpointing (>1: ours faster).")
-    columns = ["contest", "contender", "s/step", "total s", "tokens/s", "TRL/ours", "TRL/ckpt", "peak MiB",
-               "step-0 loss", "same tokens"]
+                 "tokenizing and reference log-probs. TRL/ours, TRL/ckpt, TRL/bf16: TRL's total s over ours as it is, "
+                 "with --gradient-checkpointing, and with --cpu-bf16 (>1: ours faster).")
+    columns = ["contest", "contender", "s/step", "total s", "tokens/s", "TRL/ours", "TRL/ckpt", "TRL/bf16",
+               "peak MiB", "step-0 loss", "same tokens"]
     return Section("Training against TRL", columns, rows, notes, runs)
 
 
@@ -519,7 +525,7 @@ def _row(contest: str, r: dict, results: dict) -> list:
     name = r["contender"] + (f" ({', '.join(settings)})" if settings else "")
     mean_step = sum(r["step_seconds"]) / len(r["step_seconds"])
     return [contest, name, round(mean_step, 2), round(r["train_s"], 1), round(r["tokens"] / r["train_s"], 1),
-            ratio("ours"), ratio("ours-ckpt"), memory,
+            ratio("ours"), ratio("ours-ckpt"), ratio("ours-bf16"), memory,
             None if r["step0_loss"] is None else round(r["step0_loss"], 4), r.get("same_tokens", "")]
 
 

@@ -324,6 +324,24 @@ def test_cli_trains_and_writes_a_loadable_adapter(capsys, pairs_file, tiny_model
     assert any("lora_B" in n and p.abs().sum() > 0 for n, p in model.named_parameters())
 
 
+def test_cpu_bf16_runs_the_loop_under_bf16_autocast(capsys, pairs_file, tiny_model_dir, monkeypatch):
+    autocast_seen = []
+    real = loop.batch_logps
+
+    def watched(*args, **kwargs):
+        autocast_seen.append(torch.is_autocast_enabled("cpu"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "batch_logps", watched)
+    code, events = run_cli(capsys, "--method", "dpo", "--data", pairs_file, "--model", tiny_model_dir,
+                           "--max-steps", 2, "--batch-size", 4, "--device", "cpu", "--cpu-bf16")
+    assert code == 0, events[-1]
+    assert events[0]["config"]["cpu_bf16"] is True
+    assert autocast_seen and all(autocast_seen)  # the reference pass and every step
+    first = events[[e["event"] for e in events].index("step")]
+    assert first["loss"] == pytest.approx(0.6931, abs=1e-3)  # policy and reference round alike at step 0
+
+
 def test_orpo_through_the_cli(capsys, pairs_file, tiny_model_dir):
     code, events = run_cli(capsys, "--method", "orpo", "--data", pairs_file, "--model", tiny_model_dir, "--max-steps", 2)
     assert code == 0 and events[-1]["event"] == "done"

@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when present, else CPU")
     add("--gradient-checkpointing", action="store_true",
         help="recompute activations in backward: much less memory, about a third slower")
+    add("--cpu-bf16", action="store_true",
+        help="bf16 autocast on the CPU: faster and leaner on CPUs with AVX512-BF16 or AMX, slow on others")
     add("--resume", metavar="RUN_DIR", help="continue a cancelled or failed run with its own settings and pairs")
     add("--jsonl", action="store_true", help="print one JSON event per line on stdout (for the app)")
     return parser
@@ -105,6 +107,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         device=args.device,
         checkpoint_every=args.checkpoint_every,
         gradient_checkpointing=args.gradient_checkpointing,
+        cpu_bf16=args.cpu_bf16,
     )
     config.dpo.beta = args.beta
     config.dpo.sft_weight = args.sft_weight

@@ -57,6 +57,9 @@ class TrainConfig:
     # Recompute each layer's activations in backward instead of keeping them: about a third slower, and a
     # step's activation memory drops to a layer's worth (several GB at batch 8, length 256 on the default model).
     gradient_checkpointing: bool = False
+    # bf16 autocast on the CPU: about 1.75x faster and less activation memory on CPUs with bf16 instructions
+    # (AVX512-BF16, AMX), measured on the default model; much slower on CPUs without them, hence opt-in.
+    cpu_bf16: bool = False
     lora: LoraSettings = field(default_factory=LoraSettings)
     dpo: DPOSettings = field(default_factory=DPOSettings)
     orpo: ORPOSettings = field(default_factory=ORPOSettings)

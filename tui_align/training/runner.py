@@ -99,6 +99,21 @@ def pick_device(choice: str) -> tuple[str, "object"]:
     return "cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
 
 
+def precision(config: TrainConfig, device: str):
+    """The autocast a run's loop runs under: bf16 on the CPU when asked (--cpu-bf16), else none.
+
+    Weights, LoRA and optimizer stay float32; matmuls run in bf16. The reference pass runs under the
+    same context, so policy and reference round alike and step 0 still gives log 2.
+    """
+    import contextlib
+
+    import torch
+
+    if config.cpu_bf16 and device == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def attach_lora(model, config: TrainConfig, checkpoint: Path | None):
     """The base with the "default" LoRA adapter: a fresh one, or the checkpoint's (plus any extra adapters)."""
     if config.gradient_checkpointing:
@@ -304,10 +319,11 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
 
     train_fn = getattr(module, f"train_{config.method}")
     extra = _supported(train_fn, {"optimizer_state": optimizer_state, "run_dir": run_dir})
-    metrics = train_fn(
-        model, tokenizer, train, held_out, config, tracker, should_stop,
-        start_step=start_step, save_checkpoint=save_checkpoint, **extra,
-    )
+    with precision(config, device):
+        metrics = train_fn(
+            model, tokenizer, train, held_out, config, tracker, should_stop,
+            start_step=start_step, save_checkpoint=save_checkpoint, **extra,
+        )
     cancelled = bool(metrics.pop("stopped", False)) or (should_stop() and tracker.last_step < total)
     seconds = round(time.monotonic() - started, 2)
     if cancelled:
