@@ -358,3 +358,20 @@ def test_chunked_head_logps_equal_full_logits_values_and_gradients():
     want = torch.autograd.grad((full.double() * upstream).sum(), (hidden, weight))
     for a, b in zip(got, want):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_chunked_head_gradients_under_bf16_autocast_match_full_logits():
+    """Backward recomputes the logits in forward's precision: else softmax no longer sums to 1 (18% off)."""
+    from tui_align.training.head_logps import head_label_logps
+
+    torch.manual_seed(0)
+    hidden = (torch.randn(40, 64) * 3).requires_grad_()
+    weight = torch.randn(500, 64)
+    targets = torch.randint(0, 500, (40,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        chunked = head_label_logps(hidden, weight, targets, chunk=16)
+        full = losses.label_logps(hidden @ weight.T, targets)
+    (got,) = torch.autograd.grad(chunked.sum(), hidden)
+    (want,) = torch.autograd.grad(full.sum(), hidden)
+    assert torch.equal(chunked, full)
+    assert (got - want).abs().max() / want.abs().max() < 0.02

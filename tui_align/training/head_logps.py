@@ -36,6 +36,10 @@ class _HeadLabelLogps(torch.autograd.Function):
         logps = logps.masked_fill(~scored, 0.0)
         ctx.save_for_backward(hidden, weight, safe, scored, lse)
         ctx.chunk = chunk
+        # backward must recompute the logits exactly as forward did (bf16 under --cpu-bf16's autocast),
+        # or softmax = exp(logits - lse) no longer sums to 1; autograd runs backward outside autocast
+        device = hidden.device.type
+        ctx.autocast = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device))
         return logps
 
     @staticmethod
@@ -44,10 +48,13 @@ class _HeadLabelLogps(torch.autograd.Function):
         grad = (grad_logps * scored).float()  # unscored rows contribute nothing
         grad_hidden = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        device, dtype, enabled = ctx.autocast
         for start in range(0, hidden.shape[0], ctx.chunk):
             rows = slice(start, start + ctx.chunk)
+            with torch.autocast(device, dtype=dtype, enabled=enabled):
+                logits = _chunk_logits(hidden[rows], weight)
             # d logp / d logits = onehot(target) - softmax(logits)
-            dlogits = -torch.exp(_chunk_logits(hidden[rows], weight) - lse[rows].unsqueeze(-1))
+            dlogits = -torch.exp(logits - lse[rows].unsqueeze(-1))
             dlogits.scatter_add_(-1, safe[rows].unsqueeze(-1), torch.ones_like(lse[rows]).unsqueeze(-1))
             dlogits.mul_(grad[rows].unsqueeze(-1))
             if grad_hidden is not None:
