@@ -421,7 +421,7 @@ def worker_reward_check(opts) -> dict:
     head = reward.scalar_head(model, seed=0)  # zero bias, like TRL's bias-free score head
     model.eval()
     with torch.no_grad():
-        chosen, rejected, _ = reward._pair_scores(model, head, encoded, tokenizer.pad_token_id, device)
+        chosen, rejected, _ = reward._pair_scores(model, head, encoded, tokenizer.pad_token_id)
         ours = losses.reward_loss(chosen, rejected).mean().item()
     classifier = AutoModelForSequenceClassification.from_pretrained(folder, dtype=dtype, num_labels=1).to(device)
     classifier.config.pad_token_id = tokenizer.pad_token_id

@@ -118,7 +118,7 @@ def test_pair_scores_with_a_shared_prompt_equal_whole_sequences(smol_tokenizer, 
     pad = smol_tokenizer.pad_token_id
     model.train()
     with reward.active_adapter(model, reward.REWARD_ADAPTER):
-        chosen, rejected, _ = reward._pair_scores(model, head, encoded, pad, "cpu")
+        chosen, rejected, _ = reward._pair_scores(model, head, encoded, pad)
         whole = preference_batch(encoded, pad)
         expected = reward.reward_scores(model, head, whole["input_ids"], whole["attention_mask"])
         params = reward.adapter_parameters(model, reward.REWARD_ADAPTER)

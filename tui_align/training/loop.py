@@ -121,23 +121,29 @@ def batch_logps(model, batch: list[EncodedPair], pad_id: int) -> tuple[torch.Ten
     if parts is None:
         return separate_logps(model, batch, pad_id)
     decoder, head = parts
-    device = next(model.parameters()).device
-    dtype = next(decoder.parameters()).dtype
-    tensors = {k: v.to(device) for k, v in shared_prompt_batch(batch, pad_id, mask_dtype=dtype).items()}
-    hidden = decoder(
-        input_ids=tensors["input_ids"],
-        attention_mask=tensors["attention_mask"],
-        position_ids=tensors["position_ids"],
-        use_cache=False,
-    ).last_hidden_state  # (R,T,H): R rows of packed pairs
+    hidden, tensors, tokens = shared_prompt_forward(decoder, batch, pad_id)
     selected = hidden[tensors["rows"].unsqueeze(1), tensors["sources"]]  # (2B,K,H)
     targets = tensors["targets"]
     if type(head) is torch.nn.Linear and head.bias is None:
         logps = head_label_logps(selected, head.weight, targets).sum(-1)
     else:  # a head peft wraps, or one with a bias: the plain way, logits and all
         logps = label_logps(head(selected), targets).sum(-1)
-    tokens = sum(len(p.chosen_ids) + len(p.rejected_ids) - p.prompt_len for p in batch)
     return logps, (targets != IGNORE_INDEX).sum(-1), tokens
+
+
+def shared_prompt_forward(decoder, batch: list[EncodedPair], pad_id: int) -> tuple[torch.Tensor, dict, int]:
+    """The decoder over `shared_prompt_batch(batch)`: ((R,T,H) last hidden states, that batch's tensors on
+    the decoder's device, tokens run). DPO/ORPO read answer positions from it, the reward model answer ends."""
+    weight = next(decoder.parameters())
+    tensors = {k: v.to(weight.device) for k, v in shared_prompt_batch(batch, pad_id, mask_dtype=weight.dtype).items()}
+    hidden = decoder(
+        input_ids=tensors["input_ids"],
+        attention_mask=tensors["attention_mask"],
+        position_ids=tensors["position_ids"],
+        use_cache=False,
+    ).last_hidden_state
+    tokens = sum(len(p.chosen_ids) + len(p.rejected_ids) - p.prompt_len for p in batch)
+    return hidden, tensors, tokens
 
 
 def separate_logps(model, batch: list[EncodedPair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, int]:
