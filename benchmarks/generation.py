@@ -126,11 +126,27 @@ def _count_hf_tokens(model, sink: list) -> None:
     model.generate = counting
 
 
+def _ours_runner(backend, ids: list):
+    """Our engine as the app drives it (with a stop check): returns the token ids it sampled."""
+    from tui_align.backends import SamplingSettings
+
+    no_stop = threading.Event()
+
+    def ours(prompt, seed, max_tokens):
+        ids.clear()
+        settings = SamplingSettings(temperature=TEMPERATURE, top_p=TOP_P, max_tokens=max_tokens, seed=seed)
+        for _ in backend.stream_chat(_messages(prompt), settings, no_stop.is_set):
+            pass
+        return list(ids)
+
+    return ours
+
+
 def llamacpp_contenders(device: str):
     """(ours, raw, load seconds, notes): each contender is fn(prompt, seed, max_tokens) -> generated ids."""
     from llama_cpp import Llama
 
-    from tui_align.backends import SamplingSettings, load_backend
+    from tui_align.backends import load_backend
     from tui_align.backends.llamacpp import DEFAULT_CONTEXT
     from tui_align.model_files import resolve_model
 
@@ -146,14 +162,7 @@ def llamacpp_contenders(device: str):
     ours_ids, raw_ids = [], []
     _count_llama_tokens(backend._llama, ours_ids)
     _count_llama_tokens(raw_llama, raw_ids)
-    no_stop = threading.Event()
-
-    def ours(prompt, seed, max_tokens):
-        ours_ids.clear()
-        settings = SamplingSettings(temperature=TEMPERATURE, top_p=TOP_P, max_tokens=max_tokens, seed=seed)
-        for _ in backend.stream_chat(_messages(prompt), settings, no_stop.is_set):  # the app passes a stop check
-            pass
-        return list(ours_ids)
+    ours = _ours_runner(backend, ours_ids)
 
     def raw(prompt, seed, max_tokens):
         raw_ids.clear()
@@ -178,7 +187,7 @@ def hf_contenders(device: str, home: str | None):
     from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer
 
     from tui_align import paths
-    from tui_align.backends import SamplingSettings, load_backend
+    from tui_align.backends import load_backend
     from tui_align.backends.hf import TransformersBackend, pick_device
     from tui_align.model_files import resolve_model, transformers_folder
 
@@ -203,14 +212,7 @@ def hf_contenders(device: str, home: str | None):
     ours_ids, raw_ids = [], []
     _count_hf_tokens(backend.model, ours_ids)
     _count_hf_tokens(model, raw_ids)
-    no_stop = threading.Event()
-
-    def ours(prompt, seed, max_tokens):
-        ours_ids.clear()
-        settings = SamplingSettings(temperature=TEMPERATURE, top_p=TOP_P, max_tokens=max_tokens, seed=seed)
-        for _ in backend.stream_chat(_messages(prompt), settings, no_stop.is_set):
-            pass
-        return list(ours_ids)
+    ours = _ours_runner(backend, ours_ids)
 
     def raw(prompt, seed, max_tokens):
         raw_ids.clear()
