@@ -48,6 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sft-weight", type=float, default=0.0, help="DPO only: weight of the NLL term on chosen (RPO)")
     parser.add_argument("--max-new-tokens", type=int, default=160, help="long enough for the base model's wordy answers to end")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--cpu-bf16", action="store_true", help="train under bf16 autocast on the CPU, as `train --cpu-bf16`")
     parser.add_argument("--models-dir", help="where the converted default model is cached (default: the data folder's)")
     parser.add_argument("--json", help="write the results here as JSON")
     parser.add_argument("--show", type=int, default=3, help="print this many answers before/after")
@@ -76,6 +77,7 @@ def run_method(method: str, args, models_dir: Path) -> dict:
         learning_rate=args.lr or DEFAULT_LR[method],
         max_length=256,
         device=device,
+        cpu_bf16=args.cpu_bf16,
     )
     config.dpo.beta, config.orpo.lam = args.beta, args.lam
     config.dpo.sft_weight = args.sft_weight
@@ -93,7 +95,8 @@ def run_method(method: str, args, models_dir: Path) -> dict:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     started = time.monotonic()
-    metrics = train_fn(model, tokenizer, train, held_out, config, events, lambda: False)
+    with runner.precision(config, device):  # as a real run trains: under bf16 autocast with --cpu-bf16
+        metrics = train_fn(model, tokenizer, train, held_out, config, events, lambda: False)
     train_seconds = time.monotonic() - started
     after = measure(model, tokenizer, prompts, args.trait, args.max_new_tokens)
 
@@ -102,6 +105,7 @@ def run_method(method: str, args, models_dir: Path) -> dict:
         "method": method,
         "device": device,
         "dtype": str(dtype).replace("torch.", ""),
+        "cpu_bf16": config.cpu_bf16 and device == "cpu",
         "pairs": len(train),
         "truncated": truncated,
         "steps": len(steps),

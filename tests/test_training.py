@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import signal
@@ -333,13 +334,22 @@ def test_cpu_bf16_runs_the_loop_under_bf16_autocast(capsys, pairs_file, tiny_mod
         return real(*args, **kwargs)
 
     monkeypatch.setattr(loop, "batch_logps", watched)
-    code, events = run_cli(capsys, "--method", "dpo", "--data", pairs_file, "--model", tiny_model_dir,
-                           "--max-steps", 2, "--batch-size", 4, "--device", "cpu", "--cpu-bf16")
+    common = ("--method", "dpo", "--data", pairs_file, "--model", tiny_model_dir, "--max-steps", 3,
+              "--batch-size", 4, "--lr", 1e-2, "--device", "cpu")
+    code, events = run_cli(capsys, *common, "--cpu-bf16")
     assert code == 0, events[-1]
     assert events[0]["config"]["cpu_bf16"] is True
     assert autocast_seen and all(autocast_seen)  # the reference pass and every step
-    first = events[[e["event"] for e in events].index("step")]
-    assert first["loss"] == pytest.approx(0.6931, abs=1e-3)  # policy and reference round alike at step 0
+    losses = [e["loss"] for e in events if e["event"] == "step"]
+    assert losses[0] == pytest.approx(0.6931, abs=1e-3)  # policy and reference round alike at step 0
+
+    # Later steps must see the updated adapter: autocast's weight-cast cache once kept the step-1 LoRA
+    # weights for the whole run, and the loss stayed at exactly log 2 while the weights drifted.
+    monkeypatch.setattr(loop, "batch_logps", real)
+    code, events = run_cli(capsys, *common)
+    float32_losses = [e["loss"] for e in events if e["event"] == "step"]
+    assert abs(losses[-1] - math.log(2)) > 1e-3
+    assert losses[-1] == pytest.approx(float32_losses[-1], abs=0.05)
 
 
 def test_orpo_through_the_cli(capsys, pairs_file, tiny_model_dir):

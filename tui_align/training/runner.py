@@ -104,13 +104,17 @@ def precision(config: TrainConfig, device: str):
 
     Weights, LoRA and optimizer stay float32; matmuls run in bf16. The reference pass runs under the
     same context, so policy and reference round alike and step 0 still gives log 2.
+
+    cache_enabled=False because this context spans the whole run: autocast otherwise casts each
+    trainable (LoRA) weight to bf16 once and reuses that copy until the context exits, so every
+    forward would see the adapter as it was at step 1 and the loss would never leave log 2.
     """
     import contextlib
 
     import torch
 
     if config.cpu_bf16 and device == "cpu":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
 
 
