@@ -7,8 +7,9 @@ an implementation happens to run. Per pair:
 - its backward: the frozen base needs only activation gradients (as many FLOPs as its forward), attention
   twice its forward, LoRA weights twice their forward;
 - one reference forward (the base without the adapter) over the same tokens.
-The denominator is the best of several large float32 matmuls (bf16 on a CUDA card), the peak this
-machine actually reaches with torch, not a datasheet number.
+The denominator is the best of several large matmuls in the precision the contender trains in (float32,
+or bf16 on a CUDA card and on a CPU with bf16 instructions): the peak this machine actually reaches with
+torch, not a datasheet number.
 
     python benchmarks/mfu.py            # runs our DPO worker, then prints its MFU
 """
@@ -26,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import Section  # noqa: E402
 
 
-def matmul_peak_flops(device: str = "cpu", size: int = 2048, repeats: int = 8) -> float:
-    """The best FLOP/s of size x size matmuls: float32 on a CPU, bf16 on CUDA."""
+def matmul_peak_flops(device: str = "cpu", size: int = 2048, repeats: int = 8, bf16: bool | None = None) -> float:
+    """The best FLOP/s of size x size matmuls: in bf16 when asked, else float32 on a CPU and bf16 on CUDA."""
     import torch
 
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    dtype = torch.bfloat16 if (device == "cuda" if bf16 is None else bf16) else torch.float32
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     best = float("inf")
@@ -105,20 +106,25 @@ def collect(args, dpo_runs: dict | None = None) -> Section:
     folder = transformers_folder(resolve_model(None), paths.models_dir(paths.data_home()))
     _, encoded = benchmark_pairs(_tokenizer(folder), args.pairs, args.max_length)
     flops = run_flops(AutoConfig.from_pretrained(folder), encoded, LoraSettings().rank)
-    peak = matmul_peak_flops(device)
+    peaks = {}  # each contender over the peak of the precision it trains in
     rows = []
     for variant, run in dpo_runs.items():
+        bf16 = bool(run.get("bf16")) or device == "cuda"
+        if bf16 not in peaks:
+            peaks[bf16] = matmul_peak_flops(device, bf16=bf16)
+        peak = peaks[bf16]
         achieved = flops / run["train_s"]
         rows.append([run["contender"], round(flops / 1e12, 2), round(run["train_s"], 1), round(achieved / 1e9, 1),
-                     round(peak / 1e9, 1), f"{achieved / peak:.1%}"])
+                     f"{peak / 1e9:.1f} ({'bf16' if bf16 else 'fp32'})", f"{achieved / peak:.1%}"])
     notes = [
-        f"Peak: best {'bf16' if device == 'cuda' else 'float32'} 2048x2048 matmul with torch on this {device} "
-        f"({torch.get_num_threads()} threads).",
+        f"Peak: best 2048x2048 matmul with torch on this {device} ({torch.get_num_threads()} threads), in the "
+        "precision each contender trains in: " + ", ".join(f"{'bf16' if k else 'float32'} {v / 1e9:.1f} GFLOP/s"
+                                                            for k, v in sorted(peaks.items())) + ".",
         "Work: policy forward + LoRA backward + one reference forward over the pairs, the prompt counted once per "
         "pair, the LM head at answer tokens only; the same count for every contender.",
     ]
     return Section("DPO model FLOPs utilisation", ["contender", "TFLOP", "s", "GFLOP/s", "peak GFLOP/s", "MFU"],
-                   rows, notes, {"flops": flops, "peak_flops": peak})
+                   rows, notes, {"flops": flops, "peak_flops": {("bf16" if k else "float32"): v for k, v in peaks.items()}})
 
 
 def main(argv=None) -> int:

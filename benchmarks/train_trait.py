@@ -48,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sft-weight", type=float, default=0.0, help="DPO only: weight of the NLL term on chosen (RPO)")
     parser.add_argument("--max-new-tokens", type=int, default=160, help="long enough for the base model's wordy answers to end")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--cpu-bf16", action="store_true", help="train under bf16 autocast on the CPU, as `train --cpu-bf16`")
+    parser.add_argument("--precision", default="auto", choices=("auto", "float32", "bf16"), help="as `train --precision`")
     parser.add_argument("--models-dir", help="where the converted default model is cached (default: the data folder's)")
     parser.add_argument("--json", help="write the results here as JSON")
     parser.add_argument("--show", type=int, default=3, help="print this many answers before/after")
@@ -69,7 +69,8 @@ def measure(model, tokenizer, prompts, trait: str, max_new_tokens: int) -> dict:
 
 
 def run_method(method: str, args, models_dir: Path) -> dict:
-    device, dtype = runner.pick_device(args.device)
+    placement = runner.pick_device(args.device, args.precision)
+    device, dtype = placement.device, placement.dtype
     config = TrainConfig(
         method=method,
         epochs=args.epochs,
@@ -77,7 +78,7 @@ def run_method(method: str, args, models_dir: Path) -> dict:
         learning_rate=args.lr or DEFAULT_LR[method],
         max_length=256,
         device=device,
-        cpu_bf16=args.cpu_bf16,
+        precision=args.precision,
     )
     config.dpo.beta, config.orpo.lam = args.beta, args.lam
     config.dpo.sft_weight = args.sft_weight
@@ -95,7 +96,7 @@ def run_method(method: str, args, models_dir: Path) -> dict:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     started = time.monotonic()
-    with runner.precision(config, device):  # as a real run trains: under bf16 autocast with --cpu-bf16
+    with runner.precision_context(placement):  # as a real run trains: under bf16 autocast where it uses it
         metrics = train_fn(model, tokenizer, train, held_out, config, events, lambda: False)
     train_seconds = time.monotonic() - started
     after = measure(model, tokenizer, prompts, args.trait, args.max_new_tokens)
@@ -105,7 +106,7 @@ def run_method(method: str, args, models_dir: Path) -> dict:
         "method": method,
         "device": device,
         "dtype": str(dtype).replace("torch.", ""),
-        "cpu_bf16": config.cpu_bf16 and device == "cpu",
+        "precision": placement.label,
         "pairs": len(train),
         "truncated": truncated,
         "steps": len(steps),

@@ -41,16 +41,13 @@ TRL_FAST = {"gradient_checkpointing": False}
 
 
 def fast_bf16(device: str) -> bool:
-    """Whether bf16 autocast is TRL's faster choice here: a bf16 CUDA card, or a CPU with bf16 instructions."""
+    """Whether bf16 autocast is TRL's faster choice here: a bf16 CUDA card, or a CPU with bf16 instructions
+    (the same test as our own --precision auto)."""
     import torch
 
-    if device == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    from tui_align.training.runner import cpu_has_bf16
+
+    return torch.cuda.is_bf16_supported() if device == "cuda" else cpu_has_bf16()
 
 
 # --- the data both sides train on -------------------------------------------------------------------
@@ -93,7 +90,7 @@ def sequence_tokens(encoded) -> int:
 # --- workers ----------------------------------------------------------------------------------------
 
 
-def _setup(opts):
+def _setup(opts, precision: str = "auto"):
     import torch
 
     from tui_align import paths
@@ -102,7 +99,8 @@ def _setup(opts):
 
     quiet_hf()
     torch.manual_seed(0)
-    device, dtype = pick_device(opts.device)
+    placement = pick_device(opts.device, precision)
+    device, dtype = placement.device, placement.dtype
     folder = transformers_folder(resolve_model(None), paths.models_dir(paths.data_home()))
     return device, dtype, folder
 
@@ -153,10 +151,12 @@ def worker_ours(opts) -> dict:
 
     from tui_align.training import dpo, orpo, reward
     from tui_align.training.config import TrainConfig
-    from tui_align.training.runner import attach_lora, precision
+    from tui_align.training.runner import attach_lora, pick_device, precision_context
     from transformers import AutoModelForCausalLM
 
-    device, dtype, folder = _setup(opts)
+    precision = "float32" if opts.variant == "ours-fp32" else "auto"  # ours: our defaults, as a user runs them
+    device, dtype, folder = _setup(opts, precision)
+    placement = pick_device(opts.device, precision)
     tokenizer = _tokenizer(folder)
     _, encoded = benchmark_pairs(tokenizer, opts.pairs, opts.max_length)
     started = time.monotonic()
@@ -169,7 +169,7 @@ def worker_ours(opts) -> dict:
     config.ppo.reward_epochs = 1
     config.ppo.reward_learning_rate = opts.lr
     config.gradient_checkpointing = opts.variant == "ours-ckpt"
-    config.cpu_bf16 = opts.variant == "ours-bf16"
+    config.precision = precision
     model = attach_lora(model, config, None)
     load_s = time.monotonic() - started
 
@@ -194,7 +194,7 @@ def worker_ours(opts) -> dict:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.monotonic()
     marks["first_start"] = t0
-    with precision(config, device):  # as the runner does: bf16 autocast for --cpu-bf16
+    with precision_context(placement):  # as the runner does: bf16 autocast where the placement says so
         if opts.contest == "dpo":
             dpo.train_dpo(model, tokenizer, encoded, [], config, emit, lambda: False)
         elif opts.contest == "orpo":
@@ -206,8 +206,9 @@ def worker_ours(opts) -> dict:
     total_s = time.monotonic() - t0
     return {
         "contender": "tui-align" + (" (gradient_checkpointing)" if config.gradient_checkpointing else "")
-        + (" (cpu_bf16)" if config.cpu_bf16 and device == "cpu" else ""),
+        + f" ({placement.label})",
         "variant": opts.variant,
+        "bf16": placement.cpu_autocast or placement.dtype == torch.bfloat16,
         "load_s": round(load_s, 2),
         "setup_s": round(marks.get("reference_s", 0.0), 2),  # DPO: the reference log-probs, once per data set
         "train_s": round(total_s, 2),
@@ -473,10 +474,12 @@ def collect(args) -> Section:
 
     on_bf16_cpu = (args.device == "cpu" or not torch.cuda.is_available()) and fast_bf16("cpu")
     for contest in contests:
-        variants = ["ours", "ours-ckpt"] + (["ours-bf16"] if on_bf16_cpu else [])
-        if not (contest == "orpo" and missing_orpo):
-            variants += ["default", "fast"]
+        # ours-fp32 where our default isn't float32 already: a bf16 CPU (on a GPU both sides run in bf16)
+        variants = ["ours", "ours-ckpt"] + (["ours-fp32"] if on_bf16_cpu else [])
+        if contest == "orpo" and missing_orpo:
             notes.append(f"TRL ORPO: not in the installed TRL ({missing_orpo}).")
+        else:
+            variants += ["default", "fast"]
         results = {}
         for variant in variants:
             try:
@@ -505,9 +508,10 @@ def collect(args) -> Section:
                  f"1 epoch, LoRA r16/alpha32 on all linear layers, beta/lambda {args.beta}.")
     notes.append("s/step: mean over all steps (our length-grouped batches vary more than TRL's random ones, so a "
                  "median would flatter us). total s: everything from trainer start to the last step, including "
-                 "tokenizing and reference log-probs. TRL/ours, TRL/ckpt, TRL/bf16: TRL's total s over ours as it is, "
-                 "with --gradient-checkpointing, and with --cpu-bf16 (>1: ours faster).")
-    columns = ["contest", "contender", "s/step", "total s", "tokens/s", "TRL/ours", "TRL/ckpt", "TRL/bf16",
+                 "tokenizing and reference log-probs. TRL/ours, TRL/ckpt, TRL/fp32: TRL's total s over ours with its "
+                 "defaults (--precision auto), with --gradient-checkpointing, and with --precision float32 "
+                 "(>1: ours faster).")
+    columns = ["contest", "contender", "s/step", "total s", "tokens/s", "TRL/ours", "TRL/ckpt", "TRL/fp32",
                "peak MiB", "step-0 loss", "same tokens"]
     return Section("Training against TRL", columns, rows, notes, runs)
 
@@ -525,7 +529,7 @@ def _row(contest: str, r: dict, results: dict) -> list:
     name = r["contender"] + (f" ({', '.join(settings)})" if settings else "")
     mean_step = sum(r["step_seconds"]) / len(r["step_seconds"])
     return [contest, name, round(mean_step, 2), round(r["train_s"], 1), round(r["tokens"] / r["train_s"], 1),
-            ratio("ours"), ratio("ours-ckpt"), ratio("ours-bf16"), memory,
+            ratio("ours"), ratio("ours-ckpt"), ratio("ours-fp32"), memory,
             None if r["step0_loss"] is None else round(r["step0_loss"], 4), r.get("same_tokens", "")]
 
 

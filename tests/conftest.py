@@ -20,6 +20,15 @@ def private_home(tmp_path, monkeypatch) -> Path:
     return home
 
 
+@pytest.fixture(autouse=True)
+def float32_unless_asked(monkeypatch):
+    """--precision auto resolves to float32 in tests whatever this CPU has, so a test's numbers don't
+    depend on the machine CI draws; the bf16 paths are asked for by name in their own tests."""
+    from tui_align.training import runner
+
+    monkeypatch.setattr(runner, "cpu_has_bf16", lambda: False)
+
+
 @pytest.fixture(scope="session")
 def default_gguf() -> Path:
     from tui_align.paths import default_model_path

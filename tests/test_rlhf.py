@@ -140,7 +140,8 @@ def test_reward_model_learns_the_trait_and_saves(smol_tokenizer, tiny_llama, tmp
     policy_before = snapshot(model, "default")
     events = CollectEvents()
 
-    head, metrics = reward.train_reward_model(model, smol_tokenizer, train, held_out, config, events, lambda: False)
+    # as PPO gets it: trained, then put on a unit scale
+    head, metrics = ppo._reward_model(model, smol_tokenizer, train, held_out, config, events, lambda: False, None, None)
 
     assert metrics["reward_accuracy"] >= 0.9, events.of("eval")
     assert [e["phase"] for e in events.of("eval")] == ["reward"] * 6
@@ -149,7 +150,7 @@ def test_reward_model_learns_the_trait_and_saves(smol_tokenizer, tiny_llama, tmp
     assert reward.adapter_parameters(model, "reward") and all(
         p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B.reward" in n
     )
-    # The head is rescaled so training answers score mean 0, std 1: the scale PPO's knobs assume.
+    # PPO rescales the head so training answers score mean 0, std 1: the scale its knobs assume.
     batch = preference_batch(train, smol_tokenizer.pad_token_id)
     with torch.no_grad():
         scores = reward.reward_scores(model, head, batch["input_ids"], batch["attention_mask"])

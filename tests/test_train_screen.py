@@ -370,3 +370,21 @@ async def test_the_low_memory_switch_adds_gradient_checkpointing(store, tmp_path
         assert screen.train_run.status == "completed" and not errors(pilot.app)
     argv = json.loads(script.with_name("child.py.argv").read_text())
     assert "--gradient-checkpointing" in argv and argv[argv.index("--method") + 1] == "dpo"
+
+
+async def test_the_precision_select_passes_a_forced_precision(store, tmp_path, monkeypatch):
+    assert "--precision" not in form_flags("dpo", form_defaults())  # auto is the child's own default
+    assert form_flags("dpo", form_defaults(), precision="bf16")[-2:] == ["--precision", "bf16"]
+    with pytest.raises(UserError, match="Precision"):
+        form_flags("dpo", form_defaults(), precision="fp8")
+    script = fake_child(monkeypatch, tmp_path, STEPS_THEN_DONE)
+    async with make_app(store, tmp_path).run_test(size=SIZE) as pilot:
+        screen = await open_train(pilot)
+        select = screen.query_one("#precision", Select)
+        assert select.value == "auto"
+        select.value = "float32"
+        await pilot.pause()
+        await run_to_end(pilot, screen)
+        assert screen.train_run.status == "completed" and not errors(pilot.app)
+    argv = json.loads(script.with_name("child.py.argv").read_text())
+    assert argv[argv.index("--precision") + 1] == "float32"

@@ -325,7 +325,7 @@ def test_cli_trains_and_writes_a_loadable_adapter(capsys, pairs_file, tiny_model
     assert any("lora_B" in n and p.abs().sum() > 0 for n, p in model.named_parameters())
 
 
-def test_cpu_bf16_runs_the_loop_under_bf16_autocast(capsys, pairs_file, tiny_model_dir, monkeypatch):
+def test_bf16_on_the_cpu_runs_the_loop_under_bf16_autocast(capsys, pairs_file, tiny_model_dir, monkeypatch):
     autocast_seen = []
     real = loop.batch_logps
 
@@ -336,9 +336,9 @@ def test_cpu_bf16_runs_the_loop_under_bf16_autocast(capsys, pairs_file, tiny_mod
     monkeypatch.setattr(loop, "batch_logps", watched)
     common = ("--method", "dpo", "--data", pairs_file, "--model", tiny_model_dir, "--max-steps", 3,
               "--batch-size", 4, "--lr", 1e-2, "--device", "cpu")
-    code, events = run_cli(capsys, *common, "--cpu-bf16")
+    code, events = run_cli(capsys, *common, "--precision", "bf16")
     assert code == 0, events[-1]
-    assert events[0]["config"]["cpu_bf16"] is True
+    assert events[0]["config"]["precision"] == "bf16" and events[0]["precision"] == "cpu, bf16 autocast"
     assert autocast_seen and all(autocast_seen)  # the reference pass and every step
     losses = [e["loss"] for e in events if e["event"] == "step"]
     assert losses[0] == pytest.approx(0.6931, abs=1e-3)  # policy and reference round alike at step 0
@@ -346,10 +346,40 @@ def test_cpu_bf16_runs_the_loop_under_bf16_autocast(capsys, pairs_file, tiny_mod
     # Later steps must see the updated adapter: autocast's weight-cast cache once kept the step-1 LoRA
     # weights for the whole run, and the loss stayed at exactly log 2 while the weights drifted.
     monkeypatch.setattr(loop, "batch_logps", real)
-    code, events = run_cli(capsys, *common)
+    code, events = run_cli(capsys, *common, "--precision", "float32")
+    assert events[0]["precision"] == "cpu, float32"
     float32_losses = [e["loss"] for e in events if e["event"] == "step"]
     assert abs(losses[-1] - math.log(2)) > 1e-3
     assert losses[-1] == pytest.approx(float32_losses[-1], abs=0.05)
+
+
+def test_auto_precision_is_bf16_autocast_only_on_a_cpu_with_bf16_instructions(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for has_bf16, expected in ((True, True), (False, False)):
+        monkeypatch.setattr(runner, "cpu_has_bf16", lambda: has_bf16)
+        placement = runner.pick_device("auto", "auto")
+        assert placement.device == "cpu" and placement.dtype == torch.float32
+        assert placement.cpu_autocast is expected
+        assert runner.pick_device("cpu", "float32").cpu_autocast is False
+        assert runner.pick_device("cpu", "bf16").cpu_autocast is True  # asked for: even where it is emulated
+    with pytest.raises(runner.RunError, match="--precision must be"):
+        runner.pick_device("cpu", "fp8")
+
+
+def test_precision_on_a_gpu_without_bf16(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert runner.pick_device("auto", "auto").dtype == torch.float32
+    with pytest.raises(runner.RunError, match="no bf16"):
+        runner.pick_device("cuda", "bf16")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert runner.pick_device("auto", "auto") == runner.Placement("cuda", torch.bfloat16)
+    assert runner.pick_device("auto", "float32") == runner.Placement("cuda", torch.float32)
+
+
+def test_cpu_bf16_in_an_older_run_json_resumes_as_bf16():
+    assert run_folder.config_from_dict({"method": "dpo", "cpu_bf16": True}).precision == "bf16"
+    assert run_folder.config_from_dict({"method": "dpo", "cpu_bf16": False}).precision == "auto"
 
 
 def test_orpo_through_the_cli(capsys, pairs_file, tiny_model_dir):

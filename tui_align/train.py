@@ -19,7 +19,7 @@ import threading
 import warnings
 
 from .errors import UserError
-from .training.config import TrainConfig
+from .training.config import PRECISIONS, TrainConfig
 from .training.data import MIN_MAX_LENGTH
 
 EXIT_ERROR = 1
@@ -67,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when present, else CPU")
     add("--gradient-checkpointing", action="store_true",
         help="recompute activations in backward: much less memory, about a third slower")
-    add("--cpu-bf16", action="store_true",
-        help="bf16 autocast on the CPU: faster and leaner on CPUs with AVX512-BF16 or AMX, slow on others")
+    add("--precision", choices=PRECISIONS, default=defaults.precision,
+        help="auto: bf16 on a GPU that has it, bf16 autocast on a CPU with AVX512-BF16 or AMX, else float32")
+    add("--cpu-bf16", dest="precision", action="store_const", const="bf16", help=argparse.SUPPRESS)  # its old name
     add("--resume", metavar="RUN_DIR", help="continue a cancelled or failed run with its own settings and pairs")
     add("--jsonl", action="store_true", help="print one JSON event per line on stdout (for the app)")
     return parser
@@ -107,7 +108,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         device=args.device,
         checkpoint_every=args.checkpoint_every,
         gradient_checkpointing=args.gradient_checkpointing,
-        cpu_bf16=args.cpu_bf16,
+        precision=args.precision,
     )
     config.dpo.beta = args.beta
     config.dpo.sft_weight = args.sft_weight

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
-from ..training.config import TrainConfig
+from ..training.config import PRECISIONS, TrainConfig
 
 # Seconds to wait, when the app quits, for a cancelled run to finish its step and save checkpoint/.
 EXIT_WAIT_S = 15.0
@@ -71,9 +71,9 @@ def form_defaults() -> dict[str, str]:
     return {name: "" if value is None else str(value) for name, value in values.items()}
 
 
-def form_flags(method: str, values: dict[str, str], low_memory: bool = False) -> list[str]:
+def form_flags(method: str, values: dict[str, str], low_memory: bool = False, precision: str = "auto") -> list[str]:
     """Command-line flags for the form's values; a bad value is a one-line UserError naming the field.
-    `low_memory` is the form's switch for --gradient-checkpointing."""
+    `low_memory` is the form's switch for --gradient-checkpointing, `precision` its precision select."""
     if method not in METHODS:
         raise UserError(f"Method must be one of {', '.join(METHODS)}.")
     flags = ["--method", method]
@@ -96,6 +96,10 @@ def form_flags(method: str, values: dict[str, str], low_memory: bool = False) ->
         if not ok:
             raise UserError(f"{spec.label.capitalize()} must be {wanted}, not {text}.")
         flags += [f"--{spec.name}", str(value)]
+    if precision not in PRECISIONS:
+        raise UserError(f"Precision must be one of {', '.join(PRECISIONS)}.")
+    if precision != "auto":
+        flags += ["--precision", precision]
     if low_memory:
         flags.append("--gradient-checkpointing")
     return flags
@@ -232,7 +236,7 @@ def describe_event(event: dict) -> str | None:
         return event["text"]
     if kind == "start":
         return (f"start: {event.get('config', {}).get('method', '?')} on {event.get('train_pairs')} pairs "
-                f"({event.get('eval_pairs')} held out), {event.get('total_steps')} steps on {event.get('device')}"
+                f"({event.get('eval_pairs')} held out), {event.get('total_steps')} steps on {event.get('precision') or event.get('device')}"
                 f" → {event.get('run_dir')}")
     if kind == "eval":
         return f"eval @ step {event.get('step')}: " + format_metrics(event, ("loss", "accuracy", "margin"))

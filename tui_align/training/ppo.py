@@ -38,6 +38,7 @@ from .reward import (
     evaluate_reward_model,
     final_hidden_states,
     load_reward_model,
+    normalize_head,
     reward_scores,
     reward_steps,
     save_reward_model,
@@ -246,8 +247,10 @@ def _reward_model(model, tokenizer, train, held_out, config, emit, should_stop, 
             metrics.update(reward_accuracy=result["accuracy"], reward_margin=result["margin"])
         return head, metrics
     head, metrics = train_reward_model(model, tokenizer, train, held_out, config, emit, should_stop, total_steps=n_total)
-    if reward_dir is not None and not metrics.get("stopped"):
-        save_reward_model(model, head, reward_dir)
+    if not metrics.get("stopped"):
+        normalize_head(model, head, train, tokenizer.pad_token_id, config.batch_size)
+        if reward_dir is not None:
+            save_reward_model(model, head, reward_dir)
     return head, metrics
 
 

@@ -172,6 +172,7 @@ def train_reward_model(
 ) -> tuple[nn.Linear, dict]:
     """Train the "reward" adapter and a fresh head with Bradley-Terry; the policy adapter stays frozen.
 
+    The head's scale is Bradley-Terry's arbitrary one; PPO puts it on a unit scale with `normalize_head`.
     Emits step events numbered 1..reward_steps (out of `total_steps`, the whole run's count) and an
     eval event with phase "reward" after each epoch. Returns (head, metrics); metrics["stopped"] is
     True when should_stop() cut it short.
@@ -224,7 +225,6 @@ def train_reward_model(
             result = evaluate_reward_model(model, head, held_out, pad_id, config.batch_size)
             emit("eval", phase="reward", step=step, **result)
             metrics.update({"reward_accuracy": result["accuracy"], "reward_margin": result["margin"]})
-    normalize_head(model, head, train, pad_id, config.batch_size)
     model.eval()
     return head, metrics
 
@@ -235,7 +235,8 @@ def normalize_head(model, head: nn.Linear, pairs: list[EncodedPair], pad_id: int
 
     Bradley-Terry fixes only score differences, so the raw scale is arbitrary; on a unit scale
     PPO's kl_coef and missing-EOS penalty mean the same thing whatever the reward model learned.
-    Folded into the head's weights, so a saved reward model needs no extra numbers.
+    Folded into the head's weights, so a saved reward model needs no extra numbers. One more
+    forward pass over the pairs: PPO's cost, so the reward trainer itself doesn't pay it.
     """
     model.eval()
     scores = []
