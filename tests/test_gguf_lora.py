@@ -131,3 +131,62 @@ def test_unsupported_architecture_names_the_supported_ones(tmp_path):
     writer.close()
     with pytest.raises(UserError, match="supports llama models; gpt2.gguf is 'gpt2'"):
         convert_to_gguf_lora(tmp_path, path, tmp_path / "x.gguf")
+
+
+# --- the header reader the converter uses instead of gguf.GGUFReader ---------------------------------------
+
+
+def _reader_view(path):
+    """What gguf.GGUFReader makes of a file: (scalar and string metadata, tensor shapes in numpy order)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    metadata = {name: f.contents() for name, f in reader.fields.items()
+                if f.types[0] != gguf.GGUFValueType.ARRAY and not name.startswith("GGUF.")}  # GGUF.*: its own counts
+    shapes = {t.name: tuple(int(n) for n in reversed(t.shape.tolist())) for t in reader.tensors}
+    return metadata, shapes
+
+
+def test_header_reader_agrees_with_gguf_reader_on_the_default_model(default_gguf):
+    from tui_align.adapters.gguf_header import read_header
+
+    header = read_header(default_gguf, chunk=4096)  # a small first read: the header is read in pieces
+    metadata, shapes = _reader_view(default_gguf)
+    assert header.tensor_shapes == shapes and len(shapes) > 100
+    assert header.metadata == metadata and "tokenizer.ggml.tokens" not in header.metadata  # arrays skipped
+
+
+def test_header_reader_skips_every_kind_of_array_and_refuses_bad_files(tmp_path):
+    import gguf
+
+    from tui_align.adapters.gguf_header import read_header
+
+    path = tmp_path / "kinds.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_array("a.ints", [1, 2, 3])
+    writer.add_array("a.strings", ["x", "yz", ""])
+    writer.add_array("a.nested", [[1, 2], [3]])
+    writer.add_array("a.floats", [0.5, 1.5])
+    writer.add_float32("f", 0.25)
+    writer.add_bool("b", True)
+    writer.add_uint64("u", 2**40)
+    writer.add_string("s", "after the arrays")
+    writer.add_tensor("blk.0.attn_q.weight", np.zeros((3, 5), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    header = read_header(path, chunk=16)
+    assert (header.metadata["f"], header.metadata["b"], header.metadata["u"], header.metadata["s"]) == (
+        0.25, True, 2**40, "after the arrays")
+    assert header.tensor_shapes == {"blk.0.attn_q.weight": (3, 5)} == _reader_view(path)[1]
+
+    data = path.read_bytes()
+    (tmp_path / "cut.gguf").write_bytes(data[:60])
+    with pytest.raises(ValueError, match="not a readable GGUF header"):
+        read_header(tmp_path / "cut.gguf")
+    (tmp_path / "text.gguf").write_text("hello, not a model")
+    with pytest.raises(OSError, match="bad magic"):
+        read_header(tmp_path / "text.gguf")
+    with pytest.raises(UserError, match="Can't read the base GGUF"):
+        convert_to_gguf_lora(tmp_path, tmp_path / "text.gguf", tmp_path / "x.gguf")

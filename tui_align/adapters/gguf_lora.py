@@ -38,17 +38,14 @@ class BaseGGUF:
 
 
 def read_base(path: str | Path) -> BaseGGUF:
-    import gguf
+    from .gguf_header import read_header
 
     path = Path(path)
     try:
-        reader = gguf.GGUFReader(str(path))
+        header = read_header(path)
     except (OSError, ValueError) as exc:
         raise UserError(f"Can't read the base GGUF {path}: {exc}") from exc
-
-    def field(name, default=None):
-        item = reader.fields.get(name)
-        return item.contents() if item is not None else default
+    field = header.metadata.get
 
     arch = field("general.architecture")
     if arch not in PERMUTED_QK:
@@ -56,14 +53,13 @@ def read_base(path: str | Path) -> BaseGGUF:
             f"The GGUF LoRA converter supports {', '.join(SUPPORTED_ARCHS)} models; {path.name} is {arch!r}."
         )
     n_head = int(field(f"{arch}.attention.head_count"))
-    shapes = {t.name: tuple(int(n) for n in reversed(t.shape.tolist())) for t in reader.tensors}
     return BaseGGUF(
         path=path,
         arch=arch,
         n_blocks=int(field(f"{arch}.block_count")),
         n_head=n_head,
         n_head_kv=int(field(f"{arch}.attention.head_count_kv", n_head)),
-        tensor_shapes=shapes,
+        tensor_shapes=header.tensor_shapes,
     )
 
 
