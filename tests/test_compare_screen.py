@@ -326,6 +326,42 @@ async def test_ctrl_r_draws_the_held_out_prompts_of_the_new_run_in_turn(store, t
         assert "held-out" not in status(screen)
 
 
+def pet_conversation(i: int) -> list[dict]:
+    return [
+        {"role": "user", "content": f"I have {i} cats and a dog."},
+        {"role": "assistant", "content": "Nice! What would you like to know?"},
+        {"role": "user", "content": f"Which one needs more walks, question {i}?"},
+    ]
+
+
+async def test_a_drawn_prompt_keeps_its_earlier_turns_and_its_pick_stores_them(store, tmp_path):
+    from tui_align.training.data import split_held_out
+
+    pairs = [Pair(pet_conversation(i), "The dog.", "The cats.") for i in range(4)]
+    make_run(tmp_path, pairs=pairs, settings={"eval_fraction": 0.25, "seed": 3})
+    (held,) = split_held_out(pairs, 0.25, 3)[1]
+    base, tuned = scripted_pair()
+    app = make_app(store, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_compare(pilot, lambda old, new: (base, tuned))
+        await pilot.press("ctrl+r")
+        await settle(pilot)
+        assert base.requests[-1][0] == tuned.requests[-1][0] == held.prompt
+        assert screen.query_one("#compare-prompt", Input).value == held.last_user_message
+        assert "held-out prompt 1 of 1, after 2 earlier turns" in status(screen)
+        await pilot.press("a")
+        await settle(pilot)
+        assert store.list_pairs()[-1].prompt == held.prompt  # the pick is a pair in that conversation
+        await pilot.press("enter")  # the same prompt again: still in its conversation
+        await settle(pilot)
+        assert tuned.requests[-1][0] == held.prompt
+        await pilot.press("t")
+        await settle(pilot)
+        await ask(pilot, screen, "Which one sleeps more?")  # typed: a new conversation
+        assert tuned.requests[-1][0] == [{"role": "user", "content": "Which one sleeps more?"}]
+        assert "earlier turns" not in status(screen)
+
+
 async def test_ctrl_r_falls_back_to_the_stored_pairs_when_the_run_held_out_nothing(store, tmp_path):
     make_run(tmp_path, pairs=fruit_pairs(4), settings={"eval_fraction": 0.0, "seed": 0})
     store.add_pairs([Pair([{"role": "user", "content": "A stored prompt."}], "Yes.", "No.")])

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 from ..errors import UserError
 from ..training.run_folder import PAIRS_FILE, config_from_dict, data_hash, read_pairs_file
 from ..training.split import split_held_out
 from .registry import Adapter
 
 
-def held_out_prompts(adapter: Adapter) -> list[str]:
-    """The distinct last user messages of the pairs `adapter`'s run held out for evaluation, in pairs.jsonl order.
+def held_out_prompts(adapter: Adapter) -> list[list[dict]]:
+    """The distinct prompts (whole conversations, ending with the user turn the answers reply to) of the
+    pairs `adapter`'s run held out for evaluation, in pairs.jsonl order.
 
     The split is the runner's own (split_held_out with run.json's eval_fraction and seed over pairs.jsonl),
     so these are exactly the pairs the run never trained on. Reads a file: call it off the UI thread.
@@ -31,4 +34,5 @@ def held_out_prompts(adapter: Adapter) -> list[str]:
         _, held = split_held_out(pairs, config.eval_fraction, config.seed)
     except (TypeError, ValueError, AttributeError) as exc:  # run.json's settings from a stranger
         raise UserError(f"{adapter.name}'s run.json settings can't be read ({type(exc).__name__})") from exc
-    return list(dict.fromkeys(p.last_user_message for p in held if p.last_user_message.strip()))
+    distinct = {json.dumps(p.prompt, sort_keys=True): p.prompt for p in held if p.last_user_message.strip()}
+    return list(distinct.values())

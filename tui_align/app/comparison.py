@@ -17,7 +17,7 @@ COMPARE_HELP = """\
 |---|---|
 | old / new | the two models: old is the base (default) or a finished run, new a finished run on the same base |
 | Enter | send the typed prompt to both models (same seed and settings) |
-| ctrl+r | send the next prompt the new run held out from training (else a random stored pair's) |
+| ctrl+r | send the next prompt the new run held out from training, with its earlier turns (else a random stored pair's) |
 | ctrl+b | blind mode on/off (on: columns are A and B in random order) |
 | a / b | prefer the left / right answer (stored as a pair, source "compare") |
 | t | tie (recorded, no pair) |
@@ -46,20 +46,33 @@ def column_order(blind: bool) -> list[str]:
     return order
 
 
-def random_prompt(store: Store) -> str | None:
-    """The last user message of a random stored pair (None when there are none)."""
-    prompts = [p.last_user_message for p in store.list_pairs() if p.last_user_message.strip()]
+def random_prompt(store: Store) -> list[Message] | None:
+    """The prompt (the whole conversation) of a random stored pair; None when there are none."""
+    prompts = [p.prompt for p in store.list_pairs() if p.last_user_message.strip()]
     return random.choice(prompts) if prompts else None
 
 
-def draw_prompt(store: Store, held_out: list[str], turn: int) -> tuple[str, str] | None:
-    """ctrl+r's prompt and where it came from: the new run's held-out prompts in turn (each once before
-    any repeats) when it has any, else a random stored pair's; None when there is nothing to draw."""
+def last_user_text(prompt: list[Message]) -> str:
+    """The user turn a prompt's answers reply to: its last user message."""
+    return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
+
+
+def draw_prompt(store: Store, held_out: list[list[Message]], turn: int) -> tuple[list[Message], str] | None:
+    """ctrl+r's prompt (a whole conversation) and where it came from: the new run's held-out prompts in turn
+    (each once before any repeats) when it has any, else a random stored pair's; None when there is nothing.
+
+    The earlier turns come along: "What about the second one?" means nothing without them."""
     if held_out:
         index = turn % len(held_out)
-        return held_out[index], f"held-out prompt {index + 1} of {len(held_out)}"
-    text = random_prompt(store)
-    return None if text is None else (text, "prompt from all stored pairs")
+        prompt, origin = held_out[index], f"held-out prompt {index + 1} of {len(held_out)}"
+    else:
+        prompt, origin = random_prompt(store), "prompt from all stored pairs"
+        if prompt is None:
+            return None
+    earlier = len(prompt) - 1
+    if earlier:
+        origin += f", after {earlier} earlier turn{'s' if earlier > 1 else ''}"
+    return prompt, origin
 
 
 def record_comparison(

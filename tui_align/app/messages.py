@@ -104,7 +104,7 @@ class ComparePairReady(Message):
     new: str
     old_backend: Backend
     new_backend: Backend
-    held_out: list[str] = field(default_factory=list)
+    held_out: list[list[dict]] = field(default_factory=list)  # prompts: whole conversations
     held_out_note: str = ""
 
 

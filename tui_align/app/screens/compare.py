@@ -20,8 +20,8 @@ from ...adapters.registry import Adapter, list_adapters
 from ...backends.base import Backend, SamplingSettings
 from ...errors import UserError
 from ..comparison import (
-    BASE, COMPARE_HELP, CompareTally, column_order, compare_answers, compare_status, draw_prompt, record_comparison,
-    tally_from_records, with_fixed_seed,
+    BASE, COMPARE_HELP, CompareTally, column_order, compare_answers, compare_status, draw_prompt, last_user_text,
+    record_comparison, tally_from_records, with_fixed_seed,
 )
 from ..generation import first_line
 from ..messages import AdapterWorkFailed, AnswerDone, AnswerProgress, ComparePairReady, GenerationFinished
@@ -60,7 +60,7 @@ class CompareScreen(Screen):
         self.pair: tuple[tuple[str, str], Backend, Backend] | None = None
         self.loading: tuple[str, str] | None = None
         self.tally = CompareTally()  # of the chosen two models, rebuilt from the store when they change
-        self.held_out: dict[str, tuple[list[str], str]] = {}  # run -> (its held-out prompts, why none)
+        self.held_out: dict[str, tuple[list[list[dict]], str]] = {}  # run -> (its held-out prompts, why none)
         self.draws: dict[str, int] = {}  # run -> how many held-out prompts ctrl+r has drawn from it
         self.told: set[str] = set()  # runs whose missing held-out prompts the user was told about
         self.drawn: tuple[str, str] | None = None  # (prompt, where from) of the last ctrl+r
@@ -222,7 +222,7 @@ class CompareScreen(Screen):
         self.post_message(ComparePairReady(old.name if old else BASE, new.name, old_backend, new_backend,
                                            held_out, note))
 
-    def _held_out(self, new: Adapter) -> tuple[list[str], str]:
+    def _held_out(self, new: Adapter) -> tuple[list[list[dict]], str]:
         """(the prompts `new`'s run held out, why there are none); on the worker thread: it imports torch."""
         if new.name in self.held_out:
             return self.held_out[new.name]
@@ -279,8 +279,9 @@ class CompareScreen(Screen):
             self.told.add(new)
             self.notify(f"{note}: drawing prompts from all stored pairs.", severity="warning")
         self.drawn = drawn
-        self.query_one("#compare-prompt", Input).value = drawn[0]
-        self.compare(drawn[0])
+        text = last_user_text(drawn[0])
+        self.query_one("#compare-prompt", Input).value = text
+        self.compare(text)
 
     def action_toggle_blind(self) -> None:
         self.blind = not self.blind
@@ -306,9 +307,11 @@ class CompareScreen(Screen):
             self.notify(problem, severity="warning")
             return
         self.settings = with_fixed_seed(self.align_app.settings)
-        self.prompt = [{"role": "user", "content": text}]
-        self.origin = self.drawn[1] if self.drawn is not None and self.drawn[0].strip() == text else None
-        self.drawn = None
+        # the drawn prompt (sent again with Enter, unedited) goes with its earlier turns; anything else typed
+        # is a new conversation
+        drawn = self.drawn if self.drawn is not None and last_user_text(self.drawn[0]).strip() == text else None
+        self.prompt = list(drawn[0]) if drawn else [{"role": "user", "content": text}]
+        self.origin = drawn[1] if drawn else None
         self.names = {"old": old, "new": new}
         self.order = column_order(self.blind)
         self.answers = []
