@@ -206,18 +206,26 @@ async def test_not_blind_titles_the_columns_old_and_new(store, tmp_path):
         assert screen.tally.total == 0  # only blind picks count
 
 
-async def test_a_compare_load_error_is_one_line(store, tmp_path):
+async def test_a_compare_load_error_is_one_line_and_enter_tries_again(store, tmp_path):
     make_run(tmp_path)
+    attempts = []
 
-    def refuse(old, new):
-        raise UserError(f"{new.name} was trained on other-model, not on base-model.")
+    def refuse_once(old, new):
+        attempts.append(new.name)
+        if len(attempts) == 1:
+            raise UserError(f"{new.name} was trained on other-model, not on base-model.")
+        return scripted_pair()
 
     app = make_app(store, tmp_path)
     async with app.run_test(size=SIZE) as pilot:
-        screen = await open_compare(pilot, refuse)
+        screen = await open_compare(pilot, refuse_once)
         assert errors(app) == [f"{RUN} was trained on other-model, not on base-model."]
-        await ask(pilot, screen, "Capital of France?")
         assert screen.phase == "idle" and "not loaded" in status(screen)
+        await ask(pilot, screen, "Capital of France?")  # tries the same two models again
+        assert attempts == [RUN, RUN] and screen.pair is not None
+        assert "not loaded" not in status(screen)
+        await ask(pilot, screen, "Capital of France?")
+        assert screen.phase == "picking"
 
 
 def test_the_tally_counts_blind_picks_of_the_two_models_either_way_round():

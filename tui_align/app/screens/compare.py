@@ -264,7 +264,8 @@ class CompareScreen(Screen):
         """The new run's held-out prompts in turn (it never trained on them), else any stored pair's."""
         problem = self.not_ready()
         if problem:  # the held-out prompts come with the models: draw once they are here
-            self.notify(problem, severity="warning")
+            if not self.load_again():
+                self.notify(problem, severity="warning")
             return
         new = self.chosen[1]
         held_out, note = self.held_out.get(new, ([], "")) if new else ([], "")
@@ -286,6 +287,18 @@ class CompareScreen(Screen):
     def action_toggle_blind(self) -> None:
         self.blind = not self.blind
 
+    def load_again(self) -> bool:
+        """After a failed load, Enter or ctrl+r tries the same two models again (a model file fixed, memory
+        freed) without choosing them anew; False when that isn't what's wrong."""
+        old, new = self.chosen
+        failed = (new is not None and old != new and self.loading != (old, new)
+                  and (self.pair is None or self.pair[0] != (old, new)))
+        if failed:
+            self.notify(f"Loading {old} and {new} again…")
+            self.handled = None  # so chosen_changed doesn't take the same choice for one already handled
+            self.chosen_changed()
+        return failed
+
     def not_ready(self) -> str:
         """Why the chosen two models can't answer now ("" when they can)."""
         old, new = self.chosen
@@ -294,7 +307,7 @@ class CompareScreen(Screen):
             else "Choose the new model (a trained adapter) first." if new is None
             else "Old and new are the same model: choose two different ones." if old == new
             else f"{old} and {new} are still loading…" if self.loading == (old, new)
-            else f"{old} and {new} are not loaded: choose again to retry."
+            else f"{old} and {new} are not loaded: press Enter to try again."
             if self.pair is None or self.pair[0] != (old, new)
             else ""
         )
@@ -304,7 +317,8 @@ class CompareScreen(Screen):
         old, new = self.chosen
         problem = self.not_ready() or ("Type a prompt first (or ctrl+r draws one)." if not text else "")
         if problem:
-            self.notify(problem, severity="warning")
+            if not self.load_again():
+                self.notify(problem, severity="warning")
             return
         self.settings = with_fixed_seed(self.align_app.settings)
         # the drawn prompt (sent again with Enter, unedited) goes with its earlier turns; anything else typed
