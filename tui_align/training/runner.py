@@ -306,6 +306,8 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
         raise RunError(str(exc), kind="model") from exc
 
     notes = []
+    if placement.cpu_autocast and not cpu_has_bf16():
+        notes.append("--precision bf16 on a CPU without bf16 instructions is emulated: expect it slower than float32")
     train_pairs, held_pairs = split_held_out(pairs, config.eval_fraction, config.seed)
     train, truncated = encode_pairs(tokenizer, train_pairs, config.max_length)
     held_out, held_truncated = encode_pairs(tokenizer, held_pairs, config.max_length)
