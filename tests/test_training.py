@@ -223,6 +223,38 @@ def test_gradient_checkpointing_keeps_values_and_gradients_and_saves_less(smol_t
     assert ckpt_saved < plain_saved / 2  # only the layers' inputs stay alive
 
 
+def test_passes_cut_a_batch_by_tokens_in_order(smol_tokenizer):
+    encoded, _ = data.encode_pairs(smol_tokenizer, synthetic.trait_pairs(5, "signoff"), 256)
+    costs = [loop.pass_tokens(p) for p in encoded]
+    assert loop.passes(encoded, 0) == [encoded]
+    assert loop.passes(encoded, 1) == [[p] for p in encoded]  # a pair over the budget still gets its own pass
+    cut = loop.passes(encoded, costs[0] + costs[1])
+    assert [p for part in cut for p in part] == encoded and cut[0] == encoded[:2]
+    assert all(sum(loop.pass_tokens(p) for p in part) <= costs[0] + costs[1] for part in cut if len(part) > 1)
+
+
+@pytest.mark.parametrize("method", ["dpo", "orpo"])
+def test_a_step_in_passes_equals_the_step_in_one_pass(method, smol_tokenizer):
+    """Same losses and the same LoRA weights after two steps, one pass per pair against one per batch."""
+    encoded, _ = data.encode_pairs(smol_tokenizer, synthetic.trait_pairs(8, "signoff"), 256)
+
+    def run(pass_tokens: int):
+        config = TrainConfig(method=method, batch_size=4, max_steps=2, learning_rate=1e-2, pass_tokens=pass_tokens)
+        torch.manual_seed(0)
+        model = runner.attach_lora(build_tiny_llama(smol_tokenizer), config, None)
+        events = CollectEvents()
+        train_fn = runner._method_module(method).__dict__[f"train_{method}"]
+        train_fn(model, smol_tokenizer, encoded, [], config, events, lambda: False)
+        return [e["loss"] for e in events.of("step")], lora_snapshot(model)
+
+    whole_losses, whole = run(0)
+    split_losses, split = run(1)
+    assert split_losses == pytest.approx(whole_losses, abs=1e-5)
+    assert whole_losses[1] != pytest.approx(whole_losses[0], abs=1e-3)  # the first step did change the adapter
+    for name, value in whole.items():
+        assert torch.allclose(split[name], value, atol=1e-5), name
+
+
 def test_dpo_sft_weight_adds_the_chosen_nll(smol_tokenizer, tiny_llama):
     from tui_align.training import dpo
 
@@ -456,7 +488,7 @@ def test_cuda_out_of_memory_says_what_to_lower(capsys, pairs_file, tiny_model_di
     monkeypatch.setattr(loop, "batch_logps", oom)
     code, events = run_cli(capsys, "--data", pairs_file, "--model", tiny_model_dir, "--max-steps", 2)
     assert code == 1 and events[-1] == {**events[-1], "event": "error", "kind": "oom",
-                                        "message": "out of memory: lower --batch-size or --max-length, or add --gradient-checkpointing"}
+                                        "message": "out of memory: lower --pass-tokens or --max-length, or add --gradient-checkpointing"}
 
 
 def test_full_disk_while_saving_leaves_earlier_adapters_alone(capsys, pairs_file, tiny_model_dir, private_home, monkeypatch):

@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when present, else CPU")
     add("--gradient-checkpointing", action="store_true",
         help="recompute activations in backward: much less memory, about a third slower")
+    add("--pass-tokens", type=int, default=defaults.pass_tokens, metavar="N",
+        help="most tokens per forward/backward pass; a bigger batch runs in passes whose gradients add up: "
+             f"the same step in less memory (default: {defaults.pass_tokens}; 0 = one pass per batch)")
     add("--precision", choices=PRECISIONS, default=defaults.precision,
         help="auto: bf16 on a GPU that has it, bf16 autocast on a CPU with AVX512-BF16 or AMX, else float32")
     add("--cpu-bf16", dest="precision", action="store_const", const="bf16", help=argparse.SUPPRESS)  # its old name
@@ -92,6 +95,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         (args.max_length >= MIN_MAX_LENGTH, f"--max-length must be at least {MIN_MAX_LENGTH}"),
         (0 <= args.eval_fraction < 1, "--eval-fraction must be in [0, 1)"),
         (args.checkpoint_every >= 0, "--checkpoint-every must not be negative"),
+        (args.pass_tokens >= 0, "--pass-tokens must not be negative"),
     ]
     for ok, message in checks:
         if not ok:
@@ -109,6 +113,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         checkpoint_every=args.checkpoint_every,
         gradient_checkpointing=args.gradient_checkpointing,
         precision=args.precision,
+        pass_tokens=args.pass_tokens,
     )
     config.dpo.beta = args.beta
     config.dpo.sft_weight = args.sft_weight

@@ -100,9 +100,9 @@ def train_dpo(
 
     for step, epoch, batch in loop.schedule(train, config, start_step):
         model.train()
-        losses, chosen_rewards, rejected_rewards, tokens = _pair_terms(model, batch, cache, pad_id, config.dpo)
+        (losses, chosen_rewards, rejected_rewards), tokens = loop.accumulated_step(
+            optimizer, batch, config, step, lambda part: _pair_terms(model, part, cache, pad_id, config.dpo))
         loss = losses.mean()
-        loop.optimizer_step(model, optimizer, loss, step)
         emit(
             "step",
             step=step,

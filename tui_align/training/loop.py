@@ -61,15 +61,50 @@ def make_optimizer(model, config: TrainConfig, state: dict | None = None) -> tor
     return optimizer
 
 
-def optimizer_step(model, optimizer: torch.optim.Optimizer, loss: torch.Tensor, step: int) -> None:
-    """Backward, clip the gradient norm at 1, step; a non-finite loss stops the run instead."""
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"the loss is {loss.item()} at step {step}")
+def pass_tokens(pair: EncodedPair) -> int:
+    """Tokens a pair puts through the model in the shared-prompt layout: the prompt once, both answers."""
+    return len(pair.chosen_ids) + len(pair.rejected_ids) - pair.prompt_len
+
+
+def passes(batch: list[EncodedPair], max_tokens: int) -> list[list[EncodedPair]]:
+    """`batch` cut, in order, into forward passes of at most `max_tokens` tokens (at least one pair each;
+    0 = the whole batch in one pass)."""
+    if max_tokens <= 0:
+        return [batch]
+    out, current, used = [], [], 0
+    for pair in batch:
+        cost = pass_tokens(pair)
+        if current and used + cost > max_tokens:
+            out.append(current)
+            current, used = [], 0
+        current.append(pair)
+        used += cost
+    return out + [current]
+
+
+def accumulated_step(optimizer: torch.optim.Optimizer, batch: list[EncodedPair], config: TrainConfig, step: int,
+                     terms: Callable[[list[EncodedPair]], tuple]) -> tuple[tuple[torch.Tensor, ...], int]:
+    """One optimizer step over `batch`, its forward and backward run a pass at a time (`passes`).
+
+    `terms(pairs)` returns (per-pair losses, other per-pair tensors..., tokens). Each pass backs up its
+    share of the batch's mean loss right away, so only one pass's activations are alive: peak memory
+    follows --pass-tokens, not the batch, for the same gradient. Returns the per-pair tensors of the whole batch,
+    detached, and the tokens run. A non-finite loss stops the run before any weight changes.
+    """
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    outputs, tokens = [], 0
+    for part in passes(batch, config.pass_tokens):
+        losses, *values, n_tokens = terms(part)
+        share = losses.sum() / len(batch)
+        if not torch.isfinite(share):
+            raise FloatingPointError(f"the loss is {share.item() * len(batch) / len(part)} at step {step}")
+        share.backward()
+        outputs.append([losses.detach(), *(v.detach() for v in values)])
+        tokens += n_tokens
     params = [p for group in optimizer.param_groups for p in group["params"]]
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     optimizer.step()
+    return tuple(torch.cat(column) for column in zip(*outputs)), tokens
 
 
 def finish_step(step, total, config: TrainConfig, metrics: dict, emit, run_eval, should_stop, save_checkpoint,

@@ -72,9 +72,9 @@ def train_orpo(
 
     for step, epoch, batch in loop.schedule(train, config, start_step):
         model.train()
-        losses, log_odds, chosen, rejected, tokens = _pair_terms(model, batch, pad_id, lam)
+        (losses, log_odds, chosen, rejected), tokens = loop.accumulated_step(
+            optimizer, batch, config, step, lambda part: _pair_terms(model, part, pad_id, lam))
         loss = losses.mean()
-        loop.optimizer_step(model, optimizer, loss, step)
         emit(
             "step",
             step=step,

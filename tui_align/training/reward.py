@@ -193,14 +193,12 @@ def train_reward_model(
             model.train()
             with active_adapter(model, REWARD_ADAPTER):
                 # Inside the context only "reward" requires grad; the policy adapter is frozen.
-                rc, rr, n_tokens = _pair_scores(model, head, batch, pad_id)
-                loss = losses.reward_loss(rc, rr).mean()
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"reward model loss is {loss.item()} at step {step + 1}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
+                def terms(part: list[EncodedPair]):
+                    rc, rr, n = _pair_scores(model, head, part, pad_id)
+                    return losses.reward_loss(rc, rr), rc, rr, n
+
+                (pair_losses, rc, rr), n_tokens = loop.accumulated_step(optimizer, batch, config, step + 1, terms)
+                loss = pair_losses.mean()
             step += 1
             tokens += n_tokens
             elapsed = time.monotonic() - started

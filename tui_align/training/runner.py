@@ -42,7 +42,7 @@ from .run_folder import (
 
 METHODS = ("dpo", "orpo", "ppo")
 EXIT_OK, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 130  # 130 = 128 + SIGINT: `&&` chains stop after a cancel
-OOM_MESSAGE = "out of memory: lower --batch-size or --max-length, or add --gradient-checkpointing"
+OOM_MESSAGE = "out of memory: lower --pass-tokens or --max-length, or add --gradient-checkpointing"
 
 
 @dataclass
