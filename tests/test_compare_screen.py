@@ -82,6 +82,12 @@ async def open_compare(pilot, loader=None, new: str = RUN, old: str | None = Non
     return screen
 
 
+async def draw(pilot) -> None:
+    """ctrl+r, then wait for both answers."""
+    await pilot.press("ctrl+r")
+    await settle(pilot)
+
+
 async def ask(pilot, screen: CompareScreen, text: str) -> None:
     screen.query_one("#compare-prompt", Input).value = text
     await pilot.press("enter")
@@ -180,8 +186,7 @@ async def test_random_prompt_comes_from_the_stored_pairs_and_letters_type_when_i
     app = make_app(store, tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_compare(pilot, lambda old, new: (base, tuned))
-        await pilot.press("ctrl+r")
-        await settle(pilot)
+        await draw(pilot)
         assert base.requests[0][0] == [{"role": "user", "content": "Name a blue fruit."}]
         assert warnings(app) == [f"{RUN} has no pairs.jsonl: drawing prompts from all stored pairs."]
         assert "prompt from all stored pairs" in status(screen)
@@ -321,8 +326,7 @@ async def test_ctrl_r_draws_the_held_out_prompts_of_the_new_run_in_turn(store, t
         screen = await open_compare(pilot, lambda old, new: (base, tuned))
         sent = []
         for turn in range(3):
-            await pilot.press("ctrl+r")
-            await settle(pilot)
+            await draw(pilot)
             sent.append(tuned.requests[-1][0][-1]["content"])
             assert f"held-out prompt {turn % 2 + 1} of 2" in status(screen)
             await pilot.press("t")
@@ -352,8 +356,7 @@ async def test_a_drawn_prompt_keeps_its_earlier_turns_and_its_pick_stores_them(s
     app = make_app(store, tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_compare(pilot, lambda old, new: (base, tuned))
-        await pilot.press("ctrl+r")
-        await settle(pilot)
+        await draw(pilot)
         assert base.requests[-1][0] == tuned.requests[-1][0] == held.prompt
         assert screen.query_one("#compare-prompt", Input).value == held.last_user_message
         assert "held-out prompt 1 of 1, after 2 earlier turns" in status(screen)
@@ -377,8 +380,7 @@ async def test_ctrl_r_falls_back_to_the_stored_pairs_when_the_run_held_out_nothi
     app = make_app(store, tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_compare(pilot, lambda old, new: (base, tuned))
-        await pilot.press("ctrl+r")
-        await settle(pilot)
+        await draw(pilot)
         assert tuned.requests[-1][0][-1]["content"] == "A stored prompt."
         assert warnings(app) == [f"{RUN} held out no pairs: drawing prompts from all stored pairs."]
         assert "prompt from all stored pairs" in status(screen)
