@@ -19,11 +19,11 @@ def make_run_folder(folder, default_hf_folder, default_gguf, seed: int):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    torch.manual_seed(seed)  # before get_peft_model: init_lora_weights=False draws A from the global RNG too
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(default_hf_folder),
         LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj"], init_lora_weights=False),
     )
-    torch.manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
