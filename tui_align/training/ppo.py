@@ -30,6 +30,7 @@ from . import losses
 from .config import TrainConfig
 from .data import EncodedPair, preference_batch, prompt_batch
 from .events import EventSink
+from .loop import accumulated_step
 from .reward import (
     HEAD_FILE,
     POLICY_ADAPTER,
@@ -270,15 +271,14 @@ def sft_steps(n_train: int, config: TrainConfig) -> int:
 
 
 def chosen_nll(model, batch: list[EncodedPair], pad_id: int) -> tuple[torch.Tensor, int]:
-    """Mean per-token NLL of the chosen answers (the policy adapter active) and the tokens read."""
+    """(B,) per-token NLL of each chosen answer (the policy adapter active), and the tokens read."""
     tensors = preference_batch(batch, pad_id)
     device = next(model.parameters()).device
     n = len(batch)
     ids, mask, labels = (tensors[k][:n].to(device) for k in ("input_ids", "attention_mask", "labels"))
     keep = ids.shape[1] - (min(p.prompt_len for p in batch) - 1)  # the LM head skips prompt positions
     logits = model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep).logits
-    nll = -losses.sequence_logps(logits, labels[:, -keep:], average=True).mean()
-    return nll, int(mask.sum())
+    return -losses.sequence_logps(logits, labels[:, -keep:], average=True), int(mask.sum())
 
 
 def warm_start(model, tokenizer, train, config: TrainConfig, emit, should_stop, *, first_step, start_step, total, checkpoint) -> bool:
@@ -302,13 +302,9 @@ def warm_start(model, tokenizer, train, config: TrainConfig, emit, should_stop, 
             if step <= start_step:
                 continue
             model.train()
-            loss, n_tokens = chosen_nll(model, batch, tokenizer.pad_token_id)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the SFT loss is {loss.item()} at step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
+            (nll,), n_tokens = accumulated_step(
+                optimizer, batch, config, step, lambda part: chosen_nll(model, part, tokenizer.pad_token_id))
+            loss = nll.mean()
             tokens += n_tokens
             elapsed = time.monotonic() - started
             emit("step", phase="sft", step=step, total_steps=total, epoch=(step - first_step) / per_epoch,
