@@ -88,8 +88,8 @@ def accumulated_step(optimizer: torch.optim.Optimizer, batch: list[EncodedPair],
 
     `terms(pairs)` returns (per-pair losses, other per-pair tensors..., tokens). Each pass backs up its
     share of the batch's mean loss right away, so only one pass's activations are alive: peak memory
-    follows --pass-tokens, not the batch, for the same gradient. Returns the per-pair tensors of the whole batch,
-    detached, and the tokens run. A non-finite loss stops the run before any weight changes.
+    follows --pass-tokens, not the batch, for the same gradient. Returns the per-pair tensors of the
+    whole batch, detached, and the tokens run. A non-finite loss stops the run before any weight changes.
     """
     optimizer.zero_grad(set_to_none=True)
     outputs, tokens = [], 0
