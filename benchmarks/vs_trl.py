@@ -99,10 +99,8 @@ def _setup(opts, precision: str = "auto"):
 
     quiet_hf()
     torch.manual_seed(0)
-    placement = pick_device(opts.device, precision)
-    device, dtype = placement.device, placement.dtype
     folder = transformers_folder(resolve_model(None), paths.models_dir(paths.data_home()))
-    return device, dtype, folder
+    return pick_device(opts.device, precision), folder
 
 
 def _tokenizer(folder):
@@ -151,12 +149,12 @@ def worker_ours(opts) -> dict:
 
     from tui_align.training import dpo, orpo, reward
     from tui_align.training.config import TrainConfig
-    from tui_align.training.runner import attach_lora, pick_device, precision_context
+    from tui_align.training.runner import attach_lora, precision_context
     from transformers import AutoModelForCausalLM
 
     precision = "float32" if opts.variant == "ours-fp32" else "auto"  # ours: our defaults, as a user runs them
-    device, dtype, folder = _setup(opts, precision)
-    placement = pick_device(opts.device, precision)
+    placement, folder = _setup(opts, precision)
+    device, dtype = placement.device, placement.dtype
     tokenizer = _tokenizer(folder)
     _, encoded = benchmark_pairs(tokenizer, opts.pairs, opts.max_length)
     started = time.monotonic()
@@ -301,7 +299,8 @@ def _trl_trainer(opts, device, dtype, folder, tokenizer, pairs, out_dir):
 def worker_trl(opts) -> dict:
     import torch
 
-    device, dtype, folder = _setup(opts)
+    placement, folder = _setup(opts)
+    device, dtype = placement.device, placement.dtype
     tokenizer = _tokenizer(folder)
     pairs, encoded = benchmark_pairs(tokenizer, opts.pairs, opts.max_length)
     with tempfile.TemporaryDirectory(prefix="trl-bench-") as out_dir:
@@ -365,7 +364,8 @@ def worker_dpo_check(opts) -> dict:
     from tui_align.training import dpo
     from tui_align.training.config import DPOSettings
 
-    device, dtype, folder = _setup(opts)
+    placement, folder = _setup(opts)
+    device, dtype = placement.device, placement.dtype
     tokenizer = _tokenizer(folder)
     pairs, encoded = benchmark_pairs(tokenizer, opts.batch_size, opts.max_length)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
@@ -414,7 +414,8 @@ def worker_reward_check(opts) -> dict:
     from tui_align.training.config import TrainConfig
     from tui_align.training.runner import attach_lora
 
-    device, dtype, folder = _setup(opts)
+    placement, folder = _setup(opts)
+    device, dtype = placement.device, placement.dtype
     tokenizer = _tokenizer(folder)
     pairs, encoded = benchmark_pairs(tokenizer, opts.batch_size, opts.max_length)
     model = attach_lora(AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device), TrainConfig(), None)

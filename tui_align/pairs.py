@@ -11,6 +11,11 @@ Message = dict  # {"role": Role, "content": str}
 SOURCES = ("picked", "written", "compare", "imported")
 
 
+def last_user_message(messages: list[Message]) -> str:
+    """The content of the last user turn in `messages` ("" when there is none)."""
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+
+
 @dataclass
 class Pair:
     """One preference: after `prompt` (a message list ending with a user turn), `chosen` beats `rejected`."""
@@ -27,7 +32,4 @@ class Pair:
     @property
     def last_user_message(self) -> str:
         """The user turn the two answers reply to."""
-        for message in reversed(self.prompt):
-            if message["role"] == "user":
-                return message["content"]
-        return ""
+        return last_user_message(self.prompt)

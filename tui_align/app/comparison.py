@@ -52,11 +52,6 @@ def random_prompt(store: Store) -> list[Message] | None:
     return random.choice(prompts) if prompts else None
 
 
-def last_user_text(prompt: list[Message]) -> str:
-    """The user turn a prompt's answers reply to: its last user message."""
-    return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
-
-
 def draw_prompt(store: Store, held_out: list[list[Message]], turn: int) -> tuple[list[Message], str] | None:
     """ctrl+r's prompt (a whole conversation) and where it came from: the new run's held-out prompts in turn
     (each once before any repeats) when it has any, else a random stored pair's; None when there is nothing.

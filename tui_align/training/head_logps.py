@@ -36,7 +36,7 @@ class _HeadLabelLogps(torch.autograd.Function):
         logps = logps.masked_fill(~scored, 0.0)
         ctx.save_for_backward(hidden, weight, safe, scored, lse)
         ctx.chunk = chunk
-        # backward must recompute the logits exactly as forward did (bf16 under --cpu-bf16's autocast),
+        # backward must recompute the logits exactly as forward did (bf16 under --precision's CPU autocast),
         # or softmax = exp(logits - lse) no longer sums to 1; autograd runs backward outside autocast
         device = hidden.device.type
         ctx.autocast = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device))

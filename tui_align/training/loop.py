@@ -177,7 +177,7 @@ def shared_prompt_forward(decoder, batch: list[EncodedPair], pad_id: int) -> tup
         position_ids=tensors["position_ids"],
         use_cache=False,
     ).last_hidden_state
-    tokens = sum(len(p.chosen_ids) + len(p.rejected_ids) - p.prompt_len for p in batch)
+    tokens = sum(pass_tokens(p) for p in batch)
     return hidden, tensors, tokens
 
 

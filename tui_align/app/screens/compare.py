@@ -19,8 +19,9 @@ from ...adapters.held_out import held_out_prompts
 from ...adapters.registry import Adapter, list_adapters
 from ...backends.base import Backend, SamplingSettings
 from ...errors import UserError
+from ...pairs import last_user_message
 from ..comparison import (
-    BASE, COMPARE_HELP, CompareTally, column_order, compare_answers, compare_status, draw_prompt, last_user_text,
+    BASE, COMPARE_HELP, CompareTally, column_order, compare_answers, compare_status, draw_prompt,
     record_comparison, tally_from_records, with_fixed_seed,
 )
 from ..generation import first_line
@@ -280,7 +281,7 @@ class CompareScreen(Screen):
             self.told.add(new)
             self.notify(f"{note}: drawing prompts from all stored pairs.", severity="warning")
         self.drawn = drawn
-        text = last_user_text(drawn[0])
+        text = last_user_message(drawn[0])
         self.query_one("#compare-prompt", Input).value = text
         self.compare(text)
 
@@ -323,7 +324,7 @@ class CompareScreen(Screen):
         self.settings = with_fixed_seed(self.align_app.settings)
         # the drawn prompt (sent again with Enter, unedited) goes with its earlier turns; anything else typed
         # is a new conversation
-        drawn = self.drawn if self.drawn is not None and last_user_text(self.drawn[0]).strip() == text else None
+        drawn = self.drawn if self.drawn is not None and last_user_message(self.drawn[0]).strip() == text else None
         self.prompt = list(drawn[0]) if drawn else [{"role": "user", "content": text}]
         self.origin = drawn[1] if drawn else None
         self.names = {"old": old, "new": new}
