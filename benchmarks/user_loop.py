@@ -7,7 +7,7 @@ the llama.cpp engine, as `tui-align` starts it, in a fresh data folder (a temp `
 from `tui_align/training/synthetic.py` (`trait_pairs(32)`: chosen = rejected + "Hope this helps!").
 
 loop: Train screen (F4), default form (DPO, 3 epochs, batch 4; --quick: max steps 2), ctrl+g starts the
-  real child `python -m tui_align.train --jsonl --home ... --method dpo ...`; when it is done, the Compare
+  real child `python -m tui_align.train_command --jsonl --home ... --method dpo ...`; when it is done, the Compare
   screen (F5) gets the new adapter chosen in its Select, which converts it to a GGUF LoRA and loads base
   and adapter; then a prompt and Enter. The clock stops when a screen refresh first shows an answer
   token. The transformers copy of the model (`models/cache/`, converted once from the GGUF on a first
@@ -183,10 +183,10 @@ def post_key(app, key: str, char: str | None) -> None:
 
 
 def record_child_events(marks: dict, events_log: list) -> None:
-    """Note when the child was spawned and when each of its events arrived (wraps TrainRun's methods)."""
-    from tui_align.app.train_process import TrainRun
+    """Note when the child was spawned and when each of its events arrived (wraps TrainProcess's methods)."""
+    from tui_align.app.train_process import TrainProcess
 
-    start, record_line = TrainRun.start, TrainRun.record_line
+    start, record_line = TrainProcess.start, TrainProcess.record_line
 
     def timed_start(self):
         marks.setdefault("child_spawned", time.time())
@@ -197,7 +197,7 @@ def record_child_events(marks: dict, events_log: list) -> None:
         events_log.append({"received": time.time(), **event})
         return event
 
-    TrainRun.start, TrainRun.record_line = timed_start, timed_record
+    TrainProcess.start, TrainProcess.record_line = timed_start, timed_record
 
 
 def child_event_time(events_log: list, kind: str) -> float:
@@ -235,10 +235,10 @@ def pair_ready(compare, name: str) -> bool:
 async def drive_loop(app, home: Path, quick: bool, marks: dict, events_log: list) -> dict:
     from textual.widgets import Input
 
-    from tui_align.adapters import registry
+    from tui_align.adapters import runs
     from tui_align.app.widgets.candidates import CandidateColumn
 
-    convert = registry.gguf_lora_for
+    convert = runs.gguf_lora_for
 
     def timed_convert(*args, **kwargs):
         started = time.perf_counter()
@@ -247,7 +247,7 @@ async def drive_loop(app, home: Path, quick: bool, marks: dict, events_log: list
         finally:
             marks["convert_s"] = marks.get("convert_s", 0.0) + time.perf_counter() - started
 
-    registry.gguf_lora_for = timed_convert
+    runs.gguf_lora_for = timed_convert
     from tui_align.backends.llamacpp import LlamaCppBackend
 
     stream_chat = LlamaCppBackend.stream_chat

@@ -8,7 +8,7 @@ import pytest
 from textual.widgets import DataTable, Input, Select, Static
 
 from tui_align.app import AlignApp
-from tui_align.app.comparison import tally_from_records
+from tui_align.app.compare_session import tally_from_records
 from tui_align.app.screens.adapters import AdaptersScreen, ExportModal
 from tui_align.app.screens.compare import CompareScreen, CompareTally
 from tui_align.app.screens.confirm import ConfirmModal

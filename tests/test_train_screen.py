@@ -80,7 +80,7 @@ def store(tmp_path):
 
 
 def fake_child(monkeypatch, tmp_path, source: str):
-    """Make the screen run `source` (a python script) instead of `python -m tui_align.train`."""
+    """Make the screen run `source` (a python script) instead of `python -m tui_align.train_command`."""
     script = tmp_path / "child.py"
     script.write_text(textwrap.dedent(source))
     monkeypatch.setattr(train_process, "train_command", lambda: [sys.executable, str(script)])
@@ -285,7 +285,7 @@ async def test_quitting_the_app_cancels_a_running_child(store, tmp_path, monkeyp
 
 
 async def test_real_training_child_runs_two_steps(store, tmp_path, tiny_model_dir, private_home):
-    """The real `python -m tui_align.train` on a tiny model, from the screen, to `done`."""
+    """The real `python -m tui_align.train_command` on a tiny model, from the screen, to `done`."""
     async with make_app(store, tmp_path, model_spec=str(tiny_model_dir)).run_test(size=SIZE) as pilot:
         screen = await open_train(pilot)
         screen.query_one("#field-max-steps", Input).value = "2"

@@ -1,4 +1,4 @@
-"""Data preparation, the DPO/ORPO loops on a tiny model, and the `tui_align.train` entry point end to end."""
+"""Data preparation, the DPO/ORPO loops on a tiny model, and the `tui_align.train_command` entry point end to end."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from tui_align.pairs import Pair
 from tui_align.training import data, loop, run_folder, runner, synthetic
 from tui_align.training.config import TrainConfig
 from tui_align.training.events import CollectEvents
-from tui_align.train import main
+from tui_align.train_command import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -452,7 +452,7 @@ def test_cancel_then_resume_matches_an_uninterrupted_run(pairs_file, tiny_model_
 
 def test_sigterm_stops_after_the_step_and_exits_130(pairs_file, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "tui_align.train", "--jsonl", "--data", str(pairs_file), "--model",
+    command = [sys.executable, "-m", "tui_align.train_command", "--jsonl", "--data", str(pairs_file), "--model",
                str(tiny_model_dir), "--max-steps", "500", "--batch-size", "2", "--out", str(out)]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -564,7 +564,7 @@ def test_resuming_a_completed_run_is_refused(capsys, pairs_file, tiny_model_dir,
 
 def test_ppo_flags_reach_the_config():
     from tui_align.errors import UserError
-    from tui_align.train import build_parser, config_from_args
+    from tui_align.train_command import build_parser, config_from_args
 
     config = config_from_args(build_parser().parse_args(["--method", "ppo", "--kl-coef", "0.1", "--sft-epochs", "0"]))
     assert (config.ppo.kl_coef, config.ppo.sft_epochs) == (0.1, 0)

@@ -10,7 +10,7 @@ from .errors import UserError
 
 FORMAT_CHOICES = ("trl", "trl-chat", "hh")
 # Commands with their own argument parser, handed everything after their name.
-DELEGATED = {"train": "tui_align.train"}
+DELEGATED = {"train": "tui_align.train_command"}
 
 
 def _add_common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -120,14 +120,14 @@ def run_pairs(args) -> int:
 
 
 def run_compare(args) -> int:
-    from .adapters.registry import find_adapter
+    from .adapters.runs import find_run
     from .backends import SamplingSettings
     from .compare import base_ref_for, load_pair
     from .paths import data_home, models_dir
 
     home = data_home(args.home)
-    adapter = find_adapter(home, args.adapter)
-    against = find_adapter(home, args.against) if args.against else None
+    adapter = find_run(home, args.adapter)
+    against = find_run(home, args.against) if args.against else None
     ref = base_ref_for(adapter, args.model, against)
     old, new = load_pair(ref, args.backend, models_dir(home), adapter, against)
     settings = SamplingSettings(temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed)
@@ -145,10 +145,10 @@ def run_compare(args) -> int:
 
 
 def run_adapters(args) -> int:
-    from .adapters.registry import list_adapters
+    from .adapters.runs import list_runs
     from .paths import data_home
 
-    for adapter in list_adapters(data_home(args.home)):
+    for adapter in list_runs(data_home(args.home)):
         metrics = ", ".join(f"{k}={v:.3g}" for k, v in adapter.metrics.items() if isinstance(v, (int, float)))
         created = adapter.run.get("created_at", "")[:16]
         print(f"{adapter.name}\t{adapter.method}\t{adapter.status}\t{adapter.pairs or '?'} pairs\t{created}\t{metrics}")
@@ -157,11 +157,11 @@ def run_adapters(args) -> int:
 
 def run_export_adapter(args) -> int:
     from .adapters.export import export_adapter
-    from .adapters.registry import find_adapter
+    from .adapters.runs import find_run
     from .paths import data_home, models_dir
 
     home = data_home(args.home)
-    adapter = find_adapter(home, args.run)
+    adapter = find_run(home, args.run)
     out = export_adapter(adapter, args.to, args.out, models_dir(home), base_spec=args.model)
     print(f"wrote {args.to} to {out}")
     return 0

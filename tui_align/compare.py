@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .adapters.registry import Adapter, check_same_base
+from .adapters.runs import RunFolder, check_same_base
 from .backends import Backend, load_backend
 from .errors import UserError
 from .model_files import ModelRef, resolve_model
 
 
-def base_ref_for(adapter: Adapter, model_spec: str | None, against: Adapter | None = None) -> ModelRef:
+def base_ref_for(adapter: RunFolder, model_spec: str | None, against: RunFolder | None = None) -> ModelRef:
     """The base both sides run on: --model if given, else the run's own base; `adapter` and `against`
     (when given) are both checked against it."""
     if model_spec is None:
@@ -24,7 +24,7 @@ def base_ref_for(adapter: Adapter, model_spec: str | None, against: Adapter | No
     return ref
 
 
-def check_pair(ref: ModelRef, new: Adapter, old: Adapter | None) -> None:
+def check_pair(ref: ModelRef, new: RunFolder, old: RunFolder | None) -> None:
     """Refuse two sides that are not two different adapters (or the base and one) on the base `ref`."""
     if old is not None and old.path.resolve() == new.path.resolve():
         raise UserError(f"Both sides are {new.name}: compare two different adapters.")
@@ -33,8 +33,8 @@ def check_pair(ref: ModelRef, new: Adapter, old: Adapter | None) -> None:
         check_same_base(old, ref.location)
 
 
-def load_pair(ref: ModelRef, engine: str | None, models_dir: Path, new: Adapter,
-              old: Adapter | None = None) -> tuple[Backend, Backend]:
+def load_pair(ref: ModelRef, engine: str | None, models_dir: Path, new: RunFolder,
+              old: RunFolder | None = None) -> tuple[Backend, Backend]:
     """(old, new): `old` None is the plain base.
     transformers: one copy of the weights; the base via disable_adapter, a second adapter loaded beside
     the first and switched in per answer (peft's load_adapter + set_adapter).

@@ -8,12 +8,12 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..model_files import load_transformers, resolve_model
-from .registry import ADAPTER_FILES, Adapter, check_same_base
+from .runs import ADAPTER_FILES, RunFolder, check_same_base
 
 FORMS = ("peft", "merged", "gguf-lora", "gguf")
 
 
-def export_adapter(adapter: Adapter, form: str, out: str | Path, models_dir: Path, base_spec: str | None = None) -> Path:
+def export_adapter(adapter: RunFolder, form: str, out: str | Path, models_dir: Path, base_spec: str | None = None) -> Path:
     out = Path(out).expanduser()
     base_location = base_spec or adapter.base_location
     if form != "peft" and not base_location:
@@ -37,13 +37,13 @@ def export_adapter(adapter: Adapter, form: str, out: str | Path, models_dir: Pat
     raise UserError(f"Unknown form {form!r}: choose one of {', '.join(FORMS)}.")
 
 
-def _copy_peft(adapter: Adapter, staging: Path) -> None:
+def _copy_peft(adapter: RunFolder, staging: Path) -> None:
     for name in (*ADAPTER_FILES, "run.json", "README.md"):
         if (adapter.path / name).is_file():
             shutil.copy2(adapter.path / name, staging / name)
 
 
-def _save_merged(adapter: Adapter, ref, models_dir: Path, staging: Path) -> None:
+def _save_merged(adapter: RunFolder, ref, models_dir: Path, staging: Path) -> None:
     from ..backends.hf import attach_adapter
 
     model, tokenizer = load_transformers(ref, models_dir)

@@ -7,10 +7,10 @@ import json
 from ..errors import UserError
 from ..training.run_folder import PAIRS_FILE, config_from_dict, data_hash, read_pairs_file
 from ..training.split import split_held_out
-from .registry import Adapter
+from .runs import RunFolder
 
 
-def held_out_prompts(adapter: Adapter) -> list[list[dict]]:
+def held_out_prompts(adapter: RunFolder) -> list[list[dict]]:
     """The distinct prompts (whole conversations, ending with the user turn the answers reply to) of the
     pairs `adapter`'s run held out for evaluation, in pairs.jsonl order.
 

@@ -1,7 +1,7 @@
 """The training child process: the command line built from the form, and the state of one run.
 
 The app never trains in-process (a crash, an OOM or a NaN must not take the chat down): it runs
-`python -m tui_align.train --jsonl ...` and reads one JSON event a line from its stdout. `TrainRun`
+`python -m tui_align.train_command --jsonl ...` and reads one JSON event a line from its stdout. `TrainProcess`
 holds everything the train screen shows, so the screen can be rebuilt from it at any time.
 """
 
@@ -18,21 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
-from ..training.config import PRECISIONS, TrainConfig
+from ..training.config import TrainConfig
+from ..training.rules import EXIT_CANCELLED, METHODS, MIN_MAX_LENGTH, PRECISIONS
 
 # Seconds to wait, when the app quits, for a cancelled run to finish its step and save checkpoint/.
 EXIT_WAIT_S = 15.0
-# The exit code train.py uses for a run stopped by SIGINT/SIGTERM (see its docstring).
-EXIT_CANCELLED = 130
 ERROR_KINDS = {"oom": "out of memory", "nan": "loss became NaN", "data": "bad data or settings",
                "model": "model problem", "crash": "training crashed"}
-METHODS = ("dpo", "orpo", "ppo")
-MIN_MAX_LENGTH = 16  # train.py rejects less (training/data.py); checked here too so the form says so at once
 
 
 def train_command() -> list[str]:
     """The program that trains; tests replace this with a fake child."""
-    return [sys.executable, "-m", "tui_align.train"]
+    return [sys.executable, "-m", "tui_align.train_command"]
 
 
 @dataclass(frozen=True)
@@ -62,7 +59,7 @@ FIELDS = (
 
 
 def form_defaults() -> dict[str, str]:
-    """The form's starting values: train.py's own defaults, as text."""
+    """The form's starting values: train_command.py's own defaults, as text."""
     config = TrainConfig()
     values = {"epochs": config.epochs, "max-steps": config.max_steps, "batch-size": config.batch_size,
               "lr": config.learning_rate, "beta": config.dpo.beta, "lam": config.orpo.lam,
@@ -106,7 +103,7 @@ def form_flags(method: str, values: dict[str, str], low_memory: bool = False, pr
 
 
 @dataclass
-class TrainRun:
+class TrainProcess:
     """One training child and what it has said so far. Written by the reader thread, read by the UI.
 
     status: running | completed | cancelled | failed
@@ -151,7 +148,7 @@ class TrainRun:
 
     @property
     def can_resume(self) -> bool:
-        """True if the run stopped early and its folder is known (train.py --resume continues it)."""
+        """True if the run stopped early and its folder is known (train_command.py --resume continues it)."""
         return self.status in ("cancelled", "failed") and self.run_dir is not None
 
     def add_log(self, line: str) -> None:
@@ -267,14 +264,14 @@ def format_metrics(event: dict, keys: tuple[str, ...]) -> str:
     return "  ".join(parts)
 
 
-def new_run(home: Path, flags: list[str], model: str | None = None, resume: str | None = None) -> TrainRun:
-    """A TrainRun (not started yet) for the form's flags, or for continuing the run in `resume`."""
+def new_run(home: Path, flags: list[str], model: str | None = None, resume: str | None = None) -> TrainProcess:
+    """A TrainProcess (not started yet) for the form's flags, or for continuing the run in `resume`."""
     argv = [*train_command(), "--jsonl", "--home", str(home)]
     argv += ["--resume", resume] if resume else flags
     if model and not resume:  # a resumed run keeps its own model and settings
         argv += ["--model", model]
     log_path = Path(home) / "logs" / f"train-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**9}.log"
-    run = TrainRun(argv=argv, log_path=log_path)
+    run = TrainProcess(argv=argv, log_path=log_path)
     if resume:
         run.run_dir = resume
     return run

@@ -13,7 +13,7 @@ ENGINES = ("llamacpp", "hf")
 
 def load_backend(ref: ModelRef, engine: str | None, models_dir: Path, adapter=None) -> Backend:
     """Load `ref` in `engine` (None: llama.cpp for a GGUF, transformers otherwise), with an optional
-    trained adapter (tui_align.adapters.registry.Adapter) on top."""
+    trained adapter (tui_align.adapters.runs.RunFolder) on top."""
     engine = engine or ref.default_engine
     if engine == "llamacpp":
         if ref.kind != "gguf":
@@ -22,7 +22,7 @@ def load_backend(ref: ModelRef, engine: str | None, models_dir: Path, adapter=No
 
         lora = None
         if adapter is not None:
-            from ..adapters.registry import gguf_lora_for
+            from ..adapters.runs import gguf_lora_for
 
             lora = gguf_lora_for(adapter, ref.location)
         return LlamaCppBackend(ref.location, lora_path=lora)

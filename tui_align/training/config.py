@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-PRECISIONS = ("auto", "float32", "bf16")
+from .rules import PRECISIONS  # noqa: F401  (re-exported)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from ..pairs import Message, Pair
 from .losses import IGNORE_INDEX
 from .split import split_held_out  # noqa: F401  (re-exported: the runner and tests read it from here)
 
-MIN_MAX_LENGTH = 16  # below this the prompt and answer budgets (half each) get silly
+from .rules import MIN_MAX_LENGTH
 
 
 @dataclass

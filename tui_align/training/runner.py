@@ -40,8 +40,7 @@ from .run_folder import (
     write_pairs_file,
 )
 
-METHODS = ("dpo", "orpo", "ppo")
-EXIT_OK, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 130  # 130 = 128 + SIGINT: `&&` chains stop after a cancel
+from .rules import EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, METHODS  # noqa: F401  (re-exported)
 OOM_MESSAGE = "out of memory: lower --pass-tokens or --max-length, or add --gradient-checkpointing"
 
 

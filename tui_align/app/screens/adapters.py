@@ -12,7 +12,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 from textual.worker import get_current_worker
 
-from ...adapters.registry import RESUMABLE, Adapter, check_same_base, delete_adapter, list_adapters
+from ...adapters.runs import RESUMABLE, RunFolder, check_same_base, delete_run, list_runs
 from ...backends.base import Backend
 from ...errors import UserError
 from ...model_files import ModelRef, resolve_model
@@ -33,7 +33,7 @@ def app_base_ref(app: AlignApp) -> ModelRef:
     return app.model_ref or resolve_model(app.model_spec)
 
 
-def load_adapter_pair(app: AlignApp, old: Adapter | None, new: Adapter) -> tuple[Backend, Backend]:
+def load_adapter_pair(app: AlignApp, old: RunFolder | None, new: RunFolder) -> tuple[Backend, Backend]:
     """(old, new) for the compare screen, on the app's own base and engine; `old` None is the plain base.
     Slow: call it in a worker."""
     from ...compare import check_pair, load_pair
@@ -43,7 +43,7 @@ def load_adapter_pair(app: AlignApp, old: Adapter | None, new: Adapter) -> tuple
     return load_pair(ref, app.engine, models_dir(app.home), new, old)
 
 
-def load_chat_backend(app: AlignApp, adapter: Adapter | None) -> Backend:
+def load_chat_backend(app: AlignApp, adapter: RunFolder | None) -> Backend:
     """The app's base with `adapter` on top (None: the plain base). Slow: call it in a worker."""
     from ...backends import load_backend
 
@@ -82,14 +82,14 @@ class AdaptersScreen(Screen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.adapters: list[Adapter] = []
+        self.adapters: list[RunFolder] = []
         self.busy = ""  # what a worker is doing right now ("" when nothing)
 
     @property
     def align_app(self) -> AlignApp:
         return self.app  # type: ignore[return-value]
 
-    def load_chat_backend(self, adapter: Adapter | None) -> Backend:
+    def load_chat_backend(self, adapter: RunFolder | None) -> Backend:
         """Runs on a worker thread. Tests replace it with a scripted backend."""
         return load_chat_backend(self.align_app, adapter)
 
@@ -121,7 +121,7 @@ class AdaptersScreen(Screen):
     def action_reload(self) -> None:
         table = self.query_one(DataTable)
         row = table.cursor_row
-        self.adapters = list_adapters(self.align_app.home)
+        self.adapters = list_runs(self.align_app.home)
         active = self.align_app.active_adapter
         table.clear()
         for adapter in self.adapters:
@@ -142,7 +142,7 @@ class AdaptersScreen(Screen):
         busy = f" │ {self.busy}…" if self.busy else ""
         self.query_one("#adapters-status", Static).update(f"{len(self.adapters)} runs │ {chat}{busy}")
 
-    def selected(self) -> Adapter | None:
+    def selected(self) -> RunFolder | None:
         table = self.query_one(DataTable)
         if not self.adapters:
             return None
@@ -173,7 +173,7 @@ class AdaptersScreen(Screen):
         elif not self._refuse_if_busy():
             self._switch(None)
 
-    def _switch(self, adapter: Adapter | None) -> None:
+    def _switch(self, adapter: RunFolder | None) -> None:
         if self.align_app.backend_state == "loading":
             self.notify("The model is still loading; try again in a moment.", severity="warning")
             return
@@ -182,7 +182,7 @@ class AdaptersScreen(Screen):
         self._activate(adapter)
 
     @work(thread=True, exclusive=True, group="adapter-load")
-    def _activate(self, adapter: Adapter | None) -> None:
+    def _activate(self, adapter: RunFolder | None) -> None:
         app = self.align_app
         try:
             backend = self.load_chat_backend(adapter)
@@ -259,7 +259,7 @@ class AdaptersScreen(Screen):
             if not yes:
                 return
             try:
-                delete_adapter(adapter)
+                delete_run(adapter)
             except OSError as exc:
                 self.notify(f"Couldn't delete {adapter.path}: {exc.strerror or exc}", severity="error")
                 return
@@ -285,7 +285,7 @@ class AdaptersScreen(Screen):
         self.app.push_screen(ExportModal(adapter.name, self.align_app.home), chosen)
 
     @work(thread=True, exclusive=True, group="adapter-export")
-    def _export(self, adapter: Adapter, form: str, out: str) -> None:
+    def _export(self, adapter: RunFolder, form: str, out: str) -> None:
         from ...adapters.export import export_adapter
 
         app = self.align_app

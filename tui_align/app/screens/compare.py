@@ -16,11 +16,11 @@ from textual.widgets import Footer, Header, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
 from ...adapters.held_out import held_out_prompts
-from ...adapters.registry import Adapter, list_adapters
+from ...adapters.runs import RunFolder, list_runs
 from ...backends.base import Backend, SamplingSettings
 from ...errors import UserError
 from ...pairs import last_user_message
-from ..comparison import (
+from ..compare_session import (
     BASE, COMPARE_HELP, CompareTally, column_order, compare_answers, compare_status, draw_prompt,
     record_comparison, tally_from_records, with_fixed_seed,
 )
@@ -56,7 +56,7 @@ class CompareScreen(Screen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.adapters: dict[str, Adapter] = {}
+        self.adapters: dict[str, RunFolder] = {}
         # ((old, new), old backend, new backend), loaded once per choice; old is BASE or a run's name.
         self.pair: tuple[tuple[str, str], Backend, Backend] | None = None
         self.loading: tuple[str, str] | None = None
@@ -78,7 +78,7 @@ class CompareScreen(Screen):
     def align_app(self) -> AlignApp:
         return self.app  # type: ignore[return-value]
 
-    def load_compare_pair(self, old: Adapter | None, new: Adapter) -> tuple[Backend, Backend]:
+    def load_compare_pair(self, old: RunFolder | None, new: RunFolder) -> tuple[Backend, Backend]:
         """(old, new) backends, `old` None being the base; runs on a worker thread. Tests replace it with
         scripted backends."""
         return load_adapter_pair(self.align_app, old, new)
@@ -112,7 +112,7 @@ class CompareScreen(Screen):
             lock.release()
 
     def refresh_adapters(self) -> None:
-        found = {a.name: a for a in list_adapters(self.align_app.home) if a.is_complete}
+        found = {a.name: a for a in list_runs(self.align_app.home) if a.is_complete}
         if list(found) == list(self.adapters):
             return
         self.adapters = found
@@ -206,7 +206,7 @@ class CompareScreen(Screen):
         self.refresh_status()
 
     @work(thread=True, exclusive=True, group="compare-load")
-    def _load(self, old: Adapter | None, new: Adapter) -> None:
+    def _load(self, old: RunFolder | None, new: RunFolder) -> None:
         held_out, note = self._held_out(new)
         names = f"{old.name if old else BASE} and {new.name}"
         try:
@@ -223,7 +223,7 @@ class CompareScreen(Screen):
         self.post_message(ComparePairReady(old.name if old else BASE, new.name, old_backend, new_backend,
                                            held_out, note))
 
-    def _held_out(self, new: Adapter) -> tuple[list[list[dict]], str]:
+    def _held_out(self, new: RunFolder) -> tuple[list[list[dict]], str]:
         """(the prompts `new`'s run held out, why there are none); on the worker thread: it imports torch."""
         if new.name in self.held_out:
             return self.held_out[new.name]

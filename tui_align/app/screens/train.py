@@ -1,7 +1,7 @@
 """The train screen: a form for one LoRA run, and the live progress of the training child.
 
-Training runs in its own process (`python -m tui_align.train --jsonl`); a thread worker reads its
-events. The run's state lives in a `TrainRun` kept by this screen, which the app builds once and
+Training runs in its own process (`python -m tui_align.train_command --jsonl`); a thread worker reads its
+events. The run's state lives in a `TrainProcess` kept by this screen, which the app builds once and
 keeps across screen switches, so the user can chat while it trains and come back to the progress.
 Quitting the app cancels a running child cleanly (it saves checkpoint/, so it can be resumed).
 """
@@ -22,7 +22,7 @@ from ...errors import UserError
 from ..generation import first_line
 from ..messages import TrainEvent, TrainFailed, TrainFinished, TrainProgress
 from ...training.config import PRECISIONS
-from ..train_process import FIELDS, METHODS, TrainRun, form_defaults, form_flags, format_metrics, new_run
+from ..train_process import FIELDS, METHODS, TrainProcess, form_defaults, form_flags, format_metrics, new_run
 
 if TYPE_CHECKING:
     from ..app import AlignApp
@@ -68,7 +68,7 @@ Quitting the app cancels a running training cleanly; after a restart, resume it 
 
     def __init__(self) -> None:
         super().__init__()
-        self.train_run: TrainRun | None = None
+        self.train_run: TrainProcess | None = None
         self._logged = 0  # how many of run.log_lines the RichLog shows
 
     @property
@@ -178,7 +178,7 @@ Quitting the app cancels a running training cleanly; after a restart, resume it 
         actions = {"start": self.action_start, "cancel": self.action_cancel, "resume": self.action_resume}
         actions[event.button.id]()
 
-    def launch(self, run: TrainRun) -> None:
+    def launch(self, run: TrainProcess) -> None:
         """Start the child and the worker that reads it; a child that can't start is one error line."""
         self.train_run = run
         self._logged = 0
@@ -195,7 +195,7 @@ Quitting the app cancels a running training cleanly; after a restart, resume it 
     # The reader thread -----------------------------------------------------------------------------
 
     @work(thread=True, group="train")
-    def read_child(self, run: TrainRun) -> None:
+    def read_child(self, run: TrainProcess) -> None:
         """Read the child's events until it exits; reaches the UI only through post_message."""
         try:
             for line in run.process.stdout:
@@ -253,7 +253,7 @@ Quitting the app cancels a running training cleanly; after a restart, resume it 
         self._logged += len(new_lines)
 
     @staticmethod
-    def status_text(run: TrainRun) -> str:
+    def status_text(run: TrainProcess) -> str:
         steps = f"step {run.step}/{run.total_steps or '?'}"
         if run.running:
             return f"{'cancelling' if run.cancel_requested else 'training'}: {steps}"
@@ -262,7 +262,7 @@ Quitting the app cancels a running training cleanly; after a restart, resume it 
         return f"{run.status} at {steps}: {run.run_dir}"
 
     @staticmethod
-    def metrics_text(run: TrainRun) -> str:
+    def metrics_text(run: TrainProcess) -> str:
         latest = run.latest
         if not latest:
             return "waiting for the first step…"

@@ -1,4 +1,4 @@
-"""`python -m tui_align.train` (and `tui-align train`): train a LoRA adapter on preference pairs.
+"""`python -m tui_align.train_command` (and `tui-align train`): train a LoRA adapter on preference pairs.
 
 With --jsonl every line on stdout is one JSON event (start, step, eval, checkpoint, note, done or
 error); the app runs exactly this as a child process and reads that stream. Without it, progress
@@ -20,9 +20,7 @@ import warnings
 
 from .errors import UserError
 from .training.config import PRECISIONS, TrainConfig
-from .training.data import MIN_MAX_LENGTH
-
-EXIT_ERROR = 1
+from .training.rules import EXIT_ERROR, MIN_MAX_LENGTH
 
 
 class _Parser(argparse.ArgumentParser):

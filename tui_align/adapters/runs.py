@@ -17,7 +17,7 @@ RESUMABLE = ("cancelled", "failed")  # run.json statuses that `train --resume` c
 
 
 @dataclass
-class Adapter:
+class RunFolder:
     """A peft LoRA adapter and what its run.json says about it (empty for a bare peft folder)."""
 
     path: Path
@@ -69,7 +69,7 @@ class Adapter:
         return self.run.get("metrics") or {}
 
 
-def read_adapter(folder: Path) -> Adapter:
+def read_run(folder: Path) -> RunFolder:
     run = {}
     run_file = folder / "run.json"
     if run_file.is_file():
@@ -77,29 +77,29 @@ def read_adapter(folder: Path) -> Adapter:
             run = json.loads(run_file.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise UserError(f"{run_file} is corrupt: {exc}") from exc
-    return Adapter(folder, run)
+    return RunFolder(folder, run)
 
 
-def list_adapters(home: Path) -> list[Adapter]:
+def list_runs(home: Path) -> list[RunFolder]:
     """Every run folder, newest first; corrupt ones are left out rather than hiding the rest."""
     root = adapters_dir(home)
     found = []
     for folder in sorted(root.iterdir() if root.is_dir() else [], reverse=True):
         if folder.is_dir() and not folder.name.startswith("."):
             try:
-                found.append(read_adapter(folder))
+                found.append(read_run(folder))
             except UserError:
                 continue
     return found
 
 
-def find_adapter(home: Path, run: str) -> Adapter:
+def find_run(home: Path, run: str) -> RunFolder:
     """A run id under the adapters folder, or the path of any peft adapter folder; must be loadable."""
     candidates = [Path(run).expanduser(), adapters_dir(home) / run]
     folder = next((c for c in candidates if c.is_dir()), None)
     if folder is None:
         raise UserError(f"No adapter named {run!r} (looked in {adapters_dir(home)} and at that path).")
-    adapter = read_adapter(folder)
+    adapter = read_run(folder)
     if not adapter.is_complete:
         raise UserError(
             f"{folder} has no trained adapter (needs {' and '.join(ADAPTER_FILES)}; run status: {adapter.status})."
@@ -107,11 +107,11 @@ def find_adapter(home: Path, run: str) -> Adapter:
     return adapter
 
 
-def delete_adapter(adapter: Adapter) -> None:
+def delete_run(adapter: RunFolder) -> None:
     shutil.rmtree(adapter.path)
 
 
-def check_same_base(adapter: Adapter, base_location: str) -> None:
+def check_same_base(adapter: RunFolder, base_location: str) -> None:
     """Refuse an adapter that run.json says was trained on another base model."""
     recorded = adapter.run.get("base_model", {})
     if not recorded:
@@ -122,7 +122,7 @@ def check_same_base(adapter: Adapter, base_location: str) -> None:
         )
 
 
-def gguf_lora_for(adapter: Adapter, base_gguf: str | Path) -> Path:
+def gguf_lora_for(adapter: RunFolder, base_gguf: str | Path) -> Path:
     """The adapter as a GGUF LoRA for llama.cpp, converted once and kept beside it."""
     from .gguf_lora import convert_to_gguf_lora
 

@@ -1,0 +1,12 @@
+"""The rules the CLI, the child process and the app's Train form all follow, in one torch-free module so
+the app reads them without loading torch."""
+
+from __future__ import annotations
+
+METHODS = ("dpo", "orpo", "ppo")
+PRECISIONS = ("auto", "float32", "bf16")
+
+# 130 = 128 + SIGINT, so a shell `train && next` chain stops after a Ctrl-C instead of carrying on.
+EXIT_OK, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 130
+
+MIN_MAX_LENGTH = 16  # below this the prompt and answer budgets (half each) get silly
