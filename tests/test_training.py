@@ -332,6 +332,83 @@ def run_cli(capsys, *args) -> tuple[int, list[dict]]:
     return code, [json.loads(line) for line in lines]  # every line must be JSON
 
 
+# --- pinned numbers ---------------------------------------------------------------------------------
+# Recorded from the code before the one-loop refactor (issue 15), float32 on the CPU, through the CLI so
+# that the pin outlives any rename: a refactor that changes a loss, a batch order or an eval by more than
+# rounding fails here. Step 1's loss is the loss at step 0's weights; step 4's comes after 3 optimizer steps.
+
+PINNED = {
+    "dpo": {
+        "losses": [0.6931471824645996, 0.6427483558654785, 0.5864067077636719, 0.5413896441459656],
+        "evals": [{"step": 3, "accuracy": 1.0, "margin": 0.2869659662246704, "loss": 0.5599227547645569},
+                  {"step": 4, "accuracy": 1.0, "margin": 0.3491317927837372, "loss": 0.5337411165237427}],
+        "margins": [0.0, 0.10357437282800674, 0.22629185020923615, 0.3308098018169403],
+    },
+    "orpo": {
+        "losses": [10.850778579711914, 10.776379585266113, 10.622296333312988, 10.796714782714844],
+        "evals": [{"step": 3, "accuracy": 1.0, "margin": 0.012547969818115234, "loss": 10.804388046264648,
+                   "log_odds": 0.1254822462797165},
+                  {"step": 4, "accuracy": 1.0, "margin": 0.016336822882294655, "loss": 10.534195899963379,
+                   "log_odds": 0.1633724868297577}],
+        "margins": [0.0005769490962848067, 0.006537818815559149, 0.0028842927422374487, 0.013001728802919388],
+    },
+}
+PINNED_PPO = {
+    "reward_model": [0.7205197811126709, 0.6970973610877991, 0.7113882899284363, 0.7029906511306763,
+                     0.6900883913040161, 0.6763956546783447],
+    "sft": [10.795448303222656, 10.666738510131836, 10.614306449890137],
+    "reward_evals": [{"accuracy": 0.0, "margin": -0.10492241382598877, "loss": 0.7469838261604309},
+                     {"accuracy": 0.0, "margin": -0.06942343711853027, "loss": 0.7284612059593201}],
+    # sampled rollouts and greedy decoding amplify rounding, so these get a looser tolerance
+    "metrics": {"reward_accuracy": 0.0, "reward_margin": -0.06942343711853027, "mean_reward_before": 3.024197578430176,
+                "mean_reward_after_sft": 14.209527015686035, "kl": 0.25681424140930176,
+                "mean_reward_after": 7.730033874511719},
+}
+
+
+@pytest.fixture
+def pin_pairs_file(tmp_path) -> Path:
+    path = tmp_path / "pin.jsonl"
+    write_pairs_file(path, 12, "prefix")
+    return path
+
+
+def pinned_run(capsys, method, pin_pairs_file, tiny_model_dir, *extra):
+    code, events = run_cli(capsys, "--method", method, "--data", pin_pairs_file, "--model", tiny_model_dir,
+                           "--batch-size", 4, "--lr", 1e-2, "--device", "cpu", "--precision", "float32", *extra)
+    assert code == 0, events[-1]
+    return events
+
+
+@pytest.mark.parametrize("method", ["dpo", "orpo"])
+def test_dpo_and_orpo_numbers_are_pinned(method, capsys, pin_pairs_file, tiny_model_dir):
+    events = pinned_run(capsys, method, pin_pairs_file, tiny_model_dir, "--max-steps", 4)
+    want = PINNED[method]
+    steps = [e for e in events if e["event"] == "step"]
+    assert [e["step"] for e in steps] == [1, 2, 3, 4]
+    assert [e["loss"] for e in steps] == pytest.approx(want["losses"], abs=1e-6)
+    assert [e["margin"] for e in steps] == pytest.approx(want["margins"], abs=1e-6)
+    evals = [{k: v for k, v in e.items() if k not in ("event", "time")} for e in events if e["event"] == "eval"]
+    assert [sorted(e) for e in evals] == [sorted(w) for w in want["evals"]]
+    for got, expected in zip(evals, want["evals"]):
+        assert got == pytest.approx(expected, abs=1e-6)
+    assert events[-1]["metrics"]["eval_loss"] == pytest.approx(want["evals"][-1]["loss"], abs=1e-6)
+
+
+def test_reward_model_and_warm_start_numbers_are_pinned(capsys, pin_pairs_file, tiny_model_dir):
+    events = pinned_run(capsys, "ppo", pin_pairs_file, tiny_model_dir, "--max-steps", 1, "--epochs", 1,
+                        "--sft-epochs", 1)
+    steps = [e for e in events if e["event"] == "step"]
+    for phase in ("reward_model", "sft"):
+        got = [e["loss"] for e in steps if e["phase"] == phase]
+        assert got == pytest.approx(PINNED_PPO[phase], abs=1e-6), phase
+    assert [e["step"] for e in steps] == list(range(1, 11))
+    reward_evals = [{k: e[k] for k in ("accuracy", "margin", "loss")}
+                    for e in events if e["event"] == "eval" and e.get("phase") == "reward"]
+    assert reward_evals == [pytest.approx(w, abs=1e-6) for w in PINNED_PPO["reward_evals"]]
+    assert events[-1]["metrics"] == pytest.approx(PINNED_PPO["metrics"], abs=1e-4)
+
+
 def test_cli_trains_and_writes_a_loadable_adapter(capsys, pairs_file, tiny_model_dir, private_home):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
