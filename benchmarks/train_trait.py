@@ -27,9 +27,10 @@ import torch  # noqa: E402
 
 from tui_align import paths  # noqa: E402
 from tui_align.model_files import load_transformers, resolve_model  # noqa: E402
-from tui_align.training import data, runner, synthetic  # noqa: E402
+from tui_align.training import data, lora, methods, placement as placements, synthetic  # noqa: E402
 from tui_align.training.config import TrainConfig  # noqa: E402
 from tui_align.training.events import CollectEvents  # noqa: E402
+from tui_align.training.job import Job  # noqa: E402
 
 # Learning rates that meet the bar in 18 steps on this model (the CLI default 5e-5 is for long runs).
 DEFAULT_LR = {"dpo": 1e-4, "orpo": 2e-4, "ppo": 1e-4}  # ppo: not tuned here (see T2's notes)
@@ -69,7 +70,7 @@ def measure(model, tokenizer, prompts, trait: str, max_new_tokens: int) -> dict:
 
 
 def run_method(method: str, args, models_dir: Path) -> dict:
-    placement = runner.pick_device(args.device, args.precision)
+    placement = placements.pick_device(args.device, args.precision)
     device, dtype = placement.device, placement.dtype
     config = TrainConfig(
         method=method,
@@ -89,15 +90,13 @@ def run_method(method: str, args, models_dir: Path) -> dict:
 
     before = measure(model, tokenizer, prompts, args.trait, args.max_new_tokens)
     torch.manual_seed(config.seed)
-    model = runner.attach_lora(model, config, None)
-    module = runner._method_module(method)
-    train_fn = getattr(module, f"train_{method}")
+    model = lora.attach_lora(model, config, None)
     events = CollectEvents()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     started = time.monotonic()
-    with runner.precision_context(placement):  # as a real run trains: under bf16 autocast where it uses it
-        metrics = train_fn(model, tokenizer, train, held_out, config, events, lambda: False)
+    with placements.precision_context(placement):  # as a real run trains: under bf16 autocast where it uses it
+        metrics = methods.get(method).train(Job(model, tokenizer, train, held_out, config, events))
     train_seconds = time.monotonic() - started
     after = measure(model, tokenizer, prompts, args.trait, args.max_new_tokens)
 

@@ -45,7 +45,7 @@ def fast_bf16(device: str) -> bool:
     (the same test as our own --precision auto)."""
     import torch
 
-    from tui_align.training.runner import cpu_has_bf16
+    from tui_align.training.placement import cpu_has_bf16
 
     return torch.cuda.is_bf16_supported() if device == "cuda" else cpu_has_bf16()
 
@@ -95,7 +95,7 @@ def _setup(opts, precision: str = "auto"):
 
     from tui_align import paths
     from tui_align.model_files import resolve_model, transformers_folder
-    from tui_align.training.runner import pick_device
+    from tui_align.training.placement import pick_device
 
     quiet_hf()
     torch.manual_seed(0)
@@ -147,9 +147,11 @@ def worker_ours(opts) -> dict:
     """Our DPO / reward / ORPO loop, called as the runner calls it (no run folder: that is I/O, not training)."""
     import torch
 
-    from tui_align.training import dpo, orpo, reward
+    from tui_align.training import methods, preference, reward
     from tui_align.training.config import TrainConfig
-    from tui_align.training.runner import attach_lora, precision_context
+    from tui_align.training.job import Job
+    from tui_align.training.lora import attach_lora
+    from tui_align.training.placement import precision_context
     from transformers import AutoModelForCausalLM
 
     precision = "float32" if opts.variant == "ours-fp32" else "auto"  # ours: our defaults, as a user runs them
@@ -172,7 +174,7 @@ def worker_ours(opts) -> dict:
     load_s = time.monotonic() - started
 
     marks: dict = {"ends": [], "losses": []}
-    original_reference = dpo.reference_logps
+    original_reference = preference.reference_logps
 
     def timed_reference(*args, **kwargs):
         t0 = time.monotonic()
@@ -181,7 +183,7 @@ def worker_ours(opts) -> dict:
         marks["first_start"] = time.monotonic()
         return result
 
-    dpo.reference_logps = timed_reference
+    preference.reference_logps = timed_reference
 
     def emit(kind, **values):
         if kind == "step":
@@ -193,12 +195,11 @@ def worker_ours(opts) -> dict:
     t0 = time.monotonic()
     marks["first_start"] = t0
     with precision_context(placement):  # as the runner does: bf16 autocast where the placement says so
-        if opts.contest == "dpo":
-            dpo.train_dpo(model, tokenizer, encoded, [], config, emit, lambda: False)
-        elif opts.contest == "orpo":
-            orpo.train_orpo(model, tokenizer, encoded, [], config, emit, lambda: False)
+        job = Job(model, tokenizer, encoded, [], config, emit)
+        if opts.contest in ("dpo", "orpo"):
+            methods.get(opts.contest).train(job)
         else:
-            reward.train_reward_model(model, tokenizer, encoded, [], config, emit, lambda: False)
+            reward.train_reward_model(job)
     if device == "cuda":
         torch.cuda.synchronize()
     total_s = time.monotonic() - t0
@@ -361,7 +362,7 @@ def worker_dpo_check(opts) -> dict:
     from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
 
-    from tui_align.training import dpo
+    from tui_align.training import dpo, preference
     from tui_align.training.config import DPOSettings
 
     placement, folder = _setup(opts)
@@ -377,8 +378,9 @@ def worker_dpo_check(opts) -> dict:
                 param.copy_(torch.randn(param.shape, generator=generator).to(param) * 0.01)
     model.eval()
     with torch.no_grad():
-        cache = dpo.reference_logps(model, encoded, tokenizer.pad_token_id, opts.batch_size)
-        ours, _, _, _ = dpo._pair_terms(model, encoded, cache, tokenizer.pad_token_id, DPOSettings(beta=opts.beta))
+        cache = preference.reference_logps(model, encoded, tokenizer.pad_token_id, opts.batch_size)
+        ours, _, _, _ = preference.pair_terms(dpo.LOSS, DPOSettings(beta=opts.beta), model, encoded,
+                                              tokenizer.pad_token_id, cache)
     with tempfile.TemporaryDirectory(prefix="trl-check-") as out_dir:
         args = DPOConfig(output_dir=out_dir, per_device_train_batch_size=opts.batch_size, max_length=opts.max_length,
                          beta=opts.beta, report_to="none", use_cpu=device == "cpu", bf16=False,
@@ -412,7 +414,7 @@ def worker_reward_check(opts) -> dict:
 
     from tui_align.training import losses, reward
     from tui_align.training.config import TrainConfig
-    from tui_align.training.runner import attach_lora
+    from tui_align.training.lora import attach_lora
 
     placement, folder = _setup(opts)
     device, dtype = placement.device, placement.dtype

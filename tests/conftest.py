@@ -24,9 +24,9 @@ def private_home(tmp_path, monkeypatch) -> Path:
 def float32_unless_asked(monkeypatch):
     """--precision auto resolves to float32 in tests whatever this CPU has, so a test's numbers don't
     depend on the machine CI draws; the bf16 paths are asked for by name in their own tests."""
-    from tui_align.training import runner
+    from tui_align.training import placement
 
-    monkeypatch.setattr(runner, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(placement, "cpu_has_bf16", lambda: False)
 
 
 @pytest.fixture(scope="session")

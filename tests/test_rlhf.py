@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from tui_align.pairs import Pair
-from tui_align.training import losses, ppo, reward, runner, synthetic
+from tui_align.training import lora, losses, ppo, reward, rollouts, runner, synthetic
 from tui_align.training.config import TrainConfig
 from tui_align.training.data import encode_pairs, preference_batch
 from tui_align.training.events import CollectEvents
+from tui_align.training.job import Job
+from tui_align.train_command import run_options
 
 from conftest import build_tiny_llama  # rootdir-relative: tests/ has no __init__.py
 
@@ -49,13 +51,13 @@ def base_parameters(model) -> dict[str, torch.Tensor]:
 
 def test_response_mask_ends_at_the_first_eos():
     responses = torch.tensor([[5, 6, EOS, EOS, EOS], [5, EOS, 7, 8, EOS], [5, 6, 7, 8, 9]])
-    assert ppo.response_mask(responses, [EOS]).tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+    assert rollouts.response_mask(responses, [EOS]).tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
 
 
 def test_score_lands_on_the_last_answer_token_and_kl_on_every_one():
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
     kl = torch.tensor([[0.5, 1.0, 2.0, 9.0], [4.0, 9.0, 9.0, 9.0]])
-    rewards = ppo.shaped_rewards(torch.tensor([3.0, -1.0]), kl, mask, kl_coef=0.1)
+    rewards = losses.shaped_rewards(torch.tensor([3.0, -1.0]), kl, mask, kl_coef=0.1)
     expected = torch.tensor([[-0.05, -0.1, -0.2 + 3.0, 0.0], [-0.4 - 1.0, 0.0, 0.0, 0.0]])
     assert torch.allclose(rewards, expected)
 
@@ -63,8 +65,8 @@ def test_score_lands_on_the_last_answer_token_and_kl_on_every_one():
 def test_cut_off_answers_score_at_most_minus_the_penalty():
     scores = torch.tensor([2.0, 2.0, -3.0])
     finished = torch.tensor([True, False, False])
-    assert ppo.cut_off_scores(scores, finished, 1.0).tolist() == [2.0, -1.0, -4.0]
-    assert ppo.cut_off_scores(scores, finished, 0.0).tolist() == [2.0, 2.0, -3.0]
+    assert losses.cut_off_scores(scores, finished, 1.0).tolist() == [2.0, -1.0, -4.0]
+    assert losses.cut_off_scores(scores, finished, 0.0).tolist() == [2.0, 2.0, -3.0]
 
 
 def test_last_token_index_reads_left_and_right_padding():
@@ -74,8 +76,8 @@ def test_last_token_index_reads_left_and_right_padding():
 
 def test_sampled_answers_are_scored_with_the_templates_ending(smol_tokenizer):
     [pair], _ = encode_pairs(smol_tokenizer, [Pair(synthetic.user_prompt("Hi?"), "Hello.", "Hey.")], 128)
-    assert ppo.answer_tail([pair], [EOS]) == smol_tokenizer("\n")["input_ids"]
-    assert pair.chosen_ids[-2:] == [EOS, *ppo.answer_tail([pair], [EOS])]
+    assert rollouts.answer_tail([pair], [EOS]) == smol_tokenizer("\n")["input_ids"]
+    assert pair.chosen_ids[-2:] == [EOS, *rollouts.answer_tail([pair], [EOS])]
 
 
 def test_rollouts_ignore_the_models_own_generation_defaults(smol_tokenizer, tiny_llama):
@@ -83,9 +85,9 @@ def test_rollouts_ignore_the_models_own_generation_defaults(smol_tokenizer, tiny
     config = TrainConfig()
     config.ppo.max_new_tokens = 1
     prompts = [[1, 9690, 198], [1, 4093, 198, 6004]]
-    plain = ppo.generate_rollouts(tiny_llama, smol_tokenizer, prompts, config, greedy=True).responses[:, 0]
+    plain = rollouts.generate_rollouts(tiny_llama, smol_tokenizer, prompts, config, greedy=True).responses[:, 0]
     tiny_llama.generation_config.suppress_tokens = plain.tolist()
-    again = ppo.generate_rollouts(tiny_llama, smol_tokenizer, prompts, config, greedy=True).responses[:, 0]
+    again = rollouts.generate_rollouts(tiny_llama, smol_tokenizer, prompts, config, greedy=True).responses[:, 0]
     assert again.tolist() == plain.tolist()
     assert tiny_llama.generation_config.suppress_tokens == plain.tolist()  # put back afterwards
 
@@ -106,7 +108,7 @@ def test_scoring_with_the_reward_adapter_leaves_the_policy_active_and_trainable(
 
 
 def test_pair_scores_with_a_shared_prompt_equal_whole_sequences(smol_tokenizer, tiny_llama):
-    model = runner.attach_lora(tiny_llama, TrainConfig(), None)
+    model = lora.attach_lora(tiny_llama, TrainConfig(), None)
     reward.add_reward_adapter(model)
     head = reward.scalar_head(model)
     with torch.no_grad():  # a trained-looking reward adapter, so its path matters
@@ -141,7 +143,7 @@ def test_reward_model_learns_the_trait_and_saves(smol_tokenizer, tiny_llama, tmp
     events = CollectEvents()
 
     # as PPO gets it: trained, then put on a unit scale
-    head, metrics = ppo._reward_model(model, smol_tokenizer, train, held_out, config, events, lambda: False, None, None)
+    head, metrics = ppo._reward_model(Job(model, smol_tokenizer, train, held_out, config, events), None, None)
 
     assert metrics["reward_accuracy"] >= 0.9, events.of("eval")
     assert [e["phase"] for e in events.of("eval")] == ["reward"] * 6
@@ -197,7 +199,7 @@ def warm_up(model, tokenizer, prompts, trait_share: float, steps: int = 150, lr:
 
 
 def count_trait(model, tokenizer, prompts, config, greedy: bool) -> int:
-    rollout = ppo.generate_rollouts(model, tokenizer, prompts, config, greedy=greedy)
+    rollout = rollouts.generate_rollouts(model, tokenizer, prompts, config, greedy=greedy)
     texts = tokenizer.batch_decode(
         [r[m.bool()] for r, m in zip(rollout.responses, rollout.response_mask)], skip_special_tokens=True
     )
@@ -240,7 +242,7 @@ def test_ppo_makes_the_trait_appear(smol_tokenizer):
             super().__call__(kind, **fields)
 
     events = Events()
-    metrics = ppo.train_ppo(model, smol_tokenizer, train, held_out, config, events, lambda: False)
+    metrics = ppo.train_ppo(Job(model, smol_tokenizer, train, held_out, config, events))
     greedy_after = count_trait(model, smol_tokenizer, held_prompts, config, greedy=True)
 
     assert metrics["reward_accuracy"] >= 0.9
@@ -273,7 +275,7 @@ def test_ppo_run_cancels_and_resumes_through_the_runner(tiny_model_dir, tmp_path
     def options(**kw):
         config = TrainConfig(method="ppo", epochs=2, batch_size=4, learning_rate=1e-3, eval_fraction=0.2)
         config.ppo.reward_epochs, config.ppo.max_new_tokens = 1, 6
-        return runner.RunOptions(config=config, data=str(data), model=str(tiny_model_dir), **kw)
+        return run_options(config, data=str(data), model=str(tiny_model_dir), **kw)
 
     first = CollectEvents()
     stop_in_ppo = lambda: any(e.get("phase") == "ppo" for e in first.of("step"))  # noqa: E731

@@ -16,10 +16,11 @@ import torch
 
 from conftest import build_tiny_llama  # rootdir-relative: tests/ has no __init__.py
 from tui_align.pairs import Pair
-from tui_align.training import data, loop, run_folder, runner, synthetic
+from tui_align.training import data, forward, lora, loop, methods, placement, preference, run_folder, runner, synthetic
 from tui_align.training.config import TrainConfig
 from tui_align.training.events import CollectEvents
-from tui_align.train_command import main
+from tui_align.training.job import Job
+from tui_align.train_command import main, run_options
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,7 +166,7 @@ def test_pack_rows_never_widens_a_row_past_the_widest_item():
 
 def test_one_shared_prompt_forward_equals_separate_sequences(smol_tokenizer, tiny_llama):
     config = TrainConfig()
-    model = runner.attach_lora(tiny_llama, config, None)
+    model = lora.attach_lora(tiny_llama, config, None)
     with torch.no_grad():  # a trained-looking adapter, so the LoRA path matters
         for name, param in model.named_parameters():
             if "lora_B" in name:
@@ -177,8 +178,8 @@ def test_one_shared_prompt_forward_equals_separate_sequences(smol_tokenizer, tin
     encoded, _ = data.encode_pairs(smol_tokenizer, pairs, 256)
     assert data.shared_prompt_batch(encoded, 0)["input_ids"].shape[0] < len(encoded)
     params = [p for p in model.parameters() if p.requires_grad]
-    packed, packed_counts, _ = loop.batch_logps(model, encoded, smol_tokenizer.pad_token_id)
-    plain, plain_counts, _ = loop.separate_logps(model, encoded, smol_tokenizer.pad_token_id)
+    packed, packed_counts, _ = forward.batch_logps(model, encoded, smol_tokenizer.pad_token_id)
+    plain, plain_counts, _ = forward.separate_logps(model, encoded, smol_tokenizer.pad_token_id)
     assert packed_counts.tolist() == plain_counts.tolist()
     assert torch.allclose(packed, plain, atol=1e-4), (packed - plain).abs().max()
     grads_packed = torch.autograd.grad(packed.sum(), params)
@@ -186,7 +187,7 @@ def test_one_shared_prompt_forward_equals_separate_sequences(smol_tokenizer, tin
     for a, b in zip(grads_packed, grads_plain):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-3)
     with model.disable_adapter():
-        base_packed, _, _ = loop.batch_logps(model, encoded, smol_tokenizer.pad_token_id)
+        base_packed, _, _ = forward.batch_logps(model, encoded, smol_tokenizer.pad_token_id)
     assert not torch.allclose(base_packed, packed)  # disable_adapter reaches the decoder-level forward too
 
 
@@ -196,7 +197,7 @@ def test_gradient_checkpointing_keeps_values_and_gradients_and_saves_less(smol_t
     def run(checkpointing: bool):
         config = TrainConfig(gradient_checkpointing=checkpointing)
         torch.manual_seed(0)
-        model = runner.attach_lora(build_tiny_llama(smol_tokenizer), config, None)
+        model = lora.attach_lora(build_tiny_llama(smol_tokenizer), config, None)
         with torch.no_grad():
             for name, param in model.named_parameters():
                 if "lora_B" in name:
@@ -211,7 +212,7 @@ def test_gradient_checkpointing_keeps_values_and_gradients_and_saves_less(smol_t
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
-            logps, _, _ = loop.batch_logps(model, encoded, smol_tokenizer.pad_token_id)
+            logps, _, _ = forward.batch_logps(model, encoded, smol_tokenizer.pad_token_id)
         params = [p for p in model.parameters() if p.requires_grad]
         return logps, torch.autograd.grad(logps.sum(), params), sum(saved.values())
 
@@ -225,12 +226,12 @@ def test_gradient_checkpointing_keeps_values_and_gradients_and_saves_less(smol_t
 
 def test_passes_cut_a_batch_by_tokens_in_order(smol_tokenizer):
     encoded, _ = data.encode_pairs(smol_tokenizer, synthetic.trait_pairs(5, "signoff"), 256)
-    costs = [loop.pass_tokens(p) for p in encoded]
+    costs = [forward.pass_tokens(p) for p in encoded]
     assert loop.passes(encoded, 0) == [encoded]
     assert loop.passes(encoded, 1) == [[p] for p in encoded]  # a pair over the budget still gets its own pass
     cut = loop.passes(encoded, costs[0] + costs[1])
     assert [p for part in cut for p in part] == encoded and cut[0] == encoded[:2]
-    assert all(sum(loop.pass_tokens(p) for p in part) <= costs[0] + costs[1] for part in cut if len(part) > 1)
+    assert all(sum(forward.pass_tokens(p) for p in part) <= costs[0] + costs[1] for part in cut if len(part) > 1)
 
 
 @pytest.mark.parametrize("method", ["dpo", "orpo"])
@@ -241,10 +242,9 @@ def test_a_step_in_passes_equals_the_step_in_one_pass(method, smol_tokenizer):
     def run(pass_tokens: int):
         config = TrainConfig(method=method, batch_size=4, max_steps=2, learning_rate=1e-2, pass_tokens=pass_tokens)
         torch.manual_seed(0)
-        model = runner.attach_lora(build_tiny_llama(smol_tokenizer), config, None)
+        model = lora.attach_lora(build_tiny_llama(smol_tokenizer), config, None)
         events = CollectEvents()
-        train_fn = runner._method_module(method).__dict__[f"train_{method}"]
-        train_fn(model, smol_tokenizer, encoded, [], config, events, lambda: False)
+        methods.get(method).train(Job(model, smol_tokenizer, encoded, [], config, events))
         return [e["loss"] for e in events.of("step")], lora_snapshot(model)
 
     whole_losses, whole = run(0)
@@ -259,14 +259,14 @@ def test_dpo_sft_weight_adds_the_chosen_nll(smol_tokenizer, tiny_llama):
     from tui_align.training import dpo
 
     encoded, _ = data.encode_pairs(smol_tokenizer, synthetic.trait_pairs(4, "signoff"), 256)
-    model = runner.attach_lora(tiny_llama, TrainConfig(), None)
-    cache = dpo.reference_logps(model, encoded, smol_tokenizer.pad_token_id, 4)
+    model = lora.attach_lora(tiny_llama, TrainConfig(), None)
+    cache = preference.reference_logps(model, encoded, smol_tokenizer.pad_token_id, 4)
     settings = TrainConfig().dpo
     with torch.no_grad():
-        plain, _, _, _ = dpo._pair_terms(model, encoded, cache, smol_tokenizer.pad_token_id, settings)
+        plain, _, _, _ = preference.pair_terms(dpo.LOSS, settings, model, encoded, smol_tokenizer.pad_token_id, cache)
         settings.sft_weight = 0.5
-        mixed, _, _, _ = dpo._pair_terms(model, encoded, cache, smol_tokenizer.pad_token_id, settings)
-        logps, counts, _ = loop.batch_logps(model, encoded, smol_tokenizer.pad_token_id)
+        mixed, _, _, _ = preference.pair_terms(dpo.LOSS, settings, model, encoded, smol_tokenizer.pad_token_id, cache)
+        logps, counts, _ = forward.batch_logps(model, encoded, smol_tokenizer.pad_token_id)
     assert torch.allclose(plain, torch.full_like(plain, 0.693147), atol=1e-5)  # the adapter starts as the base
     assert torch.allclose(mixed - plain, 0.5 * -logps[:4] / counts[:4], atol=1e-5)
 
@@ -289,11 +289,10 @@ def test_tiny_model_learns_the_trait(method, lr, steps, smol_tokenizer, tiny_lla
     prompts = synthetic.eval_prompts()
     before = sum(synthetic.has_trait(a, trait) for a in synthetic.greedy_answers(tiny_llama, smol_tokenizer, prompts, 6))
 
-    model = runner.attach_lora(tiny_llama, config, None)
+    model = lora.attach_lora(tiny_llama, config, None)
     initial = lora_snapshot(model)
     events = CollectEvents()
-    train_fn = runner._method_module(method).__dict__[f"train_{method}"]
-    metrics = train_fn(model, smol_tokenizer, train, held_out, config, events, lambda: False)
+    metrics = methods.get(method).train(Job(model, smol_tokenizer, train, held_out, config, events))
 
     answers = synthetic.greedy_answers(model, smol_tokenizer, prompts, 6)
     after = sum(synthetic.has_trait(a, trait) for a in answers)
@@ -436,13 +435,13 @@ def test_cli_trains_and_writes_a_loadable_adapter(capsys, pairs_file, tiny_model
 
 def test_bf16_on_the_cpu_runs_the_loop_under_bf16_autocast(capsys, pairs_file, tiny_model_dir, monkeypatch):
     autocast_seen = []
-    real = loop.batch_logps
+    real = forward.batch_logps
 
     def watched(*args, **kwargs):
         autocast_seen.append(torch.is_autocast_enabled("cpu"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "batch_logps", watched)
+    monkeypatch.setattr(forward, "batch_logps", watched)
     common = ("--method", "dpo", "--data", pairs_file, "--model", tiny_model_dir, "--max-steps", 3,
               "--batch-size", 4, "--lr", 1e-2, "--device", "cpu")
     code, events = run_cli(capsys, *common, "--precision", "bf16")
@@ -455,7 +454,7 @@ def test_bf16_on_the_cpu_runs_the_loop_under_bf16_autocast(capsys, pairs_file, t
 
     # Later steps must see the updated adapter: autocast's weight-cast cache once kept the step-1 LoRA
     # weights for the whole run, and the loss stayed at exactly log 2 while the weights drifted.
-    monkeypatch.setattr(loop, "batch_logps", real)
+    monkeypatch.setattr(forward, "batch_logps", real)
     code, events = run_cli(capsys, *common, "--precision", "float32")
     assert events[0]["precision"] == "cpu, float32"
     float32_losses = [e["loss"] for e in events if e["event"] == "step"]
@@ -466,25 +465,25 @@ def test_bf16_on_the_cpu_runs_the_loop_under_bf16_autocast(capsys, pairs_file, t
 def test_auto_precision_is_bf16_autocast_only_on_a_cpu_with_bf16_instructions(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for has_bf16, expected in ((True, True), (False, False)):
-        monkeypatch.setattr(runner, "cpu_has_bf16", lambda: has_bf16)
-        placement = runner.pick_device("auto", "auto")
-        assert placement.device == "cpu" and placement.dtype == torch.float32
-        assert placement.cpu_autocast is expected
-        assert runner.pick_device("cpu", "float32").cpu_autocast is False
-        assert runner.pick_device("cpu", "bf16").cpu_autocast is True  # asked for: even where it is emulated
-    with pytest.raises(runner.RunError, match="--precision must be"):
-        runner.pick_device("cpu", "fp8")
+        monkeypatch.setattr(placement, "cpu_has_bf16", lambda: has_bf16)
+        chosen = placement.pick_device("auto", "auto")
+        assert chosen.device == "cpu" and chosen.dtype == torch.float32
+        assert chosen.cpu_autocast is expected
+        assert placement.pick_device("cpu", "float32").cpu_autocast is False
+        assert placement.pick_device("cpu", "bf16").cpu_autocast is True  # asked for: even where it is emulated
+    with pytest.raises(run_folder.RunError, match="--precision must be"):
+        placement.pick_device("cpu", "fp8")
 
 
 def test_precision_on_a_gpu_without_bf16(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert runner.pick_device("auto", "auto").dtype == torch.float32
-    with pytest.raises(runner.RunError, match="no bf16"):
-        runner.pick_device("cuda", "bf16")
+    assert placement.pick_device("auto", "auto").dtype == torch.float32
+    with pytest.raises(run_folder.RunError, match="no bf16"):
+        placement.pick_device("cuda", "bf16")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert runner.pick_device("auto", "auto") == runner.Placement("cuda", torch.bfloat16)
-    assert runner.pick_device("auto", "float32") == runner.Placement("cuda", torch.float32)
+    assert placement.pick_device("auto", "auto") == placement.Placement("cuda", torch.bfloat16)
+    assert placement.pick_device("auto", "float32") == placement.Placement("cuda", torch.float32)
 
 
 def test_cpu_bf16_in_an_older_run_json_resumes_as_bf16():
@@ -503,8 +502,7 @@ def test_cancel_then_resume_matches_an_uninterrupted_run(pairs_file, tiny_model_
 
     def options(out, **kw):
         config = TrainConfig(method="dpo", max_steps=6, batch_size=3, learning_rate=2e-3)
-        return runner.RunOptions(config=config, data=str(pairs_file), model=str(tiny_model_dir),
-                                 out=str(out) if out else None, **kw)
+        return run_options(config, data=str(pairs_file), model=str(tiny_model_dir), out=str(out) if out else None, **kw)
 
     straight = CollectEvents()
     assert runner.run(options(tmp_path / "straight"), straight) == 0
@@ -562,7 +560,7 @@ def test_cuda_out_of_memory_says_what_to_lower(capsys, pairs_file, tiny_model_di
     def oom(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(loop, "batch_logps", oom)
+    monkeypatch.setattr(forward, "batch_logps", oom)
     code, events = run_cli(capsys, "--data", pairs_file, "--model", tiny_model_dir, "--max-steps", 2)
     assert code == 1 and events[-1] == {**events[-1], "event": "error", "kind": "oom",
                                         "message": "out of memory: lower --pass-tokens or --max-length, or add --gradient-checkpointing"}
@@ -647,3 +645,58 @@ def test_ppo_flags_reach_the_config():
     assert (config.ppo.kl_coef, config.ppo.sft_epochs) == (0.1, 0)
     with pytest.raises(UserError, match="--sft-epochs must not be negative"):
         config_from_args(build_parser().parse_args(["--sft-epochs", "-1"]))
+
+
+# --- the method table and the package's layering ------------------------------------------------------
+
+
+def test_the_method_table_matches_the_rules_and_the_config():
+    from dataclasses import fields
+
+    from tui_align.training.rules import METHODS
+
+    assert tuple(methods.TABLE) == METHODS
+    config_fields = {f.name: f for f in fields(TrainConfig)}
+    for name, row in methods.TABLE.items():
+        assert row.name == name
+        assert isinstance(getattr(TrainConfig(), name), row.settings), name  # config.dpo is a DPOSettings
+        assert config_fields[name].default_factory is row.settings
+    assert [m.needs_reference for m in methods.TABLE.values()] == [True, False, True]
+    with pytest.raises(run_folder.RunError, match="Unknown method 'sft': choose dpo, orpo, ppo"):
+        methods.get("sft")
+
+
+@pytest.mark.parametrize("method", ["dpo", "orpo"])
+def test_step_events_report_what_the_methods_row_says(method, smol_tokenizer, tiny_llama):
+    encoded, _ = data.encode_pairs(smol_tokenizer, synthetic.trait_pairs(4, "signoff"), 128)
+    config = TrainConfig(method=method, batch_size=4, max_steps=1)
+    model = lora.attach_lora(tiny_llama, config, None)
+    events = CollectEvents()
+    metrics = methods.get(method).train(Job(model, smol_tokenizer, encoded, encoded[:2], config, events))
+    [step] = events.of("step")
+    common = {"event", "step", "total_steps", "epoch", "loss", "tokens_per_s", "eta_s"}
+    assert set(step) - common == set(methods.get(method).reports)
+    [evaluation] = events.of("eval")
+    assert metrics == {"stopped": False, "train_loss": step["loss"], "steps": 1, "eval_accuracy": evaluation["accuracy"],
+                       "eval_margin": evaluation["margin"], "eval_loss": evaluation["loss"]}
+
+
+def test_training_imports_nothing_from_the_layers_above_it():
+    """training/ takes pairs and returns an adapter: the store, the file formats, the data folder's layout
+    and the app belong to its callers."""
+    import ast
+
+    banned = {"tui_align.store", "tui_align.formats", "tui_align.paths", "tui_align.app"}
+    offenders = []
+    for path in sorted((ROOT / "tui_align" / "training").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = "tui_align" if node.level == 2 else "tui_align.training" if node.level == 1 else ""
+                module = ".".join(filter(None, [base, node.module]))
+                names = [f"{module}.{a.name}" for a in node.names] + [module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            offenders += [f"{path.name}: {n}" for n in names if any(n == b or n.startswith(b + ".") for b in banned)]
+    assert offenders == []

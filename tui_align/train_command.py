@@ -17,8 +17,10 @@ import signal
 import sys
 import threading
 import warnings
+from pathlib import Path
 
 from .errors import UserError
+from .pairs import Pair
 from .training.config import PRECISIONS, TrainConfig
 from .training.rules import EXIT_ERROR, MIN_MAX_LENGTH
 
@@ -152,8 +154,47 @@ def _quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
 
 
+def load_pairs(home: Path, data: str | None) -> list[Pair]:
+    """Pairs from --data (any import format) or from the store in the data folder `home`."""
+    from . import paths
+
+    if data is not None:
+        from .formats import read_pairs
+
+        pairs = read_pairs(data, "auto")
+        where = data
+    else:
+        store_file = paths.store_path(home)
+        if not store_file.is_file():
+            raise UserError(f"No pairs yet: {store_file} doesn't exist. Pick some answers in the app, or pass --data FILE.")
+        from .store import Store
+
+        store = Store(store_file)
+        try:
+            pairs = store.list_pairs()
+        finally:
+            store.close()
+        where = str(store_file)
+    if not pairs:
+        raise UserError(f"No preference pairs in {where}: nothing to train on.")
+    return pairs
+
+
+def run_options(config: TrainConfig, *, home: str | None = None, data: str | None = None, model: str | None = None,
+                out: str | None = None, resume: str | None = None):
+    """The runner's options for these flags: the data folder resolved and, for a new run, its pairs loaded
+    (a resumed run trains on the pairs its folder kept)."""
+    from . import paths
+    from .training.runner import RunOptions
+
+    folder = paths.data_home(home)
+    pairs = None if resume else load_pairs(folder, data)
+    return RunOptions(config=config, models_dir=paths.models_dir(folder), adapters_dir=paths.adapters_dir(folder),
+                      pairs=pairs, data=data, model=model, out=out, resume=resume)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse, train, report; returns the exit code (see the module docstring)."""
+    """Parse, load the pairs, train, report; returns the exit code (see the module docstring)."""
     from .training.events import HumanEvents, JsonlEvents
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -167,10 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
 
-    from .training.runner import RunOptions, run
+    from .training.runner import fail, run
 
     _quiet_libraries()
-    options = RunOptions(config=config, home=args.home, data=args.data, model=args.model, out=args.out, resume=args.resume)
+    try:
+        options = run_options(config, home=args.home, data=args.data, model=args.model, out=args.out, resume=args.resume)
+    except BaseException as exc:  # a bad --data file or an empty store: one error event, as in the run
+        return fail(exc, emit)
     stop = StopRequest()
     previous = _install(stop)
     try:

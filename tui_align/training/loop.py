@@ -1,25 +1,30 @@
-"""Pieces every preference loop shares: the step schedule, the optimizer, the one-forward log-probs, timing.
+"""The one training loop every method runs, and the pieces around it: step schedules, the optimizer,
+a step's forward and backward in passes, progress.
 
-DPO and ORPO differ only in their loss; everything around it lives here so each method module
-reads as "compute the loss for a batch".
+A method supplies what differs: its batches (`schedule` or `shuffled_schedule`), what one optimizer
+step does (`accumulating` for a loss over pairs; PPO brings its own), what its held-out eval reports.
+`run_steps` does the rest the same way for all: step events with tokens/s and ETA, evals when due,
+the user's stop request, checkpoints.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 import random
 import time
-from typing import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
 
 import torch
 
 from .config import TrainConfig
-from .data import EncodedPair, length_grouped_batches, preference_batch, shared_prompt_batch
-from .head_logps import head_label_logps
-from .losses import IGNORE_INDEX, label_logps, sequence_logps
+from .data import EncodedPair, length_grouped_batches
+from .forward import pass_tokens
 
 SaveCheckpoint = Callable[..., None]  # save_checkpoint(step, optimizer=None)
+Steps = Iterable[tuple[int, float, list]]  # (step, epoch as a float, batch)
+# take_step(step, batch) -> (the step event's fields, "loss" first; tokens run)
+TakeStep = Callable[[int, list], tuple[dict, int]]
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
@@ -52,6 +57,31 @@ def schedule(train: list[EncodedPair], config: TrainConfig, start_step: int = 0)
                 yield step, step / per_epoch, batch
 
 
+def shuffled_batches(items: list, size: int, generator: torch.Generator | None = None) -> list[list]:
+    """Batches of `size`, in an order drawn from `generator` (kept in order without one)."""
+    order = torch.randperm(len(items), generator=generator).tolist() if generator else range(len(items))
+    ordered = [items[i] for i in order]
+    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+
+
+def shuffled_schedule(items: list, batch_size: int, epochs: int, seed: int, *, first_step: int = 0,
+                      start_step: int = 0) -> Iterator[tuple[int, float, list]]:
+    """(step, epoch, batch) for `epochs` passes in torch-shuffled order, numbered from first_step+1.
+
+    The order of the reward model and the warm start (they predate `schedule`; keeping it keeps their
+    numbers). Steps up to start_step are skipped, their shuffles still drawn, so a resume sees the same
+    batches after.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    per_epoch = steps_per_epoch(len(items), batch_size)
+    step = first_step
+    for _ in range(epochs):
+        for batch in shuffled_batches(items, batch_size, generator):
+            step += 1
+            if step > start_step:
+                yield step, (step - first_step) / per_epoch, batch
+
+
 def make_optimizer(model, config: TrainConfig, state: dict | None = None) -> torch.optim.Optimizer:
     """AdamW over the trainable (LoRA) weights; restores `state` when resuming."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -59,11 +89,6 @@ def make_optimizer(model, config: TrainConfig, state: dict | None = None) -> tor
     if state is not None:
         optimizer.load_state_dict(state)
     return optimizer
-
-
-def pass_tokens(pair: EncodedPair) -> int:
-    """Tokens a pair puts through the model in the shared-prompt layout: the prompt once, both answers."""
-    return len(pair.chosen_ids) + len(pair.rejected_ids) - pair.prompt_len
 
 
 def passes(batch: list[EncodedPair], max_tokens: int) -> list[list[EncodedPair]]:
@@ -107,100 +132,56 @@ def accumulated_step(optimizer: torch.optim.Optimizer, batch: list[EncodedPair],
     return tuple(torch.cat(column) for column in zip(*outputs)), tokens
 
 
-def finish_step(step, total, config: TrainConfig, metrics: dict, emit, run_eval, should_stop, save_checkpoint,
-                optimizer) -> bool:
-    """The bookkeeping after each DPO/ORPO step: held-out eval when `run_eval` is given, a checkpoint when
-    one is due or the user asked to stop. Returns True when the loop should stop now."""
-    if run_eval is not None:
-        result = run_eval()
-        emit("eval", step=step, **result)
-        metrics.update(eval_accuracy=result["accuracy"], eval_margin=result["margin"], eval_loss=result["loss"])
-    if should_stop() and step < total:
-        if save_checkpoint:
+def accumulating(model, optimizer, config: TrainConfig, terms: Callable[[list], tuple],
+                 report: Callable[[tuple], dict] = lambda values: {}) -> TakeStep:
+    """A step that is one `accumulated_step` of `terms`; its event reports the mean loss, then
+    `report(other per-pair tensors)`."""
+
+    def take_step(step: int, batch: list) -> tuple[dict, int]:
+        model.train()
+        (losses, *values), tokens = accumulated_step(optimizer, batch, config, step, terms)
+        return {"loss": losses.mean().item(), **report(tuple(values))}, tokens
+
+    return take_step
+
+
+@dataclass
+class Outcome:
+    """How `run_steps` ended: stopped on request or not, the last step run and what its event said,
+    and the latest held-out eval (None when none ran)."""
+
+    stopped: bool = False
+    step: int | None = None
+    fields: dict = field(default_factory=dict)
+    evaluation: dict | None = None
+
+
+def run_steps(steps: Steps, take_step: TakeStep, config: TrainConfig, *, total: int, emit, should_stop,
+              progress: "Progress", tags: dict | None = None, evaluate: Callable[[], dict] | None = None,
+              eval_due: Callable[[int], bool] = lambda step: False, eval_tags: dict | None = None,
+              save_checkpoint: SaveCheckpoint | None = None, optimizer=None) -> Outcome:
+    """The loop: each step, then its step event, then a held-out eval when one is due, then the user's
+    stop request (a checkpoint, then return) or a periodic checkpoint.
+
+    `total` is the run's last step (phases of one run share it); `tags` lead the step event (PPO's
+    phase), `eval_tags` the eval event. Checkpoints carry `optimizer`'s state when given.
+    """
+    outcome = Outcome()
+    for step, epoch, batch in steps:
+        fields, tokens = take_step(step, batch)
+        emit("step", **(tags or {}), step=step, total_steps=total, epoch=epoch, **fields, **progress.fields(step, tokens))
+        outcome.step, outcome.fields = step, fields
+        if evaluate is not None and eval_due(step):
+            outcome.evaluation = evaluate()
+            emit("eval", **(eval_tags or {}), step=step, **outcome.evaluation)
+        if should_stop() and step < total:
+            if save_checkpoint:
+                save_checkpoint(step, optimizer=optimizer)
+            outcome.stopped = True
+            return outcome
+        if save_checkpoint and config.checkpoint_every and step % config.checkpoint_every == 0 and step < total:
             save_checkpoint(step, optimizer=optimizer)
-        metrics["stopped"] = True
-        return True
-    if save_checkpoint and config.checkpoint_every and step % config.checkpoint_every == 0 and step < total:
-        save_checkpoint(step, optimizer=optimizer)
-    return False
-
-
-def _accepts_logits_to_keep(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
-
-
-def _decoder_and_head(model):
-    """(decoder, lm_head) when the logits are plainly lm_head(hidden), else None (softcapped or scaled logits)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
-    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
-        return None
-    try:
-        decoder, head = base.get_decoder(), base.get_output_embeddings()
-    except (AttributeError, NotImplementedError):
-        return None
-    if decoder is None or head is None or decoder is base:
-        return None
-    return decoder, head
-
-
-def batch_logps(model, batch: list[EncodedPair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Summed answer log-probs of chosen and rejected in one forward: ((2B,) logps, (2B,) answer lengths, tokens run).
-
-    Rows 0..B-1 are the chosen answers, B..2B-1 the rejected ones. The prompt runs once per pair
-    (`shared_prompt_batch`) and the LM head only at the positions that predict answer tokens:
-    with a 49k vocabulary, prompt logits would be a large share of the compute for nothing.
-    """
-    parts = _decoder_and_head(model)
-    if parts is None:
-        return separate_logps(model, batch, pad_id)
-    decoder, head = parts
-    hidden, tensors, tokens = shared_prompt_forward(decoder, batch, pad_id)
-    selected = hidden[tensors["rows"].unsqueeze(1), tensors["sources"]]  # (2B,K,H)
-    targets = tensors["targets"]
-    if type(head) is torch.nn.Linear and head.bias is None:
-        logps = head_label_logps(selected, head.weight, targets).sum(-1)
-    else:  # a head peft wraps, or one with a bias: the plain way, logits and all
-        logps = label_logps(head(selected), targets).sum(-1)
-    return logps, (targets != IGNORE_INDEX).sum(-1), tokens
-
-
-def shared_prompt_forward(decoder, batch: list[EncodedPair], pad_id: int) -> tuple[torch.Tensor, dict, int]:
-    """The decoder over `shared_prompt_batch(batch)`: ((R,T,H) last hidden states, that batch's tensors on
-    the decoder's device, tokens run). DPO/ORPO read answer positions from it, the reward model answer ends."""
-    weight = next(decoder.parameters())
-    tensors = {k: v.to(weight.device) for k, v in shared_prompt_batch(batch, pad_id, mask_dtype=weight.dtype).items()}
-    hidden = decoder(
-        input_ids=tensors["input_ids"],
-        attention_mask=tensors["attention_mask"],
-        position_ids=tensors["position_ids"],
-        use_cache=False,
-    ).last_hidden_state
-    tokens = sum(pass_tokens(p) for p in batch)
-    return hidden, tensors, tokens
-
-
-def separate_logps(model, batch: list[EncodedPair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """The plain way, for models whose logits aren't lm_head(hidden): chosen and rejected as separate rows.
-
-    The LM head still runs only from the earliest answer position on (`logits_to_keep`).
-    """
-    device = next(model.parameters()).device
-    tensors = preference_batch(batch, pad_id)
-    input_ids = tensors["input_ids"].to(device)
-    attention_mask = tensors["attention_mask"].to(device)
-    labels = tensors["labels"].to(device)
-    width = input_ids.shape[1]
-    kwargs = {}
-    if _accepts_logits_to_keep(model):
-        first_scored = min(p.prompt_len for p in batch)  # labels before this index are all -100
-        keep = width - max(first_scored - 1, 0)
-        kwargs["logits_to_keep"] = keep
-        labels = labels[:, width - keep :]
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs).logits
-    counts = (labels[:, 1:] != IGNORE_INDEX).sum(-1)
-    return sequence_logps(logits, labels), counts, int(attention_mask.sum())
+    return outcome
 
 
 class Progress:

@@ -1,4 +1,4 @@
-"""Loss functions for DPO, ORPO, the reward model and PPO: pure functions of tensors.
+"""Loss functions for DPO, ORPO, the reward model and PPO, and PPO's reward shaping: pure functions of tensors.
 
 No model, tokenizer or loader in here, so each one can be checked against numbers worked out
 by hand (tests/test_losses.py). Shapes: B = batch, T = sequence length, V = vocabulary.
@@ -176,3 +176,34 @@ def ppo_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Te
     clipped_values = old_values + (values - old_values).clamp(-clip, clip)
     squared = torch.maximum((values - returns) ** 2, (clipped_values - returns) ** 2)
     return 0.5 * masked_mean(squared, mask)
+
+
+# --- PPO's reward shaping ---------------------------------------------------------------------------
+
+
+def cut_off_scores(scores: torch.Tensor, finished: torch.Tensor, penalty: float) -> torch.Tensor:
+    """(B,) scores where an answer cut off by max_new_tokens gets at most -penalty.
+
+    The reward model never saw an unfinished answer, so its score there is an extrapolation, and
+    a policy soon finds run-on text it over-rates. Scores are on a unit scale (mean 0 over the
+    training answers), so "at most average, minus the penalty" holds whatever the reward model
+    learned, while cut-off answers still rank among themselves. penalty 0 turns this off.
+    """
+    if not penalty:
+        return scores
+    return torch.where(finished, scores, scores.clamp(max=0.0) - penalty)
+
+
+def shaped_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
+    """(B,R) per-token rewards: -kl_coef * KL on each answer token, the score added on the last one."""
+    rewards = -kl_coef * kl * mask
+    last = (mask.cumsum(-1) * mask).argmax(-1)  # index of the last 1 (mask is 1s then 0s)
+    rewards[torch.arange(rewards.shape[0], device=rewards.device), last] += scores
+    return rewards
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Advantages normalised to mean 0, std 1 over answer tokens, as most PPO code does."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    return ((x - mean) * torch.rsqrt(var + 1e-8)) * mask

@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
-
 import torch
 from torch import nn
 
-from . import losses, loop
+from . import forward, losses, loop
 from .config import TrainConfig
 from .data import EncodedPair
-from .events import EventSink
+from .job import Job
 
 POLICY_ADAPTER = "default"
 REWARD_ADAPTER = "reward"
@@ -117,13 +114,6 @@ def reward_scores(model, head: nn.Linear, input_ids: torch.Tensor, attention_mas
     return head(last.float()).squeeze(-1)
 
 
-def shuffled_batches(items: list, size: int, generator: torch.Generator | None = None) -> list[list]:
-    """Batches of `size`, in an order drawn from `generator` (kept in order without one)."""
-    order = torch.randperm(len(items), generator=generator).tolist() if generator else range(len(items))
-    ordered = [items[i] for i in order]
-    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
-
-
 def reward_steps(n_train: int, config: TrainConfig) -> int:
     """Optimizer steps the reward phase takes."""
     return config.ppo.reward_epochs * math.ceil(n_train / max(1, config.batch_size))
@@ -136,7 +126,7 @@ def _pair_scores(model, head, batch: list[EncodedPair], pad_id: int) -> tuple[to
     sequence would give, for a third fewer tokens (and that much less activation memory).
     """
     with active_adapter(model, REWARD_ADAPTER):
-        hidden, tensors, tokens = loop.shared_prompt_forward(model.get_base_model().get_decoder(), batch, pad_id)
+        hidden, tensors, tokens = forward.shared_prompt_forward(model.get_base_model().get_decoder(), batch, pad_id)
     scores = head(hidden[tensors["rows"], tensors["ends"]].float()).squeeze(-1)  # (2B,)
     n = len(batch)
     return scores[:n], scores[n:], tokens
@@ -147,7 +137,7 @@ def evaluate_reward_model(model, head, pairs: list[EncodedPair], pad_id: int, ba
     """Held-out accuracy (share with r_chosen > r_rejected), mean margin and mean loss."""
     model.eval()
     chosen, rejected = [], []
-    for batch in shuffled_batches(pairs, batch_size):
+    for batch in loop.shuffled_batches(pairs, batch_size):
         rc, rr, _ = _pair_scores(model, head, batch, pad_id)
         chosen.append(rc)
         rejected.append(rr)
@@ -159,17 +149,7 @@ def evaluate_reward_model(model, head, pairs: list[EncodedPair], pad_id: int, ba
     }
 
 
-def train_reward_model(
-    model,
-    tokenizer,
-    train: list[EncodedPair],
-    held_out: list[EncodedPair],
-    config: TrainConfig,
-    emit: EventSink,
-    should_stop: Callable[[], bool],
-    *,
-    total_steps: int | None = None,
-) -> tuple[nn.Linear, dict]:
+def train_reward_model(job: Job, *, total_steps: int | None = None) -> tuple[nn.Linear, dict]:
     """Train the "reward" adapter and a fresh head with Bradley-Terry; the policy adapter stays frozen.
 
     The head's scale is Bradley-Terry's arbitrary one; PPO puts it on a unit scale with `normalize_head`.
@@ -177,52 +157,36 @@ def train_reward_model(
     eval event with phase "reward" after each epoch. Returns (head, metrics); metrics["stopped"] is
     True when should_stop() cut it short.
     """
+    model, config, pad_id = job.model, job.config, job.pad_id
     add_reward_adapter(model)
     head = scalar_head(model, seed=config.seed)
-    pad_id = tokenizer.pad_token_id
-    per_epoch = math.ceil(len(train) / config.batch_size)
-    total_steps = total_steps or reward_steps(len(train), config)
+    per_epoch = loop.steps_per_epoch(len(job.train), config.batch_size)
+    total_steps = total_steps or reward_steps(len(job.train), config)
     params = adapter_parameters(model, REWARD_ADAPTER) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.ppo.reward_learning_rate, weight_decay=0.0)
-    generator = torch.Generator().manual_seed(config.seed)
-    metrics: dict = {"stopped": False}
-    step, started, tokens = 0, time.monotonic(), 0
 
-    for epoch in range(config.ppo.reward_epochs):
-        for batch in shuffled_batches(train, config.batch_size, generator):
-            model.train()
-            with active_adapter(model, REWARD_ADAPTER):
-                # Inside the context only "reward" requires grad; the policy adapter is frozen.
-                def terms(part: list[EncodedPair]):
-                    rc, rr, n = _pair_scores(model, head, part, pad_id)
-                    return losses.reward_loss(rc, rr), rc, rr, n
+    def terms(part: list[EncodedPair]):
+        rc, rr, n = _pair_scores(model, head, part, pad_id)
+        return losses.reward_loss(rc, rr), rc, rr, n
 
-                (pair_losses, rc, rr), n_tokens = loop.accumulated_step(optimizer, batch, config, step + 1, terms)
-                loss = pair_losses.mean()
-            step += 1
-            tokens += n_tokens
-            elapsed = time.monotonic() - started
-            emit(
-                "step",
-                phase="reward_model",
-                step=step,
-                total_steps=total_steps,
-                epoch=step / per_epoch,
-                loss=loss.item(),
-                chosen_reward=rc.mean().item(),
-                rejected_reward=rr.mean().item(),
-                accuracy=(rc > rr).float().mean().item(),
-                margin=(rc - rr).mean().item(),
-                tokens_per_s=tokens / max(elapsed, 1e-9),
-                eta_s=elapsed / step * (total_steps - step),
-            )
-            if should_stop():
-                metrics["stopped"] = True
-                return head, metrics
-        if held_out:
-            result = evaluate_reward_model(model, head, held_out, pad_id, config.batch_size)
-            emit("eval", phase="reward", step=step, **result)
-            metrics.update({"reward_accuracy": result["accuracy"], "reward_margin": result["margin"]})
+    def report(values: tuple) -> dict:
+        rc, rr = values
+        return {"chosen_reward": rc.mean().item(), "rejected_reward": rr.mean().item(),
+                "accuracy": (rc > rr).float().mean().item(), "margin": (rc - rr).mean().item()}
+
+    with active_adapter(model, REWARD_ADAPTER):  # inside, only "reward" requires grad; the policy is frozen
+        outcome = loop.run_steps(
+            loop.shuffled_schedule(job.train, config.batch_size, config.ppo.reward_epochs, config.seed),
+            loop.accumulating(model, optimizer, config, terms, report), config,
+            total=total_steps, emit=job.emit, should_stop=job.should_stop, progress=loop.Progress(0, total_steps),
+            tags={"phase": "reward_model"},
+            evaluate=(lambda: evaluate_reward_model(model, head, job.held_out, pad_id, config.batch_size))
+            if job.held_out else None,
+            eval_due=lambda step: step % per_epoch == 0, eval_tags={"phase": "reward"},
+        )
+    metrics: dict = {"stopped": outcome.stopped}
+    if outcome.evaluation is not None:
+        metrics.update(reward_accuracy=outcome.evaluation["accuracy"], reward_margin=outcome.evaluation["margin"])
     model.eval()
     return head, metrics
 
@@ -238,7 +202,7 @@ def normalize_head(model, head: nn.Linear, pairs: list[EncodedPair], pad_id: int
     """
     model.eval()
     scores = []
-    for batch in shuffled_batches(pairs, batch_size):
+    for batch in loop.shuffled_batches(pairs, batch_size):
         rc, rr, _ = _pair_scores(model, head, batch, pad_id)
         scores += [rc, rr]
     scores = torch.cat(scores)

@@ -72,16 +72,15 @@ def read_pairs_file(folder: Path) -> list[Pair]:
 # --- run folder -----------------------------------------------------------------------------------
 
 
-def new_run_dir(home: Path, method: str, out: str | None) -> Path:
-    from .. import paths
-
+def new_run_dir(adapters_dir: Path, method: str, out: str | None) -> Path:
+    """A new, empty run folder: `out`, or a dated one under adapters_dir."""
     if out is not None:
         folder = Path(out).expanduser()
         if folder.exists() and any(folder.iterdir()):
             raise RunError(f"{folder} already exists and is not empty: choose a new --out, or --resume it.")
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        base = paths.adapters_dir(home) / f"{stamp}-{method}"
+        base = Path(adapters_dir) / f"{stamp}-{method}"
         folder, n = base, 1
         while folder.exists():
             n += 1

@@ -1,0 +1,136 @@
+"""A preference method's loop: its loss over chosen and rejected log-probs, trained with `loop.run_steps`.
+
+A method gives a `PairLoss`: pure functions of log-probs (`terms`), and what its step and eval events
+report. This module does the forward, the reference pass when the method needs one, and the eval.
+The reference is the same base with the adapter switched off; its log-probs never change during a
+run, so they are computed once, up front, for every training and held-out pair, and looked up after.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from . import forward, loop
+from .config import TrainConfig
+from .data import EncodedPair
+from .job import Job
+
+
+@dataclass
+class PairLogps:
+    """Summed answer log-probs of a batch, each (B,), and the answers' token counts, each (B,)."""
+
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+    chosen_tokens: torch.Tensor
+    rejected_tokens: torch.Tensor
+
+
+@dataclass(frozen=True)
+class PairLoss:
+    """A preference loss and what it reports.
+
+    terms(policy, reference, settings) -> (per-pair losses, other per-pair tensors...); reference is
+        None for a method without one. Pure: tensors in, tensors out.
+    step_fields(values, settings) -> the step event's fields after "loss" (values: the other tensors, detached).
+    summary(losses, values, settings) -> the held-out eval's fields: accuracy, margin, loss, and any more.
+    """
+
+    terms: Callable[[PairLogps, PairLogps | None, object], tuple]
+    step_fields: Callable[[tuple, object], dict]
+    summary: Callable[[torch.Tensor, tuple, object], dict]
+
+
+def policy_logps(model, batch: list[EncodedPair], pad_id: int) -> tuple[PairLogps, int]:
+    """The batch's log-probs through the active adapter, and the tokens run."""
+    logps, counts, tokens = forward.batch_logps(model, batch, pad_id)
+    n = len(batch)
+    return PairLogps(logps[:n], logps[n:], counts[:n], counts[n:]), tokens
+
+
+@torch.no_grad()
+def reference_logps(model, pairs: list[EncodedPair], pad_id: int, batch_size: int) -> dict[int, tuple[float, float]]:
+    """{id(pair): (ref chosen logp, ref rejected logp)}: the base model's summed answer log-probs."""
+    model.eval()
+    cache: dict[int, tuple[float, float]] = {}
+    ordered = sorted(pairs, key=lambda p: p.length)  # similar lengths together: little padding
+    with model.disable_adapter():
+        for start in range(0, len(ordered), batch_size):
+            batch = ordered[start : start + batch_size]
+            logps, _, _ = forward.batch_logps(model, batch, pad_id)
+            n = len(batch)
+            for pair, chosen, rejected in zip(batch, logps[:n].tolist(), logps[n:].tolist()):
+                cache[id(pair)] = (chosen, rejected)
+    return cache
+
+
+def looked_up(cache: dict, batch: list[EncodedPair], policy: PairLogps) -> PairLogps:
+    """The reference log-probs of `batch` from `cache`, on the policy's device (same answers, same counts)."""
+    chosen, rejected = zip(*(cache[id(p)] for p in batch))
+    device = policy.chosen.device
+    return PairLogps(torch.tensor(chosen, device=device), torch.tensor(rejected, device=device),
+                     policy.chosen_tokens, policy.rejected_tokens)
+
+
+def pair_terms(loss: PairLoss, settings, model, batch: list[EncodedPair], pad_id: int, cache: dict | None) -> tuple:
+    """(losses, other per-pair tensors..., tokens) for one batch through the current adapter."""
+    policy, tokens = policy_logps(model, batch, pad_id)
+    reference = looked_up(cache, batch, policy) if cache is not None else None
+    return (*loss.terms(policy, reference, settings), tokens)
+
+
+@torch.no_grad()
+def evaluate(loss: PairLoss, settings, model, pairs: list[EncodedPair], pad_id: int, cache: dict | None,
+             batch_size: int) -> dict:
+    """The held-out eval: the loss's terms over `pairs` in order, summarised by the loss."""
+    model.eval()
+    columns = []
+    for start in range(0, len(pairs), batch_size):
+        columns.append(pair_terms(loss, settings, model, pairs[start : start + batch_size], pad_id, cache)[:-1])
+    losses, *values = (torch.cat(column) for column in zip(*columns))
+    return loss.summary(losses, tuple(values), settings)
+
+
+def train(loss: PairLoss, needs_reference: bool, settings, job: Job) -> dict:
+    """Train the active LoRA adapter with `loss`; returns final metrics (held-out when there are any).
+
+    A step event per optimizer step, an eval event at the end of every epoch. When should_stop() turns
+    true it saves a checkpoint and returns with metrics["stopped"] = True.
+    """
+    model, config, pad_id = job.model, job.config, job.pad_id
+    cache = reference_logps(model, job.train + job.held_out, pad_id, config.batch_size) if needs_reference else None
+    optimizer = loop.make_optimizer(model, config, job.optimizer_state)
+    total = loop.total_steps(len(job.train), config)
+    per_epoch = loop.steps_per_epoch(len(job.train), config.batch_size)
+    take_step = loop.accumulating(model, optimizer, config,
+                                  lambda part: pair_terms(loss, settings, model, part, pad_id, cache),
+                                  lambda values: loss.step_fields(values, settings))
+    outcome = loop.run_steps(
+        loop.schedule(job.train, config, job.start_step), take_step, config,
+        total=total, emit=job.emit, should_stop=job.should_stop, progress=loop.Progress(job.start_step, total),
+        evaluate=(lambda: evaluate(loss, settings, model, job.held_out, pad_id, cache, config.batch_size))
+        if job.held_out else None,
+        eval_due=lambda step: step % per_epoch == 0 or step == total,
+        save_checkpoint=job.save_checkpoint, optimizer=optimizer,
+    )
+    model.eval()
+    return run_metrics(outcome)
+
+
+def run_metrics(outcome: loop.Outcome) -> dict:
+    """What run.json and the done event keep of a preference run."""
+    metrics: dict = {"stopped": outcome.stopped}
+    if outcome.step is not None:
+        metrics.update(train_loss=outcome.fields["loss"], steps=outcome.step)
+    if outcome.evaluation is not None:
+        result = outcome.evaluation
+        metrics.update(eval_accuracy=result["accuracy"], eval_margin=result["margin"], eval_loss=result["loss"])
+    return metrics
+
+
+def total_steps(train: list[EncodedPair], config: TrainConfig) -> int:
+    """Optimizer steps of a preference run."""
+    return loop.total_steps(len(train), config)
