@@ -621,6 +621,7 @@ def test_a_model_that_fails_to_load_is_a_model_error(capsys, pairs_file, tmp_pat
     (broken / "config.json").write_text("{}")
     code, events = run_cli(capsys, "--data", pairs_file, "--model", broken)
     assert code == 1 and [e["event"] for e in events] == ["error"] and events[0]["kind"] == "model"
+    assert events[0]["message"].startswith(f"transformers can't load {broken}: ")  # names the folder and the cause
 
 
 def test_bad_flags_are_one_json_error_line(capsys):
