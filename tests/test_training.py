@@ -491,6 +491,14 @@ def test_cpu_bf16_in_an_older_run_json_resumes_as_bf16():
     assert run_folder.config_from_dict({"method": "dpo", "cpu_bf16": False}).precision == "auto"
 
 
+def test_run_json_settings_come_back_as_the_same_config():
+    config = TrainConfig(method="orpo", max_steps=7)
+    config.lora.rank, config.dpo.beta, config.orpo.lam, config.ppo.kl_coef = 8, 0.3, 0.2, 0.01
+    again = run_folder.config_from_dict(json.loads(json.dumps(config.as_dict())))
+    assert again == config and type(again.ppo) is type(config.ppo)
+    assert run_folder.config_from_dict({"method": "dpo", "dpo": {"beta": 0.5, "gone": 1}, "old": 2}).dpo.beta == 0.5
+
+
 def test_orpo_through_the_cli(capsys, pairs_file, tiny_model_dir):
     code, events = run_cli(capsys, "--method", "orpo", "--data", pairs_file, "--model", tiny_model_dir, "--max-steps", 2)
     assert code == 0 and events[-1]["event"] == "done"

@@ -5,7 +5,7 @@ Event kinds and their fields:
   step        step, total_steps, epoch, loss, plus per method: chosen_reward, rejected_reward,
               accuracy, margin (dpo/orpo/reward); kl, reward, value_loss (ppo); tokens_per_s, eta_s
   eval        step, accuracy, margin, loss (held-out pairs), plus phase ("reward" or "policy")
-  phase       name ("reward_model" | "ppo"), for methods with stages
+  phase       name ("reward_model" | "sft" | "ppo"), for methods with stages
   checkpoint  step, path
   done        run_dir, metrics, seconds
   error       message (one line), kind ("oom" | "nan" | "data" | "model" | "crash")

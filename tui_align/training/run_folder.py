@@ -15,13 +15,13 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import fields
+from dataclasses import fields, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import UserError
 from ..pairs import Pair
-from .config import DPOSettings, LoraSettings, ORPOSettings, PPOSettings, TrainConfig
+from .config import TrainConfig
 
 CHECKPOINT = "checkpoint"
 RUN_FILE = "run.json"
@@ -101,7 +101,8 @@ def write_json(path: Path, record: dict) -> None:
 
 def config_from_dict(settings: dict) -> TrainConfig:
     """Rebuild a TrainConfig from run.json's settings (unknown keys from other versions are dropped)."""
-    nested = {"lora": LoraSettings, "dpo": DPOSettings, "orpo": ORPOSettings, "ppo": PPOSettings}
+    # every settings dataclass on TrainConfig (LoRA's and each method's), so a new method needs no line here
+    nested = {f.name: f.default_factory for f in fields(TrainConfig) if is_dataclass(f.default_factory)}
     known = {f.name for f in fields(TrainConfig)}
     values = {}
     if settings.get("cpu_bf16") and "precision" not in settings:  # run.json from before --precision
