@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, report
 from .paths import default_model_path
 
 GGUF_MAGIC = b"GGUF"
@@ -97,7 +97,7 @@ def convert_gguf_to_folder(gguf: Path, folder: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     except Exception as exc:  # transformers raises many types for an unsupported GGUF
-        raise UserError(f"transformers can't load {gguf.name}: {_first_line(exc)}") from exc
+        raise UserError(f"transformers can't load {gguf.name}: {report(exc, typed=False)}") from exc
     # The GGUF origin stays attached as a quantization config; a plain folder must not carry it.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -129,12 +129,8 @@ def load_transformers(ref: ModelRef, models_dir: Path, *, device: str = "cpu", d
             location, dtype=dtype or torch.float32, local_files_only=offline
         )
     except Exception as exc:
-        raise UserError(f"transformers can't load {ref.location}: {_first_line(exc)}") from exc
+        raise UserError(f"transformers can't load {ref.location}: {report(exc, typed=False)}") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device).eval(), tokenizer
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

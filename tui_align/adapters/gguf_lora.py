@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, report
 
 # Architectures whose GGUF layout this converter knows, and whether q/k rows are permuted there.
 # Only llama is verified here (against transformers, see tests/test_gguf_lora.py); others are
@@ -89,7 +89,7 @@ def load_peft_adapter(adapter_dir: str | Path) -> tuple[dict, dict[str, np.ndarr
         config = json.loads(config_path.read_text())
         tensors = {name: array.astype(np.float32) for name, array in load_file(str(weights_path)).items()}
     except Exception as exc:  # safetensors raises its own error type for a damaged file
-        raise UserError(f"The adapter in {folder} is corrupt: {exc}") from exc
+        raise UserError(f"The adapter in {folder} is corrupt: {report(exc, typed=False)}") from exc
     if config.get("peft_type", "LORA") != "LORA":
         raise UserError(f"{folder} holds a {config.get('peft_type')} adapter; only LoRA converts to GGUF.")
     if config.get("use_dora") or config.get("fan_in_fan_out"):

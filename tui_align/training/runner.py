@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..errors import UserError
+from ..errors import UserError, first_line, log_traceback
 from ..pairs import Pair
 from .config import PRECISIONS, TrainConfig
 from .events import EventSink
@@ -235,6 +235,7 @@ def run(options: RunOptions, emit: EventSink, should_stop: Callable[[], bool] = 
             kind, message = "crash", "interrupted before a checkpoint could be saved"
         else:
             kind, message = classify(exc)
+        log_traceback(exc, f"training failed ({kind}): {message}")
         emit("error", message=message, kind=kind)
         run_dir = record.get("_dir")
         if run_dir is not None:
@@ -261,8 +262,7 @@ def classify(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, OSError):
         where = f" ({exc.filename})" if exc.filename else ""
         return "disk", f"Couldn't write the run's files{where}: {exc.strerror or exc}. Earlier adapters are untouched."
-    first = str(exc).strip().splitlines()
-    return "crash", f"{type(exc).__name__}: {first[0] if first else 'no message'}"
+    return "crash", first_line(exc)
 
 
 def _run(options: RunOptions, emit: EventSink, should_stop, started: float, record: dict) -> int:
