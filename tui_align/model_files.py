@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import atomic_folder
 from .errors import UserError, report
 from .paths import default_model_path
 
@@ -104,15 +103,11 @@ def convert_gguf_to_folder(gguf: Path, folder: Path) -> None:
     model.hf_quantizer = None
     model.is_quantized = False
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
+        with atomic_folder(folder) as staging:
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
     except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
         raise UserError(f"Couldn't save the converted model to {folder}: {exc.strerror or exc}") from exc
 
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_path
 from ..errors import UserError, report
 
 # Architectures whose GGUF layout this converter knows, and whether q/k rows are permuted there.
@@ -184,21 +183,14 @@ def write_gguf_atomically(out_path: str | Path, arch: str, fill) -> Path:
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, staging = tempfile.mkstemp(prefix=f".{out_path.name}-", dir=out_path.parent)
-    os.close(fd)
     try:
-        writer = gguf.GGUFWriter(staging, arch)
-        fill(writer)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.chmod(staging, 0o644)  # mkstemp's 0600 would hide the file from other users' llama.cpp/Ollama
-        os.replace(staging, out_path)
+        with atomic_path(out_path) as staging:
+            writer = gguf.GGUFWriter(staging, arch)
+            fill(writer)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+            writer.close()
     except OSError as exc:
-        Path(staging).unlink(missing_ok=True)
         raise UserError(f"Couldn't write {out_path}: {exc.strerror or exc}") from exc
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
     return out_path
