@@ -7,6 +7,7 @@ exception nobody expected (a library's, a bug's), the traceback goes to the log 
 
 from __future__ import annotations
 
+import argparse
 import logging
 import logging.handlers
 from pathlib import Path
@@ -29,6 +30,14 @@ class UsageError(UserError):
     """Bad or missing arguments: the CLI exits 2 for these, 1 for a command that failed."""
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of printing its usage and exiting, so that every command
+    reports a bad flag the same way (and `tui-align train --jsonl` as one error event)."""
+
+    def error(self, message: str):
+        raise UsageError(message)
+
+
 def first_line(exc: BaseException, *, typed: bool = True) -> str:
     """An exception as one line: its message's first line, after its type name when `typed`."""
     lines = str(exc).strip().splitlines()
@@ -47,6 +56,11 @@ def report(exc: BaseException, *, typed: bool = True) -> str:
     line = first_line(exc, typed=typed)
     log_traceback(exc, line)
     return line
+
+
+def current_log() -> Path | None:
+    """The file this process logs to, if start_log has picked one."""
+    return Path(_handler.baseFilename) if _handler is not None else None
 
 
 def start_log(path: Path) -> None:

@@ -20,7 +20,7 @@ from textual.widgets import (Button, Checkbox, Footer, Header, Input, Label, Pro
 
 from ...errors import UserError, report
 from ..messages import TrainEvent, TrainFailed, TrainFinished, TrainProgress
-from ...training.config import PRECISIONS
+from ...training.rules import PRECISIONS
 from ..train_process import FIELDS, METHODS, TrainProcess, form_defaults, form_flags, format_metrics, new_run
 
 if TYPE_CHECKING:
