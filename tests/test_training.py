@@ -550,9 +550,9 @@ def test_a_model_that_fails_to_load_is_a_model_error(capsys, pairs_file, tmp_pat
 
 def test_bad_flags_are_one_json_error_line(capsys):
     code, events = run_cli(capsys, "--batch-size", "0")
-    assert code == 1 and events == [{**events[0], "event": "error", "kind": "data", "message": "--batch-size must be at least 1"}]
+    assert code == 2 and events == [{**events[0], "event": "error", "kind": "data", "message": "--batch-size must be at least 1"}]
     code, events = run_cli(capsys, "--method", "sft")
-    assert code == 1 and "invalid choice" in events[0]["message"]
+    assert code == 2 and "invalid choice" in events[0]["message"]
 
 
 def test_resuming_a_completed_run_is_refused(capsys, pairs_file, tiny_model_dir, tmp_path):
