@@ -410,11 +410,6 @@ def test_precision_on_a_gpu_without_bf16(monkeypatch):
     assert runner.pick_device("auto", "float32") == runner.Placement("cuda", torch.float32)
 
 
-def test_cpu_bf16_in_an_older_run_json_resumes_as_bf16():
-    assert run_folder.config_from_dict({"method": "dpo", "cpu_bf16": True}).precision == "bf16"
-    assert run_folder.config_from_dict({"method": "dpo", "cpu_bf16": False}).precision == "auto"
-
-
 def test_orpo_through_the_cli(capsys, pairs_file, tiny_model_dir):
     code, events = run_cli(capsys, "--method", "orpo", "--data", pairs_file, "--model", tiny_model_dir, "--max-steps", 2)
     assert code == 0 and events[-1]["event"] == "done"

@@ -104,8 +104,6 @@ def config_from_dict(settings: dict) -> TrainConfig:
     nested = {"lora": LoraSettings, "dpo": DPOSettings, "orpo": ORPOSettings, "ppo": PPOSettings}
     known = {f.name for f in fields(TrainConfig)}
     values = {}
-    if settings.get("cpu_bf16") and "precision" not in settings:  # run.json from before --precision
-        values["precision"] = "bf16"
     for key, value in settings.items():
         if key not in known:
             continue
