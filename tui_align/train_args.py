@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 
 from .errors import ArgumentParser, UsageError
-from .training.config import PRECISIONS, TrainConfig
-from .training.rules import METHODS, MIN_MAX_LENGTH
+from .training.config import TrainConfig
+from .training.rules import METHODS, MIN_MAX_LENGTH, PRECISIONS
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, TrainConfig]:

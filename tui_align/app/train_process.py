@@ -17,9 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import train_args
 from ..errors import UserError
-from ..train_args import build_parser
-from ..train_args import parse as parse_train_args
 from ..training.rules import EXIT_CANCELLED, METHODS  # noqa: F401  (METHODS: the screen's method select)
 
 # Seconds to wait, when the app quits, for a cancelled run to finish its step and save checkpoint/.
@@ -64,9 +63,8 @@ def _dest(spec: FormField) -> str:
 
 def form_defaults() -> dict[str, str]:
     """The form's starting values: the parser's own defaults, as text."""
-    defaults = build_parser().parse_args([])
-    return {spec.name: "" if getattr(defaults, _dest(spec)) is None else str(getattr(defaults, _dest(spec)))
-            for spec in FIELDS}
+    defaults = vars(train_args.build_parser().parse_args([]))
+    return {spec.name: "" if defaults[_dest(spec)] is None else str(defaults[_dest(spec)]) for spec in FIELDS}
 
 
 def form_flags(method: str, values: dict[str, str], low_memory: bool = False, precision: str = "auto") -> list[str]:
@@ -78,7 +76,7 @@ def form_flags(method: str, values: dict[str, str], low_memory: bool = False, pr
         text = values.get(spec.name, "").strip()
         if text or not spec.optional:
             typed.append(f"--{spec.name}={text}")  # `=`: a value like "-1" must not read as a flag
-    args, _ = parse_train_args(typed)
+    args, _ = train_args.parse(typed)
     flags = ["--method", args.method]
     for spec in FIELDS:
         value = getattr(args, _dest(spec))
