@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tui_align.errors import first_line  # noqa: E402
 from common import Section, format_table, machine_info  # noqa: E402
 
 PARTS = ("train", "mfu", "generation", "loop")
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
         try:
             results[name] = run_part(name, args, results)
         except Exception as exc:  # keep the other parts' numbers
-            failures.append(f"{name}: {type(exc).__name__}: {exc}")
+            failures.append(f"{name}: {first_line(exc)}")
             traceback.print_exc()
             continue
         results[name].data["seconds"] = round(time.monotonic() - t0, 1)

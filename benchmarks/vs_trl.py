@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tui_align.errors import first_line  # noqa: E402
 from common import SHARED_DATA, Section, peak_rss_mib, quiet_hf, report, run_worker  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
@@ -465,7 +466,7 @@ def _trl_has_orpo() -> str | None:
     try:
         from trl.experimental.orpo import ORPOTrainer  # noqa: F401
     except Exception as exc:  # an installed TRL without it: say so rather than fail the whole benchmark
-        return f"{type(exc).__name__}: {exc}"
+        return first_line(exc)
     return None
 
 
@@ -488,7 +489,7 @@ def collect(args) -> Section:
             try:
                 results[variant] = run_worker(SCRIPT, _worker_args(args, contest, variant))
             except Exception as exc:  # one contender failing must not lose the others' numbers
-                notes.append(f"{contest} {variant} failed: {str(exc).splitlines()[0]}")
+                notes.append(f"{contest} {variant} failed: {first_line(exc, typed=False)}")
         runs[contest] = results
         for variant, r in results.items():
             rows.append(_row(contest, r, results))
@@ -506,7 +507,7 @@ def collect(args) -> Section:
             notes.append(f"{contest} loss, same batch of {check['pairs']}, {how}: ours {check['ours']:.6f}, "
                          f"TRL {check['trl']:.6f}, |diff| {diff:.2e}.")
         except Exception as exc:
-            notes.append(f"{contest} loss check failed: {str(exc).splitlines()[0]}")
+            notes.append(f"{contest} loss check failed: {first_line(exc, typed=False)}")
     notes.append(f"{args.pairs} hh-rlhf pairs that fit {args.max_length} tokens untruncated, batch {args.batch_size}, "
                  f"1 epoch, LoRA r16/alpha32 on all linear layers, beta/lambda {args.beta}.")
     notes.append("s/step: mean over all steps (our length-grouped batches vary more than TRL's random ones, so a "

@@ -116,7 +116,7 @@ def test_export_peft_and_merged(run_folder, tmp_path, capsys):
     assert main(["export-adapter", str(run_folder), "--to", "merged", str(tmp_path / "merged")]) == 0
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     assert not any("lora" in name for name, _ in merged.named_parameters())
-    assert main(["export-adapter", str(run_folder), "--to", "merged", str(tmp_path / "merged")]) == 2  # never overwritten
+    assert main(["export-adapter", str(run_folder), "--to", "merged", str(tmp_path / "merged")]) == 1  # never overwritten
     assert "already exists" in capsys.readouterr().err
 
 
@@ -149,13 +149,13 @@ def test_export_gguf_forms_run_in_llamacpp(run_folder, default_gguf, tmp_path):
 
 
 def test_bad_adapters_give_one_line(run_folder, tmp_path, capsys):
-    assert main(["compare", "--adapter", "no-such-run", "--prompt", "hi"]) == 2
+    assert main(["compare", "--adapter", "no-such-run", "--prompt", "hi"]) == 1
     assert "No adapter named 'no-such-run'" in capsys.readouterr().err
 
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
     (unfinished / "run.json").write_text(json.dumps({"status": "cancelled"}))
-    assert main(["compare", "--adapter", str(unfinished), "--prompt", "hi"]) == 2
+    assert main(["compare", "--adapter", str(unfinished), "--prompt", "hi"]) == 1
     assert "has no trained adapter" in capsys.readouterr().err
 
     other = tmp_path / "other-base"
@@ -163,20 +163,20 @@ def test_bad_adapters_give_one_line(run_folder, tmp_path, capsys):
     record = json.loads((other / "run.json").read_text())
     record["base_model"] = {"kind": "hub", "location": "someone/other-model", "model_id": "someone/other-model"}
     (other / "run.json").write_text(json.dumps(record))
-    assert main(["compare", "--adapter", str(other), "--prompt", "hi", "--model", str(run_folder / "..")]) == 2
+    assert main(["compare", "--adapter", str(other), "--prompt", "hi", "--model", str(run_folder / "..")]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
 
     # --against: a second adapter on another base, the same adapter twice, or none at all.
-    assert main(["compare", "--adapter", str(run_folder), "--against", str(other), "--prompt", "hi"]) == 2
+    assert main(["compare", "--adapter", str(run_folder), "--against", str(other), "--prompt", "hi"]) == 1
     assert capsys.readouterr().err.strip() == (
         f"tui-align: other-base was trained on someone/other-model, not on {run_folder_base(run_folder)}."
     )
-    assert main(["compare", "--adapter", str(run_folder), "--against", str(run_folder), "--prompt", "hi"]) == 2
+    assert main(["compare", "--adapter", str(run_folder), "--against", str(run_folder), "--prompt", "hi"]) == 1
     assert capsys.readouterr().err.strip() == (
         f"tui-align: Both sides are {run_folder.name}: compare two different adapters."
     )
-    assert main(["compare", "--adapter", str(run_folder), "--against", "no-such-run", "--prompt", "hi"]) == 2
+    assert main(["compare", "--adapter", str(run_folder), "--against", "no-such-run", "--prompt", "hi"]) == 1
     assert "No adapter named 'no-such-run'" in capsys.readouterr().err
 
 

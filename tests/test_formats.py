@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tui_align import formats
+from tui_align import atomic, formats
 from tui_align.errors import UserError
 from tui_align.formats import (
     FORMATS,
@@ -345,7 +345,7 @@ def test_os_errors_become_one_line_user_errors_and_keep_the_old_file(old_export,
     def fail(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(formats.os, failing, fail)
+    monkeypatch.setattr(atomic.os, failing, fail)
     with pytest.raises(UserError) as caught:
         write_pairs(ROUND_TRIP_PAIRS, old_export, "trl-chat")
     assert str(caught.value) == f"Couldn't write {old_export}: No space left on device"

@@ -486,11 +486,6 @@ def test_precision_on_a_gpu_without_bf16(monkeypatch):
     assert placement.pick_device("auto", "float32") == placement.Placement("cuda", torch.float32)
 
 
-def test_cpu_bf16_in_an_older_run_json_resumes_as_bf16():
-    assert run_folder.config_from_dict({"method": "dpo", "cpu_bf16": True}).precision == "bf16"
-    assert run_folder.config_from_dict({"method": "dpo", "cpu_bf16": False}).precision == "auto"
-
-
 def test_run_json_settings_come_back_as_the_same_config():
     config = TrainConfig(method="orpo", max_steps=7)
     config.lora.rank, config.dpo.beta, config.orpo.lam, config.ppo.kl_coef = 8, 0.3, 0.2, 0.01
@@ -634,9 +629,9 @@ def test_a_model_that_fails_to_load_is_a_model_error(capsys, pairs_file, tmp_pat
 
 def test_bad_flags_are_one_json_error_line(capsys):
     code, events = run_cli(capsys, "--batch-size", "0")
-    assert code == 1 and events == [{**events[0], "event": "error", "kind": "data", "message": "--batch-size must be at least 1"}]
+    assert code == 2 and events == [{**events[0], "event": "error", "kind": "data", "message": "--batch-size must be at least 1"}]
     code, events = run_cli(capsys, "--method", "sft")
-    assert code == 1 and "invalid choice" in events[0]["message"]
+    assert code == 2 and "invalid choice" in events[0]["message"]
 
 
 def test_resuming_a_completed_run_is_refused(capsys, pairs_file, tiny_model_dir, tmp_path):

@@ -1,4 +1,8 @@
-"""`tui-align`: the app, plus headless commands for scripts (import, export, train, pairs)."""
+"""`tui-align`: the app, plus headless commands for scripts (import, export, train, pairs, ...).
+
+Every command reports a failure the same way: `tui-align: <one line>` on stderr, and exits 2 for bad or
+missing arguments, 1 when the command failed, 130 when it was cancelled (training/rules.py).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,11 @@ import argparse
 import sys
 
 from . import __version__
-from .errors import UserError
+from .errors import ArgumentParser, UsageError, UserError, current_log, report
+from .training.rules import EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, EXIT_USAGE
 
 FORMAT_CHOICES = ("trl", "trl-chat", "hh")
-# Commands with their own argument parser, handed everything after their name.
-DELEGATED = {"train": "tui_align.train_command"}
+GLOBAL_OPTIONS = ("home", "model", "backend")
 
 
 def _add_common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -23,7 +27,7 @@ def _add_common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tui-align", description="Chat with a local model, pick preferred answers, train on them.")
+    parser = ArgumentParser(prog="tui-align", description="Chat with a local model, pick preferred answers, train on them.")
     parser.add_argument("--version", action="version", version=f"tui-align {__version__}")
     _add_common(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -41,7 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     pairs = commands.add_parser("pairs", help="count the stored pairs by source")
     _add_common(pairs, suppress=True)
 
-    commands.add_parser("train", help="train a LoRA adapter on the pairs (see `tui-align train --help`)", add_help=False)
+    # train has its own parser (train_args.py): this one takes the global options and hands it the rest.
+    # No abbreviations here, so that --m (train's --method? --model?) reaches train's parser as typed.
+    train = commands.add_parser("train", help="train a LoRA adapter on the pairs (see `tui-align train --help`)",
+                                add_help=False, allow_abbrev=False)
+    _add_common(train, suppress=True)
 
     compare = commands.add_parser("compare", help="answer one prompt with a trained adapter and with the base (or a second adapter)")
     compare.add_argument("--adapter", required=True, help="a run id (see `tui-align adapters`) or a peft adapter folder")
@@ -64,23 +72,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit code (see the module docstring)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv and argv[0] in DELEGATED:
-            import importlib
+        args, rest = build_parser().parse_known_args(argv)
+        if args.command == "train":
+            from .train_command import main as train
 
-            return importlib.import_module(DELEGATED[argv[0]]).main(argv[1:])
-        args = build_parser().parse_args(argv)
-        handler = {
-            None: run_app, "import": run_import, "export": run_export, "pairs": run_pairs,
-            "compare": run_compare, "adapters": run_adapters, "export-adapter": run_export_adapter,
-        }[args.command]
-        return handler(args) or 0
+            given = [arg for name in GLOBAL_OPTIONS if getattr(args, name) is not None
+                     for arg in (f"--{name}", getattr(args, name))]
+            return train(given + rest)
+        if rest:
+            raise UsageError(f"unrecognized arguments: {' '.join(rest)}")
+        return COMMANDS[args.command](args) or EXIT_OK
+    except UsageError as exc:
+        print(f"tui-align: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except UserError as exc:
         print(f"tui-align: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
     except KeyboardInterrupt:
-        return 130
+        return EXIT_CANCELLED
+    except Exception as exc:  # a bug: one line here, the traceback in the log (or here, if there is none yet)
+        line = report(exc)
+        log = current_log()
+        if log is None:
+            import traceback
+
+            traceback.print_exc()
+        print(f"tui-align: {line}" + (f" (traceback in {log})" if log else ""), file=sys.stderr)
+        return EXIT_ERROR
 
 
 def _open_store(args):
@@ -193,6 +214,12 @@ def run_app(args) -> int:
     finally:
         store.close()
     return app.return_code or 0
+
+
+COMMANDS = {
+    None: run_app, "import": run_import, "export": run_export, "pairs": run_pairs,
+    "compare": run_compare, "adapters": run_adapters, "export-adapter": run_export_adapter,
+}
 
 
 if __name__ == "__main__":

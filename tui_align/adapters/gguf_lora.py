@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..atomic import atomic_path
+from ..errors import UserError, report
 
 # Architectures whose GGUF layout this converter knows, and whether q/k rows are permuted there.
 # Only llama is verified here (against transformers, see tests/test_gguf_lora.py); others are
@@ -89,7 +88,7 @@ def load_peft_adapter(adapter_dir: str | Path) -> tuple[dict, dict[str, np.ndarr
         config = json.loads(config_path.read_text())
         tensors = {name: array.astype(np.float32) for name, array in load_file(str(weights_path)).items()}
     except Exception as exc:  # safetensors raises its own error type for a damaged file
-        raise UserError(f"The adapter in {folder} is corrupt: {exc}") from exc
+        raise UserError(f"The adapter in {folder} is corrupt: {report(exc, typed=False)}") from exc
     if config.get("peft_type", "LORA") != "LORA":
         raise UserError(f"{folder} holds a {config.get('peft_type')} adapter; only LoRA converts to GGUF.")
     if config.get("use_dora") or config.get("fan_in_fan_out"):
@@ -184,21 +183,14 @@ def write_gguf_atomically(out_path: str | Path, arch: str, fill) -> Path:
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, staging = tempfile.mkstemp(prefix=f".{out_path.name}-", dir=out_path.parent)
-    os.close(fd)
     try:
-        writer = gguf.GGUFWriter(staging, arch)
-        fill(writer)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.chmod(staging, 0o644)  # mkstemp's 0600 would hide the file from other users' llama.cpp/Ollama
-        os.replace(staging, out_path)
+        with atomic_path(out_path) as staging:
+            writer = gguf.GGUFWriter(staging, arch)
+            fill(writer)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+            writer.close()
     except OSError as exc:
-        Path(staging).unlink(missing_ok=True)
         raise UserError(f"Couldn't write {out_path}: {exc.strerror or exc}") from exc
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
     return out_path

@@ -15,10 +15,9 @@ from textual.screen import Screen
 from textual.worker import get_current_worker
 
 from ..backends.base import Backend, SamplingSettings
-from ..errors import UserError
+from ..errors import UserError, report
 from ..model_files import ModelRef
 from ..store import Store
-from .generation import first_line
 from .messages import BackendFailed, BackendReady
 from .screens import MAIN_SCREENS
 from .screens.help import HelpScreen
@@ -109,7 +108,7 @@ class AlignApp(App[int]):
             self.post_message(BackendFailed(str(exc)))
             return
         except Exception as exc:  # whatever the engine raises, the user gets one line
-            self.post_message(BackendFailed(f"Couldn't load the model: {first_line(exc)}"))
+            self.post_message(BackendFailed(f"Couldn't load the model: {report(exc)}"))
             return
         if get_current_worker().is_cancelled:  # the app quit while we loaded
             backend.close()

@@ -5,15 +5,9 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from ..backends.base import Backend, SamplingSettings, StopCheck
-from ..errors import UserError
+from ..errors import UserError, report
 from ..pairs import Message
 from .messages import AnswerDone, AnswerProgress, GenerationFinished
-
-
-def first_line(exc: BaseException) -> str:
-    """An exception as one line: the app shows errors in a status line, never a traceback."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def generate_answers(
@@ -49,7 +43,7 @@ def stream_answers(
         except UserError as exc:
             error = str(exc)
         except Exception as exc:  # an engine bug must not kill the app; the user sees one line
-            error = f"Generation failed: {first_line(exc)}"
+            error = f"Generation failed: {report(exc)}"
         texts.append(text)
         stopped = bool(should_stop())
         post(AnswerDone(slot, text, stopped))

@@ -17,14 +17,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import train_args
 from ..errors import UserError
-from ..training.config import TrainConfig
-from ..training.rules import EXIT_CANCELLED, METHODS, MIN_MAX_LENGTH, PRECISIONS
+from ..training.rules import EXIT_CANCELLED, METHODS  # noqa: F401  (METHODS: the screen's method select)
 
 # Seconds to wait, when the app quits, for a cancelled run to finish its step and save checkpoint/.
 EXIT_WAIT_S = 15.0
+# A label for every `kind` a run's error event can carry (tests/test_train_form.py checks the runner's against it).
 ERROR_KINDS = {"oom": "out of memory", "nan": "loss became NaN", "data": "bad data or settings",
-               "model": "model problem", "crash": "training crashed"}
+               "model": "model problem", "disk": "disk problem", "crash": "training crashed"}
 
 
 def train_command() -> list[str]:
@@ -34,69 +35,55 @@ def train_command() -> list[str]:
 
 @dataclass(frozen=True)
 class FormField:
-    """One form input: its flag, the label shown, how to parse it and what it must satisfy."""
+    """One form input: the `tui-align train` flag it sets and its label. Its rules are the parser's
+    (train_args), so the form and the command line can't disagree."""
 
-    name: str
+    name: str  # the flag without its dashes
     label: str
-    parse: type
-    check: str  # "pos" > 0, "nonneg" >= 0, "fraction" in [0, 1), "int>=1", or a minimum given by `minimum`
-    minimum: float = 1
-    optional: bool = False
+    optional: bool = False  # empty means "leave the flag out"
 
 
 FIELDS = (
-    FormField("epochs", "epochs", int, "min"),
-    FormField("max-steps", "max steps", int, "min", optional=True),
-    FormField("batch-size", "batch size", int, "min"),
-    FormField("lr", "learning rate", float, "pos"),
-    FormField("beta", "beta (dpo)", float, "pos"),
-    FormField("lam", "lambda (orpo)", float, "nonneg"),
-    FormField("lora-rank", "LoRA rank", int, "min"),
-    FormField("max-length", "max length", int, "min", minimum=MIN_MAX_LENGTH),
-    FormField("eval-fraction", "eval fraction", float, "fraction"),
-    FormField("seed", "seed", int, "nonneg"),
+    FormField("epochs", "epochs"),
+    FormField("max-steps", "max steps", optional=True),
+    FormField("batch-size", "batch size"),
+    FormField("lr", "learning rate"),
+    FormField("beta", "beta (dpo)"),
+    FormField("lam", "lambda (orpo)"),
+    FormField("lora-rank", "LoRA rank"),
+    FormField("max-length", "max length"),
+    FormField("eval-fraction", "eval fraction"),
+    FormField("seed", "seed"),
 )
 
 
+def _dest(spec: FormField) -> str:
+    return spec.name.replace("-", "_")
+
+
 def form_defaults() -> dict[str, str]:
-    """The form's starting values: train_command.py's own defaults, as text."""
-    config = TrainConfig()
-    values = {"epochs": config.epochs, "max-steps": config.max_steps, "batch-size": config.batch_size,
-              "lr": config.learning_rate, "beta": config.dpo.beta, "lam": config.orpo.lam,
-              "lora-rank": config.lora.rank, "max-length": config.max_length,
-              "eval-fraction": config.eval_fraction, "seed": config.seed}
-    return {name: "" if value is None else str(value) for name, value in values.items()}
+    """The form's starting values: the parser's own defaults, as text."""
+    defaults = vars(train_args.build_parser().parse_args([]))
+    return {spec.name: "" if defaults[_dest(spec)] is None else str(defaults[_dest(spec)]) for spec in FIELDS}
 
 
 def form_flags(method: str, values: dict[str, str], low_memory: bool = False, precision: str = "auto") -> list[str]:
-    """Command-line flags for the form's values; a bad value is a one-line UserError naming the field.
-    `low_memory` is the form's switch for --gradient-checkpointing, `precision` its precision select."""
-    if method not in METHODS:
-        raise UserError(f"Method must be one of {', '.join(METHODS)}.")
-    flags = ["--method", method]
+    """Command-line flags for the form's values, checked by `tui-align train`'s own parser: a bad value is
+    that parser's one-line UsageError. `low_memory` is the form's switch for --gradient-checkpointing,
+    `precision` its precision select."""
+    typed = [f"--method={method}", f"--precision={precision}"]
     for spec in FIELDS:
         text = values.get(spec.name, "").strip()
-        if not text and spec.optional:
-            continue
-        try:
-            value = spec.parse(text)
-        except ValueError:
-            kind = "a whole number" if spec.parse is int else "a number"
-            raise UserError(f"{spec.label.capitalize()} must be {kind}, not {text!r}.") from None
-        problems = {
-            "min": (value >= spec.minimum, f"at least {spec.minimum:g}"),
-            "pos": (value > 0, "positive"),
-            "nonneg": (value >= 0, "zero or more"),
-            "fraction": (0 <= value < 1, "in [0, 1)"),
-        }
-        ok, wanted = problems[spec.check]
-        if not ok:
-            raise UserError(f"{spec.label.capitalize()} must be {wanted}, not {text}.")
-        flags += [f"--{spec.name}", str(value)]
-    if precision not in PRECISIONS:
-        raise UserError(f"Precision must be one of {', '.join(PRECISIONS)}.")
-    if precision != "auto":
-        flags += ["--precision", precision]
+        if text or not spec.optional:
+            typed.append(f"--{spec.name}={text}")  # `=`: a value like "-1" must not read as a flag
+    args, _ = train_args.parse(typed)
+    flags = ["--method", args.method]
+    for spec in FIELDS:
+        value = getattr(args, _dest(spec))
+        if value is not None:
+            flags += [f"--{spec.name}", str(value)]
+    if args.precision != "auto":  # auto is the child's own default
+        flags += ["--precision", args.precision]
     if low_memory:
         flags.append("--gradient-checkpointing")
     return flags

@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import UserError
+from ..errors import UserError, report
 from ..model_files import ModelRef, load_transformers
 from ..pairs import Message
 from .base import Backend, SamplingSettings, StopCheck
@@ -69,7 +69,7 @@ class TransformersBackend(Backend):
                 messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
             ).to(self.model.device)
         except Exception as exc:  # a tokenizer without a chat template, or a malformed message list
-            raise UserError(f"Can't build the chat prompt: {exc}") from exc
+            raise UserError(f"Can't build the chat prompt: {report(exc, typed=False)}") from exc
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         stop_event = threading.Event()
 
@@ -118,7 +118,7 @@ class TransformersBackend(Backend):
             stop_event.set()
             worker.join()
         if failure:
-            raise UserError(f"Generation failed: {failure[0]}") from failure[0]
+            raise UserError(f"Generation failed: {report(failure[0], typed=False)}") from failure[0]
 
     def close(self) -> None:
         self.model = None
@@ -144,5 +144,4 @@ def load_extra_adapter(peft_model, adapter_path: str | Path, name: str) -> None:
 
 
 def _adapter_error(adapter_path: str | Path, exc: Exception) -> UserError:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return UserError(f"Can't load the adapter {Path(adapter_path).name}: {first[:200]}")
+    return UserError(f"Can't load the adapter {Path(adapter_path).name}: {report(exc, typed=False)[:200]}")

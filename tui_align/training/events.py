@@ -8,7 +8,7 @@ Event kinds and their fields:
   phase       name ("reward_model" | "sft" | "ppo"), for methods with stages
   checkpoint  step, path
   done        run_dir, metrics, seconds
-  error       message (one line), kind ("oom" | "nan" | "data" | "model" | "crash")
+  error       message (one line), kind ("oom" | "nan" | "data" | "model" | "disk" | "crash")
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class HumanEvents:
             text = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
             line = f"step {fields.get('step')}/{fields.get('total_steps')}  {text}"
         elif kind == "error":
-            line = f"error: {fields.get('message')}"
+            line = f"tui-align: {fields.get('message')}"  # how every tui-align command reports a failure
         elif kind == "start":
             line = (f"training {fields.get('config', {}).get('method')} on {fields.get('train_pairs')} pairs "
                     f"({fields.get('eval_pairs')} held out) on {fields.get('device')}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from .run_folder import RunError
 
 OOM_MESSAGE = "out of memory: lower --pass-tokens or --max-length, or add --gradient-checkpointing"
@@ -23,5 +23,4 @@ def classify(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, OSError):
         where = f" ({exc.filename})" if exc.filename else ""
         return "disk", f"Couldn't write the run's files{where}: {exc.strerror or exc}. Earlier adapters are untouched."
-    first = str(exc).strip().splitlines()
-    return "crash", f"{type(exc).__name__}: {first[0] if first else 'no message'}"
+    return "crash", first_line(exc)

@@ -19,6 +19,7 @@ from dataclasses import fields, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..atomic import atomic_folder, write_text
 from ..errors import UserError
 from ..pairs import Pair
 from .config import TrainConfig
@@ -93,10 +94,8 @@ def new_run_dir(adapters_dir: Path, method: str, out: str | None) -> Path:
 
 
 def write_json(path: Path, record: dict) -> None:
-    """Write atomically (temp file + rename), so a crash never leaves half a run.json."""
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(temp, path)
+    """Write atomically, so a crash never leaves half a run.json."""
+    write_text(path, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
 
 
 def config_from_dict(settings: dict) -> TrainConfig:
@@ -105,8 +104,6 @@ def config_from_dict(settings: dict) -> TrainConfig:
     nested = {f.name: f.default_factory for f in fields(TrainConfig) if is_dataclass(f.default_factory)}
     known = {f.name for f in fields(TrainConfig)}
     values = {}
-    if settings.get("cpu_bf16") and "precision" not in settings:  # run.json from before --precision
-        values["precision"] = "bf16"
     for key, value in settings.items():
         if key not in known:
             continue
@@ -136,20 +133,11 @@ def save_checkpoint_folder(model, run_dir: Path, step: int, optimizer=None) -> P
     import torch
 
     target = run_dir / CHECKPOINT
-    staging = Path(tempfile.mkdtemp(prefix=".checkpoint-", dir=run_dir))
-    try:
+    with atomic_folder(target) as staging:
         model.save_pretrained(str(staging))
         if optimizer is not None:
             torch.save(optimizer.state_dict(), staging / OPTIMIZER_FILE)
         write_json(staging / STATE_FILE, {"step": step, "saved_at": now()})
-        old = run_dir / ".checkpoint-old"
-        if target.exists():
-            os.replace(target, old)
-        os.replace(staging, target)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..errors import UserError
+from ..errors import UserError, log_traceback
 from ..pairs import Pair
 from . import methods, placement
 from .config import TrainConfig
@@ -87,6 +87,7 @@ def fail(exc: BaseException, emit: EventSink, record: dict | None = None) -> int
         kind, message = "crash", "interrupted before a checkpoint could be saved"
     else:
         kind, message = classify(exc)
+    log_traceback(exc, f"training failed ({kind}): {message}")
     emit("error", message=message, kind=kind)
     run_dir = (record or {}).get("_dir")
     if run_dir is not None:

@@ -14,10 +14,9 @@ from textual.worker import get_current_worker
 
 from ...adapters.runs import RESUMABLE, RunFolder, check_same_base, delete_run, list_runs
 from ...backends.base import Backend
-from ...errors import UserError
+from ...errors import UserError, report
 from ...model_files import ModelRef, resolve_model
 from ...paths import models_dir
-from ..generation import first_line
 from ..messages import AdapterActivated, AdapterExported, AdapterWorkFailed
 from .confirm import ConfirmModal
 from .export_adapter import ExportModal
@@ -191,7 +190,7 @@ class AdaptersScreen(Screen):
             return
         except Exception as exc:  # whatever the engine raises, the user gets one line
             what = adapter.name if adapter else "the base model"
-            self.post_message(AdapterWorkFailed("load", f"Couldn't load {what}: {first_line(exc)}"))
+            self.post_message(AdapterWorkFailed("load", f"Couldn't load {what}: {report(exc)}"))
             return
         if get_current_worker().is_cancelled:
             backend.close()
@@ -294,7 +293,7 @@ class AdaptersScreen(Screen):
         except UserError as exc:
             self.post_message(AdapterWorkFailed("export", str(exc)))
         except Exception as exc:  # a converter bug must not kill the app; the user sees one line
-            self.post_message(AdapterWorkFailed("export", f"Export failed: {first_line(exc)}"))
+            self.post_message(AdapterWorkFailed("export", f"Export failed: {report(exc)}"))
         else:
             self.post_message(AdapterExported(form, str(path)))
 

@@ -18,13 +18,12 @@ from textual.worker import get_current_worker
 from ...adapters.held_out import held_out_prompts
 from ...adapters.runs import RunFolder, list_runs
 from ...backends.base import Backend, SamplingSettings
-from ...errors import UserError
+from ...errors import UserError, report
 from ...pairs import last_user_message
 from ..compare_session import (
     BASE, COMPARE_HELP, CompareTally, column_order, compare_answers, compare_status, draw_prompt,
     record_comparison, tally_from_records, with_fixed_seed,
 )
-from ..generation import first_line
 from ..messages import AdapterWorkFailed, AnswerDone, AnswerProgress, ComparePairReady, GenerationFinished
 from ..widgets.candidates import CandidateColumn, CandidatesPanel
 from .adapters import load_adapter_pair
@@ -215,7 +214,7 @@ class CompareScreen(Screen):
             self.post_message(AdapterWorkFailed("compare", str(exc)))
             return
         except Exception as exc:  # whatever the engine raises, the user gets one line
-            self.post_message(AdapterWorkFailed("compare", f"Couldn't load {names}: {first_line(exc)}"))
+            self.post_message(AdapterWorkFailed("compare", f"Couldn't load {names}: {report(exc)}"))
             return
         if get_current_worker().is_cancelled:
             old_backend.close(), new_backend.close()
@@ -232,7 +231,7 @@ class CompareScreen(Screen):
         except UserError as exc:
             return [], str(exc)
         except Exception as exc:  # an odd run folder must not stop the comparison: ctrl+r falls back
-            return [], f"{new.name}'s held-out pairs can't be found ({first_line(exc)})"
+            return [], f"{new.name}'s held-out pairs can't be found ({report(exc)})"
         return prompts, "" if prompts else f"{new.name} held out no pairs"
 
     def on_compare_pair_ready(self, message: ComparePairReady) -> None:

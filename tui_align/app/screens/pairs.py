@@ -11,8 +11,7 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
-from ...errors import UserError
-from ..generation import first_line
+from ...errors import UserError, report
 from ..messages import TransferFinished
 from .confirm import ConfirmModal
 from .edit_pair import EditPairModal
@@ -161,7 +160,7 @@ class PairsScreen(Screen):
         except UserError as exc:
             self.post_message(TransferFinished(action, path=path, error=str(exc)))
         except Exception as exc:  # one line for the user, never a traceback
-            self.post_message(TransferFinished(action, path=path, error=f"{action} failed: {first_line(exc)}"))
+            self.post_message(TransferFinished(action, path=path, error=f"{action} failed: {report(exc)}"))
         else:
             self.post_message(TransferFinished(action, count, path))
 

@@ -18,10 +18,9 @@ from textual.screen import Screen
 from textual.widgets import (Button, Checkbox, Footer, Header, Input, Label, ProgressBar, RichLog, Select, Sparkline,
                              Static)
 
-from ...errors import UserError
-from ..generation import first_line
+from ...errors import UserError, report
 from ..messages import TrainEvent, TrainFailed, TrainFinished, TrainProgress
-from ...training.config import PRECISIONS
+from ...training.rules import PRECISIONS
 from ..train_process import FIELDS, METHODS, TrainProcess, form_defaults, form_flags, format_metrics, new_run
 
 if TYPE_CHECKING:
@@ -205,7 +204,7 @@ Quitting the app cancels a running training cleanly; after a restart, resume it 
         except Exception as exc:  # a reader that breaks must still end the run with one line
             run.process.kill()
             run.finish(run.process.wait())
-            run.add_log(f"lost the training output: {first_line(exc)}")
+            run.add_log(f"lost the training output: {report(exc)}")
         if run.status == "failed":
             self.post_message(TrainFailed(run.error or "training failed"))
         else:

@@ -1,0 +1,115 @@
+"""The flags of `tui-align train` and the checks on their values: the one table of training rules.
+
+The command line and the app's Train form both go through `parse`: the form checks its values with this
+very parser before it starts the child, and shows its message. Torch-free, since the app's UI process
+imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .errors import ArgumentParser, UsageError
+from .training.config import TrainConfig
+from .training.rules import METHODS, MIN_MAX_LENGTH, PRECISIONS
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, TrainConfig]:
+    """The flags and the TrainConfig they make; a bad or missing value is a one-line UsageError."""
+    args = build_parser().parse_args(argv)
+    return args, config_from_args(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = TrainConfig()
+    parser = ArgumentParser(
+        prog="tui-align train",
+        description="Train a LoRA adapter (DPO, ORPO, or reward model + PPO) on preference pairs.",
+        epilog="Exit codes: 0 completed, 1 failed, 2 bad arguments, 130 cancelled (resume with --resume RUN_DIR).",
+    )
+    add = parser.add_argument
+    add("--method", choices=METHODS, default=METHODS[0], help="training method (default: dpo)")
+    add("--data", metavar="FILE", help="pairs from a JSONL file in any import format (default: the store)")
+    add("--home", metavar="DIR", help="data folder (default: $TUI_ALIGN_HOME or the user data folder)")
+    add("--model", metavar="M", help="a GGUF file, a transformers folder or a hub id (default: SmolLM2-135M-Instruct)")
+    # Accepted so that tui-align's global options work with every command; training always runs on transformers.
+    add("--backend", choices=("llamacpp", "hf"), help=argparse.SUPPRESS)
+    add("--epochs", type=int, default=defaults.epochs, help=f"passes over the pairs (default: {defaults.epochs})")
+    add("--max-steps", type=int, help="stop after this many optimizer steps (overrides --epochs)")
+    add("--batch-size", type=int, default=defaults.batch_size, help=f"pairs per step (default: {defaults.batch_size})")
+    add("--lr", type=float, default=defaults.learning_rate, help=f"learning rate (default: {defaults.learning_rate})")
+    add("--beta", type=float, default=defaults.dpo.beta, help=f"DPO beta (default: {defaults.dpo.beta})")
+    add("--sft-weight", type=float, default=defaults.dpo.sft_weight,
+        help="DPO: weight of an NLL term on the chosen answer, which keeps answers from drifting (RPO; default: 0)")
+    add("--lam", type=float, default=defaults.orpo.lam, help=f"ORPO lambda (default: {defaults.orpo.lam})")
+    add("--kl-coef", type=float, default=defaults.ppo.kl_coef, help=f"PPO: weight of the per-token KL penalty (default: {defaults.ppo.kl_coef})")
+    add("--sft-epochs", type=int, default=defaults.ppo.sft_epochs,
+        help=f"PPO: supervised passes over the chosen answers before PPO, so it samples what it should reinforce (default: {defaults.ppo.sft_epochs})")
+    add("--lora-rank", type=int, default=defaults.lora.rank, help=f"LoRA rank (default: {defaults.lora.rank})")
+    add("--lora-alpha", type=int, help="LoRA alpha (default: twice the rank)")
+    add("--max-length", type=int, default=defaults.max_length,
+        help=f"tokens of prompt + answer; longer pairs are truncated and counted (default: {defaults.max_length})")
+    add("--eval-fraction", type=float, default=defaults.eval_fraction,
+        help=f"share of pairs held out for evaluation (default: {defaults.eval_fraction})")
+    add("--seed", type=int, default=defaults.seed, help=f"random seed (default: {defaults.seed})")
+    add("--checkpoint-every", type=int, default=0, metavar="N", help="also save checkpoint/ every N steps (default: only on cancel)")
+    add("--out", metavar="DIR", help="the run folder (default: <home>/models/adapters/<run-id>/)")
+    add("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when present, else CPU")
+    add("--gradient-checkpointing", action="store_true",
+        help="recompute activations in backward: much less memory, about a third slower")
+    add("--pass-tokens", type=int, default=defaults.pass_tokens, metavar="N",
+        help="most tokens per forward/backward pass; a bigger batch runs in passes whose gradients add up: "
+             f"the same step in less memory (default: {defaults.pass_tokens}; 0 = one pass per batch)")
+    add("--precision", choices=PRECISIONS, default=defaults.precision,
+        help="auto: bf16 on a GPU that has it, bf16 autocast on a CPU with AVX512-BF16 or AMX, else float32")
+    add("--resume", metavar="RUN_DIR", help="continue a cancelled or failed run with its own settings and pairs")
+    add("--jsonl", action="store_true", help="print one JSON event per line on stdout (for the app)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """A TrainConfig from parsed flags, each checked so a bad value is a one-line UsageError."""
+    checks = [
+        (args.epochs >= 1, "--epochs must be at least 1"),
+        (args.max_steps is None or args.max_steps >= 1, "--max-steps must be at least 1"),
+        (args.batch_size >= 1, "--batch-size must be at least 1"),
+        (args.lr > 0, "--lr must be positive"),
+        (args.beta > 0, "--beta must be positive"),
+        (args.lam >= 0, "--lam must not be negative"),
+        (args.sft_weight >= 0, "--sft-weight must not be negative"),
+        (args.kl_coef >= 0, "--kl-coef must not be negative"),
+        (args.sft_epochs >= 0, "--sft-epochs must not be negative"),
+        (args.lora_rank >= 1, "--lora-rank must be at least 1"),
+        (args.lora_alpha is None or args.lora_alpha >= 1, "--lora-alpha must be at least 1"),
+        (args.max_length >= MIN_MAX_LENGTH, f"--max-length must be at least {MIN_MAX_LENGTH}"),
+        (0 <= args.eval_fraction < 1, "--eval-fraction must be in [0, 1)"),
+        (args.seed >= 0, "--seed must not be negative"),
+        (args.checkpoint_every >= 0, "--checkpoint-every must not be negative"),
+        (args.pass_tokens >= 0, "--pass-tokens must not be negative"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message)
+    config = TrainConfig(
+        method=args.method,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        max_length=args.max_length,
+        eval_fraction=args.eval_fraction,
+        seed=args.seed,
+        device=args.device,
+        checkpoint_every=args.checkpoint_every,
+        gradient_checkpointing=args.gradient_checkpointing,
+        precision=args.precision,
+        pass_tokens=args.pass_tokens,
+    )
+    config.dpo.beta = args.beta
+    config.dpo.sft_weight = args.sft_weight
+    config.orpo.lam = args.lam
+    config.ppo.kl_coef = args.kl_coef
+    config.ppo.sft_epochs = args.sft_epochs
+    config.lora.rank = args.lora_rank
+    config.lora.alpha = args.lora_alpha or 2 * args.lora_rank  # alpha / rank = 2 keeps the default LoRA scale
+    return config
