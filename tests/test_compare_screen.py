@@ -427,7 +427,7 @@ async def open_adapters(pilot, loader=None) -> AdaptersScreen:
     await settle(pilot)
     screen = pilot.app.get_screen("adapters")
     if loader is not None:
-        screen.load_chat_backend = loader
+        pilot.app.load_chat_backend = loader
     await pilot.press("f6")
     await settle(pilot)
     return screen

@@ -27,7 +27,6 @@ from ..compare_session import (
 from ..generation import first_line
 from ..messages import AdapterWorkFailed, AnswerDone, AnswerProgress, ComparePairReady, GenerationFinished
 from ..widgets.candidates import CandidateColumn, CandidatesPanel
-from .adapters import load_adapter_pair
 
 if TYPE_CHECKING:
     from ..app import AlignApp
@@ -81,7 +80,7 @@ class CompareScreen(Screen):
     def load_compare_pair(self, old: RunFolder | None, new: RunFolder) -> tuple[Backend, Backend]:
         """(old, new) backends, `old` None being the base; runs on a worker thread. Tests replace it with
         scripted backends."""
-        return load_adapter_pair(self.align_app, old, new)
+        return self.align_app.load_compare_pair(old, new)
 
     def compose(self) -> ComposeResult:
         yield Header()
