@@ -16,7 +16,7 @@ from tui_align.app.widgets.candidates import CandidateColumn
 from tui_align.errors import UserError
 from tui_align.model_files import ModelRef
 from tui_align.pairs import Pair
-from tui_align.store import Store
+from tui_align.store import CompareRecord, Store
 from tui_align.training.run_folder import data_hash, write_pairs_file
 
 from fakes import ScriptedBackend
@@ -235,12 +235,12 @@ async def test_a_compare_load_error_is_one_line_and_enter_tries_again(store, tmp
 
 def test_the_tally_counts_blind_picks_of_the_two_models_either_way_round():
     records = [
-        {"old": "base", "new": RUN, "winner": "new", "blind": True},
-        {"old": RUN, "new": "base", "winner": "new", "blind": True},  # the other way round: the base won
-        {"adapter": RUN, "winner": "adapter", "blind": True},  # stored before two-model compares
-        {"adapter": RUN, "winner": "tie", "blind": True},
-        {"old": "base", "new": RUN, "winner": "new", "blind": False},  # not blind: not counted
-        {"old": OLDER_RUN, "new": RUN, "winner": "new", "blind": True},  # another pair of models
+        CompareRecord("base", RUN, "new", True),
+        CompareRecord(RUN, "base", "new", True),  # the other way round: the base won
+        CompareRecord("base", RUN, "new", True),
+        CompareRecord("base", RUN, "tie", True),
+        CompareRecord("base", RUN, "new", False),  # not blind: not counted
+        CompareRecord(OLDER_RUN, RUN, "new", True),  # another pair of models
     ]
     assert tally_from_records(records, "base", RUN) == CompareTally(wins=2, losses=1, ties=1)
     assert tally_from_records(records, OLDER_RUN, RUN) == CompareTally(wins=1)
@@ -405,13 +405,13 @@ async def test_the_tally_is_rebuilt_from_the_store_after_a_restart(tmp_path):
     store.close()
 
     store = Store(path)  # the app closed; a new one opens the same store
-    store.record_pick([{"role": "user", "content": "Old pick."}], ["x", "y"], "chosen", chosen_index=0,
-                      settings={"compare": {"adapter": RUN, "winner": "base", "blind": True}}, source="compare")
+    store.record_pick([{"role": "user", "content": "Other pick."}], ["x", "y"], "chosen", chosen_index=0,
+                      source="compare", compare=CompareRecord(RUN, "base", "new", True))
     app = make_app(store, tmp_path)
     try:
         async with app.run_test(size=SIZE) as pilot:
             screen = await open_compare(pilot, lambda old, new: scripted_pair())
-            # The three picks above plus one stored before two-model compares (the base won it).
+            # The three picks above plus one stored with the sides the other way round (the base won it).
             assert "new beats old: 2 of 4 (50%), ties 1" in status(screen)
             screen.query_one("#compare-old", Select).value = OLDER_RUN
             await settle(pilot)

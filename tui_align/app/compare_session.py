@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 
 from ..backends.base import Backend, SamplingSettings, StopCheck
 from ..pairs import Message
-from ..store import Store
+from ..store import CompareRecord, Store
 from .generation import stream_answers
 
 COMPARE_HELP = """\
@@ -78,10 +78,12 @@ def record_comparison(
     and the new pair ids, source "compare", so the next run trains on it. The record names both models
     (`old` is BASE or a run), so the tally can be rebuilt from the store."""
     winner = "tie" if index is None else order[index]
+    compared = CompareRecord(old, new, winner, blind)
+    # The pair's settings say how it was made, the two models too; the pick's columns hold them for the tally.
     record = {**settings.as_dict(), "compare": {"old": old, "new": new, "winner": winner, "blind": blind}}
     outcome = "tie" if index is None else "chosen"
     saved = store.record_pick(prompt, list(answers), outcome, chosen_index=index, model=model, settings=record,
-                              source="compare")
+                              source="compare", compare=compared)
     return winner, saved
 
 
@@ -127,28 +129,16 @@ class CompareTally:
 SWAPPED = {"new": "old", "old": "new", "tie": "tie"}
 
 
-def matchup(record: dict) -> tuple[str, str, str] | None:
-    """(old, new, winner "new"/"old"/"tie") of a stored compare record. Records from before two-model
-    compares name one adapter against the base, with the winner "adapter" or "base"."""
-    if isinstance(record.get("new"), str):
-        return record.get("old", BASE), record["new"], record.get("winner")
-    if isinstance(record.get("adapter"), str):
-        winner = {"adapter": "new", "base": "old"}.get(record.get("winner"), record.get("winner"))
-        return BASE, record["adapter"], winner
-    return None
-
-
-def tally_from_records(records: list[dict], old: str, new: str) -> CompareTally:
+def tally_from_records(records: list[CompareRecord], old: str, new: str) -> CompareTally:
     """The blind picks between `old` and `new` among the store's compare records (either way round)."""
     tally = CompareTally()
     for record in records:
-        found = matchup(record) if record.get("blind") else None
-        if found is None or found[2] not in SWAPPED:
+        if not record.blind:
             continue
-        if found[:2] == (old, new):
-            tally.add(found[2])
-        elif found[:2] == (new, old):
-            tally.add(SWAPPED[found[2]])
+        if (record.old, record.new) == (old, new):
+            tally.add(record.winner)
+        elif (record.old, record.new) == (new, old):
+            tally.add(SWAPPED[record.winner])
     return tally
 
 
