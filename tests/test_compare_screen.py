@@ -71,7 +71,7 @@ async def open_compare(pilot, loader=None, new: str = RUN, old: str | None = Non
     await settle(pilot)
     screen = pilot.app.get_screen("compare")
     if loader is not None:
-        screen.load_compare_pair = loader
+        pilot.app.load_compare_pair = loader
     await pilot.press("f5")
     await settle(pilot)
     if old is not None:
@@ -227,7 +227,7 @@ async def test_a_compare_load_error_is_one_line_and_enter_tries_again(store, tmp
         assert errors(app) == [f"{RUN} was trained on other-model, not on base-model."]
         assert screen.phase == "idle" and "not loaded" in status(screen)
         await ask(pilot, screen, "Capital of France?")  # tries the same two models again
-        assert attempts == [RUN, RUN] and screen.pair is not None
+        assert attempts == [RUN, RUN] and screen.session.pair is not None
         assert "not loaded" not in status(screen)
         await ask(pilot, screen, "Capital of France?")
         assert screen.phase == "picking"
