@@ -8,7 +8,7 @@ import pytest
 from textual.widgets import DataTable, Input, Select, Static
 
 from tui_align.app import AlignApp
-from tui_align.app.compare_session import tally_from_records
+from tui_align.app.compare_session import CompareSession, LoadedPair, tally_from_records
 from tui_align.app.screens.adapters import AdaptersScreen, ExportModal
 from tui_align.app.screens.compare import CompareScreen, CompareTally
 from tui_align.app.screens.confirm import ConfirmModal
@@ -245,6 +245,20 @@ def test_the_tally_counts_blind_picks_of_the_two_models_either_way_round():
     assert tally_from_records(records, "base", RUN) == CompareTally(wins=2, losses=1, ties=1)
     assert tally_from_records(records, OLDER_RUN, RUN) == CompareTally(wins=1)
     assert tally_from_records(records, RUN, OLDER_RUN) == CompareTally(losses=1)
+
+
+def test_a_pair_that_loads_after_the_choice_moved_on_is_closed(store):
+    session = CompareSession(store)
+    session.loading = ("base", RUN)
+    stale = LoadedPair("base", RUN, *scripted_pair())
+    assert not session.loaded(stale, [], "", chosen=("base", OLDER_RUN))  # the user chose another run meanwhile
+    assert stale.old_backend.closed and stale.new_backend.closed and session.pair is None
+    fresh = LoadedPair("base", RUN, *scripted_pair())
+    assert session.loaded(fresh, [["held-out prompt"]], "", chosen=("base", RUN))
+    assert session.pair is fresh and session.loading is None and session.state("base", RUN) == "ready"
+    assert session.held_out[RUN] == ([["held-out prompt"]], "")
+    session.close_pair()
+    assert fresh.old_backend.closed and fresh.new_backend.closed and session.state("base", RUN) == "failed"
 
 
 async def test_two_adapters_answer_side_by_side_and_the_pick_names_both(store, tmp_path):
