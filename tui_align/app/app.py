@@ -16,6 +16,7 @@ from textual.worker import get_current_worker
 
 from ..adapters.runs import RunFolder
 from ..backends.base import Backend, SamplingSettings
+from ..compare import load_pair, load_with_adapter
 from ..errors import UserError
 from ..model_files import ModelRef, resolve_model
 from ..paths import models_dir
@@ -149,15 +150,11 @@ class AlignApp(App[int]):
     def load_chat_backend(self, run: RunFolder | None) -> Backend:
         """The app's base with `run`'s adapter on top (None: the plain base). Runs on a worker thread;
         tests replace it with a scripted backend."""
-        from ..compare import load_with_adapter
-
         return load_with_adapter(self.base_ref, self.engine, models_dir(self.home), run)
 
     def load_compare_pair(self, old: RunFolder | None, new: RunFolder) -> tuple[Backend, Backend]:
         """(old, new) for the compare screen on the app's own base and engine; `old` None is the plain base.
         Runs on a worker thread; tests replace it with scripted backends."""
-        from ..compare import load_pair
-
         return load_pair(self.base_ref, self.engine, models_dir(self.home), new, old)
 
     def use_adapter(self, run: RunFolder | None) -> bool:

@@ -70,7 +70,7 @@ class CompareScreen(Screen):
 
     @property
     def order(self) -> list[str]:
-        """"old"/"new" per column, left to right, of the comparison on show."""
+        """Which model ("old" or "new") answers in each column of the comparison on show, left to right."""
         return self.session.current.order if self.session.current is not None else ["old", "new"]
 
     def compose(self) -> ComposeResult:
