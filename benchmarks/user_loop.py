@@ -224,12 +224,9 @@ def adapter_select(compare):
 
 
 def pair_ready(compare, name: str) -> bool:
-    """True once the compare screen holds loaded backends for `name` (its key: the name, or (old, new))."""
-    pair = getattr(compare, "pair", None)
-    if pair is None:
-        return False
-    key = pair[0]
-    return key == name or (isinstance(key, tuple) and key[-1] == name)
+    """True once the compare screen's session holds loaded backends whose new side is `name`."""
+    pair = compare.session.pair
+    return pair is not None and pair.new == name
 
 
 async def drive_loop(app, home: Path, quick: bool, marks: dict, events_log: list) -> dict:

@@ -164,8 +164,9 @@ def test_bad_adapters_give_one_line(run_folder, tmp_path, capsys):
     record["base_model"] = {"kind": "hub", "location": "someone/other-model", "model_id": "someone/other-model"}
     (other / "run.json").write_text(json.dumps(record))
     assert main(["compare", "--adapter", str(other), "--prompt", "hi", "--model", str(run_folder / "..")]) == 1
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"tui-align: {run_folder / '..'} is a folder but has no config.json: not a transformers model folder."
+    )
 
     # --against: a second adapter on another base, the same adapter twice, or none at all.
     assert main(["compare", "--adapter", str(run_folder), "--against", str(other), "--prompt", "hi"]) == 1

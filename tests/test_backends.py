@@ -9,6 +9,8 @@ from tui_align.backends.hf import TransformersBackend
 from tui_align.errors import UserError
 from tui_align.model_files import ModelRef, resolve_model
 
+from conftest import build_tiny_llama
+
 GREEDY = SamplingSettings(temperature=0.0, max_tokens=24)
 
 
@@ -79,12 +81,41 @@ def test_transformers_backend_stops_when_asked(tiny_llama, smol_tokenizer):
     assert 1 <= len(pieces) <= 3
 
 
-def test_transformers_backend_loads_a_model_folder(tiny_model_dir, tmp_path):
+def test_transformers_backend_loads_a_model_folder(tiny_model_dir, smol_tokenizer, tmp_path):
     ref = resolve_model(str(tiny_model_dir))
     assert ref.kind == "folder" and ref.default_engine == "hf"
     backend = load_backend(ref, None, tmp_path)
-    assert backend.engine == "hf"
-    assert isinstance(backend.chat(ask("hi"), SamplingSettings(temperature=0.0, max_tokens=5)), str)
+    assert backend.engine == "hf" and backend.model_id == tiny_model_dir.name
+    seeded = SamplingSettings(temperature=1.0, max_tokens=12, seed=3)
+    # The folder holds build_tiny_llama's weights: loaded from disk, they answer as the model in memory does.
+    in_memory = TransformersBackend(ref, None, device="cpu", model=build_tiny_llama(smol_tokenizer), tokenizer=smol_tokenizer)
+    answer = backend.chat(ask("hello"), seeded)
+    assert answer.strip() and answer == in_memory.chat(ask("hello"), seeded)
+
+
+def test_an_adapter_reaches_each_engine_in_its_own_form(tmp_path, tiny_model_dir):
+    """llama.cpp reads a GGUF LoRA, transformers a peft folder: handing one the other's form is a bug."""
+    with pytest.raises(ValueError, match="pass gguf_lora"):
+        load_backend(ModelRef("gguf", str(tmp_path / "base.gguf")), "llamacpp", tmp_path, adapter_dir=tmp_path)
+    with pytest.raises(ValueError, match="pass adapter_dir"):
+        load_backend(resolve_model(str(tiny_model_dir)), "hf", tmp_path, gguf_lora=tmp_path / "adapter.gguf")
+
+
+def test_backends_never_import_the_adapters_package():
+    """backends/ is below adapters/ (which exports through backends.hf): an import back up is a cycle."""
+    import ast
+    from pathlib import Path
+
+    import tui_align.backends
+
+    for module in Path(tui_align.backends.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                target = "." * node.level + (node.module or "")
+                assert not target.lstrip(".").startswith("adapters") and "tui_align.adapters" not in target, (
+                    f"{module.name} imports {target}")
+            elif isinstance(node, ast.Import):
+                assert not any(alias.name.startswith("tui_align.adapters") for alias in node.names), module.name
 
 
 def test_bad_models_give_one_clear_line(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 from textual.widgets import DataTable, Input, Select, Static
 
 from tui_align.app import AlignApp
-from tui_align.app.compare_session import tally_from_records
+from tui_align.app.compare_session import CompareSession, LoadedPair, tally_from_records
 from tui_align.app.screens.adapters import AdaptersScreen, ExportModal
 from tui_align.app.screens.compare import CompareScreen, CompareTally
 from tui_align.app.screens.confirm import ConfirmModal
@@ -16,7 +16,7 @@ from tui_align.app.widgets.candidates import CandidateColumn
 from tui_align.errors import UserError
 from tui_align.model_files import ModelRef
 from tui_align.pairs import Pair
-from tui_align.store import Store
+from tui_align.store import CompareRecord, Store
 from tui_align.training.run_folder import data_hash, write_pairs_file
 
 from fakes import ScriptedBackend
@@ -71,7 +71,7 @@ async def open_compare(pilot, loader=None, new: str = RUN, old: str | None = Non
     await settle(pilot)
     screen = pilot.app.get_screen("compare")
     if loader is not None:
-        screen.load_compare_pair = loader
+        pilot.app.load_compare_pair = loader
     await pilot.press("f5")
     await settle(pilot)
     if old is not None:
@@ -227,7 +227,7 @@ async def test_a_compare_load_error_is_one_line_and_enter_tries_again(store, tmp
         assert errors(app) == [f"{RUN} was trained on other-model, not on base-model."]
         assert screen.phase == "idle" and "not loaded" in status(screen)
         await ask(pilot, screen, "Capital of France?")  # tries the same two models again
-        assert attempts == [RUN, RUN] and screen.pair is not None
+        assert attempts == [RUN, RUN] and screen.session.pair is not None
         assert "not loaded" not in status(screen)
         await ask(pilot, screen, "Capital of France?")
         assert screen.phase == "picking"
@@ -235,16 +235,30 @@ async def test_a_compare_load_error_is_one_line_and_enter_tries_again(store, tmp
 
 def test_the_tally_counts_blind_picks_of_the_two_models_either_way_round():
     records = [
-        {"old": "base", "new": RUN, "winner": "new", "blind": True},
-        {"old": RUN, "new": "base", "winner": "new", "blind": True},  # the other way round: the base won
-        {"adapter": RUN, "winner": "adapter", "blind": True},  # stored before two-model compares
-        {"adapter": RUN, "winner": "tie", "blind": True},
-        {"old": "base", "new": RUN, "winner": "new", "blind": False},  # not blind: not counted
-        {"old": OLDER_RUN, "new": RUN, "winner": "new", "blind": True},  # another pair of models
+        CompareRecord("base", RUN, "new", True),
+        CompareRecord(RUN, "base", "new", True),  # the other way round: the base won
+        CompareRecord("base", RUN, "new", True),
+        CompareRecord("base", RUN, "tie", True),
+        CompareRecord("base", RUN, "new", False),  # not blind: not counted
+        CompareRecord(OLDER_RUN, RUN, "new", True),  # another pair of models
     ]
     assert tally_from_records(records, "base", RUN) == CompareTally(wins=2, losses=1, ties=1)
     assert tally_from_records(records, OLDER_RUN, RUN) == CompareTally(wins=1)
     assert tally_from_records(records, RUN, OLDER_RUN) == CompareTally(losses=1)
+
+
+def test_a_pair_that_loads_after_the_choice_moved_on_is_closed(store):
+    session = CompareSession(store)
+    session.loading = ("base", RUN)
+    stale = LoadedPair("base", RUN, *scripted_pair())
+    assert not session.loaded(stale, [], "", chosen=("base", OLDER_RUN))  # the user chose another run meanwhile
+    assert stale.old_backend.closed and stale.new_backend.closed and session.pair is None
+    fresh = LoadedPair("base", RUN, *scripted_pair())
+    assert session.loaded(fresh, [["held-out prompt"]], "", chosen=("base", RUN))
+    assert session.pair is fresh and session.loading is None and session.state("base", RUN) == "ready"
+    assert session.held_out[RUN] == ([["held-out prompt"]], "")
+    session.close_pair()
+    assert fresh.old_backend.closed and fresh.new_backend.closed and session.state("base", RUN) == "failed"
 
 
 async def test_two_adapters_answer_side_by_side_and_the_pick_names_both(store, tmp_path):
@@ -405,13 +419,13 @@ async def test_the_tally_is_rebuilt_from_the_store_after_a_restart(tmp_path):
     store.close()
 
     store = Store(path)  # the app closed; a new one opens the same store
-    store.record_pick([{"role": "user", "content": "Old pick."}], ["x", "y"], "chosen", chosen_index=0,
-                      settings={"compare": {"adapter": RUN, "winner": "base", "blind": True}}, source="compare")
+    store.record_pick([{"role": "user", "content": "Other pick."}], ["x", "y"], "chosen", chosen_index=0,
+                      source="compare", compare=CompareRecord(RUN, "base", "new", True))
     app = make_app(store, tmp_path)
     try:
         async with app.run_test(size=SIZE) as pilot:
             screen = await open_compare(pilot, lambda old, new: scripted_pair())
-            # The three picks above plus one stored before two-model compares (the base won it).
+            # The three picks above plus one stored with the sides the other way round (the base won it).
             assert "new beats old: 2 of 4 (50%), ties 1" in status(screen)
             screen.query_one("#compare-old", Select).value = OLDER_RUN
             await settle(pilot)
@@ -427,7 +441,7 @@ async def open_adapters(pilot, loader=None) -> AdaptersScreen:
     await settle(pilot)
     screen = pilot.app.get_screen("adapters")
     if loader is not None:
-        screen.load_chat_backend = loader
+        pilot.app.load_chat_backend = loader
     await pilot.press("f6")
     await settle(pilot)
     return screen

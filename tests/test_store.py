@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 from tui_align import migrations
 from tui_align.errors import UserError
 from tui_align.pairs import Pair
-from tui_align.store import Store
+from tui_align.store import CompareRecord, Store
 
 PROMPT = [{"role": "user", "content": "Name a colour."}]
 
@@ -29,7 +30,7 @@ def test_fresh_store_has_the_versioned_schema():
     assert columns(store, "pairs") == [
         "id", "pick_id", "prompt_json", "chosen", "rejected", "source", "model", "settings_json", "created_at", "updated_at",
     ]
-    assert "outcome" in columns(store, "picks")
+    assert columns(store, "picks")[-5:] == ["created_at", "compare_old", "compare_new", "compare_winner", "compare_blind"]
 
 
 def test_migrations_run_once_and_a_new_one_applies_to_an_old_store(tmp_path, monkeypatch):
@@ -108,14 +109,53 @@ def test_ties_and_skips_are_kept_as_picks_but_make_no_pairs():
 
 def test_compare_records_come_from_every_compare_pick_ties_included():
     store = Store(":memory:")
-    first = {"old": "base", "new": "run-1", "winner": "new", "blind": True}
-    tie = {"old": "run-1", "new": "run-2", "winner": "tie", "blind": True}
-    store.record_pick(PROMPT, ["Red.", "Blue."], "chosen", chosen_index=0, settings={"seed": 1, "compare": first},
-                      source="compare")
+    first = CompareRecord("base", "run-1", "new", True)
+    tie = CompareRecord("run-1", "run-2", "tie", False)
+    store.record_pick(PROMPT, ["Red.", "Blue."], "chosen", chosen_index=0, settings={"seed": 1}, source="compare",
+                      compare=first)
     store.record_pick(PROMPT, ["Red.", "Blue."], "chosen", chosen_index=1, settings={"seed": 2})  # the chat's
-    store.record_pick([{"role": "user", "content": '"compare"'}], ["a", "b"], "skip", settings={"note": '"compare"'})
-    store.record_pick(PROMPT, ["Red.", "Blue."], "tie", settings={"compare": tie})
+    # A chat pick that merely mentions "compare" in its settings is no compare record.
+    store.record_pick([{"role": "user", "content": '"compare"'}], ["a", "b"], "skip",
+                      settings={"compare": {"old": "base", "new": "run-1", "winner": "new", "blind": True}})
+    store.record_pick(PROMPT, ["Red.", "Blue."], "tie", compare=tie)
     assert store.compare_records() == [first, tie]
+    with pytest.raises(ValueError, match="compare winner"):
+        store.record_pick(PROMPT, ["a", "b"], "tie", compare=CompareRecord("base", "run-1", "adapter", True))
+    assert len(store.compare_records()) == 2
+
+
+def test_migrating_an_old_store_moves_its_compare_records_into_columns(tmp_path, monkeypatch):
+    """A store from before m002 kept compare records in the picks' settings_json only."""
+    path = tmp_path / "s.sqlite3"
+    monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:1])
+    Store(path).close()
+    monkeypatch.undo()
+    db = sqlite3.connect(path)
+    rows = [
+        ("chosen", {"seed": 1, "compare": {"old": "base", "new": "run-1", "winner": "new", "blind": True}}),
+        ("chosen", {"seed": 2}),  # the chat's
+        ("tie", {"compare": {"old": "run-1", "new": "run-2", "winner": "tie", "blind": False}}),
+        ("skip", "not JSON at all"),
+        ("chosen", {"compare": {"old": "run-2", "new": "run-1", "winner": "old", "blind": True}}),
+        ("tie", {"compare": "a string, not a record"}),
+    ]
+    for outcome, settings in rows:
+        db.execute("INSERT INTO picks (prompt_json, candidates_json, outcome, settings_json) VALUES ('[]', '[]', ?, ?)",
+                   (outcome, settings if isinstance(settings, str) else json.dumps(settings)))
+    db.commit()
+    db.close()
+
+    store = Store(path)
+    assert store.schema_version == len(migrations.MIGRATIONS)
+    assert store.compare_records() == [
+        CompareRecord("base", "run-1", "new", True),
+        CompareRecord("run-1", "run-2", "tie", False),
+        CompareRecord("run-2", "run-1", "old", True),
+    ]
+    # The rows themselves are kept as they were: only the columns are new.
+    assert store.pick_counts() == {"chosen": 3, "tie": 2, "skip": 1}
+    kept = store._db.execute("SELECT settings_json FROM picks WHERE outcome = 'skip'").fetchone()[0]
+    assert kept == "not JSON at all"
 
 
 def test_identical_candidates_make_no_pair():
@@ -158,7 +198,7 @@ def test_killing_the_process_loses_no_committed_pick(tmp_path):
     child = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys
-            from tui_align.store import Store
+            from tui_align.store import CompareRecord, Store
             store = Store({str(path)!r})
             for i in range(100000):
                 store.record_pick([{{"role": "user", "content": str(i)}}], ["a", "b"], "chosen", chosen_index=0)

@@ -1,12 +1,13 @@
 """Two models side by side: the base or a trained adapter against a trained adapter, on one base, with the
-same prompt, seed and settings to both."""
+same prompt, seed and settings to both. Also where a run folder becomes what an engine loads."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from .adapters import runs
 from .adapters.runs import RunFolder, check_same_base
-from .backends import Backend, load_backend
+from .backends import Backend, check_engine, load_backend
 from .errors import UserError
 from .model_files import ModelRef, resolve_model
 
@@ -33,18 +34,33 @@ def check_pair(ref: ModelRef, new: RunFolder, old: RunFolder | None) -> None:
         check_same_base(old, ref.location)
 
 
+def load_with_adapter(ref: ModelRef, engine: str | None, models_dir: Path, run: RunFolder | None) -> Backend:
+    """The base `ref` with `run`'s adapter on top (None: the plain base), checked against that base.
+    llama.cpp gets the adapter as a GGUF LoRA, converted once and kept in the run folder; transformers
+    gets the peft folder itself. Slow: call it off the UI thread."""
+    engine = check_engine(ref, engine)
+    if run is None:
+        return load_backend(ref, engine, models_dir)
+    check_same_base(run, ref.location)
+    if engine == "llamacpp":
+        # Looked up on the module, not imported by name, so a benchmark can time the conversion.
+        return load_backend(ref, engine, models_dir, gguf_lora=runs.gguf_lora_for(run, ref.location))
+    return load_backend(ref, engine, models_dir, adapter_dir=run.path)
+
+
 def load_pair(ref: ModelRef, engine: str | None, models_dir: Path, new: RunFolder,
               old: RunFolder | None = None) -> tuple[Backend, Backend]:
-    """(old, new): `old` None is the plain base.
+    """(old, new): `old` None is the plain base. Both sides are checked against `ref` before anything loads.
     transformers: one copy of the weights; the base via disable_adapter, a second adapter loaded beside
     the first and switched in per answer (peft's load_adapter + set_adapter).
     llama.cpp: two contexts over the same GGUF, each with its GGUF LoRA (small models; fast on a CPU)."""
-    engine = engine or ref.default_engine
-    tuned = load_backend(ref, engine, models_dir, adapter=new)
+    check_pair(ref, new, old)
+    engine = check_engine(ref, engine)
+    tuned = load_with_adapter(ref, engine, models_dir, new)
     try:
         if engine == "hf":
             return (tuned.base_view() if old is None else tuned.adapter_view(old.path)), tuned
-        return load_backend(ref, engine, models_dir, adapter=old), tuned
+        return load_with_adapter(ref, engine, models_dir, old), tuned
     except BaseException:
         tuned.close()
         raise

@@ -57,6 +57,25 @@ def m001_initial() -> str:
     """
 
 
+@migration
+def m002_compare_columns() -> str:
+    # A compare-screen pick says which two models answered and who won in columns of its own, so the
+    # tally is a query, not a text search through every pick's settings. Picks made before this move
+    # their record over; the record's older one-adapter shape was never released and is not read.
+    record = "CASE WHEN json_valid(settings_json) THEN json_extract(settings_json, '$.compare.{}') END"
+    old, new, winner, blind = (record.format(key) for key in ("old", "new", "winner", "blind"))
+    return f"""
+        ALTER TABLE picks ADD COLUMN compare_old TEXT;
+        ALTER TABLE picks ADD COLUMN compare_new TEXT;
+        ALTER TABLE picks ADD COLUMN compare_winner TEXT CHECK (compare_winner IN ('new', 'old', 'tie'));
+        ALTER TABLE picks ADD COLUMN compare_blind INTEGER;
+        UPDATE picks SET compare_old = COALESCE({old}, 'base'), compare_new = {new}, compare_winner = {winner},
+                         compare_blind = CASE WHEN {blind} = 1 THEN 1 ELSE 0 END
+            WHERE typeof({new}) = 'text' AND {winner} IN ('new', 'old', 'tie');
+        CREATE INDEX picks_by_compare ON picks(compare_new) WHERE compare_new IS NOT NULL;
+    """
+
+
 def migrate(db: sqlite3.Connection) -> None:
     """Apply every migration not yet recorded in `_migrations`, each in its own transaction."""
     db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")

@@ -10,6 +10,7 @@ import json
 import sqlite3
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -18,6 +19,17 @@ from .migrations import migrate, schema_version
 from .pairs import Message, Pair
 
 PICK_OUTCOMES = ("chosen", "written", "tie", "skip")
+
+
+@dataclass(frozen=True)
+class CompareRecord:
+    """What a compare-screen pick compared: the old side ("base" or a run), the new side (a run), the
+    winner ("new", "old" or "tie") and whether the user picked blind."""
+
+    old: str
+    new: str
+    winner: str
+    blind: bool
 
 
 class Store:
@@ -106,16 +118,20 @@ class Store:
         model: str | None = None,
         settings: dict | None = None,
         source: str | None = None,
+        compare: CompareRecord | None = None,
     ) -> list[int]:
         """Store one pick and the pairs it implies, in one transaction; returns the new pair ids.
 
         chosen: candidates[chosen_index] beats every other candidate.
         written: the user's own answer beats every candidate.
         tie, skip: recorded, no pair.
+        `compare`: the two models of a compare-screen pick, kept with the pick for the tally.
         The winning answer is appended to the conversation, so it continues from there.
         """
         if outcome not in PICK_OUTCOMES:
             raise ValueError(f"unknown pick outcome {outcome!r}")
+        if compare is not None and compare.winner not in ("new", "old", "tie"):
+            raise ValueError(f"unknown compare winner {compare.winner!r}")
         if outcome == "chosen":
             if chosen_index is None or not 0 <= chosen_index < len(candidates):
                 raise ValueError("a 'chosen' pick needs a valid chosen_index")
@@ -131,12 +147,14 @@ class Store:
             winner, losers = None, []
         settings_json = json.dumps(settings or {})
         prompt_json = json.dumps(prompt)
+        sides = (compare.old, compare.new, compare.winner, int(compare.blind)) if compare else (None,) * 4
         with self._transaction() as db:
             pick_id = db.execute(
                 "INSERT INTO picks (conversation_id, prompt_json, candidates_json, outcome, chosen_index,"
-                " written, model, settings_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " written, model, settings_json, compare_old, compare_new, compare_winner, compare_blind)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (conversation_id, prompt_json, json.dumps(candidates), outcome, chosen_index, written, model,
-                 settings_json),
+                 settings_json, *sides),
             ).lastrowid
             pair_ids = [
                 db.execute(
@@ -155,21 +173,13 @@ class Store:
         rows = self._query("SELECT outcome, COUNT(*) AS n FROM picks GROUP BY outcome")
         return {row["outcome"]: row["n"] for row in rows}
 
-    def compare_records(self) -> list[dict]:
-        """The "compare" record of every pick made on the compare screen, oldest first, ties included
-        (they store no pair, so the picks, not the pairs, are what a tally is rebuilt from)."""
-        # LIKE skips the chat's picks without parsing them; the parsed JSON then decides.
-        rows = self._query("SELECT settings_json FROM picks WHERE settings_json LIKE '%\"compare\"%' ORDER BY id")
-        records = []
-        for row in rows:
-            try:
-                settings = json.loads(row["settings_json"])
-            except ValueError:
-                continue
-            record = settings.get("compare") if isinstance(settings, dict) else None
-            if isinstance(record, dict):
-                records.append(record)
-        return records
+    def compare_records(self) -> list[CompareRecord]:
+        """Every pick made on the compare screen, oldest first, ties included (they store no pair, so the
+        picks, not the pairs, are what a tally is rebuilt from)."""
+        rows = self._query("SELECT compare_old, compare_new, compare_winner, compare_blind FROM picks"
+                           " WHERE compare_new IS NOT NULL ORDER BY id")
+        return [CompareRecord(row["compare_old"], row["compare_new"], row["compare_winner"], bool(row["compare_blind"]))
+                for row in rows]
 
     # Pairs -------------------------------------------------------------------------------
 

@@ -14,11 +14,14 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.worker import get_current_worker
 
+from ..adapters.runs import RunFolder
 from ..backends.base import Backend, SamplingSettings
+from ..compare import load_pair, load_with_adapter
 from ..errors import UserError, report
-from ..model_files import ModelRef
+from ..model_files import ModelRef, resolve_model
+from ..paths import models_dir
 from ..store import Store
-from .messages import BackendFailed, BackendReady
+from .messages import AdapterActivated, AdapterWorkFailed, BackendFailed, BackendReady
 from .screens import MAIN_SCREENS
 from .screens.help import HelpScreen
 from .settings_text import MIN_CANDIDATES
@@ -42,7 +45,9 @@ class AlignApp(App[int]):
 
     Screens reach shared state through the app: `store`, `home`, `backend` (None until loaded),
     `generation_lock` (hold it while generating: a backend runs one generation at a time),
-    and the reactives below (watch them to stay current).
+    and the reactives below (watch them to stay current). Screens draw; what changes the app's state
+    is a verb here (use_adapter, unload_adapter, resume_training, set_sampling), so no screen reaches
+    into another one or swaps the model itself.
     """
 
     CSS_PATH = "app.tcss"
@@ -60,6 +65,10 @@ class AlignApp(App[int]):
     pair_count = reactive(0, init=False)
     #: loading | ready | failed
     backend_state = reactive("loading", init=False)
+    #: the adapter the chat model runs with (None: the plain base)
+    active_adapter: reactive[str | None] = reactive(None, init=False)
+    #: what use_adapter/unload_adapter is loading right now ("" when nothing)
+    adapter_switch = reactive("", init=False)
 
     def __init__(
         self,
@@ -80,7 +89,6 @@ class AlignApp(App[int]):
         self.model_spec = model_spec  # what --model said (None: the default); the train child gets the same
         self.model_ref = model_ref  # the base behind `backend`; adapters load onto it (None: resolve model_spec)
         self.engine = engine  # llamacpp | hf (None: the model's default)
-        self.active_adapter: str | None = None  # the adapter the chat model runs with (adapters screen)
         self.backend: Backend | None = None
         self.backend_error = ""
         self.generation_lock = threading.Lock()
@@ -126,6 +134,93 @@ class AlignApp(App[int]):
 
     def refresh_pair_count(self) -> None:
         self.pair_count = self.store.count_pairs()
+
+    def set_sampling(self, settings: SamplingSettings, candidate_count: int) -> None:
+        """The sampling settings every later answer uses, and how many candidates ctrl+n asks for."""
+        self.settings, self.candidate_count = settings, candidate_count
+
+    # Models ----------------------------------------------------------------------------------------
+
+    @property
+    def base_ref(self) -> ModelRef:
+        """The base the chat model runs on: what the app was started with (--model, else the default model)."""
+        return self.model_ref or resolve_model(self.model_spec)
+
+    def load_chat_backend(self, run: RunFolder | None) -> Backend:
+        """The app's base with `run`'s adapter on top (None: the plain base). Runs on a worker thread;
+        tests replace it with a scripted backend."""
+        return load_with_adapter(self.base_ref, self.engine, models_dir(self.home), run)
+
+    def load_compare_pair(self, old: RunFolder | None, new: RunFolder) -> tuple[Backend, Backend]:
+        """(old, new) for the compare screen on the app's own base and engine; `old` None is the plain base.
+        Runs on a worker thread; tests replace it with scripted backends."""
+        return load_pair(self.base_ref, self.engine, models_dir(self.home), new, old)
+
+    def use_adapter(self, run: RunFolder | None) -> bool:
+        """Start swapping the chat model for the base with `run`'s adapter (None: the plain base); the
+        answer comes as a notification. False (and a warning) when a model is loading already."""
+        if self.backend_state == "loading":
+            self.notify("The model is still loading; try again in a moment.", severity="warning")
+            return False
+        if self.adapter_switch:
+            self.notify(f"Wait: {self.adapter_switch}.", severity="warning")
+            return False
+        self.adapter_switch = f"loading {run.name}" if run else "loading the base"
+        self._switch_backend(run)
+        return True
+
+    def unload_adapter(self) -> bool:
+        """Start going back to the plain base; False when no adapter is loaded (or a load is going)."""
+        if self.active_adapter is None:
+            self.notify("No adapter is loaded: the chat already runs on the base.")
+            return False
+        return self.use_adapter(None)
+
+    @work(thread=True, exclusive=True, group="adapter-load")
+    def _switch_backend(self, run: RunFolder | None) -> None:
+        try:
+            backend = self.load_chat_backend(run)
+        except UserError as exc:
+            self.post_message(AdapterWorkFailed("load", str(exc)))
+            return
+        except Exception as exc:  # whatever the engine raises, the user gets one line
+            what = run.name if run else "the base model"
+            self.post_message(AdapterWorkFailed("load", f"Couldn't load {what}: {report(exc)}"))
+            return
+        if get_current_worker().is_cancelled:
+            backend.close()
+            return
+        # Swap under the lock: an answer streaming from the old model finishes first, then it is freed.
+        with self.generation_lock:
+            old, self.backend = self.backend, backend
+            if old is not None:
+                old.close()
+        self.post_message(AdapterActivated(run.name if run else None))
+
+    def on_adapter_activated(self, message: AdapterActivated) -> None:
+        self.sub_title = f"{self.model_label} + {message.adapter}" if message.adapter else self.model_label
+        self.backend_state = "ready"
+        self.adapter_switch = ""
+        self.active_adapter = message.adapter
+        self.notify(f"Chatting with {message.adapter}." if message.adapter else "Chatting with the base model.")
+
+    def on_adapter_work_failed(self, message: AdapterWorkFailed) -> None:
+        if message.action != "load":  # a screen's own job (export, compare) bubbling up: handled there
+            return
+        self.adapter_switch = ""
+        self.notify(message.error, title="Adapter not loaded", severity="error", timeout=15)
+
+    async def resume_training(self, run: RunFolder) -> bool:
+        """Continue `run` in the train screen's child, as `tui-align train --resume` would, and show its
+        progress there; False (and a warning) while another run is training."""
+        train = self.get_screen("train")
+        if train.training:
+            self.notify("A training run is already going: wait for it or cancel it on Train (F4) first.",
+                        severity="warning")
+            return False
+        await self.switch_mode("train")  # launch draws on the train screen, so it must be showing
+        train.resume(str(run.path))
+        return True
 
     def on_unmount(self) -> None:
         # Workers were cancelled on shutdown; a generation notices between two tokens and lets go.

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from textual.message import Message
 
 from ..backends.base import Backend
+
+if TYPE_CHECKING:  # compare_session streams through generation.py, which imports these messages
+    from .compare_session import LoadedPair
 
 
 @dataclass
@@ -95,15 +99,12 @@ class TrainFailed(Message):
 
 @dataclass
 class ComparePairReady(Message):
-    """The compare screen's two backends finished loading: `old` ("base" or a run) and `new` (a run).
+    """The compare screen's two models finished loading.
 
     `held_out`: the prompts the new run held out from training; `held_out_note` says why there are none.
     """
 
-    old: str
-    new: str
-    old_backend: Backend
-    new_backend: Backend
+    pair: LoadedPair
     held_out: list[list[dict]] = field(default_factory=list)  # prompts: whole conversations
     held_out_note: str = ""
 

@@ -11,26 +11,34 @@ from .base import Backend, SamplingSettings
 ENGINES = ("llamacpp", "hf")
 
 
-def load_backend(ref: ModelRef, engine: str | None, models_dir: Path, adapter=None) -> Backend:
-    """Load `ref` in `engine` (None: llama.cpp for a GGUF, transformers otherwise), with an optional
-    trained adapter (tui_align.adapters.runs.RunFolder) on top."""
+def check_engine(ref: ModelRef, engine: str | None) -> str:
+    """The engine that will run `ref` (None: llama.cpp for a GGUF, transformers otherwise); refuses a
+    combination that can't load, before a caller spends time converting an adapter for it."""
     engine = engine or ref.default_engine
+    if engine not in ENGINES:
+        raise UserError(f"Unknown backend {engine!r}: choose one of {', '.join(ENGINES)}.")
+    if engine == "llamacpp" and ref.kind != "gguf":
+        raise UserError(f"The llama.cpp engine needs a GGUF file; {ref.location} is a {ref.kind}. Use --backend hf.")
+    return engine
+
+
+def load_backend(ref: ModelRef, engine: str | None, models_dir: Path, *, adapter_dir: str | Path | None = None,
+                 gguf_lora: str | Path | None = None) -> Backend:
+    """Load `ref` in `engine`, with a trained adapter on top in the form that engine reads: llama.cpp a
+    GGUF LoRA file (`gguf_lora`), transformers a peft folder (`adapter_dir`). The caller turns a run folder
+    into those paths (tui_align.compare does), so engines know nothing of runs."""
+    engine = check_engine(ref, engine)
     if engine == "llamacpp":
-        if ref.kind != "gguf":
-            raise UserError(f"The llama.cpp engine needs a GGUF file; {ref.location} is a {ref.kind}. Use --backend hf.")
+        if adapter_dir is not None and gguf_lora is None:
+            raise ValueError("llama.cpp loads an adapter as a GGUF LoRA: pass gguf_lora")
         from .llamacpp import LlamaCppBackend
 
-        lora = None
-        if adapter is not None:
-            from ..adapters.runs import gguf_lora_for
+        return LlamaCppBackend(ref.location, lora_path=gguf_lora)
+    if gguf_lora is not None and adapter_dir is None:
+        raise ValueError("transformers loads an adapter as a peft folder: pass adapter_dir")
+    from .hf import TransformersBackend
 
-            lora = gguf_lora_for(adapter, ref.location)
-        return LlamaCppBackend(ref.location, lora_path=lora)
-    if engine == "hf":
-        from .hf import TransformersBackend
-
-        return TransformersBackend(ref, models_dir, adapter_path=adapter.path if adapter is not None else None)
-    raise UserError(f"Unknown backend {engine!r}: choose one of {', '.join(ENGINES)}.")
+    return TransformersBackend(ref, models_dir, adapter_path=adapter_dir)
 
 
-__all__ = ["Backend", "SamplingSettings", "load_backend", "ENGINES"]
+__all__ = ["Backend", "SamplingSettings", "load_backend", "check_engine", "ENGINES"]

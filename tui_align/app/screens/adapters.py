@@ -10,14 +10,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
-from textual.worker import get_current_worker
 
-from ...adapters.runs import RESUMABLE, RunFolder, check_same_base, delete_run, list_runs
-from ...backends.base import Backend
+from ...adapters.runs import RESUMABLE, RunFolder, delete_run, list_runs
 from ...errors import UserError, report
-from ...model_files import ModelRef, resolve_model
 from ...paths import models_dir
-from ..messages import AdapterActivated, AdapterExported, AdapterWorkFailed
+from ..messages import AdapterExported, AdapterWorkFailed
 from .confirm import ConfirmModal
 from .export_adapter import ExportModal
 
@@ -25,31 +22,6 @@ if TYPE_CHECKING:
     from ..app import AlignApp
 
 COLUMNS = (("run", 24), ("method", 7), ("status", 10), ("pairs", 6), ("date", 16), ("metrics", 30))
-
-
-def app_base_ref(app: AlignApp) -> ModelRef:
-    """The base the chat model runs on: what the app was started with (--model, else the default model)."""
-    return app.model_ref or resolve_model(app.model_spec)
-
-
-def load_adapter_pair(app: AlignApp, old: RunFolder | None, new: RunFolder) -> tuple[Backend, Backend]:
-    """(old, new) for the compare screen, on the app's own base and engine; `old` None is the plain base.
-    Slow: call it in a worker."""
-    from ...compare import check_pair, load_pair
-
-    ref = app_base_ref(app)
-    check_pair(ref, new, old)  # both adapters, before anything loads
-    return load_pair(ref, app.engine, models_dir(app.home), new, old)
-
-
-def load_chat_backend(app: AlignApp, adapter: RunFolder | None) -> Backend:
-    """The app's base with `adapter` on top (None: the plain base). Slow: call it in a worker."""
-    from ...backends import load_backend
-
-    ref = app_base_ref(app)
-    if adapter is not None:
-        check_same_base(adapter, ref.location)
-    return load_backend(ref, app.engine, models_dir(app.home), adapter=adapter)
 
 
 def metrics_text(metrics: dict) -> str:
@@ -82,15 +54,11 @@ class AdaptersScreen(Screen):
     def __init__(self) -> None:
         super().__init__()
         self.adapters: list[RunFolder] = []
-        self.busy = ""  # what a worker is doing right now ("" when nothing)
+        self.busy = ""  # what this screen's export worker is doing right now ("" when nothing)
 
     @property
     def align_app(self) -> AlignApp:
         return self.app  # type: ignore[return-value]
-
-    def load_chat_backend(self, adapter: RunFolder | None) -> Backend:
-        """Runs on a worker thread. Tests replace it with a scripted backend."""
-        return load_chat_backend(self.align_app, adapter)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -104,6 +72,9 @@ class AdaptersScreen(Screen):
             table.add_column(label, width=width, key=label)
         self.action_reload()
         table.focus()
+        # The app swaps the chat model; this list marks the active run and says what is loading.
+        self.watch(self.app, "active_adapter", self.action_reload, init=False)
+        self.watch(self.app, "adapter_switch", self.refresh_status, init=False)
 
     def on_screen_resume(self) -> None:
         self.action_reload()
@@ -138,7 +109,8 @@ class AdaptersScreen(Screen):
     def refresh_status(self) -> None:
         active = self.align_app.active_adapter
         chat = f"chat model: base + {active}" if active else "chat model: the base (no adapter)"
-        busy = f" │ {self.busy}…" if self.busy else ""
+        doing = self.busy or self.align_app.adapter_switch
+        busy = f" │ {doing}…" if doing else ""
         self.query_one("#adapters-status", Static).update(f"{len(self.adapters)} runs │ {chat}{busy}")
 
     def selected(self) -> RunFolder | None:
@@ -148,9 +120,10 @@ class AdaptersScreen(Screen):
         return self.adapters[min(table.cursor_row, len(self.adapters) - 1)]
 
     def _refuse_if_busy(self) -> bool:
-        if self.busy:
-            self.notify(f"Wait: {self.busy}.", severity="warning")
-        return bool(self.busy)
+        doing = self.busy or self.align_app.adapter_switch
+        if doing:
+            self.notify(f"Wait: {doing}.", severity="warning")
+        return bool(doing)
 
     # Load and unload ----------------------------------------------------------------------------
 
@@ -164,58 +137,17 @@ class AdaptersScreen(Screen):
         if not adapter.is_complete:
             self.notify(f"{adapter.name} has no trained adapter (status: {adapter.status}).", severity="error")
             return
-        self._switch(adapter)
+        self.align_app.use_adapter(adapter)
 
     def action_unload(self) -> None:
-        if self.align_app.active_adapter is None:
-            self.notify("No adapter is loaded: the chat already runs on the base.")
-        elif not self._refuse_if_busy():
-            self._switch(None)
-
-    def _switch(self, adapter: RunFolder | None) -> None:
-        if self.align_app.backend_state == "loading":
-            self.notify("The model is still loading; try again in a moment.", severity="warning")
+        if self.align_app.active_adapter is not None and self._refuse_if_busy():
             return
-        self.busy = f"loading {adapter.name}" if adapter else "loading the base"
-        self.refresh_status()
-        self._activate(adapter)
-
-    @work(thread=True, exclusive=True, group="adapter-load")
-    def _activate(self, adapter: RunFolder | None) -> None:
-        app = self.align_app
-        try:
-            backend = self.load_chat_backend(adapter)
-        except UserError as exc:
-            self.post_message(AdapterWorkFailed("load", str(exc)))
-            return
-        except Exception as exc:  # whatever the engine raises, the user gets one line
-            what = adapter.name if adapter else "the base model"
-            self.post_message(AdapterWorkFailed("load", f"Couldn't load {what}: {report(exc)}"))
-            return
-        if get_current_worker().is_cancelled:
-            backend.close()
-            return
-        # Swap under the lock: an answer streaming from the old model finishes first, then it is freed.
-        with app.generation_lock:
-            old, app.backend = app.backend, backend
-            if old is not None:
-                old.close()
-        self.post_message(AdapterActivated(adapter.name if adapter else None))
-
-    def on_adapter_activated(self, message: AdapterActivated) -> None:
-        app = self.align_app
-        app.active_adapter = message.adapter
-        app.sub_title = f"{app.model_label} + {message.adapter}" if message.adapter else app.model_label
-        app.backend_state = "ready"
-        self.busy = ""
-        self.action_reload()
-        self.notify(f"Chatting with {message.adapter}." if message.adapter else "Chatting with the base model.")
+        self.align_app.unload_adapter()
 
     def on_adapter_work_failed(self, message: AdapterWorkFailed) -> None:
         self.busy = ""
         self.refresh_status()
-        title = "Export failed" if message.action == "export" else "Adapter not loaded"
-        self.notify(message.error, title=title, severity="error", timeout=15)
+        self.notify(message.error, title="Export failed", severity="error", timeout=15)
 
     # Resume ---------------------------------------------------------------------------------------
 
@@ -225,13 +157,7 @@ class AdaptersScreen(Screen):
         if adapter is None or not adapter.can_resume:
             self.action_explain_resume()
             return
-        train = self.app.get_screen("train")
-        if train.training:
-            self.notify("A training run is already going: wait for it or cancel it on Train (F4) first.",
-                        severity="warning")
-            return
-        await self.app.switch_mode("train")  # launch draws on the train screen, so it must be showing
-        train.resume(str(adapter.path))
+        await self.align_app.resume_training(adapter)
 
     def action_explain_resume(self) -> None:
         adapter = self.selected()

@@ -292,6 +292,6 @@ class ChatScreen(Screen):
     def action_settings(self) -> None:
         def saved(result) -> None:
             if result is not None:
-                self.align_app.settings, self.align_app.candidate_count = result
+                self.align_app.set_sampling(*result)
 
         self.app.push_screen(SettingsModal(self.align_app.settings, self.align_app.candidate_count), saved)
