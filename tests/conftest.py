@@ -1,14 +1,21 @@
-"""Shared fixtures: a private data folder for every test, the default model's tokenizer, tiny models."""
+"""Shared fixtures: a private data folder for every test, the app on it, the default model's tokenizer,
+tiny models."""
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
-HH_SAMPLE = SHARED_DATA / "hh-rlhf-harmless-base-sample.jsonl.gz"
+# A slice of Anthropic's hh-rlhf kept in the repo (tests/data/README.md says which lines), so a fresh clone
+# runs every test; the benchmarks read the whole shared sample.
+HH_SAMPLE = Path(__file__).resolve().parent / "data" / "hh-rlhf-sample.jsonl"
+# Seconds a test waits for something the app does in the background before it fails saying what.
+WAIT_S = 20.0
 
 
 @pytest.fixture(autouse=True)
@@ -88,3 +95,70 @@ def default_hf_folder(tmp_path_factory, default_gguf) -> Path:
     from tui_align.model_files import resolve_model, transformers_folder
 
     return Path(transformers_folder(resolve_model(None), tmp_path_factory.mktemp("models")))
+
+
+# The app under test -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def store(private_home):
+    """The app's store, where `--home` keeps it: a training child started by the app finds its pairs there."""
+    from tui_align.paths import store_path
+    from tui_align.store import Store
+
+    private_home.mkdir(parents=True, exist_ok=True)
+    store = Store(store_path(private_home))
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def make_app(store, private_home):
+    """make_app(backend=None, load=None, **kwargs): the app on the test's store and home, chatting with
+    `backend` (an empty ScriptedBackend when None) or with what `load` returns; kwargs go to AlignApp."""
+    from tui_align.app import AlignApp
+
+    from fakes import ScriptedBackend
+
+    def make(backend=None, load: Callable | None = None, **kwargs) -> AlignApp:
+        chosen = backend if backend is not None else ScriptedBackend()
+        kwargs.setdefault("model_label", "scripted (test)")
+        kwargs.setdefault("home", private_home)
+        return AlignApp(store=store, load_backend=load or (lambda: chosen), **kwargs)
+
+    return make
+
+
+async def settle(pilot, timeout: float = WAIT_S) -> None:
+    """Let every worker finish and the UI handle what they posted; fails naming the workers still running
+    (a GatedBackend's stream waits for its test, and for an app that doesn't stop it)."""
+    # asyncio.wait, not wait_for: cancelling a Worker.wait marks that worker cancelled while its thread runs on.
+    waiting = asyncio.ensure_future(pilot.app.workers.wait_for_complete())
+    done, _ = await asyncio.wait({waiting}, timeout=timeout)
+    if not done:
+        waiting.add_done_callback(lambda task: task.cancelled() or task.exception())  # once the app's exit ends them
+        running = ", ".join(worker.name for worker in pilot.app.workers if not worker.is_finished)
+        raise AssertionError(f"workers still running after {timeout:g} s: {running}")
+    waiting.result()
+    await pilot.pause()
+
+
+async def wait_until(pilot, condition: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
+    """Until `condition()` holds, for what a child process does (no event of ours reaches into it); fails
+    naming `what`. Tests gate the child, so the condition can't be overshot, only reached late."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout:g} s waiting until {what}")
+        await pilot.pause(0.01)
+    await pilot.pause()
+
+
+async def wait_exited(pilot, run, timeout: float = WAIT_S) -> None:
+    """Until `run`'s child has exited and the screen has shown everything it said."""
+    if run.process is not None:
+        try:
+            await asyncio.to_thread(run.process.wait, timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the training child still runs after {timeout:g} s") from None
+    await settle(pilot, timeout)  # the reader's last messages

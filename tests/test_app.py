@@ -7,7 +7,6 @@ import threading
 import pytest
 from textual.widgets import DataTable, Input, TextArea
 
-from tui_align.app import AlignApp
 from tui_align.app.screens.chat import ChatScreen
 from tui_align.app.screens.confirm import ConfirmModal
 from tui_align.app.screens.edit_pair import EditPairModal
@@ -23,30 +22,11 @@ from tui_align.app.widgets.status_bar import StatusBar
 from tui_align.backends.base import SamplingSettings
 from tui_align.errors import UserError
 from tui_align.pairs import Pair
-from tui_align.store import Store
 
-from fakes import FailingBackend, ScriptedBackend
+from conftest import settle
+from fakes import FailingBackend, GatedBackend, ScriptedBackend
 
 SIZE = (100, 32)
-
-
-@pytest.fixture
-def store(tmp_path):
-    store = Store(tmp_path / "s.sqlite3")
-    yield store
-    store.close()
-
-
-def make_app(store, tmp_path, backend=None, load=None, **kwargs) -> AlignApp:
-    backend = backend if backend is not None else ScriptedBackend()
-    return AlignApp(store=store, load_backend=load or (lambda: backend), home=tmp_path,
-                    model_label="scripted (test)", **kwargs)
-
-
-async def settle(pilot) -> None:
-    """Let every worker finish and the UI handle what they posted."""
-    await pilot.app.workers.wait_for_complete()
-    await pilot.pause()
 
 
 async def type_and(pilot, text: str, key: str) -> None:
@@ -66,9 +46,9 @@ def status(app) -> str:
 # Chat ----------------------------------------------------------------------------------------
 
 
-async def test_message_streams_an_answer_and_the_chat_is_stored(store, tmp_path):
+async def test_message_streams_an_answer_and_the_chat_is_stored(make_app, store):
     backend = ScriptedBackend("The capital of France is Paris.", "It has about two million people.")
-    app = make_app(store, tmp_path, backend)
+    app = make_app(backend)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await type_and(pilot, "Capital of France?", "enter")
@@ -82,8 +62,8 @@ async def test_message_streams_an_answer_and_the_chat_is_stored(store, tmp_path)
         assert len(stored) == 4
 
 
-async def test_digits_and_pick_letters_type_into_the_input_outside_pick_mode(store, tmp_path):
-    app = make_app(store, tmp_path)
+async def test_digits_and_pick_letters_type_into_the_input_outside_pick_mode(make_app, store):
+    app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await pilot.press(*"w1 2st?")
@@ -91,9 +71,9 @@ async def test_digits_and_pick_letters_type_into_the_input_outside_pick_mode(sto
         assert isinstance(app.screen, ChatScreen) and store.count_pairs() == 0
 
 
-async def test_pressing_2_prefers_the_second_candidate(store, tmp_path):
+async def test_pressing_2_prefers_the_second_candidate(make_app, store):
     backend = ScriptedBackend("first candidate", "second candidate")
-    app = make_app(store, tmp_path, backend, settings=SamplingSettings(seed=7))
+    app = make_app(backend, settings=SamplingSettings(seed=7))
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await type_and(pilot, "Say something", "ctrl+n")
@@ -112,8 +92,8 @@ async def test_pressing_2_prefers_the_second_candidate(store, tmp_path):
         assert "1 pair" in status(app)
 
 
-async def test_pick_keys_beyond_n_do_nothing(store, tmp_path):
-    app = make_app(store, tmp_path, ScriptedBackend("a one", "b two"))
+async def test_pick_keys_beyond_n_do_nothing(make_app, store):
+    app = make_app(ScriptedBackend("a one", "b two"))
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await type_and(pilot, "Hi", "ctrl+n")
@@ -121,8 +101,8 @@ async def test_pick_keys_beyond_n_do_nothing(store, tmp_path):
         assert app.screen.phase == "picking" and store.count_pairs() == 0
 
 
-async def test_written_answer_beats_every_candidate(store, tmp_path):
-    app = make_app(store, tmp_path, ScriptedBackend("meh one", "meh two"))
+async def test_written_answer_beats_every_candidate(make_app, store):
+    app = make_app(ScriptedBackend("meh one", "meh two"))
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await type_and(pilot, "Explain tides", "ctrl+n")
@@ -138,8 +118,8 @@ async def test_written_answer_beats_every_candidate(store, tmp_path):
         assert views(app)[-1] == ("assistant", "The Moon pulls")
 
 
-async def test_tie_continues_with_candidate_1_and_skip_leaves_the_turn_open(store, tmp_path):
-    app = make_app(store, tmp_path, ScriptedBackend("alpha", "beta", "gamma", "delta", "final answer"))
+async def test_tie_continues_with_candidate_1_and_skip_leaves_the_turn_open(make_app, store):
+    app = make_app(ScriptedBackend("alpha", "beta", "gamma", "delta", "final answer"))
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await type_and(pilot, "First", "ctrl+n")
@@ -155,8 +135,8 @@ async def test_tie_continues_with_candidate_1_and_skip_leaves_the_turn_open(stor
         assert app.screen.session.turns[-1] == {"role": "assistant", "content": "final answer"}
 
 
-async def test_candidates_for_an_answered_turn_branch_the_conversation(store, tmp_path):
-    app = make_app(store, tmp_path, ScriptedBackend("plain answer", "c1", "c2"))
+async def test_candidates_for_an_answered_turn_branch_the_conversation(make_app, store):
+    app = make_app(ScriptedBackend("plain answer", "c1", "c2"))
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await type_and(pilot, "Hello", "enter")
@@ -170,49 +150,46 @@ async def test_candidates_for_an_answered_turn_branch_the_conversation(store, tm
         assert store.messages(first_conversation)[-1]["content"] == "plain answer"  # never rewritten
 
 
-async def test_escape_stops_a_slow_answer_and_keeps_the_partial_text(store, tmp_path):
-    backend = ScriptedBackend(" ".join(f"word{i}" for i in range(200)), "quick reply", delay=0.02)
-    app = make_app(store, tmp_path, backend)
+async def test_escape_stops_a_slow_answer_and_keeps_the_partial_text(make_app):
+    backend = GatedBackend(" ".join(f"word{i}" for i in range(200)), "quick reply")
+    app = make_app(backend)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         app.screen.query_one("#message", Input).value = "Talk a lot"
         await pilot.press("enter")
-        for _ in range(200):
-            await pilot.pause(0.02)
-            if backend.pieces_sent >= 5:
-                break
+        backend.release(5)
+        await backend.wait_handed_over(5)
         await pilot.press("escape")
         await settle(pilot)
         role, text = views(app)[-1]
-        assert role == "assistant" and text.startswith("word0 word1") and backend.pieces_sent < 200
+        assert (role, text) == ("assistant", "word0 word1 word2 word3 word4 ") and backend.pieces_sent == 5
         assert app.screen.query(MessageView).last().border_subtitle == "stopped"
         assert app.screen.session.turns[-1]["content"] == text
+        backend.release_all()
         await type_and(pilot, "Shorter please", "enter")  # still responsive
         assert views(app)[-1] == ("assistant", "quick reply")
 
 
-async def test_escape_while_candidates_stream_allows_picking_what_was_written(store, tmp_path):
-    backend = ScriptedBackend("short one", " ".join(["long"] * 300), delay=0.01)
-    app = make_app(store, tmp_path, backend)
+async def test_escape_while_candidates_stream_allows_picking_what_was_written(make_app, store):
+    backend = GatedBackend("short one", " ".join(["long"] * 300))
+    app = make_app(backend)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         app.screen.query_one("#message", Input).value = "Go"
         await pilot.press("ctrl+n")
-        for _ in range(300):
-            await pilot.pause(0.02)
-            if backend.pieces_sent >= 5:
-                break
+        backend.release(5)  # the first candidate's two pieces, then three of the second's
+        await backend.wait_handed_over(5)
         await pilot.press("escape")
         await settle(pilot)
         assert app.screen.phase == "picking"
         await pilot.press("2")
         await pilot.pause()
         pair = store.list_pairs()[0]
-        assert pair.chosen.startswith("long long") and pair.rejected == "short one"
+        assert (pair.chosen, pair.rejected) == ("long long long ", "short one")
 
 
-async def test_identical_candidates_make_no_pair_and_say_so(store, tmp_path):
-    app = make_app(store, tmp_path, ScriptedBackend("same words", "same words"))
+async def test_identical_candidates_make_no_pair_and_say_so(make_app, store):
+    app = make_app(ScriptedBackend("same words", "same words"))
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await type_and(pilot, "Greedy twice", "ctrl+n")
@@ -222,37 +199,42 @@ async def test_identical_candidates_make_no_pair_and_say_so(store, tmp_path):
         assert any("identical" in n.message for n in app._notifications)
 
 
-async def test_quitting_mid_answer_stops_the_generation_and_closes_the_model(store, tmp_path):
-    backend = ScriptedBackend(" ".join(["slow"] * 500), delay=0.02)
-    app = make_app(store, tmp_path, backend)
+async def test_quitting_mid_answer_stops_the_generation_and_closes_the_model(make_app):
+    backend = GatedBackend(" ".join(["slow"] * 500))
+    app = make_app(backend)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         app.screen.query_one("#message", Input).value = "Go on"
         await pilot.press("enter")
-        assert backend.started.wait(5)
-    assert backend.closed and backend.pieces_sent < 500
+        backend.release(2)
+        await backend.wait_handed_over(2)
+    assert backend.closed and backend.finished == 1 and backend.pieces_sent == 2
 
 
-async def test_generation_error_is_one_line_and_the_app_survives(store, tmp_path):
-    app = make_app(store, tmp_path, FailingBackend(UserError("llama.cpp: prompt too long")))
+def errors(app) -> list[str]:
+    return [n.message for n in app._notifications if n.severity == "error"]
+
+
+async def test_generation_error_is_one_line_and_the_app_survives(make_app):
+    app = make_app(FailingBackend(UserError("llama.cpp: prompt too long")))
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await type_and(pilot, "Hi", "enter")
         assert app.screen.phase == "idle"
-        assert any("prompt too long" in n.message for n in app._notifications)
+        assert errors(app) == ["llama.cpp: prompt too long"]
 
 
 # Loading the model ---------------------------------------------------------------------------
 
 
-async def test_chat_appears_at_once_while_the_model_loads(store, tmp_path):
+async def test_chat_appears_at_once_while_the_model_loads(make_app):
     release, backend = threading.Event(), ScriptedBackend("ready now")
 
     def slow_load():
         release.wait(10)
         return backend
 
-    app = make_app(store, tmp_path, load=slow_load)
+    app = make_app(load=slow_load)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         assert isinstance(app.screen, ChatScreen) and "loading model…" in status(app)
@@ -271,11 +253,11 @@ async def test_chat_appears_at_once_while_the_model_loads(store, tmp_path):
     (UserError("Model not found: /nowhere/model.gguf"), "Model not found: /nowhere/model.gguf"),
     (RuntimeError("bad magic\nmore detail"), "Couldn't load the model: RuntimeError: bad magic"),
 ])
-async def test_model_load_failure_is_shown_and_the_app_keeps_running(store, tmp_path, error, shown):
+async def test_model_load_failure_is_shown_and_the_app_keeps_running(make_app, error, shown):
     def broken_load():
         raise error
 
-    app = make_app(store, tmp_path, load=broken_load)
+    app = make_app(load=broken_load)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         assert app.backend_state == "failed"
@@ -288,8 +270,8 @@ async def test_model_load_failure_is_shown_and_the_app_keeps_running(store, tmp_
 # Settings and system prompt --------------------------------------------------------------------
 
 
-async def test_settings_modal_changes_temperature_and_rejects_bad_values(store, tmp_path):
-    app = make_app(store, tmp_path)
+async def test_settings_modal_changes_temperature_and_rejects_bad_values(make_app):
+    app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await pilot.press("ctrl+s")
@@ -307,9 +289,9 @@ async def test_settings_modal_changes_temperature_and_rejects_bad_values(store, 
         assert "temp 0.3" in status(app) and "N=3" in status(app)
 
 
-async def test_system_prompt_starts_a_new_conversation_and_reaches_the_model(store, tmp_path):
+async def test_system_prompt_starts_a_new_conversation_and_reaches_the_model(make_app):
     backend = ScriptedBackend("Arr.")
-    app = make_app(store, tmp_path, backend)
+    app = make_app(backend)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await pilot.press("ctrl+r")
@@ -329,10 +311,10 @@ def add_pair(store, question="What is the capital of France?", chosen="Paris.", 
     return store.add_pairs([Pair([{"role": "user", "content": question}], chosen, rejected, source="picked")])[0]
 
 
-async def test_pairs_screen_lists_searches_and_deletes(store, tmp_path):
+async def test_pairs_screen_lists_searches_and_deletes(make_app, store):
     add_pair(store)
     keep = add_pair(store, "Largest planet?", "Jupiter.", "Mars.")
-    app = make_app(store, tmp_path)
+    app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await pilot.press("f3")
@@ -355,9 +337,9 @@ async def test_pairs_screen_lists_searches_and_deletes(store, tmp_path):
         assert table.row_count == 1 and app.pair_count == 1
 
 
-async def test_editing_a_pair_saves_it(store, tmp_path):
+async def test_editing_a_pair_saves_it(make_app, store):
     pair_id = add_pair(store)
-    app = make_app(store, tmp_path)
+    app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await pilot.press("f3", "enter")
@@ -369,8 +351,8 @@ async def test_editing_a_pair_saves_it(store, tmp_path):
         assert store.get_pair(pair_id).rejected == "Lyon."
 
 
-async def test_pairs_picked_in_chat_show_up_on_the_pairs_screen(store, tmp_path):
-    app = make_app(store, tmp_path, ScriptedBackend("one", "two"))
+async def test_pairs_picked_in_chat_show_up_on_the_pairs_screen(make_app):
+    app = make_app(ScriptedBackend("one", "two"))
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await pilot.press("f3")
@@ -383,11 +365,10 @@ async def test_pairs_picked_in_chat_show_up_on_the_pairs_screen(store, tmp_path)
         assert app.screen.query_one(DataTable).row_count == 1
 
 
-async def test_export_and_import_through_the_modal(store, tmp_path):
-    pytest.importorskip("tui_align.formats")
+async def test_export_and_import_through_the_modal(make_app, store, tmp_path):
     add_pair(store)
     out = tmp_path / "out.jsonl"
-    app = make_app(store, tmp_path)
+    app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await pilot.press("f3", "x")
@@ -409,8 +390,8 @@ async def test_export_and_import_through_the_modal(store, tmp_path):
 # Help and palette ------------------------------------------------------------------------------
 
 
-async def test_help_opens_on_f1_and_closes_on_escape(store, tmp_path):
-    app = make_app(store, tmp_path)
+async def test_help_opens_on_f1_and_closes_on_escape(make_app):
+    app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await pilot.press("f1")
@@ -419,8 +400,8 @@ async def test_help_opens_on_f1_and_closes_on_escape(store, tmp_path):
         assert isinstance(app.screen, ChatScreen)
 
 
-async def test_palette_command_runs_a_screen_action(store, tmp_path):
-    app = make_app(store, tmp_path)
+async def test_palette_command_runs_a_screen_action(make_app):
+    app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         titles = {command.title for command in app.get_system_commands(app.screen)}

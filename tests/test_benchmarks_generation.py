@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # a
 import generation  # noqa: E402
 import user_loop  # noqa: E402
 
+from conftest import settle  # noqa: E402
 from fakes import ScriptedBackend  # noqa: E402
 
 
@@ -85,24 +86,17 @@ def test_latency_summary_in_milliseconds():
     assert summary["max_ms"] == pytest.approx(100.0)
 
 
-async def test_key_latency_probe_times_keys_into_the_chat_input(tmp_path):
+async def test_key_latency_probe_times_keys_into_the_chat_input(make_app):
     """The latency part's probe on the real app (scripted model): each key is timed until a refresh shows it."""
     from textual.widgets import Input
 
-    from tui_align.app import AlignApp
-    from tui_align.store import Store
-
-    store = Store(tmp_path / "s.sqlite3")
-    app = AlignApp(store=store, load_backend=ScriptedBackend, home=tmp_path, model_label="scripted")
+    app = make_app(ScriptedBackend())
     watch = user_loop.DisplayWatch(app)
-    try:
-        async with app.run_test(size=user_loop.SIZE) as pilot:
-            await user_loop.wait_until(lambda: app.backend_state == "ready", 10, "the scripted model")
-            await pilot.pause()
-            result = await user_loop.measure_typing(app, watch, 6)
-            assert app.screen.query_one("#message", Input).value == "abcdef"
-    finally:
-        store.close()
+    async with app.run_test(size=user_loop.SIZE) as pilot:
+        await settle(pilot)
+        assert app.backend_state == "ready"
+        result = await user_loop.measure_typing(app, watch, 6)
+        assert app.screen.query_one("#message", Input).value == "abcdef"
     assert result["keys"] == 6 and result["missed"] == 0
     assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"] < 5000
     assert watch.refreshes > 0

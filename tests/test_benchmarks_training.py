@@ -5,8 +5,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import mfu  # noqa: E402
@@ -34,12 +32,13 @@ def test_step_summary_times_each_step_from_the_one_before():
     assert summary["loop_s"] == 8.0 and summary["step0_loss"] == 0.69
 
 
-@pytest.mark.skipif(not HH_SAMPLE.is_file(), reason="needs ../shared/data")
-def test_trl_tokenizes_the_benchmark_pairs_into_our_exact_tokens(smol_tokenizer, tiny_llama, tmp_path):
+def test_trl_tokenizes_the_benchmark_pairs_into_our_exact_tokens(smol_tokenizer, tiny_llama, tmp_path, monkeypatch):
     """The speed comparison counts only if both sides run the same tokens: no truncation, same template."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
+    # The repo's slice begins with the shared sample's first 40 lines: the benchmark's first six pairs.
+    monkeypatch.setattr(vs_trl, "SHARED_DATA", HH_SAMPLE)
     pairs, encoded = vs_trl.benchmark_pairs(smol_tokenizer, 6, 256)
     assert all(max(len(p.chosen_ids), len(p.rejected_ids)) <= 256 for p in encoded)
     args = DPOConfig(output_dir=str(tmp_path), max_length=256, report_to="none", use_cpu=True, bf16=False,

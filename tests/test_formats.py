@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import gzip
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -28,9 +27,11 @@ from tui_align.formats import (
 from tui_align.pairs import Pair
 from tui_align.store import Store
 
-HH_SAMPLE = Path(__file__).parents[1] / ".." / "shared" / "data" / "hh-rlhf-harmless-base-sample.jsonl.gz"
-# Documented in formats.py: in these hh records one side carries an extra assistant turn.
-HH_SAMPLE_SKIPPED_LINES = [1255, 1689, 1951, 1953]
+from conftest import HH_SAMPLE
+
+# Documented in formats.py: in these hh records one side carries an extra assistant turn (lines 1255, 1689,
+# 1951 and 1953 of the shared sample, the last four of ours: tests/data/README.md).
+HH_SAMPLE_SKIPPED_LINES = [41, 42, 43, 44]
 
 SINGLE = Pair(prompt=[{"role": "user", "content": "What colour is the sky?"}], chosen="Blue.", rejected="Green.")
 MULTI_TURN = Pair(
@@ -122,13 +123,11 @@ def test_a_system_message_after_the_first_turn_cannot_be_written_as_hh(tmp_path)
 
 @pytest.fixture(scope="module")
 def hh_sample() -> formats.ReadResult:
-    if not HH_SAMPLE.exists():
-        pytest.skip(f"shared data missing: {HH_SAMPLE}")
     return read_file(HH_SAMPLE)
 
 
 def test_every_line_of_the_hh_sample_parses_except_the_documented_skips(hh_sample):
-    assert len(hh_sample.pairs) == 2000 - len(HH_SAMPLE_SKIPPED_LINES)
+    assert len(hh_sample.pairs) == 44 - len(HH_SAMPLE_SKIPPED_LINES)
     assert hh_sample.skipped == {"the two transcripts continue different conversations": HH_SAMPLE_SKIPPED_LINES}
     assert all(p.prompt[-1]["role"] == "user" and p.source == "imported" for p in hh_sample.pairs)
 
@@ -146,7 +145,7 @@ def test_a_multi_turn_hh_record_parses_into_the_right_messages(hh_sample):
 
 
 def test_the_hh_sample_writes_back_byte_for_byte(hh_sample):
-    with gzip.open(HH_SAMPLE, "rt", encoding="utf-8") as file:
+    with open(HH_SAMPLE, encoding="utf-8") as file:
         originals = [json.loads(line) for line in file if line.strip()]
     kept = [r for number, r in enumerate(originals, 1) if number not in HH_SAMPLE_SKIPPED_LINES]
     assert [pair_to_record(p, "hh") for p in hh_sample.pairs] == kept
@@ -298,11 +297,11 @@ def test_a_file_of_only_skipped_records_has_no_pairs(tmp_path):
 def test_export_then_import_gives_equal_pairs(tmp_path, hh_sample, name):
     fmt = name.split(".")[0]
     source, target = Store(":memory:"), Store(":memory:")
-    source.add_pairs(hh_sample.pairs[:300] + ROUND_TRIP_PAIRS)
-    assert export_file(source, tmp_path / name, fmt) == 304
-    assert import_file(target, tmp_path / name) == 304
+    source.add_pairs(hh_sample.pairs + ROUND_TRIP_PAIRS)  # 40 and 4
+    assert export_file(source, tmp_path / name, fmt) == 44
+    assert import_file(target, tmp_path / name) == 44
     assert essence(target.list_pairs()) == essence(source.list_pairs())
-    assert target.counts_by_source() == {"imported": 304}
+    assert target.counts_by_source() == {"imported": 44}
 
 
 def test_exporting_an_empty_store_is_an_error(tmp_path):
@@ -371,6 +370,8 @@ def test_exported_trl_files_have_exactly_trls_keys_and_types(tmp_path):
         record = json.loads(line)
         assert set(record) == {"prompt", "chosen", "rejected"}
         assert all(isinstance(value, str) for value in record.values())
+    assert [json.loads(line) for line in (tmp_path / "trl.jsonl").read_text(encoding="utf-8").splitlines()] == [
+        pair_to_record(pair, "trl") for pair in ROUND_TRIP_PAIRS]
     for line in (tmp_path / "chat.jsonl").read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
         assert set(record) == {"prompt", "chosen", "rejected"}

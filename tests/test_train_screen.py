@@ -2,42 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
-import textwrap
-import time
+import os
+from pathlib import Path
 
 import pytest
 from textual.widgets import Checkbox, DataTable, Input, ProgressBar, RichLog, Select, Static
 
-from tui_align.app import AlignApp
 from tui_align.app import train_process
 from tui_align.app.screens.adapters import AdaptersScreen
 from tui_align.app.screens.train import TrainScreen, format_seconds
 from tui_align.app.train_process import form_defaults, form_flags
 from tui_align.errors import UserError
-from tui_align.paths import adapters_dir, store_path
-from tui_align.store import Store
+from tui_align.paths import adapters_dir
 from tui_align.training import synthetic
 
-from fakes import ScriptedBackend
+from conftest import WAIT_S, wait_exited, wait_until
+from fakes import STEPS_THEN_DONE, fake_child
 
 SIZE = (110, 40)
-
-STEPS_THEN_DONE = """
-    import json, sys
-    open(sys.argv[0] + ".argv", "w").write(json.dumps(sys.argv[1:]))
-    def say(**e): print(json.dumps(e), flush=True)
-    say(event="start", config={"method": "dpo"}, train_pairs=4, eval_pairs=1, total_steps=3, device="cpu",
-        run_dir="RUN")
-    print("a stray line that is not JSON", flush=True)
-    for step in (1, 2, 3):
-        say(event="step", step=step, total_steps=3, epoch=1, loss=0.7 - 0.1 * step, accuracy=0.5 + 0.1 * step,
-            margin=0.1 * step, tokens_per_s=123.0, eta_s=3 - step)
-    say(event="eval", step=3, accuracy=0.75, margin=0.2, loss=0.5)
-    say(event="done", run_dir="RUN", metrics={}, seconds=1.0)
-"""
 
 ERROR_EVENT = """
     import json
@@ -52,18 +35,24 @@ CRASH = """
     raise SystemExit(1)
 """
 
-STEPS_UNTIL_SIGINT = """
-    import json, signal, sys, time
+STEPS_WHEN_RELEASED = """
+    import json, signal, sys
     open(sys.argv[0] + ".argv", "a").write(json.dumps(sys.argv[1:]) + "\\n")
-    stop = []
-    signal.signal(signal.SIGINT, lambda *a: stop.append(1))
+    class Cancelled(Exception):
+        pass
+    def cancel(*_):  # raising, so that the blocked read below gives up (a plain handler would be retried)
+        raise Cancelled
+    signal.signal(signal.SIGINT, cancel)
     def say(**e): print(json.dumps(e), flush=True)
     say(event="start", total_steps=1000, run_dir="RUNDIR")
     step = 0
-    while not stop and step < 1000:
-        step += 1
-        say(event="step", step=step, total_steps=1000, loss=1.0, accuracy=0.5)
-        time.sleep(0.02)
+    try:
+        with open(sys.argv[0] + ".gate", "rb", buffering=0) as gate:
+            while step < 1000 and gate.read(1):  # one step per byte the test writes
+                step += 1
+                say(event="step", step=step, total_steps=1000, loss=1.0, accuracy=0.5)
+    except Cancelled:
+        pass
     say(event="checkpoint", step=step, path="RUNDIR/checkpoint")
     say(event="done", run_dir="RUNDIR", metrics={}, seconds=0.1, cancelled=True)
     raise SystemExit(130)
@@ -71,25 +60,33 @@ STEPS_UNTIL_SIGINT = """
 
 
 @pytest.fixture
-def store(tmp_path):
-    (tmp_path / "home").mkdir()
-    store = Store(store_path(tmp_path / "home"))  # where the child looks for the pairs of --home
+def store(store):
     store.add_pairs(synthetic.trait_pairs(6, "prefix"))
-    yield store
-    store.close()
+    return store
 
 
-def fake_child(monkeypatch, tmp_path, source: str):
-    """Make the screen run `source` (a python script) instead of `python -m tui_align.train_command`."""
-    script = tmp_path / "child.py"
-    script.write_text(textwrap.dedent(source))
-    monkeypatch.setattr(train_process, "train_command", lambda: [sys.executable, str(script)])
-    return script
+class ChildGate:
+    """The FIFO STEPS_WHEN_RELEASED reads one byte from per step: the test decides how far the child gets,
+    so a wait for step n can't be overshot by a child that runs on."""
+
+    def __init__(self, path: Path):
+        os.mkfifo(path)
+        self._fd = os.open(path, os.O_RDWR)  # a writer from the start, so the child's open never blocks
+
+    def release(self, steps: int) -> None:
+        os.write(self._fd, b"." * steps)
+
+    def close(self) -> None:
+        os.close(self._fd)  # a child still reading sees the end of the gate and stops
 
 
-def make_app(store, tmp_path, **kwargs) -> AlignApp:
-    return AlignApp(store=store, load_backend=ScriptedBackend, home=tmp_path / "home", model_label="scripted",
-                    **kwargs)
+@pytest.fixture
+def gated_child(monkeypatch, tmp_path):
+    """(script, gate): the screen runs STEPS_WHEN_RELEASED, which steps only when the gate lets it."""
+    script = fake_child(monkeypatch, tmp_path, STEPS_WHEN_RELEASED)
+    gate = ChildGate(Path(f"{script}.gate"))
+    yield script, gate
+    gate.close()
 
 
 async def open_train(pilot) -> TrainScreen:
@@ -99,19 +96,13 @@ async def open_train(pilot) -> TrainScreen:
     return pilot.app.screen
 
 
-async def wait_for(pilot, condition, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-    await pilot.pause()
-
-
-async def run_to_end(pilot, screen: TrainScreen, timeout: float = 20.0) -> None:
+async def run_to_end(pilot, screen: TrainScreen, timeout: float = WAIT_S) -> None:
     await pilot.press("ctrl+g")
-    await wait_for(pilot, lambda: screen.train_run is not None and not screen.train_run.running, timeout)
-    await pilot.app.workers.wait_for_complete()
-    await pilot.pause()
+    await wait_exited(pilot, screen.train_run, timeout)
+
+
+async def wait_for_step(pilot, screen: TrainScreen, step: int) -> None:
+    await wait_until(pilot, lambda: screen.train_run.step == step, f"the run reached step {step}")
 
 
 def log_text(screen) -> str:
@@ -132,9 +123,9 @@ def child_calls(script) -> list[list[str]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def stopped_run(tmp_path, name: str, status: str = "cancelled", checkpoint: bool = True):
+def stopped_run(home: Path, name: str, status: str = "cancelled", checkpoint: bool = True) -> Path:
     """A run folder as a cancelled or crashed run leaves it in a past session (the fake child reads none of it)."""
-    folder = adapters_dir(tmp_path / "home") / name
+    folder = adapters_dir(home) / name
     folder.mkdir(parents=True)
     (folder / "run.json").write_text(json.dumps({"method": "dpo", "status": status,
                                                  "created_at": "2026-11-24T12:00:00+00:00"}))
@@ -178,9 +169,9 @@ def test_format_seconds():
     assert [format_seconds(s) for s in (5, 125, 3725, None)] == ["5s", "2m 05s", "1h 02m", "?"]
 
 
-async def test_a_run_shows_progress_metrics_and_the_done_line(store, tmp_path, monkeypatch):
+async def test_a_run_shows_progress_metrics_and_the_done_line(make_app, store, tmp_path, monkeypatch, private_home):
     script = fake_child(monkeypatch, tmp_path, STEPS_THEN_DONE)
-    app = make_app(store, tmp_path, model_spec="/models/x.gguf")
+    app = make_app(model_spec="/models/x.gguf")
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_train(pilot)
         assert "6 pairs" in str(screen.query_one("#train-pairs", Static).render())
@@ -196,16 +187,16 @@ async def test_a_run_shows_progress_metrics_and_the_done_line(store, tmp_path, m
         log = log_text(screen)
         assert "a stray line that is not JSON" in log and "done in 1 s: RUN" in log and "eval @ step 3" in log
         assert screen.train_run.status == "completed" and not errors(app)
-    argv = __import__("json").loads(script.with_name("child.py.argv").read_text())
-    assert argv[:3] == ["--jsonl", "--home", str(tmp_path / "home")]
+    argv = json.loads(script.with_name("child.py.argv").read_text())
+    assert argv[:3] == ["--jsonl", "--home", str(private_home)]
     assert argv[argv.index("--method") + 1] == "orpo" and argv[argv.index("--max-steps") + 1] == "3"
     assert argv[-2:] == ["--model", "/models/x.gguf"]
     assert store.count_pairs() == 6
 
 
-async def test_a_bad_form_value_starts_nothing(store, tmp_path, monkeypatch):
+async def test_a_bad_form_value_starts_nothing(make_app, store, tmp_path, monkeypatch):
     fake_child(monkeypatch, tmp_path, STEPS_THEN_DONE)
-    async with make_app(store, tmp_path).run_test(size=SIZE) as pilot:
+    async with make_app().run_test(size=SIZE) as pilot:
         screen = await open_train(pilot)
         screen.query_one("#field-epochs", Input).value = "0"
         await pilot.press("ctrl+g")
@@ -213,9 +204,9 @@ async def test_a_bad_form_value_starts_nothing(store, tmp_path, monkeypatch):
         assert screen.train_run is None and errors(pilot.app) == ["--epochs must be at least 1"]
 
 
-async def test_an_error_event_is_one_error_line(store, tmp_path, monkeypatch):
+async def test_an_error_event_is_one_error_line(make_app, store, tmp_path, monkeypatch):
     fake_child(monkeypatch, tmp_path, ERROR_EVENT)
-    async with make_app(store, tmp_path).run_test(size=SIZE) as pilot:
+    async with make_app().run_test(size=SIZE) as pilot:
         screen = await open_train(pilot)
         await run_to_end(pilot, screen)
         assert errors(pilot.app) == ["out of memory: CUDA out of memory: lower --batch-size"]
@@ -223,9 +214,9 @@ async def test_an_error_event_is_one_error_line(store, tmp_path, monkeypatch):
         assert screen.train_run.can_resume and not screen.query_one("#resume").disabled
 
 
-async def test_a_crash_without_events_points_at_the_log(store, tmp_path, monkeypatch):
+async def test_a_crash_without_events_points_at_the_log(make_app, store, tmp_path, monkeypatch):
     fake_child(monkeypatch, tmp_path, CRASH)
-    async with make_app(store, tmp_path).run_test(size=SIZE) as pilot:
+    async with make_app().run_test(size=SIZE) as pilot:
         screen = await open_train(pilot)
         await run_to_end(pilot, screen)
         log_path = screen.train_run.log_path
@@ -235,58 +226,60 @@ async def test_a_crash_without_events_points_at_the_log(store, tmp_path, monkeyp
     assert store.count_pairs() == 6
 
 
-async def test_a_child_that_cannot_start_is_one_error_line(store, tmp_path, monkeypatch):
+async def test_a_child_that_cannot_start_is_one_error_line(make_app, store, tmp_path, monkeypatch):
     monkeypatch.setattr(train_process, "train_command", lambda: [str(tmp_path / "no-such-program")])
-    async with make_app(store, tmp_path).run_test(size=SIZE) as pilot:
+    async with make_app().run_test(size=SIZE) as pilot:
         screen = await open_train(pilot)
         await pilot.press("ctrl+g")
         await pilot.pause()
-        assert len(errors(pilot.app)) == 1 and errors(pilot.app)[0].startswith("Couldn't start training:")
+        assert errors(pilot.app) == ["Couldn't start training: No such file or directory"]
         assert screen.train_run.status == "failed" and not screen.query_one("#start").disabled
 
 
-async def test_cancel_signals_the_child_and_resume_continues_its_run(store, tmp_path, monkeypatch):
-    script = fake_child(monkeypatch, tmp_path, STEPS_UNTIL_SIGINT)
-    async with make_app(store, tmp_path).run_test(size=SIZE) as pilot:
+async def test_cancel_signals_the_child_and_resume_continues_its_run(make_app, store, gated_child):
+    script, gate = gated_child
+    async with make_app().run_test(size=SIZE) as pilot:
         screen = await open_train(pilot)
         await pilot.press("ctrl+g")
-        await wait_for(pilot, lambda: screen.train_run.step >= 3)
+        gate.release(3)
+        await wait_for_step(pilot, screen, 3)
         # Training goes on while the user chats; coming back shows the progress so far.
         await pilot.press("f2")
-        steps_then = screen.train_run.step
-        await wait_for(pilot, lambda: screen.train_run.step >= steps_then + 5)
+        gate.release(5)
+        await wait_for_step(pilot, screen, 8)
         await pilot.press("f4")
         await pilot.pause()
         assert pilot.app.screen is screen
-        assert screen.query_one("#train-progress", ProgressBar).progress >= steps_then + 5
+        assert screen.query_one("#train-progress", ProgressBar).progress == 8
         await pilot.press("escape")
-        await wait_for(pilot, lambda: not screen.train_run.running)
-        await pilot.app.workers.wait_for_complete()
-        await pilot.pause()
         run = screen.train_run
-        assert (run.status, run.returncode, run.run_dir) == ("cancelled", 130, "RUNDIR")
-        assert run.step < 1000 and "cancelled (resumable)" in log_text(screen) and not errors(pilot.app)
+        await wait_exited(pilot, run)
+        assert (run.status, run.returncode, run.run_dir, run.step) == ("cancelled", 130, "RUNDIR", 8)
+        assert "cancelled (resumable)" in log_text(screen) and not errors(pilot.app)
         await pilot.click("#resume")
-        await wait_for(pilot, lambda: screen.train_run is not run and screen.train_run.step >= 1)
+        await wait_until(pilot, lambda: screen.train_run is not run, "the resumed run started")
+        gate.release(1)
+        await wait_for_step(pilot, screen, 1)
         await pilot.press("escape")
-        await wait_for(pilot, lambda: not screen.train_run.running)
-    calls = script.with_name("child.py.argv").read_text().splitlines()
-    assert len(calls) == 2 and __import__("json").loads(calls[1])[-2:] == ["--resume", "RUNDIR"]
+        await wait_exited(pilot, screen.train_run)
+    calls = child_calls(script)
+    assert len(calls) == 2 and calls[1][-2:] == ["--resume", "RUNDIR"]
 
 
-async def test_quitting_the_app_cancels_a_running_child(store, tmp_path, monkeypatch):
-    fake_child(monkeypatch, tmp_path, STEPS_UNTIL_SIGINT)
-    async with make_app(store, tmp_path).run_test(size=SIZE) as pilot:
+async def test_quitting_the_app_cancels_a_running_child(make_app, store, gated_child):
+    _, gate = gated_child
+    async with make_app().run_test(size=SIZE) as pilot:
         screen = await open_train(pilot)
         await pilot.press("ctrl+g")
-        await wait_for(pilot, lambda: screen.train_run.step >= 1)
+        gate.release(1)
+        await wait_for_step(pilot, screen, 1)
         process = screen.train_run.process
     assert process.poll() == 130  # stopped cleanly (it saved its checkpoint), not killed
 
 
-async def test_real_training_child_runs_two_steps(store, tmp_path, tiny_model_dir, private_home):
+async def test_real_training_child_runs_two_steps(make_app, store, tiny_model_dir, private_home):
     """The real `python -m tui_align.train_command` on a tiny model, from the screen, to `done`."""
-    async with make_app(store, tmp_path, model_spec=str(tiny_model_dir)).run_test(size=SIZE) as pilot:
+    async with make_app(model_spec=str(tiny_model_dir)).run_test(size=SIZE) as pilot:
         screen = await open_train(pilot)
         screen.query_one("#field-max-steps", Input).value = "2"
         screen.query_one("#field-batch-size", Input).value = "2"
@@ -295,15 +288,16 @@ async def test_real_training_child_runs_two_steps(store, tmp_path, tiny_model_di
         assert run.status == "completed", (run.error, run.log_path.read_text()[-2000:])
         assert run.step == 2 and len(run.losses) == 2 and not errors(pilot.app)
         assert "done" in log_text(screen)
-        assert (tmp_path / "home") in __import__("pathlib").Path(run.run_dir).parents
+        assert private_home in Path(run.run_dir).parents
 
 
-async def test_resume_from_the_adapters_screen_continues_a_run_of_an_earlier_session(store, tmp_path, monkeypatch):
+async def test_resume_from_the_adapters_screen_continues_a_run_of_an_earlier_session(
+        make_app, store, tmp_path, monkeypatch, private_home):
     """After a restart the train screen knows no run; the adapters screen resumes one that has a checkpoint."""
     script = fake_child(monkeypatch, tmp_path, STEPS_THEN_DONE)
-    stopped_run(tmp_path, "20261124-120000-dpo", status="completed", checkpoint=False)
-    folder = stopped_run(tmp_path, "20261123-090000-dpo", status="cancelled")
-    async with make_app(store, tmp_path).run_test(size=SIZE) as pilot:
+    stopped_run(private_home, "20261124-120000-dpo", status="completed", checkpoint=False)
+    folder = stopped_run(private_home, "20261123-090000-dpo", status="cancelled")
+    async with make_app().run_test(size=SIZE) as pilot:
         adapters = await open_adapters(pilot, row=0)
         assert not resume_enabled(adapters)  # a completed run: dimmed
         adapters.query_one(DataTable).move_cursor(row=1)
@@ -312,23 +306,22 @@ async def test_resume_from_the_adapters_screen_continues_a_run_of_an_earlier_ses
         await pilot.press("ctrl+o")
         await pilot.pause()
         screen = pilot.app.screen
-        assert isinstance(screen, TrainScreen)
-        await wait_for(pilot, lambda: screen.train_run is not None and not screen.train_run.running)
-        await pilot.app.workers.wait_for_complete()
-        await pilot.pause()
+        assert isinstance(screen, TrainScreen) and screen.train_run is not None
+        await wait_exited(pilot, screen.train_run)
         bar = screen.query_one("#train-progress", ProgressBar)
         assert (bar.progress, bar.total) == (3, 3) and screen.train_run.status == "completed"
         assert screen.train_run.log_lines[0].endswith(f"--resume {folder}")  # the log pane wraps it
         assert "held out: loss 0.5" in str(screen.query_one("#train-metrics", Static).render())
         assert not errors(pilot.app) and not warnings(pilot.app)
-    assert child_calls(script) == [["--jsonl", "--home", str(tmp_path / "home"), "--resume", str(folder)]]
+    assert child_calls(script) == [["--jsonl", "--home", str(private_home), "--resume", str(folder)]]
 
 
-async def test_resume_is_refused_while_a_run_is_going_and_without_a_checkpoint(store, tmp_path, monkeypatch):
-    script = fake_child(monkeypatch, tmp_path, STEPS_UNTIL_SIGINT)
-    stopped_run(tmp_path, "20261124-120000-dpo", status="failed", checkpoint=False)  # failed while loading
-    stopped_run(tmp_path, "20261123-090000-dpo", status="cancelled")
-    async with make_app(store, tmp_path).run_test(size=SIZE) as pilot:
+async def test_resume_is_refused_while_a_run_is_going_and_without_a_checkpoint(
+        make_app, store, gated_child, private_home):
+    script, gate = gated_child
+    stopped_run(private_home, "20261124-120000-dpo", status="failed", checkpoint=False)  # failed while loading
+    stopped_run(private_home, "20261123-090000-dpo", status="cancelled")
+    async with make_app().run_test(size=SIZE) as pilot:
         adapters = await open_adapters(pilot, row=0)
         assert not resume_enabled(adapters)
         await pilot.press("ctrl+o")  # dimmed, but the key says why rather than nothing
@@ -340,7 +333,8 @@ async def test_resume_is_refused_while_a_run_is_going_and_without_a_checkpoint(s
 
         train = await open_train(pilot)
         await pilot.press("ctrl+g")
-        await wait_for(pilot, lambda: train.train_run.step >= 1)
+        gate.release(1)
+        await wait_for_step(pilot, train, 1)
         running = train.train_run
         adapters = await open_adapters(pilot, row=1)
         assert resume_enabled(adapters)
@@ -351,17 +345,16 @@ async def test_resume_is_refused_while_a_run_is_going_and_without_a_checkpoint(s
                                        "first."]
         await open_train(pilot)
         await pilot.press("escape")
-        await wait_for(pilot, lambda: not running.running)
-        await pilot.app.workers.wait_for_complete()
+        await wait_exited(pilot, running)
         assert not errors(pilot.app)
     assert len(child_calls(script)) == 1 and "--resume" not in child_calls(script)[0]
 
 
-async def test_the_low_memory_switch_adds_gradient_checkpointing(store, tmp_path, monkeypatch):
+async def test_the_low_memory_switch_adds_gradient_checkpointing(make_app, store, tmp_path, monkeypatch):
     assert "--gradient-checkpointing" not in form_flags("dpo", form_defaults())
     assert form_flags("dpo", form_defaults(), low_memory=True)[-1] == "--gradient-checkpointing"
     script = fake_child(monkeypatch, tmp_path, STEPS_THEN_DONE)
-    async with make_app(store, tmp_path).run_test(size=SIZE) as pilot:
+    async with make_app().run_test(size=SIZE) as pilot:
         screen = await open_train(pilot)
         assert not screen.query_one("#low-memory", Checkbox).value
         await pilot.click("#low-memory")
@@ -372,13 +365,13 @@ async def test_the_low_memory_switch_adds_gradient_checkpointing(store, tmp_path
     assert "--gradient-checkpointing" in argv and argv[argv.index("--method") + 1] == "dpo"
 
 
-async def test_the_precision_select_passes_a_forced_precision(store, tmp_path, monkeypatch):
+async def test_the_precision_select_passes_a_forced_precision(make_app, store, tmp_path, monkeypatch):
     assert "--precision" not in form_flags("dpo", form_defaults())  # auto is the child's own default
     assert form_flags("dpo", form_defaults(), precision="bf16")[-2:] == ["--precision", "bf16"]
     with pytest.raises(UserError, match="argument --precision: invalid choice: 'fp8'"):
         form_flags("dpo", form_defaults(), precision="fp8")
     script = fake_child(monkeypatch, tmp_path, STEPS_THEN_DONE)
-    async with make_app(store, tmp_path).run_test(size=SIZE) as pilot:
+    async with make_app().run_test(size=SIZE) as pilot:
         screen = await open_train(pilot)
         select = screen.query_one("#precision", Select)
         assert select.value == "auto"
