@@ -181,7 +181,7 @@ def test_compare_screen_with_both_answers(snap_compare, build_app, private_home)
     async def run_before(pilot):
         await settle(pilot)
         screen = pilot.app.get_screen("compare")
-        screen.load_compare_pair = lambda old, new: (base, tuned)
+        pilot.app.load_compare_pair = lambda old, new: (base, tuned)
         await pilot.press("f5")
         await settle(pilot)
         await pilot.press("ctrl+b")
