@@ -7,7 +7,6 @@ import json
 import pytest
 from textual.widgets import DataTable, Input, Select, Static
 
-from tui_align.app import AlignApp
 from tui_align.app.compare_session import CompareSession, LoadedPair, tally_from_records
 from tui_align.app.screens.adapters import AdaptersScreen, ExportModal
 from tui_align.app.screens.compare import CompareScreen, CompareTally
@@ -16,9 +15,10 @@ from tui_align.app.widgets.candidates import CandidateColumn
 from tui_align.errors import UserError
 from tui_align.model_files import ModelRef
 from tui_align.pairs import Pair
-from tui_align.store import CompareRecord, Store
+from tui_align.store import CompareRecord
 from tui_align.training.run_folder import data_hash, write_pairs_file
 
+from conftest import settle
 from fakes import ScriptedBackend
 
 SIZE = (110, 32)
@@ -27,13 +27,6 @@ OLDER_RUN = "20261123-090000-orpo"
 BASE_ANSWER = "Paris."
 TUNED_ANSWER = "The capital of France is Paris, on the Seine."
 OLDER_ANSWER = "Paris, of course."
-
-
-@pytest.fixture
-def store(tmp_path):
-    store = Store(tmp_path / "s.sqlite3")
-    yield store
-    store.close()
 
 
 def make_run(home, name: str = RUN, status: str = "completed", pairs: list[Pair] | None = None, **run):
@@ -52,17 +45,6 @@ def make_run(home, name: str = RUN, status: str = "completed", pairs: list[Pair]
         "data": data, "metrics": {"eval_accuracy": 0.875}, **run,
     }))
     return folder
-
-
-def make_app(store, tmp_path, chat_backend=None, **kwargs) -> AlignApp:
-    chat_backend = chat_backend or ScriptedBackend(model_id="base-model")
-    return AlignApp(store=store, load_backend=lambda: chat_backend, home=tmp_path, model_label="base-model (test)",
-                    **kwargs)
-
-
-async def settle(pilot) -> None:
-    await pilot.app.workers.wait_for_complete()
-    await pilot.pause()
 
 
 async def open_compare(pilot, loader=None, new: str = RUN, old: str | None = None) -> CompareScreen:
@@ -122,10 +104,10 @@ def test_tally_describes_wins_of_all_blind_picks():
     assert tally.describe() == "new beats old: 2 of 4 (50%), ties 1"
 
 
-async def test_both_answers_appear_with_one_seed(store, tmp_path):
-    make_run(tmp_path)
+async def test_both_answers_appear_with_one_seed(make_app, private_home):
+    make_run(private_home)
     base, tuned = scripted_pair()
-    app = make_app(store, tmp_path)
+    app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_compare(pilot, lambda old, new: (base, tuned))
         await ask(pilot, screen, "Capital of France?")
@@ -141,9 +123,9 @@ async def test_both_answers_appear_with_one_seed(store, tmp_path):
         assert f"seed {base_settings.seed}" in status(screen)
 
 
-async def test_blind_pick_stores_a_compare_pair_and_updates_the_tally(store, tmp_path):
-    make_run(tmp_path)
-    app = make_app(store, tmp_path)
+async def test_blind_pick_stores_a_compare_pair_and_updates_the_tally(make_app, store, private_home):
+    make_run(private_home)
+    app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_compare(pilot, lambda old, new: scripted_pair())
         await ask(pilot, screen, "Capital of France?")
@@ -166,9 +148,9 @@ async def test_blind_pick_stores_a_compare_pair_and_updates_the_tally(store, tmp
         assert "1 of 1 (100%)" in status(screen)
 
 
-async def test_tie_stores_no_pair_but_counts(store, tmp_path):
-    make_run(tmp_path)
-    app = make_app(store, tmp_path)
+async def test_tie_stores_no_pair_but_counts(make_app, store, private_home):
+    make_run(private_home)
+    app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_compare(pilot, lambda old, new: scripted_pair())
         await ask(pilot, screen, "Capital of France?")
@@ -179,11 +161,11 @@ async def test_tie_stores_no_pair_but_counts(store, tmp_path):
         assert "new beats old: 0 of 1 (0%), ties 1" in status(screen)
 
 
-async def test_random_prompt_comes_from_the_stored_pairs_and_letters_type_when_idle(store, tmp_path):
-    make_run(tmp_path)  # no pairs.jsonl: nothing held out to draw from
+async def test_random_prompt_comes_from_the_stored_pairs_and_letters_type_when_idle(make_app, store, private_home):
+    make_run(private_home)  # no pairs.jsonl: nothing held out to draw from
     store.add_pairs([Pair([{"role": "user", "content": "Name a blue fruit."}], "Blueberry.", "Apple.")])
     base, tuned = scripted_pair()
-    app = make_app(store, tmp_path)
+    app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_compare(pilot, lambda old, new: (base, tuned))
         await draw(pilot)
@@ -196,9 +178,9 @@ async def test_random_prompt_comes_from_the_stored_pairs_and_letters_type_when_i
         assert screen.query_one("#compare-prompt", Input).value == "abt"
 
 
-async def test_not_blind_titles_the_columns_old_and_new(store, tmp_path):
-    make_run(tmp_path)
-    app = make_app(store, tmp_path)
+async def test_not_blind_titles_the_columns_old_and_new(make_app, store, private_home):
+    make_run(private_home)
+    app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_compare(pilot, lambda old, new: scripted_pair())
         await pilot.press("ctrl+b")
@@ -211,8 +193,8 @@ async def test_not_blind_titles_the_columns_old_and_new(store, tmp_path):
         assert screen.tally.total == 0  # only blind picks count
 
 
-async def test_a_compare_load_error_is_one_line_and_enter_tries_again(store, tmp_path):
-    make_run(tmp_path)
+async def test_a_compare_load_error_is_one_line_and_enter_tries_again(make_app, private_home):
+    make_run(private_home)
     attempts = []
 
     def refuse_once(old, new):
@@ -221,7 +203,7 @@ async def test_a_compare_load_error_is_one_line_and_enter_tries_again(store, tmp
             raise UserError(f"{new.name} was trained on other-model, not on base-model.")
         return scripted_pair()
 
-    app = make_app(store, tmp_path)
+    app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_compare(pilot, refuse_once)
         assert errors(app) == [f"{RUN} was trained on other-model, not on base-model."]
@@ -261,9 +243,9 @@ def test_a_pair_that_loads_after_the_choice_moved_on_is_closed(store):
     assert fresh.old_backend.closed and fresh.new_backend.closed and session.state("base", RUN) == "failed"
 
 
-async def test_two_adapters_answer_side_by_side_and_the_pick_names_both(store, tmp_path):
-    make_run(tmp_path)
-    make_run(tmp_path, OLDER_RUN)
+async def test_two_adapters_answer_side_by_side_and_the_pick_names_both(make_app, store, private_home):
+    make_run(private_home)
+    make_run(private_home, OLDER_RUN)
     older = ScriptedBackend(default=OLDER_ANSWER, model_id=f"base-model+{OLDER_RUN}")
     tuned = ScriptedBackend(default=TUNED_ANSWER, model_id=f"base-model+{RUN}")
     asked = []
@@ -272,7 +254,7 @@ async def test_two_adapters_answer_side_by_side_and_the_pick_names_both(store, t
         asked.append((old and old.name, new.name))
         return older, tuned
 
-    app = make_app(store, tmp_path)
+    app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_compare(pilot, loader, new=RUN, old=OLDER_RUN)
         assert asked == [(OLDER_RUN, RUN)]  # one load, with both adapters
@@ -298,9 +280,9 @@ async def test_two_adapters_answer_side_by_side_and_the_pick_names_both(store, t
         assert "no blind picks yet" in status(screen)
 
 
-async def test_the_same_model_on_both_sides_is_refused(store, tmp_path):
-    make_run(tmp_path)
-    app = make_app(store, tmp_path)
+async def test_the_same_model_on_both_sides_is_refused(make_app, private_home):
+    make_run(private_home)
+    app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_compare(pilot, lambda old, new: scripted_pair(), new=RUN, old=RUN)
         assert warnings(app) == [f"Old and new are both {RUN}: choose two different models."]
@@ -309,12 +291,12 @@ async def test_the_same_model_on_both_sides_is_refused(store, tmp_path):
         assert screen.phase == "idle"
 
 
-async def test_an_old_adapter_for_another_base_is_one_line(store, tmp_path):
+async def test_an_old_adapter_for_another_base_is_one_line(make_app, private_home, tmp_path):
     """The real loader: both adapters are checked against the app's base before anything loads."""
-    make_run(tmp_path)
-    make_run(tmp_path, OLDER_RUN, base_model={"kind": "hub", "location": "someone/other-model",
+    make_run(private_home)
+    make_run(private_home, OLDER_RUN, base_model={"kind": "hub", "location": "someone/other-model",
                                               "model_id": "someone/other-model"})
-    app = make_app(store, tmp_path, model_ref=ModelRef("gguf", str(tmp_path / "base-model.gguf")))
+    app = make_app(model_ref=ModelRef("gguf", str(tmp_path / "base-model.gguf")))
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_compare(pilot, new=RUN, old=OLDER_RUN)
         assert errors(app) == [f"{OLDER_RUN} was trained on someone/other-model, not on base-model.gguf."]
@@ -325,17 +307,17 @@ def fruit_pairs(count: int) -> list[Pair]:
     return [Pair([{"role": "user", "content": f"Name fruit number {i}."}], f"Fruit {i}.", "No.") for i in range(count)]
 
 
-async def test_ctrl_r_draws_the_held_out_prompts_of_the_new_run_in_turn(store, tmp_path):
+async def test_ctrl_r_draws_the_held_out_prompts_of_the_new_run_in_turn(make_app, store, private_home):
     from tui_align.training.data import split_held_out
 
     pairs = fruit_pairs(8)
-    make_run(tmp_path, pairs=pairs, settings={"eval_fraction": 0.25, "seed": 7})
+    make_run(private_home, pairs=pairs, settings={"eval_fraction": 0.25, "seed": 7})
     train, held = split_held_out(pairs, 0.25, 7)  # what the runner held out: 2 of the 8
     held_prompts = [p.last_user_message for p in held]
     assert len(held_prompts) == 2
     store.add_pairs([Pair([{"role": "user", "content": "A stored prompt."}], "Yes.", "No.")])
     base, tuned = scripted_pair()
-    app = make_app(store, tmp_path)
+    app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_compare(pilot, lambda old, new: (base, tuned))
         sent = []
@@ -360,14 +342,14 @@ def pet_conversation(i: int) -> list[dict]:
     ]
 
 
-async def test_a_drawn_prompt_keeps_its_earlier_turns_and_its_pick_stores_them(store, tmp_path):
+async def test_a_drawn_prompt_keeps_its_earlier_turns_and_its_pick_stores_them(make_app, store, private_home):
     from tui_align.training.data import split_held_out
 
     pairs = [Pair(pet_conversation(i), "The dog.", "The cats.") for i in range(4)]
-    make_run(tmp_path, pairs=pairs, settings={"eval_fraction": 0.25, "seed": 3})
+    make_run(private_home, pairs=pairs, settings={"eval_fraction": 0.25, "seed": 3})
     (held,) = split_held_out(pairs, 0.25, 3)[1]
     base, tuned = scripted_pair()
-    app = make_app(store, tmp_path)
+    app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_compare(pilot, lambda old, new: (base, tuned))
         await draw(pilot)
@@ -387,11 +369,11 @@ async def test_a_drawn_prompt_keeps_its_earlier_turns_and_its_pick_stores_them(s
         assert "earlier turns" not in status(screen)
 
 
-async def test_ctrl_r_falls_back_to_the_stored_pairs_when_the_run_held_out_nothing(store, tmp_path):
-    make_run(tmp_path, pairs=fruit_pairs(4), settings={"eval_fraction": 0.0, "seed": 0})
+async def test_ctrl_r_falls_back_to_the_stored_pairs_when_the_run_held_out_nothing(make_app, store, private_home):
+    make_run(private_home, pairs=fruit_pairs(4), settings={"eval_fraction": 0.0, "seed": 0})
     store.add_pairs([Pair([{"role": "user", "content": "A stored prompt."}], "Yes.", "No.")])
     base, tuned = scripted_pair()
-    app = make_app(store, tmp_path)
+    app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_compare(pilot, lambda old, new: (base, tuned))
         await draw(pilot)
@@ -400,12 +382,10 @@ async def test_ctrl_r_falls_back_to_the_stored_pairs_when_the_run_held_out_nothi
         assert "prompt from all stored pairs" in status(screen)
 
 
-async def test_the_tally_is_rebuilt_from_the_store_after_a_restart(tmp_path):
-    make_run(tmp_path)
-    make_run(tmp_path, OLDER_RUN)
-    path = tmp_path / "s.sqlite3"
-    store = Store(path)
-    app = make_app(store, tmp_path)
+async def test_the_tally_is_rebuilt_from_the_store_after_a_restart(make_app, store, private_home):
+    make_run(private_home)
+    make_run(private_home, OLDER_RUN)
+    app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_compare(pilot, lambda old, new: scripted_pair())
         for _ in range(2):
@@ -416,22 +396,18 @@ async def test_the_tally_is_rebuilt_from_the_store_after_a_restart(tmp_path):
         await pilot.press("t")
         await settle(pilot)
         assert "new beats old: 2 of 3 (67%), ties 1" in status(screen)
-    store.close()
 
-    store = Store(path)  # the app closed; a new one opens the same store
+    # The app closed; a new one on the same store, with one more pick stored meanwhile.
     store.record_pick([{"role": "user", "content": "Other pick."}], ["x", "y"], "chosen", chosen_index=0,
                       source="compare", compare=CompareRecord(RUN, "base", "new", True))
-    app = make_app(store, tmp_path)
-    try:
-        async with app.run_test(size=SIZE) as pilot:
-            screen = await open_compare(pilot, lambda old, new: scripted_pair())
-            # The three picks above plus one stored with the sides the other way round (the base won it).
-            assert "new beats old: 2 of 4 (50%), ties 1" in status(screen)
-            screen.query_one("#compare-old", Select).value = OLDER_RUN
-            await settle(pilot)
-            assert "no blind picks yet" in status(screen)  # another pair of models
-    finally:
-        store.close()
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_compare(pilot, lambda old, new: scripted_pair())
+        # The three picks above plus one stored with the sides the other way round (the base won it).
+        assert "new beats old: 2 of 4 (50%), ties 1" in status(screen)
+        screen.query_one("#compare-old", Select).value = OLDER_RUN
+        await settle(pilot)
+        assert "no blind picks yet" in status(screen)  # another pair of models
 
 
 # Adapters ---------------------------------------------------------------------------------------
@@ -452,10 +428,10 @@ def rows(screen) -> list[list[str]]:
     return [[str(cell) for cell in table.get_row_at(i)] for i in range(table.row_count)]
 
 
-async def test_adapters_screen_lists_runs(store, tmp_path):
-    make_run(tmp_path)
-    make_run(tmp_path, "20261123-090000-orpo", status="cancelled")
-    app = make_app(store, tmp_path)
+async def test_adapters_screen_lists_runs(make_app, private_home):
+    make_run(private_home)
+    make_run(private_home, "20261123-090000-orpo", status="cancelled")
+    app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_adapters(pilot)
         assert rows(screen) == [
@@ -464,8 +440,8 @@ async def test_adapters_screen_lists_runs(store, tmp_path):
         ]
 
 
-async def test_load_swaps_the_chat_model_and_unload_brings_the_base_back(store, tmp_path):
-    make_run(tmp_path)
+async def test_load_swaps_the_chat_model_and_unload_brings_the_base_back(make_app, private_home):
+    make_run(private_home)
     first = ScriptedBackend(model_id="base-model")
     loaded = []
 
@@ -474,13 +450,13 @@ async def test_load_swaps_the_chat_model_and_unload_brings_the_base_back(store, 
         loaded.append(backend)
         return backend
 
-    app = make_app(store, tmp_path, chat_backend=first)
+    app = make_app(first)
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_adapters(pilot, loader)
         await pilot.press("l")
         await settle(pilot)
         assert app.backend is loaded[0] and first.closed
-        assert app.active_adapter == RUN and app.sub_title == f"base-model (test) + {RUN}"
+        assert app.active_adapter == RUN and app.sub_title == f"scripted (test) + {RUN}"
         assert rows(screen)[0][0] == f"● {RUN}"
         assert app.model_id == f"base-model+{RUN}"  # picks made now record the adapter
         await pilot.press("d")  # the active adapter can't be deleted
@@ -489,17 +465,17 @@ async def test_load_swaps_the_chat_model_and_unload_brings_the_base_back(store, 
         await pilot.press("u")
         await settle(pilot)
         assert app.backend is loaded[1] and loaded[0].closed
-        assert app.active_adapter is None and app.sub_title == "base-model (test)"
+        assert app.active_adapter is None and app.sub_title == "scripted (test)"
 
 
-async def test_an_adapter_load_error_is_one_line_and_keeps_the_model(store, tmp_path):
-    make_run(tmp_path)
+async def test_an_adapter_load_error_is_one_line_and_keeps_the_model(make_app, private_home):
+    make_run(private_home)
     first = ScriptedBackend(model_id="base-model")
 
     def broken(adapter):
         raise RuntimeError("size mismatch for q_proj.lora_A\nlong trace")
 
-    app = make_app(store, tmp_path, chat_backend=first)
+    app = make_app(first)
     async with app.run_test(size=SIZE) as pilot:
         await open_adapters(pilot, broken)
         await pilot.press("enter")
@@ -508,9 +484,9 @@ async def test_an_adapter_load_error_is_one_line_and_keeps_the_model(store, tmp_
         assert app.backend is first and not first.closed and app.active_adapter is None
 
 
-async def test_delete_asks_then_removes_the_run_folder(store, tmp_path):
-    folder = make_run(tmp_path)
-    app = make_app(store, tmp_path)
+async def test_delete_asks_then_removes_the_run_folder(make_app, private_home):
+    folder = make_run(private_home)
+    app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_adapters(pilot)
         await pilot.press("d")
@@ -525,9 +501,9 @@ async def test_delete_asks_then_removes_the_run_folder(store, tmp_path):
         assert rows(screen) == []
 
 
-async def test_export_peft_writes_the_folder_and_errors_are_one_line(store, tmp_path):
-    make_run(tmp_path)
-    app = make_app(store, tmp_path)
+async def test_export_peft_writes_the_folder_and_errors_are_one_line(make_app, private_home, tmp_path):
+    make_run(private_home)
+    app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await open_adapters(pilot)
         await pilot.press("x")
