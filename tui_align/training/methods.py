@@ -10,7 +10,7 @@ Adding a preference method (KTO, SimPO, IPO ...):
      itself in losses.py), `step_fields` and `summary` for its events, and `LOSS = PairLoss(...)`.
      See orpo.py: about 50 lines.
   2. Its settings dataclass in config.py, a field of that name on TrainConfig (run.json and --resume
-     pick it up from there), its flags in train_command.py, and the name in rules.METHODS.
+     pick it up from there), its flags in train_args.py, and the name in rules.METHODS.
   3. One row below: `preference_method("<name>", <Name>Settings, <name>.LOSS, reference=..., reports=...)`.
   The loop, the schedule, checkpoints, eval and the events come with `preference.train`.
 """
