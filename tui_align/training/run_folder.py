@@ -19,7 +19,7 @@ from dataclasses import fields, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..atomic import atomic_folder, write_text
+from ..atomic import atomic_folder, atomic_write, write_text
 from ..errors import UserError
 from ..pairs import Pair
 from .config import TrainConfig
@@ -60,7 +60,8 @@ def data_hash(pairs: list[Pair]) -> str:
 
 
 def write_pairs_file(folder: Path, pairs: list[Pair]) -> None:
-    with open(folder / PAIRS_FILE, "w", encoding="utf-8") as fh:
+    """pairs.jsonl, whole or not at all: --resume and compare's held-out draw read it back."""
+    with atomic_write(folder / PAIRS_FILE, encoding="utf-8") as fh:
         for pair in pairs:
             fh.write(json.dumps(pair_record(pair), ensure_ascii=False) + "\n")
 
