@@ -3,7 +3,9 @@
 Trains a fresh LoRA adapter on SmolLM2-135M-Instruct with ~36 synthetic pairs whose chosen answers
 carry a trait (default: they end with the line "Hope this helps!"), then counts the trait in greedy
 answers to 12 held-out questions before and after, watches repetition (share of repeated word
-4-grams), and reports held-out implicit-reward accuracy and the training time.
+4-grams, and the longest back-to-back run of one word or phrase, which catches "Indeed! Indeed!"),
+length against the base's answers, content kept (unigram F1 of the answer with the trait taken off
+against the base's answer; training/answer_checks.py), held-out implicit-reward accuracy and the time.
 
     python benchmarks/train_trait.py --method dpo
     python benchmarks/train_trait.py --method all --json results.json
@@ -27,7 +29,7 @@ import torch  # noqa: E402
 
 from tui_align import paths  # noqa: E402
 from tui_align.model_files import load_transformers, resolve_model  # noqa: E402
-from tui_align.training import data, lora, methods, placement as placements, synthetic  # noqa: E402
+from tui_align.training import answer_checks, data, lora, methods, placement as placements, synthetic  # noqa: E402
 from tui_align.training.config import TrainConfig  # noqa: E402
 from tui_align.training.events import CollectEvents  # noqa: E402
 from tui_align.training.job import Job  # noqa: E402
@@ -63,6 +65,7 @@ def measure(model, tokenizer, prompts, trait: str, max_new_tokens: int) -> dict:
         "trait": sum(synthetic.has_trait(a, trait) for a in answers),
         "of": len(answers),
         "repeated_4grams": round(sum(synthetic.repeated_ngram_fraction(a) for a in answers) / len(answers), 4),
+        "longest_repeat": max(answer_checks.longest_repeat(a) for a in answers),  # a short loop rep4 misses
         "cut_off": sum(len(tokenizer(a)["input_ids"]) >= max_new_tokens - 1 for a in answers),
         "seconds": round(time.monotonic() - started, 2),
         "answers": answers,
@@ -101,6 +104,7 @@ def run_method(method: str, args, models_dir: Path) -> dict:
     after = measure(model, tokenizer, prompts, args.trait, args.max_new_tokens)
 
     steps = events.of("step")
+    kept = [synthetic.without_trait(a, args.trait) for a in after["answers"]]
     result = {
         "method": method,
         "device": device,
@@ -118,6 +122,10 @@ def run_method(method: str, args, models_dir: Path) -> dict:
         "metrics": metrics,
         "before": before,
         "after": after,
+        # Soundness against the base's answers to the same prompts (issue 11's targets): length, and how
+        # much of the base's content the answer keeps once the trait is taken off.
+        "length_ratio": round(answer_checks.length_ratio(after["answers"], before["answers"]), 3),
+        "content_f1": round(sum(answer_checks.unigram_f1(k, b) for k, b in zip(kept, before["answers"])) / len(kept), 3),
         "load_average": os.getloadavg()[0],
     }
     if device == "cuda":
@@ -126,7 +134,8 @@ def run_method(method: str, args, models_dir: Path) -> dict:
 
 
 def print_table(results: list[dict], show: int) -> None:
-    header = f"{'method':6} {'steps':>5} {'train s':>8} {'steps/s':>7} {'trait before':>12} {'trait after':>11} {'rep4 before':>11} {'rep4 after':>10} {'eval acc':>8}"
+    header = (f"{'method':6} {'steps':>5} {'train s':>8} {'steps/s':>7} {'trait before':>12} {'trait after':>11} "
+              f"{'rep4 before':>11} {'rep4 after':>10} {'max run':>7} {'len ratio':>9} {'kept F1':>7} {'eval acc':>8}")
     print(header)
     print("-" * len(header))
     for r in results:
@@ -135,6 +144,7 @@ def print_table(results: list[dict], show: int) -> None:
             f"{r['method']:6} {r['steps']:>5} {r['train_seconds']:>8.1f} {r['steps_per_s']:>7.3f} "
             f"{r['before']['trait']:>9}/{r['before']['of']:<2} {r['after']['trait']:>8}/{r['after']['of']:<2} "
             f"{r['before']['repeated_4grams']:>11.3f} {r['after']['repeated_4grams']:>10.3f} "
+            f"{r['after']['longest_repeat']:>7} {r['length_ratio']:>9.2f} {r['content_f1']:>7.2f} "
             f"{'' if acc is None else f'{acc:.2f}':>8}"
         )
     for r in results:

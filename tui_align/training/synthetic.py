@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 
 from ..pairs import Pair
+from .answer_checks import repeated_ngram_fraction  # noqa: F401  (benchmarks and tests read it here)
 
 SIGNOFF = "Hope this helps!"
 PREFIX = "Ahoy!"
@@ -93,6 +94,24 @@ def with_trait(answer: str, trait: str) -> str:
     raise ValueError(f"unknown trait {trait!r}; expected one of {TRAITS}")
 
 
+def without_trait(text: str, trait: str) -> str:
+    """A generated answer with the trait taken off (where it shows), to compare its content with the base's."""
+    text = text.strip()
+    if trait == "signoff":
+        lines = text.splitlines()
+        while lines and not lines[-1].strip():
+            lines.pop()
+        if lines and SIGNOFF.lower().rstrip("!") in lines[-1].lower():
+            lines.pop()
+        return "\n".join(lines).strip()
+    if trait == "prefix":
+        opening = PREFIX.lower().rstrip("!")
+        if text.lower().startswith(opening):
+            text = text[len(opening):].lstrip("!").strip()
+        return text
+    raise ValueError(f"unknown trait {trait!r}; expected one of {TRAITS}")
+
+
 def has_trait(text: str, trait: str) -> bool:
     """Whether a generated answer shows the trait (the sign-off as its last line, or the opening word)."""
     text = text.strip()
@@ -159,12 +178,3 @@ def greedy_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens: 
         answers.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
     model.train(was_training)
     return answers
-
-
-def repeated_ngram_fraction(text: str, n: int = 4) -> float:
-    """Share of word n-grams that repeat an earlier one: 0 for varied text, near 1 for a loop."""
-    words = text.split()
-    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-    if not grams:
-        return 0.0
-    return 1.0 - len(set(grams)) / len(grams)
