@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Sequence
 
 from ..adapters.held_out import held_out_prompts
@@ -85,7 +85,7 @@ def record_comparison(
     winner = "tie" if index is None else order[index]
     compared = CompareRecord(old, new, winner, blind)
     # The pair's settings say how it was made, the two models too; the pick's columns hold them for the tally.
-    record = {**settings.as_dict(), "compare": {"old": old, "new": new, "winner": winner, "blind": blind}}
+    record = {**settings.as_dict(), "compare": asdict(compared)}
     outcome = "tie" if index is None else "chosen"
     saved = store.record_pick(prompt, list(answers), outcome, chosen_index=index, model=model, settings=record,
                               source="compare", compare=compared)
