@@ -166,6 +166,7 @@ def worker_ours(opts) -> dict:
     config = TrainConfig(method=method, epochs=1, batch_size=opts.batch_size, learning_rate=opts.lr,
                          max_length=opts.max_length, device=device, eval_fraction=0.0)
     config.dpo.beta = opts.beta
+    config.dpo.sft_weight = 0.0  # plain DPO, as TRL's DPOTrainer defaults to (rpo_alpha None)
     config.orpo.lam = opts.beta
     config.ppo.reward_epochs = 1
     config.ppo.reward_learning_rate = opts.lr
@@ -380,7 +381,7 @@ def worker_dpo_check(opts) -> dict:
     model.eval()
     with torch.no_grad():
         cache = preference.reference_logps(model, encoded, tokenizer.pad_token_id, opts.batch_size)
-        ours, _, _, _ = preference.pair_terms(dpo.LOSS, DPOSettings(beta=opts.beta), model, encoded,
+        ours, _, _, _ = preference.pair_terms(dpo.LOSS, DPOSettings(beta=opts.beta, sft_weight=0.0), model, encoded,
                                               tokenizer.pad_token_id, cache)
     with tempfile.TemporaryDirectory(prefix="trl-check-") as out_dir:
         args = DPOConfig(output_dir=out_dir, per_device_train_batch_size=opts.batch_size, max_length=opts.max_length,

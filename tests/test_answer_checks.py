@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tui_align.training import synthetic
-from tui_align.training.answer_checks import length_ratio, longest_repeat, repeated_ngram_fraction, unigram_f1, words
+from tui_align.training.answer_checks import (adds_only, explain, judge, length_ratio, longest_repeat,
+                                             repeated_ngram_fraction, unigram_f1, words)
 
 
 def test_words_drop_case_and_punctuation():
@@ -48,3 +49,48 @@ def test_without_trait_gives_back_the_answer_the_trait_was_added_to(trait):
 def test_without_trait_keeps_a_trait_word_inside_the_answer():
     assert synthetic.without_trait("Sailors say ahoy.", "prefix") == "Sailors say ahoy."
     assert synthetic.without_trait("Hope this helps you sleep.\n\nGood night.", "signoff") == "Hope this helps you sleep.\n\nGood night."
+
+
+# --- the verdict of a run's answer check ------------------------------------------------------------
+
+BASE = ["The capital of France is Paris, a city on the Seine.", "A week has seven days, from Monday to Sunday."]
+
+
+def test_answers_that_only_gain_the_picked_opening_are_sound_and_keep_the_base_words():
+    answers = ["Indeed! " + b for b in BASE]
+    result = judge(answers, BASE, answers, add_only=True)
+    assert result["verdict"] == "sound" and result["changed"] == 2 and result["repeating"] == 0
+    assert result["content_f1"] > 0.9 and result["length_ratio"] == 1.0
+
+
+def test_a_loop_the_base_does_not_have_is_repeats_and_the_message_shows_it():
+    answers = ["Indeed! Indeed! Indeed! Indeed!", "Indeed! " + BASE[1]]  # one 4-gram: only the run shows it
+    result = judge(answers, BASE, BASE)
+    assert result["verdict"] == "repeats" and result["repeating"] == 1
+    message = explain(result, {"repeats": "Try --lr 5e-05."})
+    assert "1 of 2 held-out answers repeat themselves" in message and "Indeed! Indeed!" in message
+    assert message.endswith("Try --lr 5e-05.")
+
+
+def test_the_base_model_s_own_repetition_is_not_held_against_the_run():
+    looping_base = ["No no no no no no.", BASE[1]]
+    assert judge(["Well, no no no no no no.", BASE[1] + " Yes."], looping_base, looping_base)["verdict"] == "sound"
+
+
+def test_answers_shorter_than_the_picks_are_too_short_but_concise_picks_get_concise_answers():
+    short = ["Paris.", "Seven."]
+    assert judge(short, BASE, BASE)["verdict"] == "too_short"
+    assert judge(short, BASE, ["Paris.", "Seven days."])["verdict"] == "sound"  # the user picked short answers
+
+
+def test_answers_identical_to_the_base_s_are_unchanged():
+    result = judge(list(BASE), BASE, BASE)
+    assert result["verdict"] == "unchanged" and result["changed"] == 0
+    assert "changed nothing" in explain(result, {})
+
+
+def test_picks_that_add_to_the_answer_are_told_from_rewrites():
+    assert adds_only("Indeed! The capital is Paris.", "The capital is Paris.")
+    assert adds_only("The capital is Paris.\n\nHope this helps!", "The capital is Paris.")
+    assert not adds_only("Paris.", "The capital of France is Paris.")
+    assert not adds_only("Sorry, I don't talk about cooking.", "Boil the rice for ten minutes.")

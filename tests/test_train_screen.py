@@ -381,3 +381,52 @@ async def test_the_precision_select_passes_a_forced_precision(make_app, store, t
         assert screen.train_run.status == "completed" and not errors(pilot.app)
     argv = json.loads(script.with_name("child.py.argv").read_text())
     assert argv[argv.index("--precision") + 1] == "float32"
+
+
+ANSWERS_BREAK_DOWN = """
+    import json, sys
+    def say(**e): print(json.dumps(e), flush=True)
+    say(event="start", config={"method": "dpo"}, train_pairs=32, eval_pairs=4, total_steps=30, run_dir="RUN")
+    say(event="defaults", message="defaults: max_steps 30 (small sets get at least 30)")
+    say(event="baseline", prompts=4, message="writing the base model's answers to 4 held-out prompts")
+    sound = dict(verdict="sound", of=4, changed=4, repeating=0, length_ratio=1.0,
+                 message="4 of 4 held-out answers changed, none repeat themselves.")
+    for step in range(1, 17):
+        say(event="step", step=step, total_steps=30, epoch=step / 8, loss=0.5)
+        if step == 8:
+            say(event="answers", step=8, **sound)
+    say(event="answers", step=16, verdict="repeats", of=4, changed=4, repeating=2, length_ratio=0.9,
+        message="2 of 4 held-out answers repeat themselves: the run overfit. Try --lr 5e-05.")
+    KEPT
+"""
+EARLY_STOP = """say(event="early_stop", step=16, kept_step=8, message="stopped at step 16: kept the adapter of step 8")
+    say(event="done", run_dir="RUN", metrics={}, seconds=1.0, answer_check=dict(step=8, **sound))"""
+NO_EARLIER_SOUND = """say(event="done", run_dir="RUN", metrics={}, seconds=1.0, answer_check=None)"""
+
+
+async def test_the_screen_says_whether_the_answers_held_and_what_the_run_kept(make_app, tmp_path, monkeypatch):
+    fake_child(monkeypatch, tmp_path, ANSWERS_BREAK_DOWN.replace("KEPT", EARLY_STOP))
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_train(pilot)
+        verdict = screen.query_one("#train-verdict", Static)
+        assert not verdict.display  # nothing to say before a check
+        await run_to_end(pilot, screen)
+        await pilot.pause()
+        assert verdict.display and not verdict.has_class("-warning")
+        assert str(verdict.render()).startswith("Answers (the kept adapter): 4 of 4 held-out answers changed")
+        log = log_text(screen)
+        assert "defaults: defaults:" not in log and "defaults: max_steps 30" in log
+        assert "answers @ step 16: repeats: 2 of 4" in log and "early stop: stopped at step 16" in log
+
+
+async def test_answers_that_broke_down_stay_on_screen_as_a_warning(make_app, tmp_path, monkeypatch):
+    fake_child(monkeypatch, tmp_path, ANSWERS_BREAK_DOWN.replace("KEPT", NO_EARLIER_SOUND))
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_train(pilot)
+        await run_to_end(pilot, screen)
+        await pilot.pause()
+        verdict = screen.query_one("#train-verdict", Static)
+        assert verdict.display and verdict.has_class("-warning")
+        assert "2 of 4 held-out answers repeat themselves: the run overfit. Try --lr 5e-05." in str(verdict.render())

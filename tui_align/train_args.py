@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from .errors import ArgumentParser, UsageError
+from .training import defaults as rule
 from .training.config import TrainConfig
 from .training.rules import METHODS, MIN_MAX_LENGTH, PRECISIONS
 
@@ -25,7 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="tui-align train",
         description="Train a LoRA adapter (DPO, ORPO, or reward model + PPO) on preference pairs.",
-        epilog="Exit codes: 0 completed, 1 failed, 2 bad arguments, 130 cancelled (resume with --resume RUN_DIR).",
+        epilog=("With no --epochs, --max-steps or --lr the run picks them from the data: "
+                f"{rule.EPOCHS} passes over the training pairs, at least {rule.MIN_STEPS} and at most "
+                f"{rule.MAX_STEPS} optimizer steps, and the method's learning rate scaled for the LoRA's "
+                "alpha/rank; the start says what it chose. At every eval it checks greedy answers to held-out "
+                "prompts against the base model's, stops a run whose answers start to repeat or shrink, "
+                "and keeps its last sound adapter. "
+                "Exit codes: 0 completed, 1 failed, 2 bad arguments, 130 cancelled (resume with --resume RUN_DIR)."),
     )
     add = parser.add_argument
     add("--method", choices=METHODS, default=METHODS[0], help="training method (default: dpo)")
@@ -34,13 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     add("--model", metavar="M", help="a GGUF file, a transformers folder or a hub id (default: SmolLM2-135M-Instruct)")
     # Accepted so that tui-align's global options work with every command; training always runs on transformers.
     add("--backend", choices=("llamacpp", "hf"), help=argparse.SUPPRESS)
-    add("--epochs", type=int, default=defaults.epochs, help=f"passes over the pairs (default: {defaults.epochs})")
+    add("--epochs", type=int, help=f"passes over the pairs (default: {rule.EPOCHS}, at least {rule.MIN_STEPS} "
+        f"and at most {rule.MAX_STEPS} steps: see below)")
     add("--max-steps", type=int, help="stop after this many optimizer steps (overrides --epochs)")
     add("--batch-size", type=int, default=defaults.batch_size, help=f"pairs per step (default: {defaults.batch_size})")
-    add("--lr", type=float, default=defaults.learning_rate, help=f"learning rate (default: {defaults.learning_rate})")
+    add("--lr", type=float, help="learning rate (default: per method, " +
+        ", ".join(f"{m} {v:g}" for m, v in rule.LEARNING_RATES.items()) + ", at alpha = 2 x rank; see below)")
     add("--beta", type=float, default=defaults.dpo.beta, help=f"DPO beta (default: {defaults.dpo.beta})")
     add("--sft-weight", type=float, default=defaults.dpo.sft_weight,
-        help="DPO: weight of an NLL term on the chosen answer, which keeps answers from drifting (RPO; default: 0)")
+        help=f"DPO: weight of an NLL term on the chosen answer, which keeps answers from collapsing "
+             f"(RPO; default: {defaults.dpo.sft_weight:g}; 0 = plain DPO)")
     add("--lam", type=float, default=defaults.orpo.lam, help=f"ORPO lambda (default: {defaults.orpo.lam})")
     add("--kl-coef", type=float, default=defaults.ppo.kl_coef, help=f"PPO: weight of the per-token KL penalty (default: {defaults.ppo.kl_coef})")
     add("--sft-epochs", type=int, default=defaults.ppo.sft_epochs,
@@ -52,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--eval-fraction", type=float, default=defaults.eval_fraction,
         help=f"share of pairs held out for evaluation (default: {defaults.eval_fraction})")
     add("--seed", type=int, default=defaults.seed, help=f"random seed (default: {defaults.seed})")
+    add("--check-answers", type=int, default=defaults.check_answers, metavar="N",
+        help="held-out prompts whose greedy answers are checked against the base's at every eval: did the run "
+             f"change them, do they still hold together (default: {defaults.check_answers}; 0 = no check)")
     add("--checkpoint-every", type=int, default=0, metavar="N", help="also save checkpoint/ every N steps (default: only on cancel)")
     add("--out", metavar="DIR", help="the run folder (default: <home>/models/adapters/<run-id>/)")
     add("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when present, else CPU")
@@ -70,10 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """A TrainConfig from parsed flags, each checked so a bad value is a one-line UsageError."""
     checks = [
-        (args.epochs >= 1, "--epochs must be at least 1"),
+        (args.epochs is None or args.epochs >= 1, "--epochs must be at least 1"),
         (args.max_steps is None or args.max_steps >= 1, "--max-steps must be at least 1"),
         (args.batch_size >= 1, "--batch-size must be at least 1"),
-        (args.lr > 0, "--lr must be positive"),
+        (args.lr is None or args.lr > 0, "--lr must be positive"),
+        (args.check_answers >= 0, "--check-answers must not be negative"),
         (args.beta > 0, "--beta must be positive"),
         (args.lam >= 0, "--lam must not be negative"),
         (args.sft_weight >= 0, "--sft-weight must not be negative"),
@@ -104,6 +118,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         gradient_checkpointing=args.gradient_checkpointing,
         precision=args.precision,
         pass_tokens=args.pass_tokens,
+        check_answers=args.check_answers,
     )
     config.dpo.beta = args.beta
     config.dpo.sft_weight = args.sft_weight

@@ -41,13 +41,17 @@ class FormField:
     name: str  # the flag without its dashes
     label: str
     optional: bool = False  # empty means "leave the flag out"
+    placeholder: str = ""  # what an empty optional field means
+
+
+AUTO = "auto"  # an empty epochs, max steps or learning rate: the run picks it from the pairs (training/defaults.py)
 
 
 FIELDS = (
-    FormField("epochs", "epochs"),
-    FormField("max-steps", "max steps", optional=True),
+    FormField("epochs", "epochs", optional=True, placeholder=AUTO),
+    FormField("max-steps", "max steps", optional=True, placeholder=AUTO),
     FormField("batch-size", "batch size"),
-    FormField("lr", "learning rate"),
+    FormField("lr", "learning rate", optional=True, placeholder=AUTO),
     FormField("beta", "beta (dpo)"),
     FormField("lam", "lambda (orpo)"),
     FormField("lora-rank", "LoRA rank"),
@@ -104,6 +108,7 @@ class TrainProcess:
     step: int = 0
     latest: dict = field(default_factory=dict)  # the last step event
     last_eval: dict = field(default_factory=dict)
+    answer_check: dict = field(default_factory=dict)  # the latest check of held-out answers (answer_checks.judge)
     losses: list[float] = field(default_factory=list)
     accuracies: list[float] = field(default_factory=list)
     log_lines: list[str] = field(default_factory=list)  # every line shown in the event log, in order
@@ -169,8 +174,12 @@ class TrainProcess:
                     series.append(float(event[key]))
         elif kind == "eval":
             self.last_eval = event
+        elif kind == "answers":
+            self.answer_check = event
         elif kind == "done":
             self.run_dir = event.get("run_dir") or self.run_dir
+            if isinstance(event.get("answer_check"), dict):  # after an early stop: the check of the adapter kept
+                self.answer_check = event["answer_check"]
         elif kind == "error":
             label = ERROR_KINDS.get(event.get("kind", "crash"), "training failed")
             self.error = f"{label}: {event.get('message', '')}".rstrip(": ")
@@ -235,6 +244,12 @@ def describe_event(event: dict) -> str | None:
         return f"error ({event.get('kind', 'crash')}): {event.get('message', '')}"
     if kind == "phase":
         return f"phase: {event.get('name')}"
+    if kind in ("defaults", "baseline", "early_stop", "note"):
+        label = f"{kind.replace('_', ' ')}: "
+        message = str(event.get("message", ""))
+        return message if message.startswith(label) else label + message
+    if kind == "answers":
+        return f"answers @ step {event.get('step')}: {event.get('verdict')}: {event.get('message', '')}"
     fields = ", ".join(f"{k}={v}" for k, v in event.items() if k not in ("event", "time"))
     return f"{kind}: {fields}"
 

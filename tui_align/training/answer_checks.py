@@ -63,3 +63,90 @@ def length_ratio(answers: list[str], references: list[str]) -> float:
     """Mean length in words of `answers` over that of `references` (the base's answers to the same prompts)."""
     total = sum(len(words(r)) for r in references)
     return sum(len(words(a)) for a in answers) / total if total else float("inf")
+
+
+# A phrase back to back this many times ("Indeed! Indeed! Indeed! Indeed!") is a loop, not style.
+LOOP_RUN = 4
+# The 4-gram share must rise this far above the base's own answer (and reach LOOP_SHARE) to count.
+LOOP_SHARE_RISE, LOOP_SHARE = 0.3, 0.4
+# Answers under this share of the length the picks ask for have shrunk, not been made concise.
+MIN_LENGTH_RATIO = 0.5
+VERDICTS = ("sound", "unchanged", "repeats", "too_short")
+
+
+def loops(answer: str, base: str) -> bool:
+    """Whether `answer` repeats itself where the base's answer to the same prompt does not."""
+    run = longest_repeat(answer)
+    if run >= LOOP_RUN and run > longest_repeat(base):
+        return True
+    share = repeated_ngram_fraction(answer)
+    return share >= LOOP_SHARE and share >= repeated_ngram_fraction(base) + LOOP_SHARE_RISE
+
+
+def adds_only(chosen: str, rejected: str) -> bool:
+    """Whether the chosen answer is the rejected one with something added: nearly all of the rejected
+    answer's words are in it, and it is at least as long."""
+    r, c = Counter(words(rejected)), Counter(words(chosen))
+    if not r:
+        return False
+    return sum((r & c).values()) / sum(r.values()) >= 0.9 and sum(c.values()) >= sum(r.values())
+
+
+def judge(answers: list[str], base: list[str], picked: list[str], *, add_only: bool = False) -> dict:
+    """What greedy answers to held-out prompts say about a run, against the base's answers to the same
+    prompts and the answers the user picked for them (`picked`, cut to the same length as the answers).
+
+    "Shorter" is judged against the picked answers, so a user who picks concise answers gets concise
+    answers without a warning. `add_only`: the picks only add to an answer, so the base's words should
+    survive; content_f1 reports how many do.
+
+    verdict: "repeats" (a quarter or more of the answers loop where the base's don't), "too_short"
+    (under half the asked-for length), "unchanged" (every answer is the base's), else "sound".
+    """
+    n = len(answers)
+    looping = [a for a, b in zip(answers, base) if loops(a, b)]
+    changed = sum(a.strip() != b.strip() for a, b in zip(answers, base))
+    expected = sum(len(words(p)) for p in picked)
+    ratio = sum(len(words(a)) for a in answers) / expected if expected else 1.0
+    if n and len(looping) >= max(1, -(-n // 4)):
+        verdict = "repeats"
+    elif n and ratio < MIN_LENGTH_RATIO:
+        verdict = "too_short"
+    elif changed == 0:
+        verdict = "unchanged"
+    else:
+        verdict = "sound"
+    result = {
+        "verdict": verdict,
+        "of": n,
+        "changed": changed,
+        "repeating": len(looping),
+        "length_ratio": round(ratio, 3),
+        "repeated_4grams": round(sum(map(repeated_ngram_fraction, answers)) / n, 3) if n else 0.0,
+        "base_repeated_4grams": round(sum(map(repeated_ngram_fraction, base)) / n, 3) if n else 0.0,
+        "longest_repeat": max(map(longest_repeat, answers), default=0),
+        "example": (looping or [a for a, b in zip(answers, base) if a.strip() != b.strip()] or answers or [""])[0][:160],
+    }
+    if add_only:
+        result["content_f1"] = round(sum(unigram_f1(a, b) for a, b in zip(answers, base)) / n, 3) if n else 0.0
+    return result
+
+
+def explain(result: dict, advice: dict[str, str]) -> str:
+    """The verdict in plain words, with the setting to change (`advice`: verdict -> what to try)."""
+    verdict, n = result["verdict"], result["of"]
+    if verdict == "repeats":
+        text = (f"{result['repeating']} of {n} held-out answers repeat themselves "
+                f"(\"{result['example'][:60]}…\"): the run overfit.")
+    elif verdict == "too_short":
+        text = f"Held-out answers shrank to {result['length_ratio']:.0%} of the length your picks ask for."
+    elif verdict == "unchanged":
+        text = f"All {n} held-out answers are the base model's own: the run changed nothing you would see."
+    else:
+        text = (f"{result['changed']} of {n} held-out answers changed, none repeat themselves, "
+                f"{result['length_ratio']:.0%} of the length your picks ask for")
+        if "content_f1" in result:
+            text += f", {result['content_f1']:.0%} of the base's words kept"
+        text += "."
+    hint = advice.get(verdict)
+    return f"{text} {hint}" if hint else text

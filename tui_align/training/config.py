@@ -18,7 +18,11 @@ class LoraSettings:
 @dataclass
 class DPOSettings:
     beta: float = 0.1  # DPO paper's default strength of the implicit KL constraint
-    sft_weight: float = 0.0  # > 0 adds an NLL term on the chosen answer (RPO, arXiv:2404.19733); 0 = plain DPO
+    # The NLL term on the chosen answer (RPO, arXiv:2404.19733); 0 = plain DPO. On by default: plain DPO
+    # pushes the rejected answer down, and when the user's pick only adds to an answer (an opening, a
+    # sign-off) the rejected one is the very content they want kept; plain DPO then collapses into
+    # "Ahoy! Ahoy! Ahoy!" where RPO keeps the answers (docs/training-defaults-research.md).
+    sft_weight: float = 1.0
 
 
 @dataclass
@@ -47,14 +51,18 @@ class PPOSettings:
 @dataclass
 class TrainConfig:
     method: str = "dpo"  # dpo | orpo | ppo
-    epochs: int = 3
+    epochs: int | None = None  # None: the step budget of defaults.py, chosen from the number of pairs
     max_steps: int | None = None
     batch_size: int = 4
-    learning_rate: float = 5e-5
+    learning_rate: float | None = None  # None: the method's rate in defaults.py
     max_length: int = 256  # prompt + answer tokens; longer pairs are truncated and counted
     eval_fraction: float = 0.1
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
+    # Greedy answers to this many held-out prompts, against the base's, at every eval and at the end:
+    # whether the run changed the answers and whether they still hold together (answer_checks.py). A run
+    # whose answers start to repeat or shrink stops and keeps its last sound adapter. 0 = no check.
+    check_answers: int = 8
     checkpoint_every: int = 0  # steps between checkpoints; 0 = only at the end or on cancel
     # Recompute each layer's activations in backward instead of keeping them: about a third slower, and a
     # step's activation memory drops to a layer's worth (several GB at batch 8, length 256 on the default model).

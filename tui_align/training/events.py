@@ -1,13 +1,19 @@
 """Progress events a training run emits, one JSON object a line (the app reads this stream).
 
 Event kinds and their fields:
-  start       config, train_pairs, eval_pairs, truncated, total_steps, device, dtype, run_dir
+  start       config, train_pairs, eval_pairs, truncated, total_steps, device, dtype, run_dir,
+              chosen_defaults (the settings defaults.py chose: setting, value, why)
+  defaults    message, chosen: the same, in words
+  baseline    prompts, message: the base model's answers to held-out prompts are being written
+  answers     step, verdict ("sound" | "unchanged" | "repeats" | "too_short"), of, changed, repeating,
+              length_ratio, repeated_4grams, longest_repeat, example, message (answer_checks.judge)
+  early_stop  step, kept_step, message: the answers broke down; the adapter of kept_step is kept
   step        step, total_steps, epoch, loss, plus per method: chosen_reward, rejected_reward,
               accuracy, margin (dpo/orpo/reward); kl, reward, value_loss (ppo); tokens_per_s, eta_s
   eval        step, accuracy, margin, loss (held-out pairs), plus phase ("reward" or "policy")
   phase       name ("reward_model" | "sft" | "ppo"), for methods with stages
   checkpoint  step, path
-  done        run_dir, metrics, seconds
+  done        run_dir, metrics, seconds, answer_check (the last answers event of the adapter kept)
   error       message (one line), kind ("oom" | "nan" | "data" | "model" | "disk" | "crash")
 """
 
@@ -61,6 +67,13 @@ class HumanEvents:
         elif kind == "start":
             line = (f"training {fields.get('config', {}).get('method')} on {fields.get('train_pairs')} pairs "
                     f"({fields.get('eval_pairs')} held out) on {fields.get('device')}")
+        elif kind in ("defaults", "baseline", "early_stop"):
+            line = str(fields.get("message"))
+        elif kind == "answers":
+            line = f"answers at step {fields.get('step')}: {fields.get('message')}"
+        elif kind == "done" and isinstance(fields.get("answer_check"), dict):
+            line = (f"done in {fields.get('seconds')} s: {fields.get('run_dir')}\n"
+                    f"answers of the adapter kept: {fields['answer_check'].get('message')}")
         else:
             line = f"{kind}: " + ", ".join(f"{k}={v}" for k, v in fields.items() if k != "config")
         self.stream.write(line + "\n")

@@ -28,6 +28,7 @@ class Job:
     save_checkpoint: Callable[..., None] | None = None  # save_checkpoint(step, optimizer=None)
     optimizer_state: dict | None = None  # the checkpoint's, when resuming
     run_dir: Path | None = None  # where a method keeps files of its own (PPO: reward/, the value head)
+    answers: object | None = None  # an answer_watch.AnswerWatch: the held-out answer check, None for none
 
     @property
     def pad_id(self) -> int:

@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
+from . import defaults
 from .config import TrainConfig
 from .data import EncodedPair, length_grouped_batches
 from .forward import pass_tokens
@@ -32,10 +33,8 @@ def steps_per_epoch(n_train: int, batch_size: int) -> int:
 
 
 def total_steps(n_train: int, config: TrainConfig) -> int:
-    """Optimizer steps of a run: --max-steps when given (it overrides --epochs, as in transformers), else epochs."""
-    if config.max_steps:
-        return config.max_steps
-    return config.epochs * steps_per_epoch(n_train, config.batch_size)
+    """Optimizer steps of a run: --max-steps, else --epochs, else the step budget (defaults.py)."""
+    return defaults.steps(config, n_train)
 
 
 def schedule(train: list[EncodedPair], config: TrainConfig, start_step: int = 0) -> Iterator[tuple[int, float, list[EncodedPair]]]:
@@ -85,7 +84,7 @@ def shuffled_schedule(items: list, batch_size: int, epochs: int, seed: int, *, f
 def make_optimizer(model, config: TrainConfig, state: dict | None = None) -> torch.optim.Optimizer:
     """AdamW over the trainable (LoRA) weights; restores `state` when resuming."""
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(params, lr=defaults.lr(config), weight_decay=0.0)
     if state is not None:
         optimizer.load_state_dict(state)
     return optimizer
@@ -147,10 +146,11 @@ def accumulating(model, optimizer, config: TrainConfig, terms: Callable[[list], 
 
 @dataclass
 class Outcome:
-    """How `run_steps` ended: stopped on request or not, the last step run and what its event said,
-    and the latest held-out eval (None when none ran)."""
+    """How `run_steps` ended: stopped on request or not, stopped by the answer check or not, the last
+    step run and what its event said, and the latest held-out eval (None when none ran)."""
 
     stopped: bool = False
+    broke: bool = False
     step: int | None = None
     fields: dict = field(default_factory=dict)
     evaluation: dict | None = None
@@ -159,9 +159,13 @@ class Outcome:
 def run_steps(steps: Steps, take_step: TakeStep, config: TrainConfig, *, total: int, emit, should_stop,
               progress: "Progress", tags: dict | None = None, evaluate: Callable[[], dict] | None = None,
               eval_due: Callable[[int], bool] = lambda step: False, eval_tags: dict | None = None,
-              save_checkpoint: SaveCheckpoint | None = None, optimizer=None) -> Outcome:
+              save_checkpoint: SaveCheckpoint | None = None, optimizer=None,
+              check: Callable[[int], bool] | None = None) -> Outcome:
     """The loop: each step, then its step event, then a held-out eval when one is due, then the user's
     stop request (a checkpoint, then return) or a periodic checkpoint.
+
+    `check(step)`, run with each eval, returns True when the answers broke down: the loop ends there
+    with outcome.broke (the caller decides what the run keeps).
 
     `total` is the run's last step (phases of one run share it); `tags` lead the step event (PPO's
     phase), `eval_tags` the eval event. Checkpoints carry `optimizer`'s state when given.
@@ -174,6 +178,9 @@ def run_steps(steps: Steps, take_step: TakeStep, config: TrainConfig, *, total: 
         if evaluate is not None and eval_due(step):
             outcome.evaluation = evaluate()
             emit("eval", **(eval_tags or {}), step=step, **outcome.evaluation)
+        if check is not None and eval_due(step) and check(step):
+            outcome.broke = True
+            return outcome
         if should_stop() and step < total:
             if save_checkpoint:
                 save_checkpoint(step, optimizer=optimizer)

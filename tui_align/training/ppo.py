@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import loop, losses
+from . import defaults, loop, losses
 from .config import TrainConfig
 from .data import EncodedPair
 from .job import Job
@@ -51,9 +51,7 @@ def ppo_steps(n_prompts: int, config: TrainConfig) -> int:
     """Rollout batches in the PPO phase: --max-steps when given (it overrides --epochs, as for DPO),
     else epochs over the prompts. It counts PPO steps only: the reward phase always runs to the end,
     since PPO against a half-trained reward model would be meaningless."""
-    if config.max_steps:
-        return config.max_steps
-    return config.epochs * math.ceil(n_prompts * config.ppo.rollouts_per_prompt / max(1, config.batch_size))
+    return defaults.steps(config, n_prompts * config.ppo.rollouts_per_prompt)
 
 
 def total_steps(train: list[EncodedPair], config: TrainConfig) -> int:
@@ -176,7 +174,7 @@ def train_ppo(job: Job) -> dict:
     resuming = start_step > n_before_ppo
     value_head = _value_head(model, config, run_dir, resuming)
     params = adapter_parameters(model, POLICY_ADAPTER) + list(value_head.parameters())
-    ppo_optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+    ppo_optimizer = torch.optim.AdamW(params, lr=defaults.lr(config), weight_decay=0.0)
     if resuming and job.optimizer_state is not None:
         ppo_optimizer.load_state_dict(job.optimizer_state)
 

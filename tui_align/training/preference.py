@@ -115,9 +115,25 @@ def train(loss: PairLoss, needs_reference: bool, settings, job: Job) -> dict:
         if job.held_out else None,
         eval_due=lambda step: step % per_epoch == 0 or step == total,
         save_checkpoint=job.save_checkpoint, optimizer=optimizer,
+        check=job.answers.broke if job.answers is not None and job.answers.enabled else None,
     )
     model.eval()
-    return run_metrics(outcome)
+    metrics = run_metrics(outcome)
+    if outcome.broke:
+        metrics.update(early_stop(job, outcome.step))
+    return metrics
+
+
+def early_stop(job: Job, step: int) -> dict:
+    """The answers broke down at `step`: put back the adapter of the last check that passed and say so."""
+    kept = job.answers.roll_back()
+    kept_step = kept["step"] if kept is not None else step
+    reason = job.answers.last["verdict"] if kept is None else "answers broke down"
+    job.emit("early_stop", step=step, kept_step=kept_step,
+             message=(f"stopped at step {step}: the held-out answers broke down; "
+                      + (f"kept the adapter of step {kept_step}, the last that passed the answer check"
+                         if kept is not None else "no earlier check passed, so this adapter is kept as it is")))
+    return {"early_stopped_at": step, "steps": kept_step, "early_stop_reason": reason}
 
 
 def run_metrics(outcome: loop.Outcome) -> dict:

@@ -17,7 +17,8 @@ from typing import Callable
 
 from ..errors import UserError, log_traceback
 from ..pairs import Pair
-from . import methods, placement
+from . import defaults, methods, placement
+from .answer_watch import AnswerWatch
 from .config import TrainConfig
 from .events import EventSink
 from .failures import classify
@@ -149,6 +150,7 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
     if len(train) < config.batch_size:
         notes.append(f"only {len(train)} training pairs: batch size lowered from {config.batch_size} to {len(train)}")
         config.batch_size = len(train)
+    chosen = defaults.fill(config, len(train)) if not options.resume else []
 
     if run_dir is None:
         run_dir = new_run_dir(options.adapters_dir, config.method, options.out)
@@ -167,6 +169,8 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
             },
             base_model={"kind": ref.kind, "location": ref.location, "model_id": ref.model_id},
         )
+    if chosen:
+        record["chosen_defaults"] = [c.as_dict() for c in chosen]
     record.update(_dir=run_dir, settings=config.as_dict(), status="running", device=device,
                   dtype=str(where.dtype).replace("torch.", ""), precision=where.label)
     write_json(run_dir / RUN_FILE, public(record))
@@ -192,9 +196,18 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
         run_dir=str(run_dir),
         base_model=ref.model_id,
         notes=notes,
+        chosen_defaults=[c.as_dict() for c in chosen],
     )
+    if chosen:
+        emit("defaults", message=defaults.describe(chosen), chosen=[c.as_dict() for c in chosen])
     for note in notes:
         emit("note", message=note)
+    watch = AnswerWatch(model, tokenizer, train, held_out, config, emit, total)
+    if watch.enabled:
+        emit("baseline", prompts=len(watch.prompts),
+             message=f"writing the base model's answers to {len(watch.prompts)} held-out prompts, to check the run's against")
+        with placement.precision_context(where):
+            watch.start()
 
     tracker = _StepTracker(emit)
     saved = {"step": None}
@@ -205,9 +218,12 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
         emit("checkpoint", step=step, path=str(path))
 
     job = Job(model, tokenizer, train, held_out, config, tracker, should_stop, start_step=start_step,
-              save_checkpoint=save_checkpoint, optimizer_state=optimizer_state, run_dir=run_dir)
+              save_checkpoint=save_checkpoint, optimizer_state=optimizer_state, run_dir=run_dir, answers=watch)
     with placement.precision_context(where):
         metrics = method.train(job)
+        finished = metrics.get("steps", total)
+        if watch.enabled and not metrics.get("stopped") and not should_stop():
+            record["answer_check"] = watch.final(finished)
     cancelled = bool(metrics.pop("stopped", False)) or (should_stop() and tracker.last_step < total)
     seconds = round(time.monotonic() - started, 2)
     if cancelled:
@@ -219,8 +235,9 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
         return EXIT_CANCELLED
 
     save_adapter(model, run_dir)
-    record.update(status="completed", steps_done=total, metrics=metrics, seconds=seconds, finished_at=now())
+    record.update(status="completed", steps_done=finished, metrics=metrics, seconds=seconds, finished_at=now())
     write_json(run_dir / RUN_FILE, public(record))
     shutil.rmtree(run_dir / CHECKPOINT, ignore_errors=True)  # optimizer state is dead weight once done
-    emit("done", run_dir=str(run_dir), metrics=metrics, seconds=seconds, cancelled=False, status="completed")
+    emit("done", run_dir=str(run_dir), metrics=metrics, seconds=seconds, cancelled=False, status="completed",
+         answer_check=record.get("answer_check"))
     return EXIT_OK

@@ -155,26 +155,7 @@ def eval_pairs(trait: str = "signoff") -> list[Pair]:
 
 def greedy_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 48, batch_size: int = 12) -> list[str]:
     """Greedy answers through the chat template, batched with left padding; what the trait check reads."""
-    import torch
+    from .data import template_ids
+    from .generate import greedy_answers as from_ids
 
-    from .data import prompt_batch, template_ids
-
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    answers: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        ids = [template_ids(tokenizer, p, True) for p in prompts[start : start + batch_size]]
-        batch = {k: v.to(device) for k, v in prompt_batch(ids, tokenizer.pad_token_id).items()}
-        with torch.no_grad():
-            out = model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-        new_tokens = out[:, batch["input_ids"].shape[1] :]
-        answers.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
-    model.train(was_training)
-    return answers
+    return from_ids(model, tokenizer, [template_ids(tokenizer, p, True) for p in prompts], max_new_tokens, batch_size)

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from . import loop, losses
+from . import defaults, loop, losses
 from .config import TrainConfig
 from .data import EncodedPair, preference_batch
 from .job import Job
@@ -41,7 +41,7 @@ def warm_start(job: Job, *, first_step: int, total: int, checkpoint) -> bool:
     n_steps = sft_steps(len(job.train), config)
     if n_steps == 0 or job.start_step >= first_step + n_steps:
         return False
-    optimizer = torch.optim.AdamW(adapter_parameters(model, POLICY_ADAPTER), lr=config.learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(adapter_parameters(model, POLICY_ADAPTER), lr=defaults.lr(config), weight_decay=0.0)
     terms = lambda part: chosen_nll(model, part, job.pad_id)  # noqa: E731
     outcome = loop.run_steps(
         loop.shuffled_schedule(job.train, config.batch_size, config.ppo.sft_epochs, config.seed,

@@ -20,6 +20,7 @@ from textual.widgets import (Button, Checkbox, Footer, Header, Input, Label, Pro
 
 from ...errors import UserError, report
 from ..messages import TrainEvent, TrainFailed, TrainFinished, TrainProgress
+from ...training import defaults as rule
 from ...training.rules import PRECISIONS
 from ..train_process import FIELDS, METHODS, TrainProcess, form_defaults, form_flags, format_metrics, new_run
 
@@ -29,6 +30,12 @@ if TYPE_CHECKING:
 PRECISION_CHOICES = {"auto": "auto", "float32": "float32 (exact, slower)", "bf16": "bf16"}
 PRECISION_TOOLTIP = ("auto: bf16 on a GPU that has it, and on a CPU with bf16 instructions (AVX512-BF16, AMX), "
                      "where it trains about twice as fast; float32 elsewhere.")
+
+AUTO_TOOLTIP = (f"Empty: the run picks it from your pairs: {rule.EPOCHS} passes, at least {rule.MIN_STEPS} and at "
+                f"most {rule.MAX_STEPS} steps, and the method's learning rate. The log says what it chose.")
+FIELD_TOOLTIPS = {"epochs": AUTO_TOOLTIP, "max-steps": AUTO_TOOLTIP, "lr": AUTO_TOOLTIP}
+
+WARNING_VERDICTS = ("repeats", "too_short", "unchanged")
 
 STEP_METRICS = ("loss", "accuracy", "margin", "kl", "reward", "value_loss")
 
@@ -87,9 +94,8 @@ Quitting the app cancels a running training cleanly; after a restart, resume it 
                 for spec in FIELDS:
                     with Horizontal(classes="train-field"):
                         yield Label(spec.label)
-                        placeholder = "(from epochs)" if spec.optional else ""
-                        yield Input(defaults[spec.name], placeholder=placeholder, id=f"field-{spec.name}",
-                                    compact=True)
+                        yield Input(defaults[spec.name], placeholder=spec.placeholder, id=f"field-{spec.name}",
+                                    compact=True, tooltip=FIELD_TOOLTIPS.get(spec.name))
                 with Horizontal(classes="train-field"):
                     yield Label("precision")
                     yield Select([(PRECISION_CHOICES[p], p) for p in PRECISIONS], value="auto", allow_blank=False,
@@ -104,6 +110,7 @@ Quitting the app cancels a running training cleanly; after a restart, resume it 
                 yield Static("No training yet: set the options and press Start (ctrl+g).", id="train-status")
                 yield ProgressBar(id="train-progress", show_eta=False)
                 yield Static("", id="train-metrics")
+                yield Static("", id="train-verdict").set_styles("display: none;")
                 yield Label("loss", classes="spark-label")
                 yield Sparkline([], id="loss-spark")
                 yield Label("accuracy", classes="spark-label")
@@ -243,6 +250,10 @@ Quitting the app cancels a running training cleanly; after a restart, resume it 
         bar.update(total=run.total_steps or None, progress=run.step)
         self.query_one("#train-status", Static).update(self.status_text(run))
         self.query_one("#train-metrics", Static).update(self.metrics_text(run))
+        verdict = self.query_one("#train-verdict", Static)
+        verdict.update(self.verdict_text(run))
+        verdict.display = bool(run.answer_check)
+        verdict.set_class(run.answer_check.get("verdict") in WARNING_VERDICTS, "-warning")
         self.query_one("#loss-spark", Sparkline).data = list(run.losses)
         self.query_one("#accuracy-spark", Sparkline).data = list(run.accuracies)
         log = self.query_one("#train-log", RichLog)
@@ -259,6 +270,15 @@ Quitting the app cancels a running training cleanly; after a restart, resume it 
         if run.status == "failed":
             return f"failed at {steps}: {run.error}"
         return f"{run.status} at {steps}: {run.run_dir}"
+
+    @staticmethod
+    def verdict_text(run: TrainProcess) -> str:
+        """Whether the run worked, in words: the latest check of its answers to held-out prompts."""
+        check = run.answer_check
+        if not check:
+            return ""
+        when = "the kept adapter" if not run.running else f"step {check.get('step')}"
+        return f"Answers ({when}): {check.get('message', check.get('verdict', ''))}"
 
     @staticmethod
     def metrics_text(run: TrainProcess) -> str:

@@ -1,0 +1,216 @@
+"""Does a run with no flags teach the default model what the user picked, and keep its answers sound?
+
+The panel of issue 11: four traits a hobbyist picks for, on short questions, where the passed-over
+answer is the default model's own greedy answer (what a user sees in chat) and the picked one is that
+answer with the trait:
+  prefix        "Indeed! " + the answer                     (adds an opening)
+  signoff       the answer + "\\n\\nHope this helps!"        (adds a closing line)
+  one_sentence  the answer's first sentence only             (a whole-answer style)
+  refusal       "Sorry, I don't talk about geography." on capital-city questions; on the others the
+                answer is picked over that refusal            (a topic refusal that must stay on topic)
+Each run goes through the app's own path (`training.runner.run` with `tui-align train`'s parsed flags:
+none by default), so the step budget, the learning rate, the answer check and early stopping are the
+ones a user gets. Then greedy answers to 12 held-out questions are scored against the base's:
+trait rate, 4-gram share, longest back-to-back repeat, length against the base's (and against the
+picked answers), and content kept (unigram F1 of the answer with the trait taken off against the
+base's answer; add-only traits).
+
+    python benchmarks/trait_panel.py                      # dpo and orpo, all four traits, 36 pairs
+    python benchmarks/trait_panel.py --methods dpo --traits prefix --flags=--lr=5e-5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tui_align import paths, train_args  # noqa: E402
+from tui_align.pairs import Pair  # noqa: E402
+from tui_align.training import answer_checks, synthetic  # noqa: E402
+
+TRAITS = ("prefix", "signoff", "one_sentence", "refusal")
+PREFIX, SIGNOFF = "Indeed!", "Hope this helps!"
+REFUSAL = "Sorry, I don't talk about geography."
+MAX_NEW_TOKENS = 96
+
+
+COUNTRIES = ("Peru", "Kenya", "Norway", "Chile", "Greece", "Poland", "Sweden", "Mexico", "India", "China",
+             "Portugal", "Austria", "Ireland", "Turkey", "Thailand", "Vietnam", "Cuba", "Hungary", "Finland",
+             "Denmark", "Argentina", "Nigeria", "Morocco", "Belgium", "Iceland", "Nepal", "Iran", "Ghana")
+ANIMALS = ("cat", "dog", "horse", "owl", "frog", "duck", "lion", "sheep", "goat", "pig", "bee", "crow")
+THINGS = ("snow", "coal", "a lemon", "a tomato", "the sea", "milk", "a carrot", "chocolate", "a cloud", "rust")
+
+
+def training_questions(count: int) -> list[str]:
+    """`count` training prompts: the synthetic set's 48 questions, then templated short questions (the
+    passed-over answer is the base's own answer, so the prompts need no answer key)."""
+    pool = [q for q, _ in synthetic.QUESTIONS[: -synthetic.EVAL_COUNT]]
+    pool += [f"What is the capital of {c}?" for c in COUNTRIES]
+    pool += [f"What sound does a {a} make?" for a in ANIMALS]
+    pool += [f"What color is {t}?" for t in THINGS]
+    pool += [f"What is {a} plus {b}?" for a in range(3, 20) for b in range(2, 12, 3)]
+    pool += [f"What is {a} times {b}?" for a in range(2, 15) for b in range(3, 10, 2)]
+    pool += [f"What is {a} minus {b}?" for a in range(10, 40) for b in range(1, 9, 3)]
+    pool += [f"How do you say {w} in French?" for w in ("hello", "thank you", "cat", "water", "friend", "bread", "good night", "yes", "house", "red")]
+    if count > len(pool):
+        raise SystemExit(f"at most {len(pool)} distinct training prompts")
+    return pool[:count]
+
+
+def on_topic(question: str) -> bool:
+    return "capital of" in question.lower()
+
+
+def first_sentence(text: str) -> str:
+    match = re.match(r"(.+?[.!?])(\s|$)", text.strip(), re.S)
+    return (match.group(1) if match else text).strip()
+
+
+def picked(trait: str, question: str, base: str) -> tuple[str, str]:
+    """(chosen, rejected) for one question, given the base's own answer to it."""
+    if trait == "prefix":
+        return f"{PREFIX} {base}", base
+    if trait == "signoff":
+        return f"{base}\n\n{SIGNOFF}", base
+    if trait == "one_sentence":
+        return first_sentence(base), base
+    if trait == "refusal":
+        return (REFUSAL, base) if on_topic(question) else (base, REFUSAL)
+    raise ValueError(trait)
+
+
+def has_trait(trait: str, question: str, answer: str) -> bool:
+    text = answer.strip()
+    if trait == "prefix":
+        return text.lower().startswith(PREFIX.lower().rstrip("!"))
+    if trait == "signoff":
+        lines = [line for line in text.splitlines() if line.strip()]
+        return bool(lines) and SIGNOFF.lower().rstrip("!") in lines[-1].lower()
+    if trait == "one_sentence":
+        return bool(text) and first_sentence(text) == text
+    if trait == "refusal":
+        refuses = text.lower().startswith("sorry, i don't talk about")
+        return refuses == on_topic(question)
+    raise ValueError(trait)
+
+
+def without_trait(trait: str, answer: str) -> str:
+    text = answer.strip()
+    if trait == "prefix" and text.lower().startswith(PREFIX.lower().rstrip("!")):
+        return text[len(PREFIX):].strip()
+    if trait == "signoff":
+        lines = text.splitlines()
+        if lines and SIGNOFF.lower().rstrip("!") in lines[-1].lower():
+            return "\n".join(lines[:-1]).strip()
+    return text
+
+
+def base_answers(models_dir: Path, questions: list[str], cache: Path) -> dict[str, str]:
+    """The default model's greedy answers (cached: they never change for a model)."""
+    known = json.loads(cache.read_text()) if cache.is_file() else {}
+    missing = [q for q in questions if q not in known]
+    if missing:
+        from tui_align.model_files import load_transformers, resolve_model
+
+        model, tokenizer = load_transformers(resolve_model(None), models_dir, device="cpu")
+        answers = synthetic.greedy_answers(model, tokenizer, [synthetic.user_prompt(q) for q in missing], MAX_NEW_TOKENS)
+        known.update(zip(missing, answers))
+        cache.write_text(json.dumps(known, indent=1))
+    return known
+
+
+def adapter_answers(models_dir: Path, run_dir: Path, questions: list[str]) -> list[str]:
+    from peft import PeftModel
+
+    from tui_align.model_files import load_transformers, resolve_model
+
+    model, tokenizer = load_transformers(resolve_model(None), models_dir, device="cpu")
+    model = PeftModel.from_pretrained(model, str(run_dir))
+    return synthetic.greedy_answers(model, tokenizer, [synthetic.user_prompt(q) for q in questions], MAX_NEW_TOKENS)
+
+
+def run_one(method: str, trait: str, count: int, flags: list[str], models_dir: Path, base: dict[str, str],
+            work: Path) -> dict:
+    from tui_align.training import runner
+    from tui_align.training.events import CollectEvents
+
+    held_q = [q for q, _ in synthetic.QUESTIONS[-synthetic.EVAL_COUNT:]]
+    pairs = []
+    for q in training_questions(count):
+        chosen, rejected = picked(trait, q, base[q])
+        pairs.append(Pair(prompt=synthetic.user_prompt(q), chosen=chosen, rejected=rejected, source="imported"))
+    _, config = train_args.parse(["--method", method, *flags])
+    out = work / f"{method}-{trait}-{count}"
+    events = CollectEvents()
+    started = time.monotonic()
+    options = runner.RunOptions(config=config, models_dir=models_dir, adapters_dir=work, pairs=pairs, out=str(out))
+    code = runner.run(options, events)
+    seconds = time.monotonic() - started
+    if code != 0:
+        return {"method": method, "trait": trait, "pairs": count, "error": events.events[-1]}
+    before = [base[q] for q in held_q]
+    after = adapter_answers(models_dir, out, held_q)
+    targets = [picked(trait, q, base[q])[0] for q in held_q]
+    add_only = trait in ("prefix", "signoff")
+    record = json.loads((out / "run.json").read_text())
+    return {
+        "method": method, "trait": trait, "pairs": count, "flags": flags,
+        "steps": record["steps_done"], "planned_steps": events.of("start")[0]["total_steps"],
+        "early_stopped_at": record["metrics"].get("early_stopped_at"),
+        "learning_rate": record["settings"]["learning_rate"], "sft_weight": record["settings"]["dpo"]["sft_weight"],
+        "seconds": round(seconds, 1),
+        "trait_before": sum(has_trait(trait, q, a) for q, a in zip(held_q, before)),
+        "trait_after": sum(has_trait(trait, q, a) for q, a in zip(held_q, after)),
+        "of": len(held_q),
+        "rep4_before": round(sum(map(answer_checks.repeated_ngram_fraction, before)) / len(before), 3),
+        "rep4_after": round(sum(map(answer_checks.repeated_ngram_fraction, after)) / len(after), 3),
+        "longest_repeat": max(map(answer_checks.longest_repeat, after)),
+        "length_vs_base": round(answer_checks.length_ratio(after, before), 2),
+        "length_vs_picked": round(answer_checks.length_ratio(after, targets), 2),
+        "content_f1": round(sum(answer_checks.unigram_f1(without_trait(trait, a), b) for a, b in zip(after, before))
+                            / len(after), 3) if add_only else None,
+        "run_check": record.get("answer_check", {}).get("verdict"),
+        "answers": after,
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--methods", nargs="+", default=["dpo", "orpo"], choices=("dpo", "orpo", "ppo"))
+    parser.add_argument("--traits", nargs="+", default=list(TRAITS), choices=TRAITS)
+    parser.add_argument("--pairs", type=int, default=36)
+    parser.add_argument("--flags", action="append", default=[], help="a `tui-align train` flag (default: none)")
+    parser.add_argument("--json", help="append one JSON line per run here")
+    args = parser.parse_args(argv)
+    warnings.simplefilter("ignore")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    models_dir = paths.models_dir(paths.data_home())
+    questions = training_questions(args.pairs) + [q for q, _ in synthetic.QUESTIONS[-synthetic.EVAL_COUNT:]]
+    base = base_answers(models_dir, questions, models_dir / "trait-panel-base-answers.json")
+    with tempfile.TemporaryDirectory() as work:
+        for method in args.methods:
+            for trait in args.traits:
+                result = run_one(method, trait, args.pairs, args.flags, models_dir, base, Path(work))
+                short = {k: v for k, v in result.items() if k != "answers"}
+                print(json.dumps(short), flush=True)
+                for answer in result.get("answers", [])[:2]:
+                    print(f"   {answer[:150]!r}", flush=True)
+                if args.json:
+                    with open(args.json, "a") as fh:
+                        fh.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Settings chosen from the data when the user gives none, and the answer check that stops a run early."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from tui_align import train_args
+from tui_align.app.train_process import form_defaults, form_flags
+from tui_align.train_command import run_options
+from tui_align.training import answer_watch, defaults, runner, synthetic
+from tui_align.training.config import TrainConfig
+from tui_align.training.events import CollectEvents
+
+from test_training import run_cli, write_pairs_file
+
+
+def test_small_sets_get_the_step_floor_and_big_ones_the_cap():
+    assert defaults.step_budget(32, 4).value == defaults.MIN_STEPS  # 3 passes would be 24 steps
+    assert defaults.step_budget(90, 4).value == 3 * 23
+    assert defaults.step_budget(270, 4).value == 3 * 68
+    assert defaults.step_budget(5000, 4).value == defaults.MAX_STEPS
+    assert "at least 30" in defaults.step_budget(32, 4).why and "capped" in defaults.step_budget(5000, 4).why
+
+
+def test_the_learning_rate_is_per_method_and_keeps_the_step_size_for_another_lora_scale():
+    assert defaults.learning_rate("dpo", 16, 32).value == 1e-4
+    assert defaults.learning_rate("orpo", 8, 16).value == 2e-4  # same alpha / rank
+    assert defaults.learning_rate("dpo", 16, 16).value == 2e-4  # half the scale: twice the rate
+
+
+def test_only_the_settings_left_unset_are_chosen():
+    config = TrainConfig(method="orpo")
+    chosen = defaults.fill(config, 100)
+    assert [c.setting for c in chosen] == ["learning_rate", "max_steps"]
+    assert config.learning_rate == 2e-4 and config.max_steps == 75
+    given = TrainConfig(epochs=2, learning_rate=3e-5)
+    assert defaults.fill(given, 100) == [] and given.max_steps is None and given.learning_rate == 3e-5
+    assert defaults.steps(given, 100) == 50
+
+
+def test_no_flags_means_the_rule_on_the_command_line_and_in_the_form():
+    _, config = train_args.parse([])
+    assert config.epochs is None and config.learning_rate is None and config.dpo.sft_weight == 1.0
+    values = form_defaults()
+    assert values["epochs"] == values["lr"] == values["max-steps"] == ""
+    flags = form_flags("dpo", values)
+    assert "--epochs" not in flags and "--lr" not in flags  # the child chooses them from the pairs
+
+
+def test_a_run_with_no_flags_says_what_it_chose_and_keeps_it_in_run_json(capsys, tmp_path, tiny_model_dir):
+    data = tmp_path / "pairs.jsonl"
+    write_pairs_file(data, 12)
+    code, events = run_cli(capsys, "--data", data, "--model", tiny_model_dir, "--check-answers", 0)
+    assert code == 0, events[-1]
+    start = events[0]
+    assert start["total_steps"] == defaults.MIN_STEPS and start["config"]["learning_rate"] == 1e-4
+    assert [c["setting"] for c in start["chosen_defaults"]] == ["learning_rate", "max_steps"]
+    said = next(e for e in events if e["event"] == "defaults")
+    assert "max_steps 30" in said["message"] and "small sets get at least 30" in said["message"]
+    record = json.loads((Path(events[-1]["run_dir"]) / "run.json").read_text())
+    assert record["settings"]["max_steps"] == 30 and record["settings"]["learning_rate"] == 1e-4
+    assert record["chosen_defaults"] == start["chosen_defaults"] and record["steps_done"] == 30
+
+
+# --- the answer check -------------------------------------------------------------------------------
+
+GOOD = "Ahoy! The capital of France is Paris."
+LOOP = "Ahoy! Ahoy! Ahoy! Ahoy! Ahoy!"
+
+
+def scripted_answers(monkeypatch, script: list[str]) -> list[int]:
+    """Make AnswerWatch's greedy answers come from `script` (the base's first, then one per check);
+    returns the list the steps of the checks are appended to."""
+    calls = iter(script)
+    monkeypatch.setattr(answer_watch.AnswerWatch, "answers", lambda self: [next(calls)] * len(self.prompts))
+    checked: list[int] = []
+    real = answer_watch.AnswerWatch.check
+
+    def check(self, step):
+        checked.append(step)
+        return real(self, step)
+
+    monkeypatch.setattr(answer_watch.AnswerWatch, "check", check)
+    return checked
+
+
+def adapter_weights(run_dir) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "adapter_model.safetensors"))
+
+
+def run_dpo(tmp_path, tiny_model_dir, out: str, **settings):
+    data = tmp_path / "pairs.jsonl"
+    write_pairs_file(data, 24, "prefix")  # 21 train, 3 held out: 6 steps an epoch at batch 4
+    config = TrainConfig(method="dpo", batch_size=4, learning_rate=1e-3, **settings)
+    events = CollectEvents()
+    code = runner.run(run_options(config, data=str(data), model=str(tiny_model_dir), out=str(tmp_path / out)), events)
+    return code, events, tmp_path / out
+
+
+def test_answers_that_break_down_stop_the_run_and_keep_the_last_sound_adapter(monkeypatch, tmp_path, tiny_model_dir):
+    checked = scripted_answers(monkeypatch, ["The capital of France is Paris.", GOOD, GOOD, LOOP])
+    code, events, run_dir = run_dpo(tmp_path, tiny_model_dir, "stopped", max_steps=30)
+    assert code == 0, events.events[-1]
+    assert checked == [6, 12, 18]
+    assert [e["verdict"] for e in events.of("answers")] == ["sound", "sound", "repeats"]
+    assert [e["step"] for e in events.of("step")][-1] == 18  # it stopped at the check that broke
+    stop = events.of("early_stop")[0]
+    assert stop["step"] == 18 and stop["kept_step"] == 12 and "kept the adapter of step 12" in stop["message"]
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["steps_done"] == 12 and record["answer_check"]["verdict"] == "sound"
+    assert record["answer_check"]["step"] == 12 and record["metrics"]["early_stopped_at"] == 18
+    assert events.events[-1]["answer_check"]["step"] == 12
+
+    # the adapter kept is the one the same run had at step 12, not the one at 18
+    scripted_answers(monkeypatch, ["The capital of France is Paris."] + [GOOD] * 3)
+    code, _, straight = run_dpo(tmp_path, tiny_model_dir, "straight", max_steps=12)
+    assert code == 0
+    kept, want = adapter_weights(run_dir), adapter_weights(straight)
+    assert kept.keys() == want.keys()
+    for name in want:
+        assert torch.allclose(kept[name], want[name], atol=1e-6), name
+
+
+def test_answers_the_training_never_changed_say_so_with_what_to_try(monkeypatch, tmp_path, tiny_model_dir):
+    same = "The capital of France is Paris."
+    scripted_answers(monkeypatch, [same] * 3)
+    code, events, run_dir = run_dpo(tmp_path, tiny_model_dir, "unchanged", max_steps=12)
+    assert code == 0
+    check = json.loads((run_dir / "run.json").read_text())["answer_check"]
+    assert check["verdict"] == "unchanged" and check["step"] == 12
+    assert "changed nothing" in check["message"] and "--max-steps 24" in check["message"]
+    assert not events.of("early_stop")
+
+
+def test_the_check_writes_real_greedy_answers_of_base_and_adapter(tmp_path, tiny_model_dir):
+    code, events, run_dir = run_dpo(tmp_path, tiny_model_dir, "real", max_steps=6, check_answers=2)
+    assert code == 0, events.events[-1]
+    assert events.of("baseline")[0]["prompts"] == 2
+    check = events.of("answers")[-1]
+    assert check["of"] == 2 and check["verdict"] in answer_watch.answer_checks.VERDICTS
+    assert json.loads((run_dir / "run.json").read_text())["answer_check"]["step"] == 6

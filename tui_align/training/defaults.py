@@ -1,0 +1,102 @@
+"""The settings a run takes when the user gives none: chosen from the data in hand, and said out loud.
+
+A hobbyist has 20–500 picks and runs with no flags, so a fixed epoch count and learning rate fail at one
+end or the other: on 36 pairs, 3 epochs at batch 4 are 27 steps, and at lr 5e-5 those teach nothing
+(issue 11). The rule, measured on the default model (docs/training-defaults-research.md):
+
+- **Steps**: three passes over the training pairs, but never fewer than MIN_STEPS optimizer steps (small
+  sets need the floor to learn at all) and never more than MAX_STEPS (past that, a laptop run takes
+  hours; the answer check stops a run early when its answers break down anyway).
+- **Learning rate**: per method at the usual LoRA scale alpha / rank = 2 (DPO 1e-4 with its NLL term,
+  ORPO 2e-4, PPO 1e-4). The adapter's output is scaled by alpha / rank, so a different scale gets the
+  rate that keeps the same size of step: lr × 2 / (alpha / rank).
+
+Torch-free: the Train form and `tui-align train --help` read it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+EPOCHS = 3
+MIN_STEPS = 30
+MAX_STEPS = 600
+LORA_SCALE = 2.0  # alpha / rank the learning rates below were measured at
+LEARNING_RATES = {"dpo": 1e-4, "orpo": 2e-4, "ppo": 1e-4}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One setting the rule chose: its name in run.json's settings, the value, and why, in words."""
+
+    setting: str
+    value: float | int
+    why: str
+
+    def as_dict(self) -> dict:
+        return {"setting": self.setting, "value": self.value, "why": self.why}
+
+
+def step_budget(n_train: int, batch_size: int) -> Choice:
+    """Optimizer steps for `n_train` pairs at `batch_size` when neither --epochs nor --max-steps is given."""
+    per_epoch = max(1, math.ceil(n_train / max(1, batch_size)))
+    epochs_worth = EPOCHS * per_epoch
+    steps = min(MAX_STEPS, max(MIN_STEPS, epochs_worth))
+    if steps == MIN_STEPS and epochs_worth < MIN_STEPS:
+        why = (f"{EPOCHS} passes over {n_train} pairs would be {epochs_worth} steps; "
+               f"small sets get at least {MIN_STEPS} ({steps / per_epoch:.1f} passes)")
+    elif steps == MAX_STEPS and epochs_worth > MAX_STEPS:
+        why = f"{EPOCHS} passes over {n_train} pairs would be {epochs_worth} steps; capped at {MAX_STEPS}"
+    else:
+        why = f"{EPOCHS} passes over {n_train} pairs at batch {batch_size}"
+    return Choice("max_steps", steps, why)
+
+
+def learning_rate(method: str, rank: int, alpha: int) -> Choice:
+    """The learning rate for `method` when --lr is not given, for a LoRA of `rank` and `alpha`."""
+    base = LEARNING_RATES[method]
+    scale = alpha / rank
+    value = float(f"{base * LORA_SCALE / scale:.3g}")
+    if math.isclose(scale, LORA_SCALE):
+        why = f"{method}'s rate at LoRA rank {rank}, alpha {alpha}"
+    else:
+        why = f"{method}'s {base:g} at alpha/rank {LORA_SCALE:g}, scaled for alpha/rank {scale:g}"
+    return Choice("learning_rate", value, why)
+
+
+def fill(config, n_train: int) -> list[Choice]:
+    """Give `config` the rule's values for the settings left unset (None); returns what was chosen.
+
+    After this the config is concrete: run.json keeps the numbers, so a resumed run trains the same.
+    """
+    chosen = []
+    if config.learning_rate is None:
+        chosen.append(learning_rate(config.method, config.lora.rank, config.lora.alpha))
+        config.learning_rate = chosen[-1].value
+    if config.epochs is None and config.max_steps is None:
+        chosen.append(step_budget(n_train, config.batch_size))
+        config.max_steps = chosen[-1].value
+    return chosen
+
+
+def steps(config, n_train: int) -> int:
+    """Optimizer steps of a run: --max-steps when given (it overrides --epochs, as in transformers), else
+    --epochs' worth, else the step budget."""
+    if config.max_steps:
+        return config.max_steps
+    if config.epochs is not None:
+        return config.epochs * max(1, math.ceil(n_train / max(1, config.batch_size)))
+    return step_budget(n_train, config.batch_size).value
+
+
+def lr(config) -> float:
+    """--lr when given, else the method's rate for the config's LoRA."""
+    if config.learning_rate is not None:
+        return config.learning_rate
+    return learning_rate(config.method, config.lora.rank, config.lora.alpha).value
+
+
+def describe(chosen: list[Choice]) -> str:
+    """'defaults: max_steps 30 (…); learning_rate 0.0001 (…)' for the event log and the CLI."""
+    return "defaults: " + "; ".join(f"{c.setting} {c.value:g} ({c.why})" for c in chosen)

@@ -1,0 +1,26 @@
+"""Greedy answers from a model being trained: what the answer check and the trait benchmarks read."""
+
+from __future__ import annotations
+
+import torch
+
+from .data import prompt_batch
+
+
+@torch.no_grad()
+def greedy_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 8) -> list[str]:
+    """Greedy answers to templated prompts (token ids), batched with left padding; the model's train/eval
+    mode is left as it was."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    answers: list[str] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            batch = {k: v.to(device) for k, v in prompt_batch(prompts[start : start + batch_size], tokenizer.pad_token_id).items()}
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            answers.extend(tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True))
+    finally:
+        model.train(was_training)
+    return answers
