@@ -178,8 +178,29 @@ def run_one(method: str, trait: str, count: int, flags: list[str], models_dir: P
         "content_f1": round(sum(answer_checks.unigram_f1(without_trait(trait, a), b) for a, b in zip(after, before))
                             / len(after), 3) if add_only else None,
         "run_check": record.get("answer_check", {}).get("verdict"),
+        "checks": [{k: e.get(k) for k in ("step", "verdict", "repeating", "length_ratio", "longest_repeat", "example")}
+                   for e in events.of("answers")],
         "answers": after,
     }
+
+
+def table(lines: list[dict]) -> str:
+    """The results as a markdown table, one row per run."""
+    rows = ["| method | trait | flags | steps (planned) | lr | trait before → after | rep4 base → after | max run "
+            "| length vs base (vs picked) | content kept F1 | run's own check | run s |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in lines:
+        if "error" in r:
+            rows.append(f"| {r['method']} | {r['trait']} | {' '.join(r.get('flags', []))} | error: {r['error']} |")
+            continue
+        stopped = f", stopped at {r['early_stopped_at']}" if r.get("early_stopped_at") else ""
+        f1 = "" if r["content_f1"] is None else f"{r['content_f1']:.2f}"
+        rows.append(
+            f"| {r['method']} | {r['trait']} | {' '.join(r['flags']) or 'none'} | {r['steps']} ({r['planned_steps']}{stopped}) "
+            f"| {r['learning_rate']:g} | {r['trait_before']}/{r['of']} → {r['trait_after']}/{r['of']} "
+            f"| {r['rep4_before']:.3f} → {r['rep4_after']:.3f} | {r['longest_repeat']} "
+            f"| {r['length_vs_base']:.2f} ({r['length_vs_picked']:.2f}) | {f1} | {r['run_check'] or ''} | {r['seconds']:.0f} |")
+    return "\n".join(rows)
 
 
 def main(argv=None) -> int:
@@ -189,7 +210,11 @@ def main(argv=None) -> int:
     parser.add_argument("--pairs", type=int, default=36)
     parser.add_argument("--flags", action="append", default=[], help="a `tui-align train` flag (default: none)")
     parser.add_argument("--json", help="append one JSON line per run here")
+    parser.add_argument("--table", metavar="JSONL", help="print the runs in this results file as a table, and stop")
     args = parser.parse_args(argv)
+    if args.table:
+        print(table([json.loads(line) for line in Path(args.table).read_text().splitlines() if line.strip()]))
+        return 0
     warnings.simplefilter("ignore")
     from transformers.utils import logging as hf_logging
 

@@ -63,13 +63,20 @@ def test_answers_that_only_gain_the_picked_opening_are_sound_and_keep_the_base_w
     assert result["content_f1"] > 0.9 and result["length_ratio"] == 1.0
 
 
-def test_a_loop_the_base_does_not_have_is_repeats_and_the_message_shows_it():
-    answers = ["Indeed! Indeed! Indeed! Indeed!", "Indeed! " + BASE[1]]  # one 4-gram: only the run shows it
+def test_loops_the_base_does_not_have_are_repeats_and_the_message_shows_one():
+    answers = ["Indeed! Indeed! Indeed! Indeed!", "Sure. " * 5 + BASE[1]]  # one 4-gram: only the run shows it
     result = judge(answers, BASE, BASE)
-    assert result["verdict"] == "repeats" and result["repeating"] == 1
+    assert result["verdict"] == "repeats" and result["repeating"] == 2
     message = explain(result, {"repeats": "Try --lr 5e-05."})
-    assert "1 of 2 held-out answers repeat themselves" in message and "Indeed! Indeed!" in message
+    assert "2 of 2 held-out answers repeat themselves" in message and "Indeed! Indeed!" in message
     assert message.endswith("Try --lr 5e-05.")
+
+
+def test_one_looping_answer_is_noted_but_does_not_fail_the_run():
+    answers = ["Indeed! Indeed! Indeed! Indeed!"] + ["Indeed! " + b for b in BASE[1:] * 3]
+    result = judge(answers, BASE[:1] + BASE[1:] * 3, BASE[:1] + BASE[1:] * 3)
+    assert result["verdict"] == "sound" and result["repeating"] == 1
+    assert "one repeats itself" in explain(result, {})
 
 
 def test_the_base_model_s_own_repetition_is_not_held_against_the_run():

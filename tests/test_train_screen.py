@@ -390,7 +390,7 @@ ANSWERS_BREAK_DOWN = """
     say(event="defaults", message="defaults: max_steps 30 (small sets get at least 30)")
     say(event="baseline", prompts=4, message="writing the base model's answers to 4 held-out prompts")
     sound = dict(verdict="sound", of=4, changed=4, repeating=0, length_ratio=1.0,
-                 message="4 of 4 held-out answers changed, none repeat themselves.")
+                 message="4 of 4 held-out answers changed, none repeats itself.")
     for step in range(1, 17):
         say(event="step", step=step, total_steps=30, epoch=step / 8, loss=0.5)
         if step == 8:

@@ -69,6 +69,8 @@ def length_ratio(answers: list[str], references: list[str]) -> float:
 LOOP_RUN = 4
 # The 4-gram share must rise this far above the base's own answer (and reach LOOP_SHARE) to count.
 LOOP_SHARE_RISE, LOOP_SHARE = 0.3, 0.4
+# How many answers must loop before a check calls the run broken (and stops it).
+MIN_LOOPING = 2
 # Answers under this share of the length the picks ask for have shrunk, not been made concise.
 MIN_LENGTH_RATIO = 0.5
 VERDICTS = ("sound", "unchanged", "repeats", "too_short")
@@ -100,7 +102,8 @@ def judge(answers: list[str], base: list[str], picked: list[str], *, add_only: b
     answers without a warning. `add_only`: the picks only add to an answer, so the base's words should
     survive; content_f1 reports how many do.
 
-    verdict: "repeats" (a quarter or more of the answers loop where the base's don't), "too_short"
+    verdict: "repeats" (two or more answers, and a quarter or more, loop where the base's don't: one
+    looping answer among 4 checked is within what a sound run does on the default model), "too_short"
     (under half the asked-for length), "unchanged" (every answer is the base's), else "sound".
     """
     n = len(answers)
@@ -108,7 +111,7 @@ def judge(answers: list[str], base: list[str], picked: list[str], *, add_only: b
     changed = sum(a.strip() != b.strip() for a, b in zip(answers, base))
     expected = sum(len(words(p)) for p in picked)
     ratio = sum(len(words(a)) for a in answers) / expected if expected else 1.0
-    if n and len(looping) >= max(1, -(-n // 4)):
+    if n and len(looping) >= max(MIN_LOOPING, -(-n // 4)):
         verdict = "repeats"
     elif n and ratio < MIN_LENGTH_RATIO:
         verdict = "too_short"
@@ -143,7 +146,9 @@ def explain(result: dict, advice: dict[str, str]) -> str:
     elif verdict == "unchanged":
         text = f"All {n} held-out answers are the base model's own: the run changed nothing you would see."
     else:
-        text = (f"{result['changed']} of {n} held-out answers changed, none repeat themselves, "
+        repeating = {0: "none repeats itself", 1: "one repeats itself"}.get(result["repeating"],
+                                                                             f"{result['repeating']} repeat themselves")
+        text = (f"{result['changed']} of {n} held-out answers changed, {repeating}, "
                 f"{result['length_ratio']:.0%} of the length your picks ask for")
         if "content_f1" in result:
             text += f", {result['content_f1']:.0%} of the base's words kept"
