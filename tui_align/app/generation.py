@@ -19,7 +19,7 @@ def generate_answers(
 ) -> list[str]:
     """Answer `prompt` once per settings from one backend: all at once where the engine decodes them in
     one batch (Backend.stream_candidates), else one after the other. Slot i is settings_list[i]."""
-    return _report(len(settings_list), lambda: backend.stream_candidates(prompt, settings_list, should_stop),
+    return post_chunks(len(settings_list), lambda: backend.stream_candidates(prompt, settings_list, should_stop),
                    should_stop, post)
 
 
@@ -36,11 +36,11 @@ def stream_answers(
             for chunk in backend.stream_candidates(prompt, [settings], should_stop):
                 yield Chunk(slot, chunk.text, chunk.finished)
 
-    return _report(len(jobs), chunks, should_stop, post)
+    return post_chunks(len(jobs), chunks, should_stop, post)
 
 
-def _report(count: int, chunks: Callable[[], Iterable[Chunk]], should_stop: StopCheck,
-            post: Callable[[object], object]) -> list[str]:
+def post_chunks(count: int, chunks: Callable[[], Iterable[Chunk]], should_stop: StopCheck,
+                post: Callable[[object], object]) -> list[str]:
     """Post AnswerProgress as each slot's text grows, AnswerDone (with why) as each slot ends, and one
     GenerationFinished. An error ends every slot still going ("failed"), keeping the text it had."""
     texts, reasons = [""] * count, [None] * count
