@@ -111,8 +111,7 @@ class ChatScreen(Screen):
             keys = "/".join(str(i + 1) for i, text in enumerate(self.candidates) if text.strip())
             hint.update(f"Which answer is better?  {keys} prefer · w write your own · t tie · s skip")
         elif phase == "candidates":
-            batched = bool(getattr(self.align_app.backend, "batches_candidates", False))
-            hint.update(GENERATING[batched].format(count=len(self._settings_list)))
+            hint.update(GENERATING[self.align_app.backend.batches_candidates].format(count=len(self._settings_list)))
         elif phase == "idle":
             self.refresh_status()
             message.focus()
