@@ -4,7 +4,7 @@
 
 Per engine, one worker process loads both contenders on the default model (SmolLM2-135M-Instruct):
 - llama.cpp: `load_backend(ref, "llamacpp", ...)` (what the app uses) against `llama_cpp.Llama(model_path,
-  n_ctx=4096, n_gpu_layers=0, n_threads=..., n_threads_batch=..., verbose=False)` +
+  n_ctx=4096, n_gpu_layers=0, flash_attn=True, n_threads=..., n_threads_batch=..., verbose=False)` +
   `create_chat_completion(..., stream=True)`: the call our engine makes, with the same n_ctx, threads
   (read from our engine's Llama), seed, temperature, top_p and max_tokens.
 - transformers: `load_backend(ref, "hf", ...)` (or TransformersBackend on a forced device) against what a
@@ -156,7 +156,8 @@ def llamacpp_contenders(device: str):
     load_ours = time.perf_counter() - started
     started = time.perf_counter()
     ours_llama = backend._llama
-    raw_llama = Llama(model_path=ref.location, n_ctx=DEFAULT_CONTEXT, n_gpu_layers=0, verbose=False,
+    # flash_attn: our engine's context has it on (llama_batch.share_context says why), so raw computes the same.
+    raw_llama = Llama(model_path=ref.location, n_ctx=DEFAULT_CONTEXT, n_gpu_layers=0, verbose=False, flash_attn=True,
                       n_threads=ours_llama.n_threads, n_threads_batch=ours_llama.n_threads_batch)
     load_raw = time.perf_counter() - started
     ours_ids, raw_ids = [], []
@@ -304,7 +305,8 @@ def collect(args) -> Section:
         "Tokens = token ids the library sampled (end-of-turn included); time = from the call to the stream's end "
         "(prompt processing included). Load times are left out of the speeds; ours loads first, so its load "
         "time also holds the first imports and a cold file cache.",
-        "llama.cpp raw = Llama(model_path, n_ctx=4096, n_gpu_layers=0, our engine's n_threads and n_threads_batch) "
+        "llama.cpp raw = Llama(model_path, n_ctx=4096, n_gpu_layers=0, flash_attn=True, our engine's n_threads and "
+        "n_threads_batch) "
         "+ create_chat_completion(stream=True); "
         "transformers raw = AutoModelForCausalLM + chat template + TextIteratorStreamer + generate in a thread.",
     ]

@@ -1,4 +1,4 @@
-"""Every benchmark in one run: training against TRL, MFU, generation overhead, the user's loop.
+"""Every benchmark in one run: training against TRL, MFU, generation overhead, batched candidates, the user's loop.
 
     python benchmarks/run_all.py                        # CPU here, or the GPU when there is one
     python benchmarks/run_all.py --quick                # a smoke run of every part (minutes)
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tui_align.errors import first_line  # noqa: E402
 from common import Section, format_table, machine_info  # noqa: E402
 
-PARTS = ("train", "mfu", "generation", "loop")
+PARTS = ("train", "mfu", "generation", "batched", "loop")
 
 
 def parse_args(argv=None):
@@ -61,6 +61,10 @@ def run_part(name: str, args, results: dict) -> Section:
         import generation
 
         return generation.collect(args)
+    if name == "batched":
+        import batched
+
+        return batched.collect(args)
     import user_loop
 
     return user_loop.collect(args)

@@ -10,10 +10,10 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 from tui_align.app import train_process
-from tui_align.backends.base import Backend, SamplingSettings, StopCheck
+from tui_align.backends.base import Backend, Chunk, SamplingSettings, StopCheck
 from tui_align.pairs import Message
 
 # Seconds a test waits for the app's worker to reach a point before it fails saying which.
@@ -27,14 +27,18 @@ GIVE_UP_S = 60.0
 
 
 class ScriptedBackend(Backend):
-    """Replays queued replies word by word; records every request it was given.
+    """Replays queued replies word by word (a word is a token: max_tokens cuts there); records every request
+    it was given. With the queue empty it answers `default`.
 
-    With the queue empty it answers `default`.
+    N candidates stream as a batched engine writes them (`batches`, the default): one word of each live
+    candidate per step, in slot order; with batches=False one after the other.
     """
 
     engine = "scripted"
 
-    def __init__(self, *replies: str, default: str = "(no scripted reply)", model_id: str = "scripted-model"):
+    def __init__(self, *replies: str, default: str = "(no scripted reply)", model_id: str = "scripted-model",
+                 batches: bool = True):
+        self.batches_candidates = batches
         self.replies: deque[str] = deque(replies)
         self.default = default
         self.model_id = model_id
@@ -49,18 +53,49 @@ class ScriptedBackend(Backend):
     def stream_chat(
         self, messages: list[Message], settings: SamplingSettings, should_stop: StopCheck | None = None
     ) -> Iterator[str]:
+        pieces = self._pieces(messages, settings, should_stop)
+        while True:
+            try:
+                piece = next(pieces)
+            except StopIteration as end:
+                return end.value
+            yield piece
+            self._handed_over()
+
+    def _pieces(self, messages, settings, should_stop) -> Iterator[str]:
+        """The reply's words, gated; returns why it ended."""
         self.requests.append(([dict(m) for m in messages], settings))
         reply = self.replies.popleft() if self.replies else self.default
         self.started.set()
         try:
-            for piece in re.findall(r"\S+\s*", reply):
+            for count, piece in enumerate(re.findall(r"\S+\s*", reply)):
+                if count == settings.max_tokens:
+                    return "length"
                 if not self._may_send(should_stop) or (should_stop is not None and should_stop()):
-                    return
+                    return "stopped"
                 self.pieces_sent += 1
                 yield piece
-                self._handed_over()
+            return "eos"
         finally:
             self._ended()
+
+    def stream_candidates(
+        self, messages: list[Message], settings_list: Sequence[SamplingSettings], should_stop: StopCheck
+    ) -> Iterator[Chunk]:
+        if not self.batches_candidates:
+            yield from super().stream_candidates(messages, settings_list, should_stop)
+            return
+        streams = {slot: self._pieces(messages, settings, should_stop) for slot, settings in enumerate(settings_list)}
+        while streams:
+            for slot, stream in list(streams.items()):  # one step: a word for each live candidate
+                try:
+                    piece = next(stream)
+                except StopIteration as end:
+                    del streams[slot]
+                    yield Chunk(slot, finished=end.value)
+                    continue
+                yield Chunk(slot, piece)
+                self._handed_over()
 
     # Hooks for GatedBackend: a scripted stream never waits.
     def _may_send(self, should_stop: StopCheck | None) -> bool:

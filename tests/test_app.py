@@ -177,7 +177,7 @@ async def test_escape_while_candidates_stream_allows_picking_what_was_written(ma
         await settle(pilot)
         app.screen.query_one("#message", Input).value = "Go"
         await pilot.press("ctrl+n")
-        backend.release(5)  # the first candidate's two pieces, then three of the second's
+        backend.release(5)  # a word of each per step: short, long, one (it ends), long, long
         await backend.wait_handed_over(5)
         await pilot.press("escape")
         await settle(pilot)

@@ -11,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # as run_all.py imports them
 
+import batched  # noqa: E402
 import generation  # noqa: E402
 import user_loop  # noqa: E402
 
@@ -100,3 +101,26 @@ async def test_key_latency_probe_times_keys_into_the_chat_input(make_app):
     assert result["keys"] == 6 and result["missed"] == 0
     assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"] < 5000
     assert watch.refreshes > 0
+
+
+def test_batched_ratios_are_against_the_same_candidates_answered_alone():
+    single = lambda seconds, text: {"seconds": seconds, "first_s": 0.1, "text": text}  # noqa: E731
+    sample = {"prompt": 0, "rep": 0, "singles": [single(1.0, "a"), single(3.0, "b"), single(2.0, "c"), single(2.0, "d")],
+              "batches": {2: {"seconds": 3.0, "every_first_s": 0.12, "texts": ["a", "b"]},
+                          4: {"seconds": 4.0, "every_first_s": None, "texts": ["a", "x", "c", "d"]}}}
+    row, = batched.summarize_samples([sample])
+    two, four = row["counts"]["2"], row["counts"]["4"]
+    assert two["x_one"] == pytest.approx(1.5) and two["x_longest"] == pytest.approx(1.0)
+    assert two["x_sequential"] == pytest.approx(2.0) and two["first_x"] == pytest.approx(1.2)
+    assert two["seeds_reproduce"] == 2 and four["seeds_reproduce"] == 3
+    assert four["x_one"] == pytest.approx(2.0) and four["first_x"] is None  # a column never got text
+    table = batched.summarize({"engine": "llamacpp", "samples": [row]})
+    assert [r[:3] for r in table] == [["llamacpp", 2, 1.5], ["llamacpp", 4, 2.0]] and table[1][-1] == "3/4"
+
+
+def test_batched_benchmark_runs_on_the_default_model():
+    """In-process, 6 tokens, one prompt: every column's candidate is its seed's single answer."""
+    result = batched.measure("llamacpp", max_tokens=6, reps=1, prompts=batched.PROMPTS[:1], home=None)
+    counts = result["samples"][0]["counts"]
+    assert counts["2"]["seeds_reproduce"] == 2 and counts["4"]["seeds_reproduce"] == 4
+    assert result["greedy"] == [{"prompt": 0, "equal": 4, "of": 4}]

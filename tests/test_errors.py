@@ -7,7 +7,7 @@ import logging
 from tui_align import errors, paths
 from tui_align.app.generation import stream_answers
 from tui_align.app.messages import GenerationFinished
-from tui_align.backends.base import SamplingSettings
+from tui_align.backends.base import Backend, SamplingSettings
 
 
 def raise_and_catch(exc: BaseException) -> BaseException:
@@ -45,7 +45,12 @@ def test_the_log_follows_the_data_folder_and_is_set_up_once(tmp_path):
     assert not paths.log_path(first).exists()  # nothing was logged while it was the log
 
 
-class Exploding:
+class Exploding(Backend):
+    """An engine whose stream breaks halfway (a Backend: the app asks it for candidates, which go through
+    stream_chat)."""
+
+    engine, model_id = "exploding", "exploding-model"
+
     def stream_chat(self, prompt, settings, should_stop):
         yield "half an ans"
         raise RuntimeError("CUDA kernel failed\nat line 3 of kernel.cu")

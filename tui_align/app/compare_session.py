@@ -11,11 +11,12 @@ from typing import Callable, Sequence
 
 from ..adapters.held_out import held_out_prompts
 from ..adapters.runs import RunFolder
+from ..backends import stream_side_by_side
 from ..backends.base import Backend, SamplingSettings, StopCheck
 from ..errors import UserError, report
 from ..pairs import Message, last_user_message
 from ..store import CompareRecord, Store
-from .generation import stream_answers
+from .generation import post_chunks
 
 COMPARE_HELP = """\
 | Key | Does |
@@ -99,8 +100,10 @@ def compare_answers(
     should_stop: StopCheck,
     post: Callable[[object], object],
 ) -> list[str]:
-    """Answer `prompt` once per backend with the same settings, one after the other; slot i is backends[i]."""
-    return stream_answers([(backend, settings) for backend in backends], prompt, should_stop, post)
+    """Answer `prompt` once per backend with the same settings; slot i is backends[i]. Both at once where they
+    share one engine's weights (transformers: base and adapter rows of one batch), else one after the other."""
+    return post_chunks(len(backends), lambda: stream_side_by_side(backends, prompt, settings, should_stop),
+                       should_stop, post)
 
 
 @dataclass

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
-from ..backends.base import Backend, SamplingSettings, StopCheck
+from ..backends.base import Backend, Chunk, SamplingSettings, StopCheck
 from ..errors import UserError, report
 from ..pairs import Message
 from .messages import AnswerDone, AnswerProgress, GenerationFinished
@@ -17,8 +17,10 @@ def generate_answers(
     should_stop: StopCheck,
     post: Callable[[object], object],
 ) -> list[str]:
-    """Answer `prompt` once per settings, one after the other (a backend runs one generation at a time)."""
-    return stream_answers([(backend, settings) for settings in settings_list], prompt, should_stop, post)
+    """Answer `prompt` once per settings from one backend: all at once where the engine decodes them in
+    one batch (Backend.stream_candidates), else one after the other. Slot i is settings_list[i]."""
+    return post_chunks(len(settings_list), lambda: backend.stream_candidates(prompt, settings_list, should_stop),
+                   should_stop, post)
 
 
 def stream_answers(
@@ -27,27 +29,38 @@ def stream_answers(
     should_stop: StopCheck,
     post: Callable[[object], object],
 ) -> list[str]:
-    """Answer `prompt` once per (backend, settings) job, in order; slot i is jobs[i].
+    """Answer `prompt` once per (backend, settings) job, one job after the other; slot i is jobs[i]."""
 
-    Posts AnswerProgress while each answer streams, AnswerDone after each, and one GenerationFinished.
-    A stop request or an error ends the whole batch: later slots are never started.
-    """
-    texts: list[str] = []
-    stopped, error = False, None
-    for slot, (backend, settings) in enumerate(jobs):
-        text = ""
-        try:
-            for piece in backend.stream_chat(prompt, settings, should_stop):
-                text += piece
-                post(AnswerProgress(slot, text))
-        except UserError as exc:
-            error = str(exc)
-        except Exception as exc:  # an engine bug must not kill the app; the user sees one line
-            error = f"Generation failed: {report(exc)}"
-        texts.append(text)
-        stopped = bool(should_stop())
-        post(AnswerDone(slot, text, stopped))
-        if stopped or error:
-            break
-    post(GenerationFinished(texts, stopped, error))
+    def chunks() -> Iterable[Chunk]:
+        for slot, (backend, settings) in enumerate(jobs):
+            for chunk in backend.stream_candidates(prompt, [settings], should_stop):
+                yield Chunk(slot, chunk.text, chunk.finished)
+
+    return post_chunks(len(jobs), chunks, should_stop, post)
+
+
+def post_chunks(count: int, chunks: Callable[[], Iterable[Chunk]], should_stop: StopCheck,
+                post: Callable[[object], object]) -> list[str]:
+    """Post AnswerProgress as each slot's text grows, AnswerDone (with why) as each slot ends, and one
+    GenerationFinished. An error ends every slot still going ("failed"), keeping the text it had."""
+    texts, reasons = [""] * count, [None] * count
+    error = None
+    try:
+        for chunk in chunks():
+            if chunk.text:
+                texts[chunk.slot] += chunk.text
+                post(AnswerProgress(chunk.slot, texts[chunk.slot]))
+            if chunk.finished:
+                reasons[chunk.slot] = chunk.finished
+                post(AnswerDone(chunk.slot, texts[chunk.slot], chunk.finished))
+    except UserError as exc:
+        error = str(exc)
+    except Exception as exc:  # an engine bug must not kill the app; the user sees one line
+        error = f"Generation failed: {report(exc)}"
+    for slot, reason in enumerate(reasons):
+        if reason is None:
+            reasons[slot] = "failed" if error else "stopped"
+            post(AnswerDone(slot, texts[slot], reasons[slot]))
+    stopped = "stopped" in reasons and bool(should_stop())
+    post(GenerationFinished(texts, stopped, error, reasons))
     return texts

@@ -40,20 +40,27 @@ class AnswerProgress(Message):
 
 @dataclass
 class AnswerDone(Message):
-    """Answer `slot` ended: finished, stopped by the user, or cut short by an error."""
+    """Answer `slot` ended; `reason` says why: "eos" (the model ended it), "length" (cut at max tokens),
+    "stopped" (the user stopped it, or it never started because they did) or "failed" (an error)."""
 
     slot: int
     text: str
-    stopped: bool
+    reason: str
+
+    @property
+    def stopped(self) -> bool:
+        return self.reason == "stopped"
 
 
 @dataclass
 class GenerationFinished(Message):
-    """All requested answers are done; `texts` holds one per slot that was started, in order."""
+    """All requested answers are done; `texts` holds one per slot, in order ("" for one never written),
+    `reasons` why each ended (as AnswerDone's)."""
 
     texts: list[str] = field(default_factory=list)
     stopped: bool = False
     error: str | None = None
+    reasons: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 from ..errors import UserError
 from ..model_files import ModelRef
-from .base import Backend, SamplingSettings
+from .base import Backend, Chunk, SamplingSettings
 
 ENGINES = ("llamacpp", "hf")
 
@@ -41,4 +42,18 @@ def load_backend(ref: ModelRef, engine: str | None, models_dir: Path, *, adapter
     return TransformersBackend(ref, models_dir, adapter_path=adapter_dir)
 
 
-__all__ = ["Backend", "SamplingSettings", "load_backend", "check_engine", "ENGINES"]
+def stream_side_by_side(backends, messages, settings: SamplingSettings, should_stop) -> Iterator[Chunk]:
+    """The same prompt and settings to each backend (slot i is backends[i]), as Chunks. One batch where they
+    are transformers views over one set of weights (the base and adapters: one adapter per row); else one
+    after the other: llama.cpp sets a LoRA adapter on a whole context, so two sides are two contexts."""
+    from .hf import one_batch, stream_rows
+
+    if one_batch(backends):
+        yield from stream_rows(backends, messages, settings, should_stop)
+        return
+    for slot, backend in enumerate(backends):
+        for chunk in backend.stream_candidates(messages, [settings], should_stop):
+            yield Chunk(slot, chunk.text, chunk.finished)
+
+
+__all__ = ["Backend", "Chunk", "SamplingSettings", "load_backend", "check_engine", "stream_side_by_side", "ENGINES"]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 from ..pairs import Message
 
 StopCheck = Callable[[], bool]
+
+#: Why an answer ended: the model wrote its end-of-answer token, it reached max_tokens, or it was asked to stop.
+FINISH_REASONS = ("eos", "length", "stopped")
 
 
 @dataclass
@@ -28,6 +31,16 @@ class SamplingSettings:
         return SamplingSettings(self.temperature, self.top_p, self.max_tokens, seed)
 
 
+@dataclass
+class Chunk:
+    """One step of N answers streaming together: new text for answer `slot`, and once, at its end, why it
+    ended (`finished`, one of FINISH_REASONS; None while it goes on)."""
+
+    slot: int
+    text: str = ""
+    finished: str | None = None
+
+
 class Backend(ABC):
     """A loaded chat model. Not thread-safe: one generation at a time."""
 
@@ -35,6 +48,9 @@ class Backend(ABC):
     model_id: str
     #: "llamacpp" or "hf".
     engine: str
+    #: True when stream_candidates decodes all answers in one batch (they stream at once), False when it
+    #: writes them one after the other.
+    batches_candidates: bool = False
 
     @abstractmethod
     def stream_chat(
@@ -42,8 +58,32 @@ class Backend(ABC):
     ) -> Iterator[str]:
         """Yield the answer to `messages` piece by piece, using the model's own chat template.
 
-        Stops early, between pieces, once `should_stop()` returns True.
+        Stops early, between pieces, once `should_stop()` returns True. The generator's return value (what
+        `yield from` gives) is why it ended, one of FINISH_REASONS; None when the engine can't tell.
         """
+
+    def stream_candidates(
+        self, messages: list[Message], settings_list: Sequence[SamplingSettings], should_stop: StopCheck
+    ) -> Iterator[Chunk]:
+        """N answers to `messages`, one per settings (slot i is settings_list[i]), as Chunks: each slot's
+        pieces in order, and one Chunk with `finished` set when it ends. A stop request ends every slot.
+
+        Here one after the other through stream_chat; engines that decode them in one batch override it."""
+        for slot, settings in enumerate(settings_list):
+            if should_stop():
+                yield Chunk(slot, finished="stopped")
+                continue
+            stream = self.stream_chat(messages, settings, should_stop)
+            while True:
+                try:
+                    piece = next(stream)
+                except StopIteration as end:
+                    reason = end.value
+                    break
+                yield Chunk(slot, piece)
+            if should_stop():
+                reason = "stopped"
+            yield Chunk(slot, finished=reason or "eos")
 
     def chat(self, messages: list[Message], settings: SamplingSettings) -> str:
         return "".join(self.stream_chat(messages, settings))

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from ..errors import UserError, report
 from ..model_files import ModelRef, load_transformers
 from ..pairs import Message
-from .base import Backend, SamplingSettings, StopCheck
+from .base import Backend, Chunk, SamplingSettings, StopCheck
 
 
 def pick_device() -> str:
@@ -21,6 +22,7 @@ def pick_device() -> str:
 
 class TransformersBackend(Backend):
     engine = "hf"
+    batches_candidates = True
 
     def __init__(self, ref: ModelRef, models_dir: Path, *, device: str | None = None, model=None, tokenizer=None,
                  adapter_path: str | Path | None = None):
@@ -61,8 +63,38 @@ class TransformersBackend(Backend):
     def stream_chat(
         self, messages: list[Message], settings: SamplingSettings, should_stop: StopCheck | None = None
     ) -> Iterator[str]:
+        """One answer: the batch of one (so an answer with seed s is the candidate with seed s)."""
+        reason = None
+        for chunk in self._generate(messages, [settings], should_stop or (lambda: False)):
+            if chunk.text:
+                yield chunk.text
+            reason = chunk.finished or reason
+        return reason
+
+    def stream_candidates(
+        self, messages: list[Message], settings_list: Sequence[SamplingSettings], should_stop: StopCheck
+    ) -> Iterator[Chunk]:
+        """All candidates in one generate over N copies of the prompt, when they differ only in seed and max
+        tokens (SamplingSettings.for_candidate's); otherwise one after the other."""
+        first = settings_list[0]
+        if any((s.temperature, s.top_p) != (first.temperature, first.top_p) for s in settings_list):
+            yield from super().stream_candidates(messages, settings_list, should_stop)
+            return
+        yield from self._generate(messages, settings_list, should_stop)
+
+    @property
+    def row_adapter(self) -> str:
+        """The adapter this view answers with, as peft's mixed batches name it ("__base__": none)."""
+        return self.adapter_name if self.adapter_enabled and self.adapter_name is not None else "__base__"
+
+    def _generate(self, messages: list[Message], settings_list: Sequence[SamplingSettings],
+                  should_stop: StopCheck, adapter_names: list[str] | None = None) -> Iterator[Chunk]:
+        """One generate over len(settings_list) copies of the prompt; `adapter_names` (peft's mixed batch)
+        picks each row's adapter, else every row answers as this view does."""
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+        from .hf_batch import BatchStreamer, seeded_draw
 
         try:
             inputs = self.tokenizer.apply_chat_template(
@@ -70,35 +102,41 @@ class TransformersBackend(Backend):
             ).to(self.model.device)
         except Exception as exc:  # a tokenizer without a chat template, or a malformed message list
             raise UserError(f"Can't build the chat prompt: {report(exc, typed=False)}") from exc
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        count = len(settings_list)
+        batch = {name: tensor.repeat(count, 1) for name, tensor in inputs.items()}  # same prompt: no padding
+        streamer = BatchStreamer(self.tokenizer, [s.max_tokens for s in settings_list], self._eos_ids())
         stop_event = threading.Event()
 
         class _StopWhenAsked(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):
-                return stop_event.is_set() or bool(should_stop and should_stop())
+                return stop_event.is_set() or bool(should_stop())
 
-        sampling = settings.temperature > 0
+        settings = settings_list[0]
         kwargs = dict(
-            **inputs,
-            max_new_tokens=settings.max_tokens,
-            do_sample=sampling,
+            **batch,
+            max_new_tokens=max(s.max_tokens for s in settings_list),
+            do_sample=False,  # greedy, or the one token seeded_draw left
             streamer=streamer,
             stopping_criteria=StoppingCriteriaList([_StopWhenAsked()]),
             pad_token_id=self.tokenizer.pad_token_id,
         )
-        if sampling:
-            kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
+        if adapter_names is not None:
+            kwargs["adapter_names"] = adapter_names
+        if settings.temperature > 0:
+            seeds = [s.seed if s.seed is not None else random.randrange(2**31) for s in settings_list]
+            top_k = getattr(self.model.generation_config, "top_k", None) or 0  # what do_sample=True would apply
+            kwargs["logits_processor"] = LogitsProcessorList(
+                [seeded_draw(seeds, settings.temperature, settings.top_p, top_k, self.model.device)])
         failure: list[BaseException] = []
 
         def generate() -> None:
-            if settings.seed is not None:
-                torch.manual_seed(settings.seed)
             adapter_off = (
-                self.model.disable_adapter() if not self.adapter_enabled and hasattr(self.model, "disable_adapter")
+                self.model.disable_adapter()
+                if adapter_names is None and not self.adapter_enabled and hasattr(self.model, "disable_adapter")
                 else contextlib.nullcontext()
             )
             try:
-                if self.adapter_enabled and self.adapter_name is not None:
+                if adapter_names is None and self.adapter_enabled and self.adapter_name is not None:
                     self.model.set_adapter(self.adapter_name)  # another view over this model may have switched
                 with torch.inference_mode(), adapter_off:
                     self.model.generate(**kwargs)
@@ -109,19 +147,43 @@ class TransformersBackend(Backend):
         worker = threading.Thread(target=generate, daemon=True)
         worker.start()
         try:
-            for piece in streamer:
-                if piece:
-                    yield piece
-                if should_stop is not None and should_stop():
-                    break
+            while (chunk := streamer.queue.get()) is not None:
+                yield chunk
         finally:
             stop_event.set()
             worker.join()
         if failure:
             raise UserError(f"Generation failed: {report(failure[0], typed=False)}") from failure[0]
+        stopped = should_stop()
+        for row, reason in enumerate(streamer.reasons):
+            if reason is None:  # generate ended with the row still going: asked to stop, or its last token
+                yield Chunk(row, finished="stopped" if stopped else "length")
+
+    def _eos_ids(self) -> set[int]:
+        """The tokens that end an answer: the generation config's (one or a list) and the tokenizer's."""
+        configured = getattr(self.model.generation_config, "eos_token_id", None)
+        ids = set(configured if isinstance(configured, (list, tuple)) else [configured])
+        ids.add(self.tokenizer.eos_token_id)
+        return {i for i in ids if i is not None}
 
     def close(self) -> None:
         self.model = None
+
+
+def one_batch(backends: Sequence[Backend]) -> bool:
+    """True when `backends` are views over one peft model (the base and adapters on one copy of the
+    weights), so their answers can be rows of one generate, each row with its own adapter."""
+    return (len(backends) > 1 and all(isinstance(b, TransformersBackend) for b in backends)
+            and len({id(b.model) for b in backends}) == 1 and hasattr(backends[0].model, "peft_config"))
+
+
+def stream_rows(backends: Sequence[TransformersBackend], messages: list[Message], settings: SamplingSettings,
+                should_stop: StopCheck) -> Iterator[Chunk]:
+    """The same prompt and settings to each view, slot i is backends[i], in one generate (peft's mixed
+    batch: each row through its own adapter, "__base__" rows through none). Same seed, same draw: every
+    row gets its own generator seeded with settings.seed, as each view alone would."""
+    return backends[0]._generate(messages, [settings] * len(backends), should_stop,
+                                 adapter_names=[b.row_adapter for b in backends])
 
 
 def attach_adapter(model, adapter_path: str | Path):

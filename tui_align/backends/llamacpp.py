@@ -5,14 +5,20 @@ from __future__ import annotations
 import multiprocessing
 import random
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from ..errors import UserError
 from ..model_files import check_gguf
 from ..pairs import Message
-from .base import Backend, SamplingSettings, StopCheck
+from . import llama_batch
+from .base import Backend, Chunk, SamplingSettings, StopCheck
 
 DEFAULT_CONTEXT = 4096
+# Sequences the context holds: the most candidates the app asks for (settings_text.MAX_CANDIDATES, which
+# backends/ can't import). More sequences cost nothing until used: the KV cache is one unified pool.
+MAX_SEQUENCES = 4
+# create_chat_completion's finish_reason in our words.
+FINISH = {"stop": "eos", "length": "length"}
 
 
 def batch_threads() -> int:
@@ -52,6 +58,9 @@ class LlamaCppBackend(Backend):
             )
         except (ValueError, RuntimeError) as exc:
             raise UserError(f"llama.cpp can't load {path.name}: {exc}") from exc
+        llama_batch.share_context(self._llama, MAX_SEQUENCES)
+        self._formatter = llama_batch.chat_formatter(self._llama)
+        self.batches_candidates = self._formatter is not None
         self.model_id = path.name if lora_path is None else f"{path.name}+{Path(lora_path).parent.name}"
         self.path = path
 
@@ -59,6 +68,7 @@ class LlamaCppBackend(Backend):
         self, messages: list[Message], settings: SamplingSettings, should_stop: StopCheck | None = None
     ) -> Iterator[str]:
         seed = settings.seed if settings.seed is not None else random.randrange(2**31)
+        reason = None
         try:
             chunks = self._llama.create_chat_completion(
                 messages=messages,
@@ -71,11 +81,29 @@ class LlamaCppBackend(Backend):
             for chunk in chunks:
                 if should_stop is not None and should_stop():
                     chunks.close()
-                    return
-                piece = chunk["choices"][0]["delta"].get("content")
+                    return "stopped"
+                choice = chunk["choices"][0]
+                reason = FINISH.get(choice.get("finish_reason"), reason)
+                piece = choice["delta"].get("content")
                 if piece:
                     yield piece
         except ValueError as exc:  # llama.cpp's way of saying the prompt does not fit
+            raise UserError(f"llama.cpp: {exc}") from exc
+        return reason
+
+    def stream_candidates(
+        self, messages: list[Message], settings_list: Sequence[SamplingSettings], should_stop: StopCheck
+    ) -> Iterator[Chunk]:
+        """All candidates in one batch (backends/llama_batch.py); one after the other when the GGUF has no
+        chat template of its own (llama-cpp-python's named formats are not reproduced here)."""
+        if self._formatter is None or len(settings_list) < 2:
+            yield from super().stream_candidates(messages, settings_list, should_stop)
+            return
+        seeds = [s.seed if s.seed is not None else random.randrange(2**31) for s in settings_list]
+        try:
+            yield from llama_batch.stream_batch(self._llama, self._formatter, messages, settings_list, seeds,
+                                                should_stop)
+        except ValueError as exc:  # tokenizing or evaluating a prompt that does not fit
             raise UserError(f"llama.cpp: {exc}") from exc
 
     def close(self) -> None:

@@ -18,10 +18,10 @@ from ..generation import generate_answers
 from ..messages import AnswerDone, AnswerProgress, GenerationFinished
 from ..session import ChatSession
 from ..settings_text import MAX_CANDIDATES, describe
-from ..widgets.candidates import CandidatesPanel
+from ..widgets.candidates import CandidatesPanel, finished_label
 from ..widgets.chat_log import ChatLog, MessageView
 from ..widgets.status_bar import StatusBar
-from .chat_texts import CHAT_HELP, OUTCOME_NOTES, PICK_SUMMARIES, PLACEHOLDERS
+from .chat_texts import CHAT_HELP, GENERATING, OUTCOME_NOTES, PICK_SUMMARIES, PLACEHOLDERS
 from .settings import SettingsModal
 from .text_modal import TextModal
 
@@ -58,6 +58,7 @@ class ChatScreen(Screen):
         self._stop = threading.Event()
         self._answer_view: MessageView | None = None
         self._pick_settings: dict = {}
+        self._settings_list: list = []  # of the generation on the way, one per column
 
     @property
     def align_app(self) -> AlignApp:
@@ -110,7 +111,7 @@ class ChatScreen(Screen):
             keys = "/".join(str(i + 1) for i, text in enumerate(self.candidates) if text.strip())
             hint.update(f"Which answer is better?  {keys} prefer · w write your own · t tie · s skip")
         elif phase == "candidates":
-            hint.update("Generating candidates one after the other…  esc stops")
+            hint.update(GENERATING[self.align_app.backend.batches_candidates].format(count=len(self._settings_list)))
         elif phase == "idle":
             self.refresh_status()
             message.focus()
@@ -154,6 +155,7 @@ class ChatScreen(Screen):
         count = app.candidate_count if candidates else 1
         settings_list = [app.settings.for_candidate(i) for i in range(count)] if candidates else [app.settings]
         self._pick_settings = {**app.settings.as_dict(), "candidates": count}
+        self._settings_list = settings_list
         self._stop = threading.Event()
         self.candidates = []
         if candidates:
@@ -183,8 +185,8 @@ class ChatScreen(Screen):
 
     def on_answer_done(self, message: AnswerDone) -> None:
         if self.phase == "candidates":
-            state = "stopped" if message.stopped else "done"
-            self.query_one(CandidatesPanel).set_text(message.slot, message.text, state)
+            label = finished_label(message.reason, self._settings_list[message.slot].max_tokens)
+            self.query_one(CandidatesPanel).set_text(message.slot, message.text, label)
 
     def on_generation_finished(self, message: GenerationFinished) -> None:
         if message.error:
@@ -204,7 +206,9 @@ class ChatScreen(Screen):
             except UserError as exc:
                 self.notify(str(exc), title="Not saved", severity="error")
             view.set_text(text)
-            view.set_note("stopped" if message.stopped else "")
+            reason = message.reasons[0] if message.reasons else ""
+            view.set_note(finished_label(reason, self._settings_list[0].max_tokens) if reason in ("stopped", "length")
+                          else "")
         else:
             view.remove()
             if not message.error:
@@ -213,7 +217,7 @@ class ChatScreen(Screen):
 
     def _finish_candidates(self, message: GenerationFinished) -> None:
         self.candidates = list(message.texts)
-        self.query_one(CandidatesPanel).mark_unused(len(self.candidates))
+        self.query_one(CandidatesPanel).mark_unused()
         if any(text.strip() for text in self.candidates):
             self.phase = "picking"
             return

@@ -26,3 +26,5 @@ PLACEHOLDERS = {
     "ready": "Message: Enter sends, ctrl+n sends for N candidates",
     "failed": "The model failed to load (see the status line)",
 }
+GENERATING = {True: "Generating {count} candidates at once…  esc stops",
+              False: "Generating candidates one after the other…  esc stops"}

@@ -20,7 +20,7 @@ from ...errors import UserError, report
 from ...pairs import last_user_message
 from ..compare_session import BASE, COMPARE_HELP, CompareSession, CompareTally, LoadedPair, compare_answers
 from ..messages import AdapterWorkFailed, AnswerDone, AnswerProgress, ComparePairReady, GenerationFinished
-from ..widgets.candidates import CandidateColumn, CandidatesPanel
+from ..widgets.candidates import CandidateColumn, CandidatesPanel, finished_label
 
 if TYPE_CHECKING:
     from ..app import AlignApp
@@ -279,7 +279,8 @@ class CompareScreen(Screen):
             self.session.current.stop.set()
 
     def on_answer_progress(self, message: AnswerProgress | AnswerDone) -> None:
-        state = "generating…" if isinstance(message, AnswerProgress) else "stopped" if message.stopped else "done"
+        state = ("generating…" if isinstance(message, AnswerProgress)
+                 else finished_label(message.reason, self.session.current.settings.max_tokens))
         self.query(CandidateColumn)[message.slot].set_text(message.text, state)
 
     on_answer_done = on_answer_progress
@@ -288,7 +289,7 @@ class CompareScreen(Screen):
         if message.error:
             self.notify(message.error, title="Generation failed", severity="error")
         complete = self.session.finished(message.texts, message.stopped)
-        self.query_one(CandidatesPanel).mark_unused(len(self.session.answers))
+        self.query_one(CandidatesPanel).mark_unused()
         if not complete and not message.error:
             self.notify("Both answers are needed for a pick: send the prompt again.", severity="warning")
         self.phase = "picking" if complete else "idle"

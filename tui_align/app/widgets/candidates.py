@@ -5,6 +5,14 @@ from __future__ import annotations
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Static
 
+# What a finished column (or a single answer's note) says about why the answer ended.
+FINISHED = {"eos": "done", "length": "cut at {max_tokens} tokens", "stopped": "stopped", "failed": "failed"}
+
+
+def finished_label(reason: str, max_tokens: int) -> str:
+    """'done' (the model ended it), 'cut at 256 tokens', 'stopped' or 'failed'."""
+    return FINISHED.get(reason, reason).format(max_tokens=max_tokens)
+
 
 class CandidateColumn(VerticalScroll):
     """Candidate `number` (1-based, the key that prefers it), with its state in the bottom border."""
@@ -21,11 +29,12 @@ class CandidateColumn(VerticalScroll):
         yield Static("", markup=False, classes="candidate-text")
 
     def set_text(self, text: str, state: str | None = None) -> None:
+        # No scrolling to the end: the columns stream side by side, and the reader starts at the top of each
+        # (a narrow column fills quickly, and following its end hid the opening as it streamed).
         self.text = text
         self.query_one(".candidate-text", Static).update(text)
         if state:
             self.border_subtitle = state
-        self.scroll_end(animate=False)
 
 
 class CandidatesPanel(Horizontal):
@@ -49,8 +58,9 @@ class CandidatesPanel(Horizontal):
     def mark(self, slot: int, state: str) -> None:
         self.column(slot).border_subtitle = state
 
-    def mark_unused(self, first_slot: int) -> None:
-        """Columns from `first_slot` on were never generated (stopped or failed earlier)."""
+    def mark_unused(self, first_slot: int = 0) -> None:
+        """Columns (from `first_slot` on) that got no text were never generated (stopped or failed first)."""
         for column in list(self.query(CandidateColumn))[first_slot:]:
-            column.border_subtitle = "not generated"
-            column.add_class("unused")
+            if not column.text.strip():
+                column.border_subtitle = "not generated"
+                column.add_class("unused")
