@@ -71,8 +71,11 @@ LOOP_RUN = 4
 LOOP_SHARE_RISE, LOOP_SHARE = 0.3, 0.4
 # How many answers must loop before a check calls the run broken (and stops it).
 MIN_LOOPING = 2
-# Answers under this share of the length the picks ask for have shrunk, not been made concise.
-MIN_LENGTH_RATIO = 0.5
+# An answer under this share of the length of the answer picked for its prompt has shrunk to next to
+# nothing ("I'm not a cook."), not been made concise; a run is too_short when half its answers have.
+# (Measured: sound runs on the default model write 0.3-0.4 of the picks' words on some 4-prompt checks,
+# because its base answers ramble to the token limit and a trained answer stops earlier.)
+SHRUNK_RATIO = 0.25
 VERDICTS = ("sound", "unchanged", "repeats", "too_short")
 
 
@@ -104,16 +107,17 @@ def judge(answers: list[str], base: list[str], picked: list[str], *, add_only: b
 
     verdict: "repeats" (two or more answers, and a quarter or more, loop where the base's don't: one
     looping answer among 4 checked is within what a sound run does on the default model), "too_short"
-    (under half the asked-for length), "unchanged" (every answer is the base's), else "sound".
+    (half the answers, and two or more, under a quarter of the picked answer's length), "unchanged" (every answer is the base's), else "sound".
     """
     n = len(answers)
     looping = [a for a, b in zip(answers, base) if loops(a, b)]
     changed = sum(a.strip() != b.strip() for a, b in zip(answers, base))
     expected = sum(len(words(p)) for p in picked)
     ratio = sum(len(words(a)) for a in answers) / expected if expected else 1.0
+    shrunk = sum(len(words(a)) < SHRUNK_RATIO * len(words(p)) for a, p in zip(answers, picked))
     if n and len(looping) >= max(MIN_LOOPING, -(-n // 4)):
         verdict = "repeats"
-    elif n and ratio < MIN_LENGTH_RATIO:
+    elif n and shrunk >= max(MIN_LOOPING, -(-n // 2)):
         verdict = "too_short"
     elif changed == 0:
         verdict = "unchanged"
@@ -124,6 +128,7 @@ def judge(answers: list[str], base: list[str], picked: list[str], *, add_only: b
         "of": n,
         "changed": changed,
         "repeating": len(looping),
+        "shrunk": shrunk,
         "length_ratio": round(ratio, 3),
         "repeated_4grams": round(sum(map(repeated_ngram_fraction, answers)) / n, 3) if n else 0.0,
         "base_repeated_4grams": round(sum(map(repeated_ngram_fraction, base)) / n, 3) if n else 0.0,
@@ -142,7 +147,8 @@ def explain(result: dict, advice: dict[str, str]) -> str:
         text = (f"{result['repeating']} of {n} held-out answers repeat themselves "
                 f"(\"{result['example'][:60]}…\"): the run overfit.")
     elif verdict == "too_short":
-        text = f"Held-out answers shrank to {result['length_ratio']:.0%} of the length your picks ask for."
+        text = (f"{result['shrunk']} of {n} held-out answers shrank to under a quarter of the length of the "
+                f"answers you picked for them.")
     elif verdict == "unchanged":
         text = f"All {n} held-out answers are the base model's own: the run changed nothing you would see."
     else:
