@@ -87,7 +87,7 @@ def test_the_base_model_s_own_repetition_is_not_held_against_the_run():
 def test_answers_shorter_than_the_picks_are_too_short_but_concise_picks_get_concise_answers():
     short = ["Paris.", "Seven."]
     assert judge(short, BASE, BASE)["verdict"] == "too_short"
-    assert judge(["Paris is the capital.", "Seven days."], BASE, BASE)["verdict"] == "sound"  # concise, not shrunk
+    assert judge(["Paris is the capital.", "Seven days a week."], BASE, BASE)["verdict"] == "sound"  # concise, not shrunk
     assert judge(short, BASE, ["Paris.", "Seven days."])["verdict"] == "sound"  # the user picked short answers
 
 

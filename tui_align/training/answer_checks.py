@@ -71,11 +71,12 @@ LOOP_RUN = 4
 LOOP_SHARE_RISE, LOOP_SHARE = 0.3, 0.4
 # How many answers must loop before a check calls the run broken (and stops it).
 MIN_LOOPING = 2
-# An answer under this share of the length of the answer picked for its prompt has shrunk to next to
-# nothing ("I'm not a cook."), not been made concise; a run is too_short when half its answers have.
-# (Measured: sound runs on the default model write 0.3-0.4 of the picks' words on some 4-prompt checks,
-# because its base answers ramble to the token limit and a trained answer stops earlier.)
-SHRUNK_RATIO = 0.25
+# An answer of fewer than SHRUNK_WORDS words, and under SHRUNK_RATIO of the answer picked for its
+# prompt, has shrunk to next to nothing ("Indeed!", "I'm not a cook."); a run is too_short when half its
+# answers have. Length alone is no collapse signal on the default model: its base answers ramble to the
+# token limit even on "What is the capital of France?", and a sound trained answer ("Indeed! The capital
+# of France is Paris.") is a tenth of that (docs/training-defaults-research.md).
+SHRUNK_WORDS, SHRUNK_RATIO = 4, 0.25
 VERDICTS = ("sound", "unchanged", "repeats", "too_short")
 
 
@@ -107,14 +108,14 @@ def judge(answers: list[str], base: list[str], picked: list[str], *, add_only: b
 
     verdict: "repeats" (two or more answers, and a quarter or more, loop where the base's don't: one
     looping answer among 4 checked is within what a sound run does on the default model), "too_short"
-    (half the answers, and two or more, under a quarter of the picked answer's length), "unchanged" (every answer is the base's), else "sound".
+    (half the answers, and two or more, shrunk to a few words where the picks are longer), "unchanged" (every answer is the base's), else "sound".
     """
     n = len(answers)
     looping = [a for a, b in zip(answers, base) if loops(a, b)]
     changed = sum(a.strip() != b.strip() for a, b in zip(answers, base))
     expected = sum(len(words(p)) for p in picked)
     ratio = sum(len(words(a)) for a in answers) / expected if expected else 1.0
-    shrunk = sum(len(words(a)) < SHRUNK_RATIO * len(words(p)) for a, p in zip(answers, picked))
+    shrunk = sum(len(words(a)) < min(SHRUNK_WORDS, SHRUNK_RATIO * len(words(p))) for a, p in zip(answers, picked))
     if n and len(looping) >= max(MIN_LOOPING, -(-n // 4)):
         verdict = "repeats"
     elif n and shrunk >= max(MIN_LOOPING, -(-n // 2)):
@@ -147,8 +148,7 @@ def explain(result: dict, advice: dict[str, str]) -> str:
         text = (f"{result['repeating']} of {n} held-out answers repeat themselves "
                 f"(\"{result['example'][:60]}…\"): the run overfit.")
     elif verdict == "too_short":
-        text = (f"{result['shrunk']} of {n} held-out answers shrank to under a quarter of the length of the "
-                f"answers you picked for them.")
+        text = f"{result['shrunk']} of {n} held-out answers shrank to a few words, where your picks are longer."
     elif verdict == "unchanged":
         text = f"All {n} held-out answers are the base model's own: the run changed nothing you would see."
     else:
