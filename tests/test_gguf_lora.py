@@ -25,6 +25,9 @@ def hf_with_adapter(default_hf_folder, tmp_path_factory):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(default_hf_folder)
+    # Seeded before peft draws lora_A: the adapter (and how far it moves the model) must not depend on
+    # what the tests before this one drew from the global RNG.
+    torch.manual_seed(0)
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(default_hf_folder),
         LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj"], init_lora_weights=False),
