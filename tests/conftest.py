@@ -75,6 +75,17 @@ def build_tiny_llama(tokenizer, seed: int = 0, hidden: int = 64, layers: int = 2
     return LlamaForCausalLM(config).eval()
 
 
+def randomize_lora_b(model, std: float, only: str = "") -> None:
+    """Give the LoRA B matrices (zero at init) normal(0, std) values, so the adapter changes the model:
+    a trained-looking adapter. `only` limits it to parameters whose name holds it (".reward.")."""
+    import torch
+
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name and only in name:
+                param.normal_(0, std)
+
+
 @pytest.fixture
 def tiny_llama(smol_tokenizer):
     return build_tiny_llama(smol_tokenizer)

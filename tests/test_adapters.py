@@ -11,6 +11,8 @@ import torch
 
 from tui_align.cli import main
 
+from conftest import randomize_lora_b
+
 PROMPT = "Tell me a story about a dragon."
 
 
@@ -24,10 +26,7 @@ def make_run_folder(folder, default_hf_folder, default_gguf, seed: int):
         AutoModelForCausalLM.from_pretrained(default_hf_folder),
         LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj"], init_lora_weights=False),
     )
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.3)
+    randomize_lora_b(model, 0.3)
     model.save_pretrained(folder)
     (folder / "run.json").write_text(json.dumps({
         "method": "dpo", "status": "completed", "created_at": "2026-11-24T12:00:00+00:00",

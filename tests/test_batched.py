@@ -11,6 +11,8 @@ from tui_align.backends.llamacpp import LlamaCppBackend
 from tui_align.errors import UserError
 from tui_align.model_files import resolve_model
 
+from conftest import randomize_lora_b
+
 PROMPTS = ["Tell me a joke.", "Write a long poem about the sea.", "Explain how a bicycle works.",
            "What is the capital of Germany?", "List five fruits and describe each one."]
 GREEDY = SamplingSettings(temperature=0.0, max_tokens=128)
@@ -119,10 +121,7 @@ def peft_adapter(default_hf_folder, tmp_path_factory):
     torch.manual_seed(1)  # A's random init too: the same adapter whatever ran before
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(default_hf_folder),
                            LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.05)
+    randomize_lora_b(model, 0.05)
     folder = tmp_path_factory.mktemp("adapter")
     model.save_pretrained(folder)
     return folder

@@ -11,6 +11,8 @@ import torch
 from tui_align.adapters.gguf_lora import convert_to_gguf_lora, permute_rows_for_rope
 from tui_align.errors import UserError
 
+from conftest import randomize_lora_b
+
 STORY = "Once upon a time, in a faraway kingdom, there lived a dragon named Ember who loved soup."
 
 
@@ -33,10 +35,7 @@ def hf_with_adapter(default_hf_folder, tmp_path_factory):
         LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj"], init_lora_weights=False),
     ).eval()
     torch.manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.3)
+    randomize_lora_b(model, 0.3)
     folder = tmp_path_factory.mktemp("adapter")
     model.save_pretrained(folder)
     chat = tokenizer.apply_chat_template(

@@ -17,7 +17,7 @@ from tui_align.training.events import CollectEvents
 from tui_align.training.job import Job
 from tui_align.train_command import run_options
 
-from conftest import build_tiny_llama  # rootdir-relative: tests/ has no __init__.py
+from conftest import build_tiny_llama, randomize_lora_b  # rootdir-relative: tests/ has no __init__.py
 
 EOS = 2  # <|im_end|>, SmolLM2's EOS and pad token
 SIGNED = synthetic.with_trait("OK.", "signoff")  # "OK.\n\nHope this helps!"
@@ -111,10 +111,7 @@ def test_pair_scores_with_a_shared_prompt_equal_whole_sequences(smol_tokenizer, 
     model = lora.attach_lora(tiny_llama, TrainConfig(), None)
     reward.add_reward_adapter(model)
     head = reward.scalar_head(model)
-    with torch.no_grad():  # a trained-looking reward adapter, so its path matters
-        for name, param in model.named_parameters():
-            if "lora_B" in name and ".reward." in name:
-                param.normal_(0, 0.05)
+    randomize_lora_b(model, 0.05, only=".reward.")  # a trained-looking reward adapter, so its path matters
     wordy = Pair(prompt=[{"role": "user", "content": "Rivers?"}], chosen="Rivers flow. " * 20, rejected="No.")
     encoded, _ = encode_pairs(smol_tokenizer, synthetic.trait_pairs(4, "signoff") + [wordy], 256)
     pad = smol_tokenizer.pad_token_id

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import build_tiny_llama  # rootdir-relative: tests/ has no __init__.py
+from conftest import build_tiny_llama, randomize_lora_b  # rootdir-relative: tests/ has no __init__.py
 from tui_align.pairs import Pair
 from tui_align.training import data, forward, lora, loop, methods, placement, preference, run_folder, runner, synthetic
 from tui_align.training.config import TrainConfig
@@ -167,10 +167,7 @@ def test_pack_rows_never_widens_a_row_past_the_widest_item():
 def test_one_shared_prompt_forward_equals_separate_sequences(smol_tokenizer, tiny_llama):
     config = TrainConfig()
     model = lora.attach_lora(tiny_llama, config, None)
-    with torch.no_grad():  # a trained-looking adapter, so the LoRA path matters
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.05)
+    randomize_lora_b(model, 0.05)  # a trained-looking adapter, so the LoRA path matters
     # one long pair makes rows wide enough that the short ones pack two or more to a row
     wordy = Pair(prompt=[{"role": "user", "content": "Tell me about rivers."}], chosen="Rivers flow. " * 30,
                  rejected="Water moves downhill in channels. " * 20)
@@ -198,10 +195,7 @@ def test_gradient_checkpointing_keeps_values_and_gradients_and_saves_less(smol_t
         config = TrainConfig(gradient_checkpointing=checkpointing)
         torch.manual_seed(0)
         model = lora.attach_lora(build_tiny_llama(smol_tokenizer), config, None)
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if "lora_B" in name:
-                    param.normal_(0, 0.05)
+        randomize_lora_b(model, 0.05)
         model.train()
         weights = {p.data_ptr() for p in model.parameters()}
         saved = {}  # activations kept for backward, by storage (weights are no activation memory)

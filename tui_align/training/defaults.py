@@ -38,9 +38,14 @@ class Choice:
         return {"setting": self.setting, "value": self.value, "why": self.why}
 
 
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """Optimizer steps of one pass over `n_train` pairs (the last batch may be short)."""
+    return max(1, math.ceil(n_train / max(1, batch_size)))
+
+
 def step_budget(n_train: int, batch_size: int) -> Choice:
     """Optimizer steps for `n_train` pairs at `batch_size` when neither --epochs nor --max-steps is given."""
-    per_epoch = max(1, math.ceil(n_train / max(1, batch_size)))
+    per_epoch = steps_per_epoch(n_train, batch_size)
     epochs_worth = EPOCHS * per_epoch
     steps = min(MAX_STEPS, max(MIN_STEPS, epochs_worth))
     if steps == MIN_STEPS and epochs_worth < MIN_STEPS:
@@ -86,7 +91,7 @@ def steps(config, n_train: int) -> int:
     if config.max_steps:
         return config.max_steps
     if config.epochs is not None:
-        return config.epochs * max(1, math.ceil(n_train / max(1, config.batch_size)))
+        return config.epochs * steps_per_epoch(n_train, config.batch_size)
     return step_budget(n_train, config.batch_size).value
 
 

@@ -28,8 +28,7 @@ Steps = Iterable[tuple[int, float, list]]  # (step, epoch as a float, batch)
 TakeStep = Callable[[int, list], tuple[dict, int]]
 
 
-def steps_per_epoch(n_train: int, batch_size: int) -> int:
-    return max(1, math.ceil(n_train / batch_size))
+steps_per_epoch = defaults.steps_per_epoch  # the rule's and the loop's epoch are one
 
 
 def total_steps(n_train: int, config: TrainConfig) -> int:
