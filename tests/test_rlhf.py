@@ -291,6 +291,6 @@ def test_ppo_run_cancels_and_resumes_through_the_runner(tiny_model_dir, tmp_path
     assert any("reusing the reward model" in e.get("message", "") for e in second.of("note"))
     done = second.events[-1]
     assert done["event"] == "done" and {"reward_accuracy", "mean_reward_after", "kl"} <= set(done["metrics"])
-    assert second.of("step")[-1]["step"] == second.events[0]["total_steps"]
+    assert second.of("step")[-1]["step"] == second.of("start")[0]["total_steps"]
     assert (out / "adapter_model.safetensors").is_file()
     assert json.loads((out / "run.json").read_text())["status"] == "completed"

@@ -430,3 +430,53 @@ async def test_answers_that_broke_down_stay_on_screen_as_a_warning(make_app, tmp
         verdict = screen.query_one("#train-verdict", Static)
         assert verdict.display and verdict.has_class("-warning")
         assert "2 of 4 held-out answers repeat themselves: the run overfit. Try --lr 5e-05." in str(verdict.render())
+
+
+PHASES_THEN_A_STEP = """
+    import json, sys
+    def say(**e): print(json.dumps(e), flush=True)
+    def phase(task, label, done, total, **more):
+        say(event="progress", task=task, label=label, done=done, total=total, elapsed_s=2.0, **more)
+    phase("loading", "loading tiny", 0, None, eta_s=None, finished=False)
+    with open(sys.argv[0] + ".gate", "rb", buffering=0) as gate:
+        gate.read(1)
+        phase("loading", "loading tiny", 0, None, eta_s=None, finished=True)
+        phase("tokenising", "tokenising 12 pairs", 3, 12, eta_s=6.0, finished=False)
+        gate.read(1)
+        say(event="start", total_steps=2, run_dir="RUN", config={"method": "dpo"})
+        say(event="step", step=1, total_steps=2, loss=0.6)
+        gate.read(1)
+    say(event="step", step=2, total_steps=2, loss=0.5)
+    say(event="done", run_dir="RUN", metrics={}, seconds=1.0, cancelled=False)
+"""
+
+
+async def test_the_phases_before_the_first_step_show_as_a_labelled_bar(make_app, store, tmp_path, monkeypatch):
+    script = fake_child(monkeypatch, tmp_path, PHASES_THEN_A_STEP)
+    gate = ChildGate(Path(f"{script}.gate"))
+    app = make_app()
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            screen = await open_train(pilot)
+            steps_bar = screen.query_one("#train-progress", ProgressBar)
+            label, phase_bar = screen.query_one("#phase-label", Static), screen.query_one("#phase-progress", ProgressBar)
+            assert not steps_bar.display and not phase_bar.display  # no run, no bar at all
+            await pilot.press("ctrl+g")
+            await wait_until(pilot, lambda: screen.train_run.phase.get("task") == "loading", "the loading phase")
+            await pilot.pause()
+            assert "starting: loading tiny" in str(screen.query_one("#train-status", Static).render())
+            assert label.display and "loading tiny… 2s so far" in str(label.render()) and not steps_bar.display
+            gate.release(1)
+            await wait_until(pilot, lambda: screen.train_run.phase.get("task") == "tokenising", "tokenising")
+            await pilot.pause()
+            assert "tokenising 12 pairs: 3/12, ETA 6s" in str(label.render())
+            assert (phase_bar.progress, phase_bar.total) == (3, 12)
+            gate.release(1)
+            await wait_for_step(pilot, screen, 1)
+            await pilot.pause()
+            assert not label.display and not phase_bar.display and steps_bar.display
+            assert "loading tiny: done in 2 s" in log_text(screen)
+            gate.release(1)
+            await wait_exited(pilot, screen.train_run)
+    finally:
+        gate.close()

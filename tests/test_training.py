@@ -324,9 +324,11 @@ def pairs_file(tmp_path) -> Path:
 
 
 def run_cli(capsys, *args) -> tuple[int, list[dict]]:
+    """The exit code and the events, less the `progress` ones (their own tests are in test_cancel.py)."""
     code = main([*map(str, args), "--jsonl"])
     lines = capsys.readouterr().out.splitlines()
-    return code, [json.loads(line) for line in lines]  # every line must be JSON
+    events = [json.loads(line) for line in lines]  # every line must be JSON
+    return code, [e for e in events if e["event"] != "progress"]
 
 
 # --- pinned numbers ---------------------------------------------------------------------------------

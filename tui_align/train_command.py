@@ -5,9 +5,9 @@ error); the app runs exactly this as a child process and reads that stream. With
 goes to stderr as readable lines.
 
 Exit codes: 0 the run completed; 1 it failed (one `error` event or one `tui-align:` line says why);
-2 bad or missing arguments (the same one event or line); 130 it was cancelled (SIGINT or SIGTERM: it
-stops after the current step, saves checkpoint/, and emits `done` with cancelled true; continue it with
---resume RUN_DIR). 130 rather than 0 so a shell `train && next` chain does not carry on after a Ctrl-C.
+2 bad or missing arguments (the same one event or line); 130 it was cancelled (SIGINT or SIGTERM: within
+a second, in any phase; the step in hand is abandoned, checkpoint/ keeps the last one done, and `done`
+says cancelled; continue it with --resume RUN_DIR. A cancel before the first step leaves no run folder). 130 rather than 0 so a shell `train && next` chain does not carry on after a Ctrl-C.
 """
 
 from __future__ import annotations
@@ -21,23 +21,9 @@ from pathlib import Path
 from .errors import UserError
 from .pairs import Pair
 from .train_args import build_parser, config_from_args  # noqa: F401  (the flags and their checks)
+from .training.cancel import StopRequest
 from .training.config import TrainConfig
 from .training.rules import EXIT_USAGE
-
-
-class StopRequest:
-    """Set by SIGINT/SIGTERM; the loops poll it after every step. A second Ctrl-C stops at once."""
-
-    def __init__(self):
-        self.requested = False
-
-    def __call__(self) -> bool:
-        return self.requested
-
-    def handle(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
 
 
 def _install(stop: StopRequest) -> dict:

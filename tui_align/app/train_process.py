@@ -109,6 +109,7 @@ class TrainProcess:
     latest: dict = field(default_factory=dict)  # the last step event
     last_eval: dict = field(default_factory=dict)
     answer_check: dict = field(default_factory=dict)  # the latest check of held-out answers (answer_checks.judge)
+    phase: dict = field(default_factory=dict)  # the progress event of the phase under way (loading …), {} when none
     losses: list[float] = field(default_factory=list)
     accuracies: list[float] = field(default_factory=list)
     log_lines: list[str] = field(default_factory=list)  # every line shown in the event log, in order
@@ -165,7 +166,10 @@ class TrainProcess:
         if kind == "start":
             self.run_dir = event.get("run_dir") or self.run_dir
             self.total_steps = int(event.get("total_steps") or 0)
+        elif kind == "progress":
+            self.phase = {} if event.get("finished") else event
         elif kind == "step":
+            self.phase = {}
             self.step = int(event.get("step") or self.step)
             self.total_steps = int(event.get("total_steps") or self.total_steps)
             self.latest = event
@@ -177,7 +181,8 @@ class TrainProcess:
         elif kind == "answers":
             self.answer_check = event
         elif kind == "done":
-            self.run_dir = event.get("run_dir") or self.run_dir
+            # run_dir None: cancelled before the first step, and the run's folder was removed
+            self.run_dir = event["run_dir"] if "run_dir" in event else self.run_dir
             if isinstance(event.get("answer_check"), dict):  # after an early stop: the check of the adapter kept
                 self.answer_check = event["answer_check"]
         elif kind == "error":
@@ -235,6 +240,8 @@ def describe_event(event: dict) -> str | None:
         return f"eval @ step {event.get('step')}: " + format_metrics(event, ("loss", "accuracy", "margin"))
     if kind == "checkpoint":
         return f"checkpoint @ step {event.get('step')}: {event.get('path')}"
+    if kind == "done" and event.get("cancelled") and not event.get("run_dir"):
+        return "cancelled before the first step: nothing to keep, no run folder left"
     if kind == "done":
         state = "cancelled (resumable)" if event.get("cancelled") else "done"
         seconds = event.get("seconds")
@@ -244,7 +251,11 @@ def describe_event(event: dict) -> str | None:
         return f"error ({event.get('kind', 'crash')}): {event.get('message', '')}"
     if kind == "phase":
         return f"phase: {event.get('name')}"
-    if kind in ("defaults", "baseline", "early_stop", "note"):
+    if kind == "progress":  # the bar shows it; the log keeps how long each slow phase took
+        if event.get("finished") and (event.get("elapsed_s") or 0) >= 1.0:
+            return f"{event.get('label')}: done in {event['elapsed_s']:.0f} s"
+        return None
+    if kind in ("defaults", "baseline", "early_stop", "note", "reference"):
         label = f"{kind.replace('_', ' ')}: "
         message = str(event.get("message", ""))
         return message if message.startswith(label) else label + message

@@ -9,6 +9,7 @@ no loss ever sees it. Everything here is plain lists and tensors: no dataset mac
 from __future__ import annotations
 
 import random
+from typing import Callable
 from dataclasses import dataclass
 
 import torch
@@ -60,7 +61,8 @@ def _answer_ids(tokenizer, prompt: list[Message], prompt_ids: list[int], answer:
     return full[len(prompt_ids) :]
 
 
-def encode_pairs(tokenizer, pairs: list[Pair], max_length: int) -> tuple[list[EncodedPair], int]:
+def encode_pairs(tokenizer, pairs: list[Pair], max_length: int,
+                 on_pair: Callable[[], None] = lambda: None) -> tuple[list[EncodedPair], int]:
     """Tokenize pairs with the chat template; returns (encoded, number of pairs truncated).
 
     When prompt + longer answer exceeds `max_length`, the prompt first keeps only its last
@@ -83,6 +85,7 @@ def encode_pairs(tokenizer, pairs: list[Pair], max_length: int) -> tuple[list[En
             budget = max_length - len(prompt_ids)
             chosen, rejected = chosen[:budget], rejected[:budget]
         encoded.append(EncodedPair(len(prompt_ids), prompt_ids + chosen, prompt_ids + rejected, prompt_ids))
+        on_pair()
     return encoded, truncated
 
 

@@ -12,6 +12,9 @@ Event kinds and their fields:
               accuracy, margin (dpo/orpo/reward); kl, reward, value_loss (ppo); tokens_per_s, eta_s
   eval        step, accuracy, margin, loss (held-out pairs), plus phase ("reward" or "policy")
   phase       name ("reward_model" | "sft" | "ppo"), for methods with stages
+  progress    task ("loading" | "converting" | "tokenising" | "baseline"), label, done, total, elapsed_s,
+              eta_s, finished: the stretches before the first step, at least every second (phases.py)
+  reference   pairs, of, message: how many pairs the reference log-probs are scored for (DPO)
   checkpoint  step, path
   done        run_dir, metrics, seconds, answer_check (the last answers event of the adapter kept)
   error       message (one line), kind ("oom" | "nan" | "data" | "model" | "disk" | "crash")
@@ -22,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import threading
 import time
 from typing import IO, Callable
 
@@ -39,25 +43,65 @@ def _clean(value):
     return value
 
 
+class _OneWriter:
+    """Whole lines from two threads (the run and a phase's timer, phases.py). The wait is bounded: a
+    cancel raised between acquiring and entering a block must never leave the final event stuck."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+
+    def write(self, stream: IO[str], text: str) -> None:
+        held = self._lock.acquire(timeout=2.0)
+        try:
+            stream.write(text)
+            stream.flush()
+        finally:
+            if held:
+                self._lock.release()
+
+
 class JsonlEvents:
     """Writes each event as one flushed JSON line."""
 
     def __init__(self, stream: IO[str] | None = None):
         self.stream = stream or sys.stdout
+        self._writer = _OneWriter()
 
     def __call__(self, kind: str, /, **fields) -> None:
         record = {"event": kind, "time": round(time.time(), 3), **_clean(fields)}
-        self.stream.write(json.dumps(record) + "\n")
-        self.stream.flush()
+        self._writer.write(self.stream, json.dumps(record) + "\n")
 
 
 class HumanEvents:
     """Readable progress for a person running `tui-align train` without --jsonl."""
 
+    SLOW_PHASE_EVERY_S = 10.0  # a phase's "still at it" line: often enough to show life, rarely enough to read
+
     def __init__(self, stream: IO[str] | None = None):
         self.stream = stream or sys.stderr
+        self._writer = _OneWriter()
+        self._phase_said: dict[str, float] = {}
 
     def __call__(self, kind: str, /, **fields) -> None:
+        line = self._line(kind, fields)
+        if line is not None:
+            self._writer.write(self.stream, line + "\n")
+
+    def _progress(self, fields: dict) -> str | None:
+        task, label, elapsed = fields.get("task"), fields.get("label"), fields.get("elapsed_s") or 0.0
+        if fields.get("finished"):
+            self._phase_said.pop(task, None)
+            return f"{label}: done in {elapsed:.1f} s" if elapsed >= 1.0 else None
+        said = self._phase_said.get(task)
+        if said is not None and elapsed - said < self.SLOW_PHASE_EVERY_S:
+            return None
+        self._phase_said[task] = elapsed
+        counted = f" {fields.get('done')}/{fields.get('total')}" if fields.get("total") else ""
+        return f"{label}…{counted}" + (f" ({elapsed:.0f} s)" if elapsed >= 1.0 else "")
+
+    def _line(self, kind: str, fields: dict) -> str | None:
+        if kind == "progress":
+            return self._progress(fields)
         if kind == "step":
             shown = {k: v for k, v in fields.items() if isinstance(v, (int, float)) and k != "total_steps"}
             text = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
@@ -67,7 +111,7 @@ class HumanEvents:
         elif kind == "start":
             line = (f"training {fields.get('config', {}).get('method')} on {fields.get('train_pairs')} pairs "
                     f"({fields.get('eval_pairs')} held out) on {fields.get('device')}")
-        elif kind in ("defaults", "baseline", "early_stop"):
+        elif kind in ("defaults", "baseline", "early_stop", "reference", "note"):
             line = str(fields.get("message"))
         elif kind == "answers":
             line = f"answers at step {fields.get('step')}: {fields.get('message')}"
@@ -76,8 +120,7 @@ class HumanEvents:
                     f"answers of the adapter kept: {fields['answer_check'].get('message')}")
         else:
             line = f"{kind}: " + ", ".join(f"{k}={v}" for k, v in fields.items() if k != "config")
-        self.stream.write(line + "\n")
-        self.stream.flush()
+        return line
 
 
 class CollectEvents:

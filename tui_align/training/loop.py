@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
-from . import defaults
+from . import cancel, defaults
 from .config import TrainConfig
 from .data import EncodedPair, length_grouped_batches
 from .forward import pass_tokens
@@ -125,6 +125,7 @@ def accumulated_step(optimizer: torch.optim.Optimizer, batch: list[EncodedPair],
         outputs.append([losses.detach(), *(v.detach() for v in values)])
         tokens += n_tokens
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    cancel.protect_rest_of_step()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     optimizer.step()
     return tuple(torch.cat(column) for column in zip(*outputs)), tokens
@@ -170,21 +171,35 @@ def run_steps(steps: Steps, take_step: TakeStep, config: TrainConfig, *, total: 
     phase), `eval_tags` the eval event. Checkpoints carry `optimizer`'s state when given.
     """
     outcome = Outcome()
+
+    def stop_here() -> Outcome:
+        if save_checkpoint and outcome.step is not None:
+            save_checkpoint(outcome.step, optimizer=optimizer)
+        outcome.stopped = True
+        return outcome
+
     for step, epoch, batch in steps:
-        fields, tokens = take_step(step, batch)
+        try:
+            with cancel.interruptible():  # a cancel abandons the step's forward and backward, not its update
+                fields, tokens = take_step(step, batch)
+        except cancel.Cancelled:
+            return stop_here()
         emit("step", **(tags or {}), step=step, total_steps=total, epoch=epoch, **fields, **progress.fields(step, tokens))
         outcome.step, outcome.fields = step, fields
-        if evaluate is not None and eval_due(step):
-            outcome.evaluation = evaluate()
-            emit("eval", **(eval_tags or {}), step=step, **outcome.evaluation)
-        if check is not None and eval_due(step) and check(step):
-            outcome.broke = True
-            return outcome
+        cancel.step_committed()
+        due = eval_due(step)
+        try:
+            with cancel.interruptible():
+                if evaluate is not None and due:
+                    outcome.evaluation = evaluate()
+                    emit("eval", **(eval_tags or {}), step=step, **outcome.evaluation)
+                if check is not None and due and check(step):
+                    outcome.broke = True
+                    return outcome
+        except cancel.Cancelled:
+            return stop_here()
         if should_stop() and step < total:
-            if save_checkpoint:
-                save_checkpoint(step, optimizer=optimizer)
-            outcome.stopped = True
-            return outcome
+            return stop_here()
         if save_checkpoint and config.checkpoint_every and step % config.checkpoint_every == 0 and step < total:
             save_checkpoint(step, optimizer=optimizer)
     return outcome

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import defaults, loop, losses
+from . import cancel, defaults, loop, losses
 from .config import TrainConfig
 from .data import EncodedPair
 from .job import Job
@@ -229,6 +229,7 @@ def _ppo_update(model, tokenizer, head, value_head, optimizer, prompt_rows, tail
             raise FloatingPointError(f"PPO loss is {loss.item()}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        cancel.protect_rest_of_step()  # from the first update on, the step completes (its weights moved)
         torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
         optimizer.step()
     model.eval()

@@ -1,9 +1,9 @@
 """A preference method's loop: its loss over chosen and rejected log-probs, trained with `loop.run_steps`.
 
 A method gives a `PairLoss`: pure functions of log-probs (`terms`), and what its step and eval events
-report. This module does the forward, the reference pass when the method needs one, and the eval.
+report. This module does the forward, the reference log-probs when the method needs them, and the eval.
 The reference is the same base with the adapter switched off; its log-probs never change during a
-run, so they are computed once, up front, for every training and held-out pair, and looked up after.
+run, so each pair is scored once, the first time a batch needs it (`Reference`), and looked up after.
 """
 
 from __future__ import annotations
@@ -51,39 +51,72 @@ def policy_logps(model, batch: list[EncodedPair], pad_id: int) -> tuple[PairLogp
     return PairLogps(logps[:n], logps[n:], counts[:n], counts[n:]), tokens
 
 
-@torch.no_grad()
-def reference_logps(model, pairs: list[EncodedPair], pad_id: int, batch_size: int) -> dict[int, tuple[float, float]]:
-    """{id(pair): (ref chosen logp, ref rejected logp)}: the base model's summed answer log-probs."""
-    model.eval()
-    cache: dict[int, tuple[float, float]] = {}
-    ordered = sorted(pairs, key=lambda p: p.length)  # similar lengths together: little padding
-    with model.disable_adapter():
-        for start in range(0, len(ordered), batch_size):
-            batch = ordered[start : start + batch_size]
-            logps, _, _ = forward.batch_logps(model, batch, pad_id)
-            n = len(batch)
-            for pair, chosen, rejected in zip(batch, logps[:n].tolist(), logps[n:].tolist()):
-                cache[id(pair)] = (chosen, rejected)
-    return cache
+class Reference:
+    """The base model's summed answer log-probs (adapter off) of each pair, scored when a batch first needs it.
+
+    Scored as the run goes rather than all before the first step: the same forward passes (the loop's
+    batches are already grouped by length, so padding is no worse), but only for the pairs the run
+    uses (with --max-steps, only its batches; on a resume, only the batches still ahead), and the first
+    step comes after one batch instead of after the whole set (minutes on a CPU for a few thousand pairs).
+    """
+
+    def __init__(self, model, pad_id: int):
+        self.model, self.pad_id = model, pad_id
+        self.logps: dict[int, tuple[float, float]] = {}  # id(pair) -> (chosen, rejected)
+
+    def __len__(self) -> int:
+        return len(self.logps)
+
+    @torch.no_grad()
+    def score(self, pairs: list[EncodedPair]) -> None:
+        """Score those of `pairs` not scored yet, in one forward pass."""
+        missing = [p for p in pairs if id(p) not in self.logps]
+        if not missing:
+            return
+        was_training = self.model.training
+        self.model.eval()  # no dropout in the reference, whatever mode the step is in
+        try:
+            with self.model.disable_adapter():
+                logps, _, _ = forward.batch_logps(self.model, missing, self.pad_id)
+        finally:
+            self.model.train(was_training)
+        n = len(missing)
+        for pair, chosen, rejected in zip(missing, logps[:n].tolist(), logps[n:].tolist()):
+            self.logps[id(pair)] = (chosen, rejected)
+
+    def of(self, batch: list[EncodedPair], policy: PairLogps) -> PairLogps:
+        """The reference log-probs of `batch`, on the policy's device (same answers, same token counts)."""
+        self.score(batch)
+        chosen, rejected = zip(*(self.logps[id(p)] for p in batch))
+        device = policy.chosen.device
+        return PairLogps(torch.tensor(chosen, device=device), torch.tensor(rejected, device=device),
+                         policy.chosen_tokens, policy.rejected_tokens)
 
 
-def looked_up(cache: dict, batch: list[EncodedPair], policy: PairLogps) -> PairLogps:
-    """The reference log-probs of `batch` from `cache`, on the policy's device (same answers, same counts)."""
-    chosen, rejected = zip(*(cache[id(p)] for p in batch))
-    device = policy.chosen.device
-    return PairLogps(torch.tensor(chosen, device=device), torch.tensor(rejected, device=device),
-                     policy.chosen_tokens, policy.rejected_tokens)
+def reference_logps(model, pairs: list[EncodedPair], pad_id: int, batch_size: int) -> Reference:
+    """A `Reference` with all of `pairs` scored now, in batches of similar length (tests, benchmarks)."""
+    reference = Reference(model, pad_id)
+    ordered = sorted(pairs, key=lambda p: p.length)
+    for start in range(0, len(ordered), batch_size):
+        reference.score(ordered[start : start + batch_size])
+    return reference
 
 
-def pair_terms(loss: PairLoss, settings, model, batch: list[EncodedPair], pad_id: int, cache: dict | None) -> tuple:
+def scheduled_pairs(train: list[EncodedPair], config: TrainConfig, start_step: int) -> int:
+    """How many distinct training pairs the steps after `start_step` use."""
+    return len({id(p) for _, _, batch in loop.schedule(train, config, start_step) for p in batch})
+
+
+def pair_terms(loss: PairLoss, settings, model, batch: list[EncodedPair], pad_id: int,
+               reference: Reference | None) -> tuple:
     """(losses, other per-pair tensors..., tokens) for one batch through the current adapter."""
     policy, tokens = policy_logps(model, batch, pad_id)
-    reference = looked_up(cache, batch, policy) if cache is not None else None
+    reference = reference.of(batch, policy) if reference is not None else None
     return (*loss.terms(policy, reference, settings), tokens)
 
 
 @torch.no_grad()
-def evaluate(loss: PairLoss, settings, model, pairs: list[EncodedPair], pad_id: int, cache: dict | None,
+def evaluate(loss: PairLoss, settings, model, pairs: list[EncodedPair], pad_id: int, cache: Reference | None,
              batch_size: int) -> dict:
     """The held-out eval: the loss's terms over `pairs` in order, summarised by the loss."""
     model.eval()
@@ -101,7 +134,9 @@ def train(loss: PairLoss, needs_reference: bool, settings, job: Job) -> dict:
     true it saves a checkpoint and returns with metrics["stopped"] = True.
     """
     model, config, pad_id = job.model, job.config, job.pad_id
-    cache = reference_logps(model, job.train + job.held_out, pad_id, config.batch_size) if needs_reference else None
+    cache = Reference(model, pad_id) if needs_reference else None
+    if cache is not None:
+        announce_reference(job)
     optimizer = loop.make_optimizer(model, config, job.optimizer_state)
     total = loop.total_steps(len(job.train), config)
     per_epoch = loop.steps_per_epoch(len(job.train), config.batch_size)
@@ -122,6 +157,17 @@ def train(loss: PairLoss, needs_reference: bool, settings, job: Job) -> dict:
     if outcome.broke:
         metrics.update(early_stop(job, outcome.step))
     return metrics
+
+
+def announce_reference(job: Job) -> None:
+    """Say how many pairs the reference log-probs will be computed for, and when."""
+    used = scheduled_pairs(job.train, job.config, job.start_step)
+    scored = used + len(job.held_out)
+    everything = len(job.train) + len(job.held_out)
+    held = f" and the {len(job.held_out)} held out" if job.held_out else ""
+    job.emit("reference", pairs=scored, of=everything,
+             message=(f"reference log-probs for {scored} of {everything} pairs (the {used} the steps use{held}), "
+                      "each scored when its batch first comes up: about half a step's time per new batch"))
 
 
 def early_stop(job: Job, step: int) -> dict:

@@ -17,13 +17,14 @@ from typing import Callable
 
 from ..errors import UserError, log_traceback
 from ..pairs import Pair
-from . import defaults, methods, placement
+from . import cancel, defaults, methods, placement
 from .answer_watch import AnswerWatch
 from .config import TrainConfig
 from .events import EventSink
 from .failures import classify
 from .job import Job
 from .lora import attach_lora
+from .phases import Phase
 from .run_folder import (
     CHECKPOINT,
     OPTIMIZER_FILE,
@@ -77,9 +78,27 @@ def run(options: RunOptions, emit: EventSink, should_stop: Callable[[], bool] = 
     started = time.monotonic()
     record: dict = {}
     try:
-        return _run(options, emit, should_stop, started, record)
+        with cancel.watching(should_stop):
+            return _run(options, emit, should_stop, started, record)
+    except cancel.Cancelled:
+        return cancelled_before_training(options, emit, record, started)
     except BaseException as exc:  # every failure becomes one event, never a traceback
         return fail(exc, emit, record)
+
+
+def cancelled_before_training(options: RunOptions, emit: EventSink, record: dict, started: float) -> int:
+    """A cancel while loading, tokenising or writing the base answers: nothing trained, so a new run
+    leaves no folder behind; a resumed one keeps its folder as it was, marked cancelled again."""
+    run_dir = record.get("_dir")
+    if run_dir is not None and not options.resume:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir = None
+    elif run_dir is not None:
+        record.update(status="cancelled", finished_at=now())
+        write_json(run_dir / RUN_FILE, public(record))
+    emit("done", run_dir=str(run_dir) if run_dir else None, metrics={}, cancelled=True, status="cancelled",
+         seconds=round(time.monotonic() - started, 2))
+    return EXIT_CANCELLED
 
 
 def fail(exc: BaseException, emit: EventSink, record: dict | None = None) -> int:
@@ -98,6 +117,15 @@ def fail(exc: BaseException, emit: EventSink, record: dict | None = None) -> int
         except OSError:
             pass  # the disk may be what failed; the error event already said so
     return EXIT_CANCELLED if isinstance(exc, KeyboardInterrupt) else EXIT_ERROR
+
+
+def loading_phase(ref, models_dir: Path) -> tuple[str, str]:
+    """The progress task and label of loading `ref`: a GGUF not converted yet is converted first (once)."""
+    from ..model_files import cache_folder_for
+
+    if ref.kind == "gguf" and not (cache_folder_for(Path(ref.location), models_dir) / "config.json").is_file():
+        return "converting", f"converting {Path(ref.location).name} for training (once; it is cached after)"
+    return "loading", f"loading {ref.model_id}"
 
 
 def _run(options: RunOptions, emit: EventSink, should_stop, started: float, record: dict) -> int:
@@ -134,7 +162,8 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
     device = where.device
     try:
         ref = resolve_model(model_spec)
-        model, tokenizer = load_transformers(ref, options.models_dir, device=device, dtype=where.dtype)
+        with Phase(emit, *loading_phase(ref, options.models_dir)):
+            model, tokenizer = load_transformers(ref, options.models_dir, device=device, dtype=where.dtype)
     except UserError as exc:
         raise RunError(str(exc), kind="model") from exc
 
@@ -142,8 +171,9 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
     if where.cpu_autocast and not placement.cpu_has_bf16():
         notes.append("--precision bf16 on a CPU without bf16 instructions is emulated: expect it slower than float32")
     train_pairs, held_pairs = split_held_out(pairs, config.eval_fraction, config.seed)
-    train, truncated = encode_pairs(tokenizer, train_pairs, config.max_length)
-    held_out, held_truncated = encode_pairs(tokenizer, held_pairs, config.max_length)
+    with Phase(emit, "tokenising", f"tokenising {len(pairs)} pairs", total=len(pairs)) as phase:
+        train, truncated = encode_pairs(tokenizer, train_pairs, config.max_length, on_pair=phase.advance)
+        held_out, held_truncated = encode_pairs(tokenizer, held_pairs, config.max_length, on_pair=phase.advance)
     truncated += held_truncated
     if truncated:
         notes.append(f"{truncated} of {len(pairs)} pairs are longer than --max-length {config.max_length} tokens and were truncated")
@@ -177,6 +207,7 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
 
     torch.manual_seed(config.seed)  # the LoRA A matrices start random
     model = attach_lora(model, config, checkpoint)
+    cancel.check_during_backward(model)
     optimizer_state = None
     if checkpoint is not None and (checkpoint / OPTIMIZER_FILE).is_file():
         optimizer_state = torch.load(checkpoint / OPTIMIZER_FILE, map_location=device, weights_only=True)
@@ -206,7 +237,7 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
     if watch.enabled:
         emit("baseline", prompts=len(watch.prompts),
              message=f"writing the base model's answers to {len(watch.prompts)} held-out prompts, to check the run's against")
-        with placement.precision_context(where):
+        with placement.precision_context(where), Phase(emit, "baseline", "writing the base model's answers"):
             watch.start()
 
     tracker = _StepTracker(emit)
@@ -219,13 +250,19 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
 
     job = Job(model, tokenizer, train, held_out, config, tracker, should_stop, start_step=start_step,
               save_checkpoint=save_checkpoint, optimizer_state=optimizer_state, run_dir=run_dir, answers=watch)
-    with placement.precision_context(where):
-        metrics = method.train(job)
-        finished = metrics.get("steps", total)
-        if watch.enabled and not metrics.get("stopped") and not should_stop():
-            record["answer_check"] = watch.final(finished)
+    try:
+        with placement.precision_context(where):
+            metrics = method.train(job)
+            finished = metrics.get("steps", total)
+            if watch.enabled and not metrics.get("stopped") and not should_stop():
+                with cancel.interruptible():
+                    record["answer_check"] = watch.final(finished)
+    except cancel.Cancelled:  # outside a loop's steps (between PPO's phases, the final answer check)
+        metrics = {"stopped": True}
     cancelled = bool(metrics.pop("stopped", False)) or (should_stop() and tracker.last_step < total)
     seconds = round(time.monotonic() - started, 2)
+    if cancelled and tracker.last_step == start_step:
+        raise cancel.Cancelled  # not one step done: the same as a cancel while loading
     if cancelled:
         if saved["step"] != tracker.last_step and tracker.last_step > start_step:
             save_checkpoint(tracker.last_step)  # the loop stopped without saving (no optimizer state then)

@@ -57,7 +57,7 @@ class TrainScreen(Screen):
 | Key | Does |
 |---|---|
 | ctrl+g | start training with the form's settings on every stored pair |
-| escape | cancel: the run stops after the current step and saves a checkpoint |
+| escape | cancel: the run stops within a second and keeps its last finished step (resumable) |
 | ctrl+o | resume the last cancelled or failed run where it stopped |
 
 "low memory" adds --gradient-checkpointing: much less memory, about a third slower.
@@ -108,7 +108,9 @@ Quitting the app cancels a running training cleanly; after a restart, resume it 
                     yield Button("Resume", id="resume", compact=True)
             with Vertical(id="train-live"):
                 yield Static("No training yet: set the options and press Start (ctrl+g).", id="train-status")
-                yield ProgressBar(id="train-progress", show_eta=False)
+                yield Static("", id="phase-label").set_styles("display: none;")
+                yield ProgressBar(id="phase-progress", show_eta=False).set_styles("display: none;")
+                yield ProgressBar(id="train-progress", show_eta=False).set_styles("display: none;")
                 yield Static("", id="train-metrics")
                 yield Static("", id="train-verdict").set_styles("display: none;")
                 yield Label("loss", classes="spark-label")
@@ -177,7 +179,7 @@ Quitting the app cancels a running training cleanly; after a restart, resume it 
         if self.train_run is None or not self.train_run.cancel():
             self.notify("No training is running.", severity="warning")
             return
-        self.train_run.add_log("cancelling: the run stops after the current step and saves a checkpoint…")
+        self.train_run.add_log("cancelling: the run stops within a second and keeps its last finished step…")
         self.refresh_view()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
@@ -247,7 +249,14 @@ Quitting the app cancels a running training cleanly; after a restart, resume it 
         if run is None:
             return
         bar = self.query_one("#train-progress", ProgressBar)
+        bar.display = bool(run.total_steps)  # no pulsing bar before the run knows its steps
         bar.update(total=run.total_steps or None, progress=run.step)
+        phase = run.phase if run.running else {}
+        for widget in (self.query_one("#phase-label", Static), self.query_one("#phase-progress", ProgressBar)):
+            widget.display = bool(phase)
+        if phase:
+            self.query_one("#phase-label", Static).update(self.phase_text(phase))
+            self.query_one("#phase-progress", ProgressBar).update(total=phase.get("total"), progress=phase.get("done") or 0)
         self.query_one("#train-status", Static).update(self.status_text(run))
         self.query_one("#train-metrics", Static).update(self.metrics_text(run))
         verdict = self.query_one("#train-verdict", Static)
@@ -263,8 +272,19 @@ Quitting the app cancels a running training cleanly; after a restart, resume it 
         self._logged += len(new_lines)
 
     @staticmethod
+    def phase_text(phase: dict) -> str:
+        """What the run is doing before (or between) its steps, with how far and how long."""
+        done, total = phase.get("done"), phase.get("total")
+        if total:
+            eta = phase.get("eta_s")
+            return f"{phase.get('label')}: {done}/{total}" + (f", ETA {format_seconds(eta)}" if eta is not None else "")
+        return f"{phase.get('label')}… {format_seconds(phase.get('elapsed_s'))} so far"
+
+    @staticmethod
     def status_text(run: TrainProcess) -> str:
         steps = f"step {run.step}/{run.total_steps or '?'}"
+        if run.running and not run.total_steps and not run.cancel_requested:
+            return "starting: " + (run.phase.get("label", "") if run.phase else "launching the training process…")
         if run.running:
             return f"{'cancelling' if run.cancel_requested else 'training'}: {steps}"
         if run.status == "failed":
@@ -284,7 +304,7 @@ Quitting the app cancels a running training cleanly; after a restart, resume it 
     def metrics_text(run: TrainProcess) -> str:
         latest = run.latest
         if not latest:
-            return "waiting for the first step…"
+            return "waiting for the first step…" if run.total_steps else ""
         lines = [format_metrics(latest, STEP_METRICS)]
         speed = latest.get("tokens_per_s")
         speed_text = f"{speed:.0f} tokens/s" if isinstance(speed, (int, float)) else "? tokens/s"
