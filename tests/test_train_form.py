@@ -89,5 +89,5 @@ def emitted_error_kinds() -> set[str]:
 
 def test_every_error_kind_a_run_emits_has_a_label_in_the_app():
     kinds = emitted_error_kinds()
-    assert {"data", "oom", "nan", "disk", "model", "crash"} <= kinds  # the scan finds them all
+    assert {"data", "oom", "diverged", "disk", "model", "crash"} <= kinds  # the scan finds them all
     assert kinds <= set(ERROR_KINDS), f"no label for {kinds - set(ERROR_KINDS)}"

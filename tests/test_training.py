@@ -550,14 +550,14 @@ def test_sigterm_stops_after_the_step_and_exits_130(pairs_file, tiny_model_dir, 
     assert (out / "checkpoint" / "state.json").is_file()
 
 
-def test_nan_loss_ends_with_one_nan_error(capsys, pairs_file, tiny_model_dir, monkeypatch):
+def test_nan_loss_ends_with_one_diverged_error(capsys, pairs_file, tiny_model_dir, monkeypatch):
     from tui_align.training import dpo
 
     real = dpo.dpo_loss
     monkeypatch.setattr(dpo, "dpo_loss", lambda *a: (real(*a)[0] * float("nan"),) + real(*a)[1:])
     code, events = run_cli(capsys, "--data", pairs_file, "--model", tiny_model_dir, "--max-steps", 3)
     assert code == 1
-    assert events[-1]["event"] == "error" and events[-1]["kind"] == "nan" and "--lr" in events[-1]["message"]
+    assert events[-1]["event"] == "error" and events[-1]["kind"] == "diverged" and "--lr" in events[-1]["message"]
     run_dir = Path(events[0]["run_dir"])
     assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
     assert not (run_dir / "adapter_model.safetensors").exists()
@@ -682,7 +682,7 @@ def test_step_events_report_what_the_methods_row_says(method, smol_tokenizer, ti
     events = CollectEvents()
     metrics = methods.get(method).train(Job(model, smol_tokenizer, encoded, encoded[:2], config, events))
     [step] = events.of("step")
-    common = {"event", "step", "total_steps", "epoch", "loss", "tokens_per_s", "eta_s"}
+    common = {"event", "step", "total_steps", "epoch", "loss", "grad_norm", "tokens_per_s", "eta_s"}
     assert set(step) - common == set(methods.get(method).reports)
     [evaluation] = events.of("eval")
     assert metrics == {"stopped": False, "train_loss": step["loss"], "steps": 1, "eval_accuracy": evaluation["accuracy"],

@@ -8,6 +8,7 @@ imports it.
 from __future__ import annotations
 
 import argparse
+import math
 
 from .errors import ArgumentParser, UsageError
 from .training import defaults as rule
@@ -66,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="held-out prompts whose greedy answers are checked against the base's at every eval: did the run "
              f"change them, do they still hold together (default: {defaults.check_answers}; 0 = no check)")
     add("--checkpoint-every", type=int, default=0, metavar="N", help="also save checkpoint/ every N steps (default: only on cancel)")
+    add("--max-grad-norm", type=float, default=1.0, metavar="X",
+        help="clip the gradients to this total norm (default: 1.0; 0 = no clipping)")
     add("--out", metavar="DIR", help="the run folder (default: <home>/models/adapters/<run-id>/)")
     add("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when present, else CPU")
     add("--gradient-checkpointing", action="store_true",
@@ -100,6 +103,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         (args.seed >= 0, "--seed must not be negative"),
         (args.checkpoint_every >= 0, "--checkpoint-every must not be negative"),
         (args.pass_tokens >= 0, "--pass-tokens must not be negative"),
+        (args.max_grad_norm >= 0 and math.isfinite(args.max_grad_norm), "--max-grad-norm must be 0 or more"),
     ]
     for ok, message in checks:
         if not ok:
@@ -115,6 +119,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         seed=args.seed,
         device=args.device,
         checkpoint_every=args.checkpoint_every,
+        max_grad_norm=args.max_grad_norm,
         gradient_checkpointing=args.gradient_checkpointing,
         precision=args.precision,
         pass_tokens=args.pass_tokens,

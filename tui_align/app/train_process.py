@@ -24,7 +24,7 @@ from ..training.rules import EXIT_CANCELLED, METHODS  # noqa: F401  (METHODS: th
 # Seconds to wait, when the app quits, for a cancelled run to finish its step and save checkpoint/.
 EXIT_WAIT_S = 15.0
 # A label for every `kind` a run's error event can carry (tests/test_train_form.py checks the runner's against it).
-ERROR_KINDS = {"oom": "out of memory", "nan": "loss became NaN", "data": "bad data or settings",
+ERROR_KINDS = {"oom": "out of memory", "diverged": "training diverged", "data": "bad data or settings",
                "model": "model problem", "disk": "disk problem", "crash": "training crashed"}
 
 

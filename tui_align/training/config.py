@@ -64,6 +64,7 @@ class TrainConfig:
     # whose answers start to repeat or shrink stops and keeps its last sound adapter. 0 = no check.
     check_answers: int = 8
     checkpoint_every: int = 0  # steps between checkpoints; 0 = only at the end or on cancel
+    max_grad_norm: float = 1.0  # gradients are clipped to this total norm, as every peer does; 0 = no clipping
     # Recompute each layer's activations in backward instead of keeping them: about a third slower, and a
     # step's activation memory drops to a layer's worth (several GB at batch 8, length 256 on the default model).
     gradient_checkpointing: bool = False

@@ -8,7 +8,7 @@ Event kinds and their fields:
   answers     step, verdict ("sound" | "unchanged" | "repeats" | "too_short"), of, changed, repeating,
               length_ratio, repeated_4grams, longest_repeat, example, message (answer_checks.judge)
   early_stop  step, kept_step, message: the answers broke down; the adapter of kept_step is kept
-  step        step, total_steps, epoch, loss, plus per method: chosen_reward, rejected_reward,
+  step        step, total_steps, epoch, loss, grad_norm (before clipping), plus per method: chosen_reward, rejected_reward,
               accuracy, margin (dpo/orpo/reward); kl, reward, value_loss (ppo); tokens_per_s, eta_s
   eval        step, accuracy, margin, loss (held-out pairs), plus phase ("reward" or "policy")
   phase       name ("reward_model" | "sft" | "ppo"), for methods with stages
@@ -17,7 +17,7 @@ Event kinds and their fields:
   reference   pairs, of, message: how many pairs the reference log-probs are scored for (DPO)
   checkpoint  step, path
   done        run_dir, metrics, seconds, answer_check (the last answers event of the adapter kept)
-  error       message (one line), kind ("oom" | "nan" | "data" | "model" | "disk" | "crash")
+  error       message (one line), kind ("oom" | "diverged" | "data" | "model" | "disk" | "crash")
 """
 
 from __future__ import annotations

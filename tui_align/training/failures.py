@@ -19,7 +19,7 @@ def classify(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, torch.cuda.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()):
         return "oom", OOM_MESSAGE
     if isinstance(exc, FloatingPointError):
-        return "nan", f"Training diverged: {exc}. Lower --lr; the last checkpoint (if any) is kept."
+        return "diverged", f"Training diverged: {exc}. Lower --lr; the last checkpoint (if any) is kept."
     if isinstance(exc, OSError):
         where = f" ({exc.filename})" if exc.filename else ""
         return "disk", f"Couldn't write the run's files{where}: {exc.strerror or exc}. Earlier adapters are untouched."

@@ -19,6 +19,7 @@ import torch
 
 from . import cancel, defaults
 from .config import TrainConfig
+from .divergence import Divergence
 from .data import EncodedPair, length_grouped_batches
 from .forward import pass_tokens
 
@@ -112,7 +113,8 @@ def accumulated_step(optimizer: torch.optim.Optimizer, batch: list[EncodedPair],
     `terms(pairs)` returns (per-pair losses, other per-pair tensors..., tokens). Each pass backs up its
     share of the batch's mean loss right away, so only one pass's activations are alive: peak memory
     follows --pass-tokens, not the batch, for the same gradient. Returns the per-pair tensors of the
-    whole batch, detached, and the tokens run. A non-finite loss stops the run before any weight changes.
+    whole batch, detached, the tokens run and the gradient norm before clipping (--max-grad-norm). A
+    non-finite loss or gradient norm stops the run before any weight changes (FloatingPointError).
     """
     optimizer.zero_grad(set_to_none=True)
     outputs, tokens = [], 0
@@ -125,10 +127,19 @@ def accumulated_step(optimizer: torch.optim.Optimizer, batch: list[EncodedPair],
         outputs.append([losses.detach(), *(v.detach() for v in values)])
         tokens += n_tokens
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    norm = clip_gradients(params, config, step)
     cancel.protect_rest_of_step()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
     optimizer.step()
-    return tuple(torch.cat(column) for column in zip(*outputs)), tokens
+    return tuple(torch.cat(column) for column in zip(*outputs)), tokens, norm
+
+
+def clip_gradients(params: list, config: TrainConfig, step: int) -> float:
+    """Clip the gradients' total norm to --max-grad-norm (0: measure only); returns the norm before."""
+    limit = config.max_grad_norm if config.max_grad_norm > 0 else math.inf
+    norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
+    if not math.isfinite(norm):
+        raise FloatingPointError(f"the gradient norm is {norm} at step {step}")
+    return norm
 
 
 def accumulating(model, optimizer, config: TrainConfig, terms: Callable[[list], tuple],
@@ -138,8 +149,8 @@ def accumulating(model, optimizer, config: TrainConfig, terms: Callable[[list], 
 
     def take_step(step: int, batch: list) -> tuple[dict, int]:
         model.train()
-        (losses, *values), tokens = accumulated_step(optimizer, batch, config, step, terms)
-        return {"loss": losses.mean().item(), **report(tuple(values))}, tokens
+        (losses, *values), tokens, norm = accumulated_step(optimizer, batch, config, step, terms)
+        return {"loss": losses.mean().item(), **report(tuple(values)), "grad_norm": norm}, tokens
 
     return take_step
 
@@ -160,7 +171,7 @@ def run_steps(steps: Steps, take_step: TakeStep, config: TrainConfig, *, total: 
               progress: "Progress", tags: dict | None = None, evaluate: Callable[[], dict] | None = None,
               eval_due: Callable[[int], bool] = lambda step: False, eval_tags: dict | None = None,
               save_checkpoint: SaveCheckpoint | None = None, optimizer=None,
-              check: Callable[[int], bool] | None = None) -> Outcome:
+              check: Callable[[int], bool] | None = None, divergence: Divergence | None = None) -> Outcome:
     """The loop: each step, then its step event, then a held-out eval when one is due, then the user's
     stop request (a checkpoint, then return) or a periodic checkpoint.
 
@@ -169,6 +180,9 @@ def run_steps(steps: Steps, take_step: TakeStep, config: TrainConfig, *, total: 
 
     `total` is the run's last step (phases of one run share it); `tags` lead the step event (PPO's
     phase), `eval_tags` the eval event. Checkpoints carry `optimizer`'s state when given.
+
+    `divergence` checks every step (divergence.py); when one diverges, the last sound adapter is put back,
+    saved as the checkpoint, and Diverged raised (an error of kind "diverged").
     """
     outcome = Outcome()
 
@@ -178,12 +192,28 @@ def run_steps(steps: Steps, take_step: TakeStep, config: TrainConfig, *, total: 
         outcome.stopped = True
         return outcome
 
+    def diverged(check: Callable[[], None]) -> None:
+        try:
+            check()
+        except Exception as exc:
+            if save_checkpoint and getattr(exc, "kept_step", None) is not None:
+                save_checkpoint(exc.kept_step)  # no optimizer state: the exploded gradients are in it
+            raise
+
     for step, epoch, batch in steps:
+        if divergence is not None:
+            divergence.before_step(step)
         try:
             with cancel.interruptible():  # a cancel abandons the step's forward and backward, not its update
                 fields, tokens = take_step(step, batch)
         except cancel.Cancelled:
             return stop_here()
+        except FloatingPointError as exc:
+            if divergence is None:
+                raise
+            diverged(lambda: divergence.fail(step, str(exc).replace(f" at step {step}", "")))
+        if divergence is not None:
+            diverged(lambda: divergence.after_step(step, fields["loss"], fields.get("grad_norm")))
         emit("step", **(tags or {}), step=step, total_steps=total, epoch=epoch, **fields, **progress.fields(step, tokens))
         outcome.step, outcome.fields = step, fields
         cancel.step_committed()

@@ -26,6 +26,7 @@ from torch import nn
 from . import cancel, defaults, loop, losses
 from .config import TrainConfig
 from .data import EncodedPair
+from .divergence import Divergence
 from .job import Job
 from .reward import (
     HEAD_FILE,
@@ -189,6 +190,7 @@ def train_ppo(job: Job) -> dict:
         total=n_total, emit=emit, should_stop=job.should_stop,
         progress=loop.Progress(max(start_step, n_before_ppo), n_total), tags={"phase": "ppo"},
         save_checkpoint=checkpoint,
+        divergence=Divergence(model, defaults.lr(config)),
     )
     if outcome.step is not None:
         metrics["kl"] = outcome.fields["kl"]
@@ -229,8 +231,8 @@ def _ppo_update(model, tokenizer, head, value_head, optimizer, prompt_rows, tail
             raise FloatingPointError(f"PPO loss is {loss.item()}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        norm = loop.clip_gradients([p for g in optimizer.param_groups for p in g["params"]], config, 0)
         cancel.protect_rest_of_step()  # from the first update on, the step completes (its weights moved)
-        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
         optimizer.step()
     model.eval()
     return {
@@ -242,4 +244,5 @@ def _ppo_update(model, tokenizer, head, value_head, optimizer, prompt_rows, tail
         "response_length": mask.sum(-1).mean().item(),
         "finished": rollout.finished.float().mean().item(),
         "tokens": int(mask.sum().item()),
+        "grad_norm": norm,
     }

@@ -13,9 +13,10 @@ from typing import Callable
 
 import torch
 
-from . import forward, loop
+from . import defaults, forward, loop
 from .config import TrainConfig
 from .data import EncodedPair
+from .divergence import Divergence
 from .job import Job
 
 
@@ -151,6 +152,7 @@ def train(loss: PairLoss, needs_reference: bool, settings, job: Job) -> dict:
         eval_due=lambda step: step % per_epoch == 0 or step == total,
         save_checkpoint=job.save_checkpoint, optimizer=optimizer,
         check=job.answers.broke if job.answers is not None and job.answers.enabled else None,
+        divergence=Divergence(model, defaults.lr(config)),
     )
     model.eval()
     metrics = run_metrics(outcome)
@@ -167,7 +169,7 @@ def announce_reference(job: Job) -> None:
     held = f" and the {len(job.held_out)} held out" if job.held_out else ""
     job.emit("reference", pairs=scored, of=everything,
              message=(f"reference log-probs for {scored} of {everything} pairs (the {used} the steps use{held}), "
-                      "each scored when its batch first comes up: about half a step's time per new batch"))
+                      "each scored in the step that first uses it (which makes that step about a quarter longer)"))
 
 
 def early_stop(job: Job, step: int) -> dict:

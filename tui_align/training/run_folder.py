@@ -32,7 +32,7 @@ STATE_FILE = "state.json"
 
 
 class RunError(UserError):
-    """A failure the run reports as one error event of a given kind (data, model, oom, nan, disk, crash)."""
+    """A failure the run reports as one error event of a given kind (data, model, oom, diverged, disk, crash)."""
 
     def __init__(self, message: str, kind: str = "data"):
         super().__init__(message)

@@ -13,6 +13,7 @@ import torch
 from . import defaults, loop, losses
 from .config import TrainConfig
 from .data import EncodedPair, preference_batch
+from .divergence import Divergence
 from .job import Job
 from .reward import POLICY_ADAPTER, adapter_parameters
 
@@ -50,6 +51,7 @@ def warm_start(job: Job, *, first_step: int, total: int, checkpoint) -> bool:
         total=total, emit=job.emit, should_stop=job.should_stop,
         progress=loop.Progress(max(job.start_step, first_step), total), tags={"phase": "sft"},
         save_checkpoint=lambda step, optimizer=None: checkpoint(step),
+        divergence=Divergence(model, defaults.lr(config)),
     )
     model.eval()
     return outcome.stopped
