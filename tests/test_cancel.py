@@ -141,7 +141,8 @@ def test_every_phase_before_the_first_step_reports_progress(tmp_path, tiny_model
     tasks = [e["task"] for e in events.events[:first_step] if e["event"] == "progress"]
     assert [t for i, t in enumerate(tasks) if t not in tasks[:i]] == ["loading", "tokenising", "baseline"]
     finished = [e for e in events.of("progress") if e["finished"]]
-    assert [e["task"] for e in finished] == ["loading", "tokenising", "baseline"]
+    # then, after the step: the held-out eval and the check of the adapter's answers
+    assert [e["task"] for e in finished] == ["loading", "tokenising", "baseline", "eval", "answers"]
     tokenised = next(e for e in finished if e["task"] == "tokenising")
     assert tokenised["done"] == tokenised["total"] == 12
 
@@ -174,7 +175,7 @@ def test_the_command_line_shows_a_phase_without_a_line_a_second():
         human("progress", task="loading", label="loading m", done=0, total=None, elapsed_s=float(second),
               eta_s=None, finished=False)
     human("progress", task="loading", label="loading m", done=0, total=None, elapsed_s=13.0, eta_s=None, finished=True)
-    assert lines == ["loading m…\n", "loading m… (10 s)\n", "loading m: done in 13.0 s\n"]
+    assert lines == ["loading m… (1 s)\n", "loading m… (11 s)\n", "loading m: done in 13.0 s\n"]
 
 
 # --- a real child, cancelled with SIGTERM as the app does ------------------------------------------------

@@ -16,6 +16,7 @@ from .config import TrainConfig
 from .data import EncodedPair
 from .events import EventSink
 from .generate import greedy_answers
+from .phases import Phase
 
 MAX_NEW_TOKENS = 96  # enough to see a loop or a shrunk answer; both sides are cut the same way
 BROKEN = ("repeats", "too_short")
@@ -78,7 +79,8 @@ class AnswerWatch:
 
     def check(self, step: int) -> dict:
         """Judge the adapter as it is now; reports an `answers` event and returns the check."""
-        answers = self.answers()
+        with Phase(self.emit, "answers", f"writing the adapter's answers to {len(self.prompts)} held-out prompts"):
+            answers = self.answers()
         result = answer_checks.judge(answers, self.base, self.picked, add_only=self.add_only)
         result.update(step=step, message=answer_checks.explain(result, self.advice))
         self.last = result

@@ -93,11 +93,11 @@ class HumanEvents:
             self._phase_said.pop(task, None)
             return f"{label}: done in {elapsed:.1f} s" if elapsed >= 1.0 else None
         said = self._phase_said.get(task)
-        if said is not None and elapsed - said < self.SLOW_PHASE_EVERY_S:
-            return None
+        if elapsed < 1.0 or (said is not None and elapsed - said < self.SLOW_PHASE_EVERY_S):
+            return None  # a phase over within a second needs no line
         self._phase_said[task] = elapsed
         counted = f" {fields.get('done')}/{fields.get('total')}" if fields.get("total") else ""
-        return f"{label}…{counted}" + (f" ({elapsed:.0f} s)" if elapsed >= 1.0 else "")
+        return f"{label}…{counted} ({elapsed:.0f} s)"
 
     def _line(self, kind: str, fields: dict) -> str | None:
         if kind == "progress":

@@ -18,6 +18,7 @@ from .config import TrainConfig
 from .data import EncodedPair
 from .divergence import Divergence
 from .job import Job
+from .phases import Phase
 
 
 @dataclass
@@ -118,12 +119,15 @@ def pair_terms(loss: PairLoss, settings, model, batch: list[EncodedPair], pad_id
 
 @torch.no_grad()
 def evaluate(loss: PairLoss, settings, model, pairs: list[EncodedPair], pad_id: int, cache: Reference | None,
-             batch_size: int) -> dict:
-    """The held-out eval: the loss's terms over `pairs` in order, summarised by the loss."""
+             batch_size: int, emit=None) -> dict:
+    """The held-out eval: the loss's terms over `pairs` in order, summarised by the loss. With `emit`, it
+    reports its progress (the first eval also scores the held-out pairs' reference: minutes on a CPU)."""
     model.eval()
     columns = []
-    for start in range(0, len(pairs), batch_size):
-        columns.append(pair_terms(loss, settings, model, pairs[start : start + batch_size], pad_id, cache)[:-1])
+    with Phase(emit or (lambda *a, **k: None), "eval", f"scoring the {len(pairs)} held-out pairs", total=len(pairs)) as phase:
+        for start in range(0, len(pairs), batch_size):
+            columns.append(pair_terms(loss, settings, model, pairs[start : start + batch_size], pad_id, cache)[:-1])
+            phase.advance(len(pairs[start : start + batch_size]))
     losses, *values = (torch.cat(column) for column in zip(*columns))
     return loss.summary(losses, tuple(values), settings)
 
@@ -147,7 +151,7 @@ def train(loss: PairLoss, needs_reference: bool, settings, job: Job) -> dict:
     outcome = loop.run_steps(
         loop.schedule(job.train, config, job.start_step), take_step, config,
         total=total, emit=job.emit, should_stop=job.should_stop, progress=loop.Progress(job.start_step, total),
-        evaluate=(lambda: evaluate(loss, settings, model, job.held_out, pad_id, cache, config.batch_size))
+        evaluate=(lambda: evaluate(loss, settings, model, job.held_out, pad_id, cache, config.batch_size, job.emit))
         if job.held_out else None,
         eval_due=lambda step: step % per_epoch == 0 or step == total,
         save_checkpoint=job.save_checkpoint, optimizer=optimizer,
