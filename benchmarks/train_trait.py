@@ -73,7 +73,9 @@ def measure(model, tokenizer, prompts, trait: str, max_new_tokens: int) -> dict:
 
 
 def run_method(method: str, args, models_dir: Path) -> dict:
-    placement = placements.pick_device(args.device, args.precision)
+    from benchmarks.vs_trl import default_model_shapes  # what a run measures, on the default model's shapes
+
+    placement, _ = placements.measured_placement(args.device, args.precision, default_model_shapes(), models_dir / "cache")
     device, dtype = placement.device, placement.dtype
     config = TrainConfig(
         method=method,

@@ -42,13 +42,23 @@ TRL_FAST = {"gradient_checkpointing": False}
 
 
 def fast_bf16(device: str) -> bool:
-    """Whether bf16 autocast is TRL's faster choice here: a bf16 CUDA card, or a CPU with bf16 instructions
-    (the same test as our own --precision auto)."""
-    import torch
+    """Whether bf16 is TRL's faster choice here: what our --precision auto measures (precision_probe.py)."""
+    from tui_align import paths
+    from tui_align.training import precision_probe
 
-    from tui_align.training.placement import cpu_has_bf16
+    probe = precision_probe.probe(device, default_model_shapes(), paths.models_dir(paths.data_home()) / "cache")
+    return probe.faster == "bf16"
 
-    return torch.cuda.is_bf16_supported() if device == "cuda" else cpu_has_bf16()
+
+def default_model_shapes() -> tuple[int, int]:
+    from transformers import AutoConfig
+
+    from tui_align import paths
+    from tui_align.model_files import resolve_model, transformers_folder
+    from tui_align.training import precision_probe
+
+    folder = transformers_folder(resolve_model(None), paths.models_dir(paths.data_home()))
+    return precision_probe.model_shapes(AutoConfig.from_pretrained(folder))
 
 
 # --- the data both sides train on -------------------------------------------------------------------
@@ -96,12 +106,13 @@ def _setup(opts, precision: str = "auto"):
 
     from tui_align import paths
     from tui_align.model_files import resolve_model, transformers_folder
-    from tui_align.training.placement import pick_device
+    from tui_align.training.placement import measured_placement
 
     quiet_hf()
     torch.manual_seed(0)
     folder = transformers_folder(resolve_model(None), paths.models_dir(paths.data_home()))
-    return pick_device(opts.device, precision), folder
+    cache = paths.models_dir(paths.data_home()) / "cache"
+    return measured_placement(opts.device, precision, default_model_shapes(), cache)[0], folder
 
 
 def _tokenizer(folder):

@@ -27,13 +27,16 @@ def private_home(tmp_path, monkeypatch) -> Path:
     return home
 
 
+FLOAT32_FASTER = {"float32": 100.0, "bf16": 50.0}  # what the precision probe "measures" in tests
+
+
 @pytest.fixture(autouse=True)
 def float32_unless_asked(monkeypatch):
-    """--precision auto resolves to float32 in tests whatever this CPU has, so a test's numbers don't
+    """--precision auto resolves to float32 in tests whatever this CPU measures, so a test's numbers don't
     depend on the machine CI draws; the bf16 paths are asked for by name in their own tests."""
-    from tui_align.training import placement
+    from tui_align.training import precision_probe
 
-    monkeypatch.setattr(placement, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(precision_probe, "measure", lambda device, shapes: dict(FLOAT32_FASTER))
 
 
 @pytest.fixture(scope="session")

@@ -449,7 +449,8 @@ def test_bf16_on_the_cpu_runs_the_loop_under_bf16_autocast(capsys, pairs_file, t
     code, events = run_cli(capsys, *common, "--precision", "bf16")
     assert code == 0, events[-1]
     assert events[0]["config"]["precision"] == "bf16" and events[0]["precision"] == "cpu, bf16 autocast"
-    assert any("emulated" in e["message"] for e in events if e["event"] == "note")  # this test's CPU "lacks" bf16
+    said = next(e for e in events if e["event"] == "precision")["message"]  # this test's CPU "measures" bf16 slower
+    assert said == "--precision bf16 is the slower one here: float32: 100 vs 50 GFLOP/s in bf16 on this CPU"
     assert autocast_seen and all(autocast_seen)  # the reference pass and every step
     losses = [e["loss"] for e in events if e["event"] == "step"]
     assert losses[0] == pytest.approx(0.6931, abs=1e-3)  # policy and reference round alike at step 0
@@ -464,15 +465,20 @@ def test_bf16_on_the_cpu_runs_the_loop_under_bf16_autocast(capsys, pairs_file, t
     assert losses[-1] == pytest.approx(float32_losses[-1], abs=0.05)
 
 
-def test_auto_precision_is_bf16_autocast_only_on_a_cpu_with_bf16_instructions(monkeypatch):
+def test_auto_precision_is_whichever_the_probe_measured_faster(monkeypatch):
+    from tui_align.training.precision_probe import Measured
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    for has_bf16, expected in ((True, True), (False, False)):
-        monkeypatch.setattr(placement, "cpu_has_bf16", lambda: has_bf16)
-        chosen = placement.pick_device("auto", "auto")
-        assert chosen.device == "cpu" and chosen.dtype == torch.float32
-        assert chosen.cpu_autocast is expected
+    for gflops, autocast in (({"float32": 188.0, "bf16": 109.0}, False), ({"float32": 60.0, "bf16": 240.0}, True)):
+        measured = Measured("cpu", gflops)
+        chosen, said = placement.settle(placement.pick_device("auto", "auto"), "auto", measured)
+        assert chosen.device == "cpu" and chosen.dtype == torch.float32 and chosen.cpu_autocast is autocast
+        assert said.endswith("chosen by measuring: " + measured.describe())
         assert placement.pick_device("cpu", "float32").cpu_autocast is False
-        assert placement.pick_device("cpu", "bf16").cpu_autocast is True  # asked for: even where it is emulated
+        assert placement.pick_device("cpu", "bf16").cpu_autocast is True  # asked for: even where it is slower
+    slow = Measured("cpu", {"float32": 188.0, "bf16": 109.0})
+    assert placement.settle(placement.pick_device("cpu", "bf16"), "bf16", slow)[1] == (
+        "--precision bf16 is the slower one here: float32: 188 vs 109 GFLOP/s in bf16 on this CPU")
     with pytest.raises(run_folder.RunError, match="--precision must be"):
         placement.pick_device("cpu", "fp8")
 

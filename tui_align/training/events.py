@@ -1,7 +1,7 @@
 """Progress events a training run emits, one JSON object a line (the app reads this stream).
 
 Event kinds and their fields:
-  start       config, train_pairs, eval_pairs, truncated, total_steps, device, dtype, run_dir,
+  start       config, train_pairs, eval_pairs, truncated, total_steps, device, dtype, run_dir, precision_measured,
               chosen_defaults (the settings defaults.py chose: setting, value, why)
   defaults    message, chosen: the same, in words
   baseline    prompts, message: the base model's answers to held-out prompts are being written
@@ -14,6 +14,7 @@ Event kinds and their fields:
   phase       name ("reward_model" | "sft" | "ppo"), for methods with stages
   progress    task ("loading" | "converting" | "tokenising" | "baseline"), label, done, total, elapsed_s,
               eta_s, finished: the stretches before the first step, at least every second (phases.py)
+  precision   message, measured: the precision chosen (or forced) and the GFLOP/s measured (precision_probe.py)
   reference   pairs, of, message: how many pairs the reference log-probs are scored for (DPO)
   checkpoint  step, path
   done        run_dir, metrics, seconds, answer_check (the last answers event of the adapter kept)
@@ -111,7 +112,7 @@ class HumanEvents:
         elif kind == "start":
             line = (f"training {fields.get('config', {}).get('method')} on {fields.get('train_pairs')} pairs "
                     f"({fields.get('eval_pairs')} held out) on {fields.get('device')}")
-        elif kind in ("defaults", "baseline", "early_stop", "reference", "note"):
+        elif kind in ("defaults", "baseline", "early_stop", "reference", "note", "precision"):
             line = str(fields.get("message"))
         elif kind == "answers":
             line = f"answers at step {fields.get('step')}: {fields.get('message')}"

@@ -26,31 +26,10 @@ class Placement:
         return f"{self.device}, {str(self.dtype).replace('torch.', '')}"
 
 
-def cpu_has_bf16() -> bool:
-    """True where the CPU does bf16 arithmetic in hardware (AVX512-BF16 or AMX).
-
-    There bf16 autocast trains about twice as fast as float32 (measured on the default model);
-    elsewhere torch emulates bf16 and it is slower than float32, so "auto" keeps float32.
-    """
-    import torch
-
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, so probed with care
-    for name in probes:
-        probe = getattr(torch.cpu, name, None)
-        try:
-            if probe is not None and probe():
-                return True
-        except RuntimeError:
-            continue
-    return False
-
-
 def pick_device(choice: str, precision: str = "auto") -> Placement:
-    """Device and precision for a run.
-
-    auto: CUDA in bf16 where the card has it, else float32; the CPU under bf16 autocast where it has
-    bf16 instructions, else float32. float32 and bf16 force that precision on either device.
-    """
+    """Device and precision for a run, before measuring: float32 and bf16 force that precision on
+    either device; auto starts as float32 on the CPU and bf16 on a card that has it, and `settle`
+    makes it whichever precision_probe measured faster."""
     import torch
 
     if choice not in ("auto", "cpu", "cuda"):
@@ -60,12 +39,38 @@ def pick_device(choice: str, precision: str = "auto") -> Placement:
     if choice == "cuda" and not torch.cuda.is_available():
         raise RunError("--device cuda: no CUDA device is available here.", kind="model")
     if choice == "cpu" or not torch.cuda.is_available():
-        autocast = precision == "bf16" or (precision == "auto" and cpu_has_bf16())
-        return Placement("cpu", torch.float32, cpu_autocast=autocast)
+        return Placement("cpu", torch.float32, cpu_autocast=precision == "bf16")
     card_bf16 = torch.cuda.is_bf16_supported()
     if precision == "bf16" and not card_bf16:
         raise RunError("--precision bf16: this GPU has no bf16; use --precision float32.", kind="model")
     return Placement("cuda", torch.bfloat16 if card_bf16 and precision != "float32" else torch.float32)
+
+
+def settle(where: Placement, requested: str, measured) -> tuple[Placement, str]:
+    """The placement `requested` means given `measured` (precision_probe.Measured), and the line that
+    says what was measured and chosen (or that a forced precision is the slower one here)."""
+    import torch
+
+    if requested == "auto":
+        bf16 = measured.faster == "bf16"
+        if where.device == "cpu":
+            where = Placement("cpu", torch.float32, cpu_autocast=bf16)
+        else:
+            where = Placement(where.device, torch.bfloat16 if bf16 else torch.float32)
+        return where, f"{where.label}, chosen by measuring: {measured.describe()}"
+    forced = "bf16" if requested == "bf16" else "float32"
+    if forced != measured.faster:
+        return where, f"--precision {forced} is the slower one here: {measured.describe()}"
+    return where, f"{where.label}, as asked; the faster here too: {measured.describe()}"
+
+
+def measured_placement(choice: str, precision: str, shapes: tuple[int, int], cache_dir) -> tuple[Placement, str]:
+    """pick_device then settle on a probe of `shapes`, in one call (benchmarks; the runner probes a CPU
+    only once the model is loaded, to time its own shapes)."""
+    from . import precision_probe
+
+    where = pick_device(choice, precision)
+    return settle(where, precision, precision_probe.probe(where.device, shapes, cache_dir))
 
 
 def precision_context(placement: Placement):

@@ -17,7 +17,7 @@ from typing import Callable
 
 from ..errors import UserError, log_traceback
 from ..pairs import Pair
-from . import cancel, defaults, methods, placement
+from . import cancel, defaults, methods, placement, precision_probe
 from .answer_watch import AnswerWatch
 from .config import TrainConfig
 from .events import EventSink
@@ -159,6 +159,10 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
     method = methods.get(config.method)
 
     where = placement.pick_device(config.device, config.precision)
+    probe_cache = options.models_dir / "cache"
+    if where.device == "cuda":  # the card's precision decides how the weights load: measure first
+        measured = precision_probe.probe("cuda", precision_probe.GENERIC_SHAPES, probe_cache)
+        where, precision_line = placement.settle(where, config.precision, measured)
     device = where.device
     try:
         ref = resolve_model(model_spec)
@@ -166,10 +170,11 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
             model, tokenizer = load_transformers(ref, options.models_dir, device=device, dtype=where.dtype)
     except UserError as exc:
         raise RunError(str(exc), kind="model") from exc
+    if where.device == "cpu":  # float32 weights either way; autocast or not, timed on this model's shapes
+        measured = precision_probe.probe("cpu", precision_probe.model_shapes(model.config), probe_cache)
+        where, precision_line = placement.settle(where, config.precision, measured)
 
     notes = []
-    if where.cpu_autocast and not placement.cpu_has_bf16():
-        notes.append("--precision bf16 on a CPU without bf16 instructions is emulated: expect it slower than float32")
     train_pairs, held_pairs = split_held_out(pairs, config.eval_fraction, config.seed)
     with Phase(emit, "tokenising", f"tokenising {len(pairs)} pairs", total=len(pairs)) as phase:
         train, truncated = encode_pairs(tokenizer, train_pairs, config.max_length, on_pair=phase.advance)
@@ -202,7 +207,8 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
     if chosen:
         record["chosen_defaults"] = [c.as_dict() for c in chosen]
     record.update(_dir=run_dir, settings=config.as_dict(), status="running", device=device,
-                  dtype=str(where.dtype).replace("torch.", ""), precision=where.label)
+                  dtype=str(where.dtype).replace("torch.", ""), precision=where.label,
+                  precision_measured=measured.as_dict())
     write_json(run_dir / RUN_FILE, public(record))
 
     torch.manual_seed(config.seed)  # the LoRA A matrices start random
@@ -228,7 +234,9 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
         base_model=ref.model_id,
         notes=notes,
         chosen_defaults=[c.as_dict() for c in chosen],
+        precision_measured=measured.as_dict(),
     )
+    emit("precision", message=precision_line, measured=measured.as_dict())
     if chosen:
         emit("defaults", message=defaults.describe(chosen), chosen=[c.as_dict() for c in chosen])
     for note in notes:

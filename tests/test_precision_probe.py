@@ -1,0 +1,55 @@
+"""--precision auto decides by measuring (issue 18): a linear layer of the model's shapes, timed in each
+precision a run can use, cached per machine in the data folder, said in the start event and run.json."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from tui_align.training import precision_probe
+from tui_align.training.precision_probe import Measured
+
+from test_training import pairs_file, run_cli  # noqa: F401  (pairs_file: a fixture)
+
+REAL_MEASURE = precision_probe.measure  # conftest replaces it in every test; this module times for real
+
+
+def test_the_probe_times_both_precisions_of_the_default_models_shapes_in_well_under_a_second():
+    started = time.perf_counter()
+    gflops = REAL_MEASURE("cpu", (576, 1536))
+    took = time.perf_counter() - started
+    assert set(gflops) == {"float32", "bf16"} and all(v > 0 for v in gflops.values())
+    assert took < 1.0, took
+
+
+def test_the_measurement_is_cached_per_machine_and_shapes(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(precision_probe, "measure", lambda device, shapes: calls.append(shapes) or {"float32": 9.0, "bf16": 30.0})
+    first = precision_probe.probe("cpu", (64, 128), tmp_path)
+    again = precision_probe.probe("cpu", (64, 128), tmp_path)
+    assert (first.cached, again.cached, first.faster, again.gflops) == (False, True, "bf16", {"float32": 9.0, "bf16": 30.0})
+    precision_probe.probe("cpu", (64, 256), tmp_path)  # another model: measured anew
+    assert calls == [(64, 128), (64, 256)]
+    (tmp_path / precision_probe.CACHE_FILE).write_text("{not json")
+    assert precision_probe.probe("cpu", (64, 128), tmp_path).cached is False  # a damaged cache is measured over
+    assert len(calls) == 3
+
+
+def test_bf16_must_be_faster_by_a_margin():
+    assert Measured("cpu", {"float32": 100.0, "bf16": 104.0}).faster == "float32"
+    assert Measured("cpu", {"float32": 100.0, "bf16": 106.0}).faster == "bf16"
+    assert Measured("cuda", {"float32": 100.0}).describe() == "float32 (100 GFLOP/s; no bf16 on this GPU)"
+
+
+def test_a_run_says_what_it_measured_and_keeps_it_in_run_json(capsys, pairs_file, tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(precision_probe, "measure", lambda device, shapes: {"float32": 60.0, "bf16": 240.0})
+    code, events = run_cli(capsys, "--data", pairs_file, "--model", tiny_model_dir, "--max-steps", 1,
+                           "--check-answers", 0, "--device", "cpu")
+    assert code == 0, events[-1]
+    start = next(e for e in events if e["event"] == "start")
+    assert start["precision"] == "cpu, bf16 autocast" and start["precision_measured"]["gflops"] == {"float32": 60.0, "bf16": 240.0}
+    said = next(e for e in events if e["event"] == "precision")["message"]
+    assert said == "cpu, bf16 autocast, chosen by measuring: bf16: 240 vs 60 GFLOP/s in float32 on this CPU"
+    record = json.loads((Path(start["run_dir"]) / "run.json").read_text())
+    assert record["precision_measured"]["faster"] == "bf16"
