@@ -109,6 +109,24 @@ def test_chat_screen_when_the_model_fails_to_load(snap_compare, build_app):
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
 
 
+def test_conversations_list(snap_compare, build_app, store):
+    """ctrl+o: the stored conversations, newest first, the open one marked, with their pair counts."""
+    spanish = store.new_conversation()
+    store.add_message(spanish, "user", "Translate 'the black cat' to Spanish, please")
+    store.record_pick([{"role": "user", "content": "Translate 'the black cat' to Spanish, please"}],
+                      ["el gato negro", "la gata negra"], "chosen", chosen_index=0, conversation_id=spanish)
+    store.rename_conversation(spanish, "Spanish practice")
+    app = build_app("Paris.")
+
+    async def run_before(pilot):
+        await settle(pilot)
+        await send(pilot, "What is the capital of France?", "enter")
+        await pilot.press("ctrl+o")
+        await freeze(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
 def test_settings_modal(snap_compare, build_app):
     """The sampling settings form over the chat screen."""
     app = build_app()

@@ -30,6 +30,7 @@ from .settings_text import MIN_CANDIDATES
 SCREEN_COMMANDS = (
     ("Send for N candidates", "Send the typed message and sample N answers side by side", "chat", "candidates"),
     ("New conversation", "Start an empty conversation", "chat", "new_conversation"),
+    ("Conversations", "Reopen, rename or delete a past conversation", "chat", "conversations"),
     ("System prompt", "Set the system prompt (starts a new conversation)", "chat", "system_prompt"),
     ("Sampling settings", "Temperature, top-p, max tokens, seed, N candidates", "chat", "settings"),
     ("Stop the answer", "Stop the answer that is streaming; keep what was written", "chat", "stop"),

@@ -11,6 +11,7 @@ from ..backends.base import Backend
 
 if TYPE_CHECKING:  # compare_session streams through generation.py, which imports these messages
     from .compare_session import LoadedPair
+    from .context_size import ContextSize
 
 
 @dataclass
@@ -61,6 +62,14 @@ class GenerationFinished(Message):
     stopped: bool = False
     error: str | None = None
     reasons: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ContextMeasured(Message):
+    """The chat context's size, for the request numbered `request` (an older one is stale)."""
+
+    size: "ContextSize"
+    request: int
 
 
 @dataclass
