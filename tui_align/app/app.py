@@ -22,6 +22,7 @@ from ..model_files import ModelRef, resolve_model
 from ..paths import models_dir
 from ..store import Store
 from .messages import AdapterActivated, AdapterWorkFailed, BackendFailed, BackendReady
+from .run_status import run_line, run_method
 from .screens import MAIN_SCREENS
 from .screens.help import HelpScreen
 from .settings_text import MIN_CANDIDATES
@@ -70,6 +71,8 @@ class AlignApp(App[int]):
     active_adapter: reactive[str | None] = reactive(None, init=False)
     #: what use_adapter/unload_adapter is loading right now ("" when nothing)
     adapter_switch = reactive("", init=False)
+    #: the training run going on, in one line for the chat's status bar ("" when none)
+    training_line = reactive("", init=False)
 
     def __init__(
         self,
@@ -94,6 +97,7 @@ class AlignApp(App[int]):
         self.backend_error = ""
         self.generation_lock = threading.Lock()
         self._load_backend = load_backend
+        self._run_method: tuple[object, str] = (None, "")  # (the run, its method): read once per run
         self.sub_title = model_label
         self.set_reactive(AlignApp.settings, settings or SamplingSettings())
         self.set_reactive(AlignApp.candidate_count, candidate_count)
@@ -210,6 +214,18 @@ class AlignApp(App[int]):
             return
         self.adapter_switch = ""
         self.notify(message.error, title="Adapter not loaded", severity="error", timeout=15)
+
+    # The training run ------------------------------------------------------------------------------
+
+    def refresh_training_line(self, *_) -> None:
+        """Redraw `training_line` from the Train screen's run, which owns the run's state."""
+        run = self.get_screen("train").train_run if self.is_screen_installed("train") else None
+        if run is not None and self._run_method[0] is not run:
+            self._run_method = (run, run_method(run))
+        self.training_line = run_line(run, self._run_method[1])
+
+    # The Train screen's reader posts these to that screen; they bubble up here on their way.
+    on_train_progress = on_train_event = on_train_finished = on_train_failed = refresh_training_line
 
     async def resume_training(self, run: RunFolder) -> bool:
         """Continue `run` in the train screen's child, as `tui-align train --resume` would, and show its

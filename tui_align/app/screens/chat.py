@@ -84,7 +84,11 @@ class ChatScreen(Screen):
         for name in ("settings", "candidate_count", "pair_count", "backend_state"):
             self.watch(self.app, name, self.refresh_status, init=False)
         self.watch(self.app, "backend_state", self.measure_context, init=False)
+        self.watch(self.app, "training_line", self.refresh_status, init=False)
         self.measure_context()
+
+    def on_screen_resume(self) -> None:
+        self.align_app.refresh_training_line()  # a run started a moment ago, before its first line came
 
     def refresh_status(self, *_) -> None:
         app = self.align_app
@@ -92,7 +96,7 @@ class ChatScreen(Screen):
             state=app.backend_state, error=app.backend_error,
             settings=describe(app.settings, app.candidate_count), pairs=app.pair_count,
             system_prompt=self.session.system_prompt if self.session else "",
-            context=self.context,
+            context=self.context, training=app.training_line,
         )
         if self.phase == "idle":
             self.query_one("#message", Input).placeholder = PLACEHOLDERS.get(app.backend_state, "")
