@@ -57,6 +57,9 @@ class AlignApp(App[int]):
     SCREENS = {entry.name: entry.factory for entry in MAIN_SCREENS}
     MODES = {entry.name: entry.name for entry in MAIN_SCREENS}
     BINDINGS = [
+        # Textual's own ctrl+q, shown: a new user looks for the way out in the footer. Before the screen keys,
+        # so a narrow footer cuts those rather than it.
+        Binding("ctrl+q", "quit", "Quit", priority=True),
         Binding("f1", "help", "Help"),
         Binding("question_mark", "help", "Help", show=False),
         *(Binding(entry.key, f"show_screen('{entry.name}')", entry.title) for entry in MAIN_SCREENS),

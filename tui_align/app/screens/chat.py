@@ -76,7 +76,7 @@ class ChatScreen(Screen):
         yield ChatLog(id="log")
         yield CandidatesPanel(id="candidates")
         yield Static("", id="pick-hint")
-        yield Input(id="message")
+        yield Input(id="message", select_on_focus=False)  # back from a dialog, a key must not replace the draft
         yield Footer()
 
     def on_mount(self) -> None:
