@@ -136,6 +136,10 @@ def test_bad_models_give_one_clear_line(tmp_path):
     not_gguf.write_text("hello")
     with pytest.raises(UserError, match="not a GGUF file"):
         resolve_model(str(not_gguf))
+    empty_gguf = tmp_path / "half-downloaded.gguf"
+    empty_gguf.write_bytes(b"")
+    with pytest.raises(UserError, match=r"half-downloaded.gguf is empty \(0 bytes\)"):
+        resolve_model(str(empty_gguf))
     empty_dir = tmp_path / "empty"
     empty_dir.mkdir()
     with pytest.raises(UserError, match="no config.json"):

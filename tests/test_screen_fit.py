@@ -169,3 +169,23 @@ async def test_the_blind_pick_keys_light_up_as_soon_as_both_answers_are_there(ma
         assert screen.phase == "idle"  # the stream's late end doesn't bring the picked answers back
         await pilot.press("a")
         assert screen.tally.total == 1
+
+
+async def test_a_trl_export_of_multi_turn_prompts_points_to_trl_chat(make_app, store, tmp_path):
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+             {"role": "user", "content": "Capital of France?"}]
+    store.add_pairs([Pair(turns, "Paris.", "Lyon.", source="picked"),
+                     Pair([{"role": "user", "content": "2 + 2?"}], "4", "5", source="picked")])
+    app = make_app()
+    async with app.run_test(size=(110, 32)) as pilot:
+        await settle(pilot)
+        for fmt, warned in (("trl", True), ("trl-chat", False)):
+            await pilot.press("f3", "x")
+            app.screen.query_one("#path", Input).value = str(tmp_path / f"{fmt}.jsonl")
+            app.screen.query_one("#format", Select).value = fmt
+            await pilot.press("ctrl+s")
+            await settle(pilot)
+            notes = [n.message for n in app._notifications if n.severity == "warning"]
+            assert any(note.startswith("1 of them have a system prompt or several turns") and "trl-chat" in note
+                       for note in notes) == warned, fmt
+            app.clear_notifications()

@@ -80,6 +80,7 @@ class TransferFinished(Message):
     count: int = 0
     path: str = ""
     error: str | None = None
+    note: str = ""  # something the user should know about a file that was written fine
 
 
 @dataclass

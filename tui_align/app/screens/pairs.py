@@ -175,7 +175,19 @@ class PairsScreen(Screen):
         except Exception as exc:  # one line for the user, never a traceback
             self.post_message(TransferFinished(action, path=path, error=f"{action} failed: {report(exc)}"))
         else:
-            self.post_message(TransferFinished(action, count, path))
+            self.post_message(TransferFinished(action, count, path, note=self.flattened_note(store, action, fmt)))
+
+    @staticmethod
+    def flattened_note(store, action: str, fmt: str) -> str:
+        """After a `trl` export: how many prompts were flattened into hh-style text (README, Pair formats)."""
+        if action != "export" or fmt != "trl":
+            return ""
+        flattened = sum(1 for pair in store.list_pairs()
+                        if len(pair.prompt) != 1 or pair.prompt[0]["role"] != "user")
+        if not flattened:
+            return ""
+        return (f"{flattened} of them have a system prompt or several turns: `trl` flattens those into "
+                "hh-style text. Export trl-chat to keep them as messages (TRL applies the model's chat template).")
 
     def on_transfer_finished(self, message: TransferFinished) -> None:
         if message.error:
@@ -183,5 +195,7 @@ class PairsScreen(Screen):
             return
         verb = "Imported" if message.action == "import" else "Exported"
         self.notify(f"{verb} {message.count} pairs {'from' if message.action == 'import' else 'to'} {message.path}")
+        if message.note:
+            self.notify(message.note, severity="warning", timeout=15)
         self.align_app.refresh_pair_count()
         self.reload()
