@@ -40,8 +40,7 @@ class ContextSize:
         if self.tokens is None:
             return f"context {self.chars:,} chars"
         if self.too_long:
-            return (f"context {self.tokens} tokens: the next pair won't fit training's {self.max_length}"
-                    " (it gets cut) · ctrl+l new chat")
+            return f"context {self.tokens} tokens: the next pair won't fit training's {self.max_length} · ctrl+l new chat"
         return f"context {self.tokens}/{self.max_length} tokens"
 
 
