@@ -321,7 +321,7 @@ async def test_pairs_screen_lists_searches_and_deletes(make_app, store):
         await pilot.pause()
         assert isinstance(app.screen, PairsScreen)
         table = app.screen.query_one(DataTable)
-        assert table.row_count == 2 and table.get_row_at(0)[2] == "What is the capital o…"
+        assert table.row_count == 2 and table.get_row_at(0)[2] == "What is the capital of France?"  # fits at 100
         await pilot.press("slash", *"jupiter", "enter")
         await pilot.pause()
         assert table.row_count == 1 and table.get_row_at(0)[3] == "Jupiter."

@@ -64,6 +64,17 @@ def test_llamacpp_multi_turn_keeps_the_context(llama):
     assert "Ada" in llama.chat(messages, GREEDY)
 
 
+def test_both_engines_count_the_prompt_as_training_tokenizes_it(llama, tiny_llama, smol_tokenizer):
+    """The chat's context length (status line) is the prompt training will see: the chat template's tokens."""
+    chat = [{"role": "system", "content": "Be brief."}, *ask("What is the capital of France?"),
+            {"role": "assistant", "content": "Paris."}, *ask("And of Spain?")]
+    expected = len(smol_tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True,
+                                                      return_dict=False))
+    assert llama.count_tokens(chat) == expected
+    hf = TransformersBackend(ModelRef("folder", "tiny"), None, device="cpu", model=tiny_llama, tokenizer=smol_tokenizer)
+    assert hf.count_tokens(chat) == expected
+
+
 def test_transformers_backend_streams_and_repeats_with_a_seed(tiny_llama, smol_tokenizer):
     backend = TransformersBackend(ModelRef("folder", "tiny"), None, device="cpu", model=tiny_llama, tokenizer=smol_tokenizer)
     settings = SamplingSettings(temperature=1.0, max_tokens=12, seed=3)
@@ -125,6 +136,10 @@ def test_bad_models_give_one_clear_line(tmp_path):
     not_gguf.write_text("hello")
     with pytest.raises(UserError, match="not a GGUF file"):
         resolve_model(str(not_gguf))
+    empty_gguf = tmp_path / "half-downloaded.gguf"
+    empty_gguf.write_bytes(b"")
+    with pytest.raises(UserError, match=r"half-downloaded.gguf is empty \(0 bytes\)"):
+        resolve_model(str(empty_gguf))
     empty_dir = tmp_path / "empty"
     empty_dir.mkdir()
     with pytest.raises(UserError, match="no config.json"):

@@ -14,7 +14,7 @@ from tui_align.pairs import Pair
 from tui_align.paths import adapters_dir
 from tui_align.training import synthetic
 
-from conftest import settle, wait_exited
+from conftest import settle, wait_exited, wait_until
 from fakes import STEPS_THEN_DONE, ScriptedBackend, fake_child
 
 SIZE = (100, 30)
@@ -77,6 +77,37 @@ def test_chat_screen_with_a_conversation(snap_compare, build_app):
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
 
 
+def test_chat_screen_while_a_run_trains(snap_compare, build_app, store, tmp_path, monkeypatch):
+    """The status line shows the run going on (method, step k/N, ETA) while the user chats."""
+    from test_run_status import GATED_STEPS
+    from test_train_screen import ChildGate
+
+    store.add_pairs(synthetic.trait_pairs(6, "prefix"))
+    script = fake_child(monkeypatch, tmp_path, GATED_STEPS)
+    gate = ChildGate(Path(f"{script}.gate"))
+    app = build_app("Paris.")
+
+    async def run_before(pilot):
+        await settle(pilot)
+        await pilot.press("f4", "ctrl+g", "f2")
+        run = pilot.app.get_screen("train").train_run
+        gate.release(3)
+        await wait_until(pilot, lambda: "step 3/30" in pilot.app.training_line, "the chat shows step 3")
+        # Not send(): settling would wait for the training reader too, which runs until the gate closes.
+        pilot.app.screen.query_one("#message", Input).value = "What is the capital of France?"
+        await pilot.press("enter")
+        chat = pilot.app.screen
+        await wait_until(pilot, lambda: chat.phase == "idle" and len(chat.session.turns) == 2, "the answer")
+        await wait_until(pilot, lambda: chat.context is not None and chat.context.tokens == 7, "the context count")
+        await freeze(pilot)
+        assert run.running
+
+    try:
+        assert snap_compare(app, terminal_size=(120, 30), run_before=run_before)
+    finally:
+        gate.close()
+
+
 def test_chat_screen_picking_between_three_candidates(snap_compare, build_app):
     """Three candidates side by side, the pick hint, and only the pick keys in the footer."""
     app = build_app(
@@ -105,6 +136,24 @@ def test_chat_screen_when_the_model_fails_to_load(snap_compare, build_app):
         await settle(pilot)
         for widget in pilot.app.screen.query("Input"):
             widget.cursor_blink = False
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_conversations_list(snap_compare, build_app, store):
+    """ctrl+o: the stored conversations, newest first, the open one marked, with their pair counts."""
+    spanish = store.new_conversation()
+    store.add_message(spanish, "user", "Translate 'the black cat' to Spanish, please")
+    store.record_pick([{"role": "user", "content": "Translate 'the black cat' to Spanish, please"}],
+                      ["el gato negro", "la gata negra"], "chosen", chosen_index=0, conversation_id=spanish)
+    store.rename_conversation(spanish, "Spanish practice")
+    app = build_app("Paris.")
+
+    async def run_before(pilot):
+        await settle(pilot)
+        await send(pilot, "What is the capital of France?", "enter")
+        await pilot.press("ctrl+o")
+        await freeze(pilot)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
 

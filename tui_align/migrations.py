@@ -76,6 +76,12 @@ def m002_compare_columns() -> str:
     """
 
 
+@migration
+def m003_conversation_titles() -> str:
+    # A name the user gave a conversation on the conversations list; NULL shows its first message instead.
+    return "ALTER TABLE conversations ADD COLUMN title TEXT;"
+
+
 def migrate(db: sqlite3.Connection) -> None:
     """Apply every migration not yet recorded in `_migrations`, each in its own transaction."""
     db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")

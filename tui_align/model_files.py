@@ -64,6 +64,8 @@ def check_gguf(path: Path) -> None:
             magic = fh.read(4)
     except OSError as exc:
         raise UserError(f"Can't read the model file {path}: {exc.strerror}") from exc
+    if not magic:  # an interrupted download or copy: say so, "magic bytes" means nothing to the user
+        raise UserError(f"{path} is empty (0 bytes): download or copy the model again.")
     if magic != GGUF_MAGIC:
         raise UserError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes).")
 

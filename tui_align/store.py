@@ -22,6 +22,19 @@ PICK_OUTCOMES = ("chosen", "written", "tie", "skip")
 
 
 @dataclass(frozen=True)
+class ConversationSummary:
+    """One stored conversation as the conversations list shows it: its title (the user's name for it, else
+    its first message), how many messages it has and how many pairs its picks made, and when it was last used."""
+
+    id: int
+    title: str
+    system_prompt: str
+    messages: int
+    pairs: int
+    last_used: str
+
+
+@dataclass(frozen=True)
 class CompareRecord:
     """What a compare-screen pick compared: the old side ("base" or a run), the new side (a run), the
     winner ("new", "old" or "tie") and whether the user picked blind."""
@@ -103,6 +116,25 @@ class Store:
             "SELECT role, content FROM messages WHERE conversation_id = ? ORDER BY position", (conversation_id,)
         )
         return [{"role": row["role"], "content": row["content"]} for row in rows]
+
+    def conversations(self) -> list[ConversationSummary]:
+        """Every conversation, the one used last first."""
+        return [_conversation_from_row(row) for row in self._query(CONVERSATION_SUMMARY + " ORDER BY last_used DESC, c.id DESC")]
+
+    def get_conversation(self, conversation_id: int) -> ConversationSummary | None:
+        rows = self._query(CONVERSATION_SUMMARY + " HAVING c.id = ?", (conversation_id,))
+        return _conversation_from_row(rows[0]) if rows else None
+
+    def rename_conversation(self, conversation_id: int, title: str) -> None:
+        """Name the conversation; an empty title goes back to showing its first message."""
+        with self._transaction() as db:
+            db.execute("UPDATE conversations SET title = ? WHERE id = ?", (title.strip() or None, conversation_id))
+
+    def delete_conversation(self, conversation_id: int) -> None:
+        """Delete the conversation and its messages. Its pairs stay: they are the user's training data, and
+        their prompts carry the whole context on their own (the picks lose only the link back)."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
 
     # Picks -------------------------------------------------------------------------------
 
@@ -245,6 +277,24 @@ class Store:
     def counts_by_source(self) -> dict[str, int]:
         rows = self._query("SELECT source, COUNT(*) AS n FROM pairs GROUP BY source ORDER BY source")
         return {row["source"]: row["n"] for row in rows}
+
+
+# One row per conversation: the first user message stands in for a title the user never gave.
+CONVERSATION_SUMMARY = """
+    SELECT c.id, c.title, c.system_prompt,
+           (SELECT content FROM messages WHERE conversation_id = c.id AND role = 'user' ORDER BY position LIMIT 1)
+               AS first_message,
+           (SELECT COUNT(*) FROM messages WHERE conversation_id = c.id) AS message_count,
+           (SELECT COUNT(*) FROM pairs JOIN picks ON pairs.pick_id = picks.id WHERE picks.conversation_id = c.id)
+               AS pair_count,
+           COALESCE((SELECT MAX(created_at) FROM messages WHERE conversation_id = c.id), c.created_at) AS last_used
+    FROM conversations AS c GROUP BY c.id"""
+
+
+def _conversation_from_row(row: sqlite3.Row) -> ConversationSummary:
+    title = row["title"] or " ".join((row["first_message"] or "(no messages)").split())
+    return ConversationSummary(row["id"], title, row["system_prompt"], row["message_count"], row["pair_count"],
+                               row["last_used"])
 
 
 def _pair_from_row(row: sqlite3.Row) -> Pair:

@@ -22,6 +22,7 @@ from ..model_files import ModelRef, resolve_model
 from ..paths import models_dir
 from ..store import Store
 from .messages import AdapterActivated, AdapterWorkFailed, BackendFailed, BackendReady
+from .run_status import run_line, run_method
 from .screens import MAIN_SCREENS
 from .screens.help import HelpScreen
 from .settings_text import MIN_CANDIDATES
@@ -30,6 +31,7 @@ from .settings_text import MIN_CANDIDATES
 SCREEN_COMMANDS = (
     ("Send for N candidates", "Send the typed message and sample N answers side by side", "chat", "candidates"),
     ("New conversation", "Start an empty conversation", "chat", "new_conversation"),
+    ("Conversations", "Reopen, rename or delete a past conversation", "chat", "conversations"),
     ("System prompt", "Set the system prompt (starts a new conversation)", "chat", "system_prompt"),
     ("Sampling settings", "Temperature, top-p, max tokens, seed, N candidates", "chat", "settings"),
     ("Stop the answer", "Stop the answer that is streaming; keep what was written", "chat", "stop"),
@@ -55,6 +57,9 @@ class AlignApp(App[int]):
     SCREENS = {entry.name: entry.factory for entry in MAIN_SCREENS}
     MODES = {entry.name: entry.name for entry in MAIN_SCREENS}
     BINDINGS = [
+        # Textual's own ctrl+q, shown: a new user looks for the way out in the footer. Before the screen keys,
+        # so a narrow footer cuts those rather than it.
+        Binding("ctrl+q", "quit", "Quit", priority=True),
         Binding("f1", "help", "Help"),
         Binding("question_mark", "help", "Help", show=False),
         *(Binding(entry.key, f"show_screen('{entry.name}')", entry.title) for entry in MAIN_SCREENS),
@@ -69,6 +74,8 @@ class AlignApp(App[int]):
     active_adapter: reactive[str | None] = reactive(None, init=False)
     #: what use_adapter/unload_adapter is loading right now ("" when nothing)
     adapter_switch = reactive("", init=False)
+    #: the training run going on, in one line for the chat's status bar ("" when none)
+    training_line = reactive("", init=False)
 
     def __init__(
         self,
@@ -93,6 +100,7 @@ class AlignApp(App[int]):
         self.backend_error = ""
         self.generation_lock = threading.Lock()
         self._load_backend = load_backend
+        self._run_method: tuple[object, str] = (None, "")  # (the run, its method): read once per run
         self.sub_title = model_label
         self.set_reactive(AlignApp.settings, settings or SamplingSettings())
         self.set_reactive(AlignApp.candidate_count, candidate_count)
@@ -209,6 +217,18 @@ class AlignApp(App[int]):
             return
         self.adapter_switch = ""
         self.notify(message.error, title="Adapter not loaded", severity="error", timeout=15)
+
+    # The training run ------------------------------------------------------------------------------
+
+    def refresh_training_line(self, *_) -> None:
+        """Redraw `training_line` from the Train screen's run, which owns the run's state."""
+        run = self.get_screen("train").train_run if self.is_screen_installed("train") else None
+        if run is not None and self._run_method[0] is not run:
+            self._run_method = (run, run_method(run))
+        self.training_line = run_line(run, self._run_method[1])
+
+    # The Train screen's reader posts these to that screen; they bubble up here on their way.
+    on_train_progress = on_train_event = on_train_finished = on_train_failed = refresh_training_line
 
     async def resume_training(self, run: RunFolder) -> bool:
         """Continue `run` in the train screen's child, as `tui-align train --resume` would, and show its

@@ -11,6 +11,7 @@ from ..backends.base import Backend
 
 if TYPE_CHECKING:  # compare_session streams through generation.py, which imports these messages
     from .compare_session import LoadedPair
+    from .context_size import ContextSize
 
 
 @dataclass
@@ -64,6 +65,14 @@ class GenerationFinished(Message):
 
 
 @dataclass
+class ContextMeasured(Message):
+    """The chat context's size, for the request numbered `request` (an older one is stale)."""
+
+    size: "ContextSize"
+    request: int
+
+
+@dataclass
 class TransferFinished(Message):
     """An import or export worker ended; `error` is one line, or None on success."""
 
@@ -71,6 +80,7 @@ class TransferFinished(Message):
     count: int = 0
     path: str = ""
     error: str | None = None
+    note: str = ""  # something the user should know about a file that was written fine
 
 
 @dataclass

@@ -29,6 +29,15 @@ class ChatSession:
         self.turns = []
         self.conversation_id = None
 
+    def open(self, conversation_id: int) -> None:
+        """Continue a stored conversation: its system prompt and turns; later messages and picks land in it."""
+        found = self.store.get_conversation(conversation_id)
+        if found is None:
+            raise UserError("That conversation was deleted.")
+        self.system_prompt = found.system_prompt
+        self.turns = [turn for turn in self.store.messages(conversation_id) if turn["role"] != "system"]
+        self.conversation_id = conversation_id
+
     def prompt(self) -> list[Message]:
         """What the model sees: the system prompt (if any) and every turn so far."""
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt.strip() else []

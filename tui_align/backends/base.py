@@ -85,6 +85,10 @@ class Backend(ABC):
                 reason = "stopped"
             yield Chunk(slot, finished=reason or "eos")
 
+    def count_tokens(self, messages: list[Message]) -> int | None:
+        """Tokens of the prompt `messages` make, chat template included; None when this engine can't tell."""
+        return None
+
     def chat(self, messages: list[Message], settings: SamplingSettings) -> str:
         return "".join(self.stream_chat(messages, settings))
 

@@ -159,6 +159,13 @@ class TransformersBackend(Backend):
             if reason is None:  # generate ended with the row still going: asked to stop, or its last token
                 yield Chunk(row, finished="stopped" if stopped else "length")
 
+    def count_tokens(self, messages: list[Message]) -> int | None:
+        try:
+            return len(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                            return_dict=False))
+        except Exception:  # no chat template: the answer itself would fail with the one-line reason
+            return None
+
     def _eos_ids(self) -> set[int]:
         """The tokens that end an answer: the generation config's (one or a list) and the tokenizer's."""
         configured = getattr(self.model.generation_config, "eos_token_id", None)

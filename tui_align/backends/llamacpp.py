@@ -106,6 +106,13 @@ class LlamaCppBackend(Backend):
         except ValueError as exc:  # tokenizing or evaluating a prompt that does not fit
             raise UserError(f"llama.cpp: {exc}") from exc
 
+    def count_tokens(self, messages: list[Message]) -> int | None:
+        if self._formatter is None:  # a named format of llama-cpp-python's: its exact prompt isn't ours to build
+            return None
+        result = self._formatter(messages=messages)
+        return len(self._llama.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special,
+                                        special=True))
+
     def close(self) -> None:
         # llama-cpp-python 0.3.x prints a TypeError at interpreter exit unless closed explicitly.
         llama, self._llama = getattr(self, "_llama", None), None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from textual import work
+from textual import events, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
@@ -15,17 +15,28 @@ from ...adapters.runs import RESUMABLE, RunFolder, delete_run, list_runs
 from ...errors import UserError, report
 from ...paths import models_dir
 from ..messages import AdapterExported, AdapterWorkFailed
+from ..widgets.columns import Column, set_columns
 from .confirm import ConfirmModal
 from .export_adapter import ExportModal
 
 if TYPE_CHECKING:
     from ..app import AlignApp
 
-COLUMNS = (("run", 24), ("method", 7), ("status", 10), ("pairs", 6), ("date", 16), ("metrics", 30))
+# The metrics take whatever width the terminal has left; the line under the table shows them all, wrapped.
+COLUMNS = (Column("run", 24), Column("method", 7), Column("status", 10), Column("pairs", 6), Column("date", 16),
+           Column("metrics", share=1.0, minimum=20))
 
 
 def metrics_text(metrics: dict) -> str:
-    return ", ".join(f"{k}={v:.3g}" for k, v in metrics.items() if isinstance(v, (int, float)))
+    """'eval_accuracy=0.875, eval_margin=1.23, …': the held-out numbers first, since a narrow column keeps
+    its start; flags (stopped) are not metrics."""
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    ordered = sorted(numbers, key=lambda k: not k.startswith("eval_"))
+    return ", ".join(f"{k}={numbers[k]:.3g}" for k in ordered)
+
+
+def runs_text(count: int) -> str:
+    return f"{count} run{'s' * (count != 1)}"
 
 
 class AdaptersScreen(Screen):
@@ -64,12 +75,12 @@ class AdaptersScreen(Screen):
         yield Header()
         yield Static("", id="adapters-status")
         yield DataTable(id="adapters", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="adapters-detail", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        for label, width in COLUMNS:
-            table.add_column(label, width=width, key=label)
+        set_columns(table, COLUMNS, self.app.size.width)
         self.action_reload()
         table.focus()
         # The app swaps the chat model; this list marks the active run and says what is loading.
@@ -79,8 +90,23 @@ class AdaptersScreen(Screen):
     def on_screen_resume(self) -> None:
         self.action_reload()
 
+    def on_resize(self, event: events.Resize) -> None:
+        set_columns(self.query_one(DataTable), COLUMNS, event.size.width)
+        self.action_reload()
+
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         self.refresh_bindings()  # Resume is lit only for a run that can resume
+        self.show_detail()
+
+    def show_detail(self) -> None:
+        """The selected run's metrics in full (the column may cut them) and where it lives."""
+        adapter = self.selected()
+        detail = self.query_one("#adapters-detail", Static)
+        if adapter is None:
+            detail.update("No training runs yet: train one on Train (F4).")
+            return
+        metrics = metrics_text(adapter.metrics) or "no metrics"
+        detail.update(f"{adapter.name} ({adapter.method}, {adapter.status}): {metrics}")
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "resume":
@@ -105,13 +131,14 @@ class AdaptersScreen(Screen):
             table.move_cursor(row=min(row, len(self.adapters) - 1))
         self.refresh_status()
         self.refresh_bindings()
+        self.show_detail()
 
     def refresh_status(self) -> None:
         active = self.align_app.active_adapter
         chat = f"chat model: base + {active}" if active else "chat model: the base (no adapter)"
         doing = self.busy or self.align_app.adapter_switch
         busy = f" │ {doing}…" if doing else ""
-        self.query_one("#adapters-status", Static).update(f"{len(self.adapters)} runs │ {chat}{busy}")
+        self.query_one("#adapters-status", Static).update(f"{runs_text(len(self.adapters))} │ {chat}{busy}")
 
     def selected(self) -> RunFolder | None:
         table = self.query_one(DataTable)

@@ -14,14 +14,16 @@ from textual.widgets import Footer, Header, Input, Static
 from textual.worker import get_current_worker
 
 from ...errors import UserError
+from ..context_size import ContextSize, measure
 from ..generation import generate_answers
-from ..messages import AnswerDone, AnswerProgress, GenerationFinished
+from ..messages import AnswerDone, AnswerProgress, ContextMeasured, GenerationFinished
 from ..session import ChatSession
 from ..settings_text import MAX_CANDIDATES, describe
 from ..widgets.candidates import CandidatesPanel, finished_label
 from ..widgets.chat_log import ChatLog, MessageView
 from ..widgets.status_bar import StatusBar
 from .chat_texts import CHAT_HELP, GENERATING, OUTCOME_NOTES, PICK_SUMMARIES, PLACEHOLDERS
+from .conversations import NEW, ConversationsModal
 from .settings import SettingsModal
 from .text_modal import TextModal
 
@@ -29,16 +31,18 @@ if TYPE_CHECKING:
     from ..app import AlignApp
 
 PICK_ACTIONS = {"pick", "write", "tie", "skip"}
-IDLE_ACTIONS = {"candidates", "new_conversation", "system_prompt", "settings"}
+IDLE_ACTIONS = {"candidates", "new_conversation", "conversations", "system_prompt", "settings"}
 
 
 class ChatScreen(Screen):
     HELP = CHAT_HELP
 
     BINDINGS = [
+        # New chat first in the footer: a pick continues the conversation, so unrelated prompts want a new one.
+        Binding("ctrl+l", "new_conversation", "New chat"),
+        Binding("ctrl+o", "conversations", "Chats"),
         Binding("ctrl+n", "candidates", "N answers"),
         Binding("escape", "stop", "Stop"),
-        Binding("ctrl+l", "new_conversation", "New chat"),
         Binding("ctrl+r", "system_prompt", "System prompt"),
         Binding("ctrl+s", "settings", "Settings"),
         # Priority, so they beat the message Input; check_action lets digits through outside pick mode.
@@ -59,6 +63,8 @@ class ChatScreen(Screen):
         self._answer_view: MessageView | None = None
         self._pick_settings: dict = {}
         self._settings_list: list = []  # of the generation on the way, one per column
+        self.context: ContextSize | None = None  # the last measure of the context (None: not yet)
+        self._context_request = 0  # numbers the measurements, so a late one for an older context is dropped
 
     @property
     def align_app(self) -> AlignApp:
@@ -70,14 +76,19 @@ class ChatScreen(Screen):
         yield ChatLog(id="log")
         yield CandidatesPanel(id="candidates")
         yield Static("", id="pick-hint")
-        yield Input(id="message")
+        yield Input(id="message", select_on_focus=False)  # back from a dialog, a key must not replace the draft
         yield Footer()
 
     def on_mount(self) -> None:
         self.session = ChatSession(self.align_app.store)
         for name in ("settings", "candidate_count", "pair_count", "backend_state"):
             self.watch(self.app, name, self.refresh_status, init=False)
-        self.refresh_status()
+        self.watch(self.app, "backend_state", self.measure_context, init=False)
+        self.watch(self.app, "training_line", self.refresh_status, init=False)
+        self.measure_context()
+
+    def on_screen_resume(self) -> None:
+        self.align_app.refresh_training_line()  # a run started a moment ago, before its first line came
 
     def refresh_status(self, *_) -> None:
         app = self.align_app
@@ -85,6 +96,7 @@ class ChatScreen(Screen):
             state=app.backend_state, error=app.backend_error,
             settings=describe(app.settings, app.candidate_count), pairs=app.pair_count,
             system_prompt=self.session.system_prompt if self.session else "",
+            context=self.context, training=app.training_line,
         )
         if self.phase == "idle":
             self.query_one("#message", Input).placeholder = PLACEHOLDERS.get(app.backend_state, "")
@@ -113,8 +125,37 @@ class ChatScreen(Screen):
         elif phase == "candidates":
             hint.update(GENERATING[self.align_app.backend.batches_candidates].format(count=len(self._settings_list)))
         elif phase == "idle":
-            self.refresh_status()
+            self.measure_context()
             message.focus()
+
+    # The context's length ------------------------------------------------------------------------
+
+    def measure_context(self, *_) -> None:
+        """Recount the context (the conversation changed, or the model did); shown in the status bar."""
+        self._context_request += 1
+        self.refresh_status()
+        prompt, backend = self.session.prompt(), self.align_app.backend
+        if backend is None or not prompt:
+            self.context = ContextSize(sum(len(turn["content"]) for turn in prompt), 0 if not prompt else None)
+            self.refresh_status()
+            return
+        self._measure(backend, self.align_app.generation_lock, prompt, self._context_request)
+
+    @work(thread=True, exclusive=True, group="context")
+    def _measure(self, backend, lock: threading.Lock, prompt, request: int) -> None:
+        with lock:  # a backend does one thing at a time; counting takes a millisecond
+            if self.align_app.backend is not backend:  # swapped (and closed) meanwhile: a newer count follows
+                return
+            try:
+                size = measure(backend, prompt)
+            except Exception:  # a tokenizer that can't count this: show characters, never a traceback
+                size = ContextSize(sum(len(turn["content"]) for turn in prompt))
+        self.post_message(ContextMeasured(size, request))
+
+    def on_context_measured(self, message: ContextMeasured) -> None:
+        if message.request == self._context_request:
+            self.context = message.size
+            self.refresh_status()
 
     # Sending ------------------------------------------------------------------------------
 
@@ -149,6 +190,7 @@ class ChatScreen(Screen):
             self.query_one(ChatLog).show(session.system_prompt, session.turns)
             self.notify(note)
         self._start(candidates)
+        self.measure_context()  # with the new message; counted once the answer lets go of the model
 
     def _start(self, candidates: bool) -> None:
         app = self.align_app
@@ -279,7 +321,36 @@ class ChatScreen(Screen):
     def action_new_conversation(self) -> None:
         self.session.restart()
         self.query_one(ChatLog).show(self.session.system_prompt, [])
+        self.measure_context()
         self.notify("New conversation.")
+
+    def action_conversations(self) -> None:
+        def chosen(choice: int | str | None) -> None:
+            if self.phase != "idle":
+                return
+            if choice == NEW:
+                self.action_new_conversation()
+            elif choice is not None:
+                self.open_conversation(int(choice))
+            elif self.session.conversation_id is not None and \
+                    self.align_app.store.get_conversation(self.session.conversation_id) is None:
+                self.session.restart()  # the user deleted the one on screen
+                self.query_one(ChatLog).show(self.session.system_prompt, [])
+                self.measure_context()
+
+        self.app.push_screen(ConversationsModal(self.align_app.store, self.session.conversation_id), chosen)
+
+    def open_conversation(self, conversation_id: int) -> None:
+        """Continue a stored conversation: the next message, and every pick, lands in it."""
+        try:
+            self.session.open(conversation_id)
+        except UserError as exc:
+            self.notify(str(exc), severity="warning")
+            return
+        self.query_one(ChatLog).show(self.session.system_prompt, self.session.turns)
+        self.measure_context()
+        title = self.align_app.store.get_conversation(conversation_id).title
+        self.notify(f"Continuing “{title[:40]}”.")
 
     def action_system_prompt(self) -> None:
         def saved(text: str | None) -> None:
@@ -287,7 +358,7 @@ class ChatScreen(Screen):
                 return
             self.session.restart(text)
             self.query_one(ChatLog).show(text, [])
-            self.refresh_status()
+            self.measure_context()
             self.notify("System prompt set; new conversation." if text else "System prompt cleared; new conversation.")
 
         hint = "Sent before every turn. Saving starts a new conversation; empty means none."

@@ -1,5 +1,7 @@
 """What the chat screen says: its help table, input placeholders, and notes after a pick."""
 
+from ..context_size import TRAIN_MAX_LENGTH
+
 CHAT_HELP = """\
 | Key | Does |
 |---|---|
@@ -10,10 +12,16 @@ CHAT_HELP = """\
 | w | write a better answer yourself: it is chosen, every candidate rejected |
 | t | tie: recorded, no pair; the chat continues with candidate 1 |
 | s | skip: recorded, no pair; your message stays unanswered |
-| ctrl+l | new conversation |
+| ctrl+l | new chat: an empty conversation (a pick continues the current one, so start anew for an unrelated prompt) |
+| ctrl+o | conversations: reopen and continue one (its picks land in it), rename or delete it; pair counts |
 | ctrl+r | system prompt (saving it starts a new conversation) |
 | ctrl+s | sampling settings and N |
-"""
+
+The status line shows the context's length in tokens of the prompt the model sees (chat template
+included; characters where the engine can't count tokens) against the {max_length} tokens a training run
+keeps of each pair (the Train form's max length). It turns yellow when the next pair, at an answer as long
+as the last one, would not fit: training would cut it, so start a new chat (ctrl+l).
+""".format(max_length=TRAIN_MAX_LENGTH)
 
 OUTCOME_NOTES = {"chosen": "picked {number} of {count}", "written": "written by you", "tie": "tie: continuing with 1"}
 PICK_SUMMARIES = {

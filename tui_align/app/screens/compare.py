@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from textual import work
+from textual import events, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
@@ -51,6 +51,8 @@ class CompareScreen(Screen):
     def __init__(self) -> None:
         super().__init__()
         self._session: CompareSession | None = None
+        self._done: dict[int, tuple[str, str]] = {}  # slot -> (text, why it ended), of the comparison on show
+        self._finishes_to_skip = 0  # generations whose answers were ready before their GenerationFinished
 
     @property
     def align_app(self) -> AlignApp:
@@ -80,7 +82,9 @@ class CompareScreen(Screen):
             yield Label("new", classes="compare-label")
             yield Select([], prompt="a trained adapter", id="compare-new")
         yield Static("", id="compare-status")
-        yield Input(placeholder="a prompt for both models (Enter sends; ctrl+r draws one)", id="compare-prompt")
+        # Not select_on_focus: coming back to a typed prompt with Tab, the next key would replace all of it.
+        yield Input(placeholder="a prompt for both models (Enter sends; ctrl+r draws one)", id="compare-prompt",
+                    select_on_focus=False)
         yield CandidatesPanel(CandidateColumn(1), CandidateColumn(2), id="compare-columns")
         yield Static("", id="compare-hint")
         yield Footer()
@@ -153,6 +157,20 @@ class CompareScreen(Screen):
             prompt_input.focus()
         hint.display = phase != "idle"
         self.refresh_status()
+
+    def on_key(self, event: events.Key) -> None:
+        """Typing while a closed model select has focus goes to the prompt. Choosing a model moves focus to the
+        prompt, so the Tab a user presses next lands on a select, where letters did nothing, space opened the
+        list and the rest searched it: the typed prompt was lost."""
+        focused = self.focused
+        if (not isinstance(focused, Select) or focused.expanded or not event.is_printable
+                or event.character is None or self.phase != "idle"):
+            return
+        event.stop()
+        event.prevent_default()  # and the select's space binding never sees it
+        prompt = self.query_one("#compare-prompt", Input)
+        prompt.insert_text_at_cursor(event.character)
+        prompt.focus()
 
     def watch_blind(self) -> None:
         if self.phase == "idle" and not self.session.answers:
@@ -260,6 +278,7 @@ class CompareScreen(Screen):
         for column in self.query(CandidateColumn):
             column.remove_class("unused").set_text("", "waiting")
         self._title_columns(reveal=False)
+        self._done = {}
         self.phase = "generating"
         shown = self.session.current
         self._generate(backends, shown.prompt, shown.settings, shown.stop)
@@ -283,11 +302,24 @@ class CompareScreen(Screen):
                  else finished_label(message.reason, self.session.current.settings.max_tokens))
         self.query(CandidateColumn)[message.slot].set_text(message.text, state)
 
-    on_answer_done = on_answer_progress
+    def on_answer_done(self, message: AnswerDone) -> None:
+        self.on_answer_progress(message)
+        self._done[message.slot] = (message.text, message.reason)
+        written = [self._done.get(slot, ("", ""))[0] for slot in range(2)]
+        ended = all(self._done.get(slot, ("", "failed"))[1] in ("eos", "length") for slot in range(2))
+        # Both answers are in: pick now. The engine may take a moment more to let go (llama.cpp ends its
+        # stream after the last token, transformers its generate thread), and the keys must not wait for it.
+        if self.phase == "generating" and ended and self.session.finished(written, stopped=False):
+            self._finishes_to_skip += 1
+            self.query_one(CandidatesPanel).mark_unused()
+            self.phase = "picking"
 
     def on_generation_finished(self, message: GenerationFinished) -> None:
         if message.error:
             self.notify(message.error, title="Generation failed", severity="error")
+        if self._finishes_to_skip:  # its answers went to picking already
+            self._finishes_to_skip -= 1
+            return
         complete = self.session.finished(message.texts, message.stopped)
         self.query_one(CandidatesPanel).mark_unused()
         if not complete and not message.error:

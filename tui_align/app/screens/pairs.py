@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from textual import work
+from textual import events, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
@@ -13,6 +13,7 @@ from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from ...errors import UserError, report
 from ..messages import TransferFinished
+from ..widgets.columns import Column, set_columns
 from .confirm import ConfirmModal
 from .edit_pair import EditPairModal
 from .transfer import TransferModal
@@ -20,7 +21,8 @@ from .transfer import TransferModal
 if TYPE_CHECKING:
     from ..app import AlignApp
 
-COLUMNS = (("id", 5), ("source", 8), ("prompt", 22), ("chosen", 19), ("rejected", 19))
+COLUMNS = (Column("id", 5), Column("source", 8), Column("prompt", share=0.4), Column("chosen", share=0.3),
+           Column("rejected", share=0.3))
 
 
 def preview(text: str, width: int) -> str:
@@ -61,11 +63,21 @@ class PairsScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
+        self.widths: dict[str, int] = {}
+        self.fit_columns(self.app.size.width)
+        self.query_one(DataTable).focus()
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.fit_columns(event.size.width)
+
+    def fit_columns(self, width: int) -> None:
+        """Size the text columns to the terminal, then refill the rows to the new widths."""
         table = self.query_one(DataTable)
-        for label, width in COLUMNS:
-            table.add_column(label, width=width, key=label)
+        row = table.cursor_row
+        self.widths = set_columns(table, COLUMNS, width)
         self.reload()
-        table.focus()
+        if table.row_count:
+            table.move_cursor(row=min(row, table.row_count - 1))
 
     def on_screen_resume(self) -> None:
         self.reload()  # picks made on the chat screen since we were last shown
@@ -80,8 +92,9 @@ class PairsScreen(Screen):
         table.clear()
         for pair in pairs:
             table.add_row(
-                str(pair.id), pair.source, preview(pair.last_user_message, COLUMNS[2][1]),
-                preview(pair.chosen, COLUMNS[3][1]), preview(pair.rejected, COLUMNS[4][1]), key=str(pair.id),
+                str(pair.id), pair.source, preview(pair.last_user_message, self.widths["prompt"]),
+                preview(pair.chosen, self.widths["chosen"]), preview(pair.rejected, self.widths["rejected"]),
+                key=str(pair.id),
             )
         if pairs:
             table.move_cursor(row=min(row, len(pairs) - 1))
@@ -162,7 +175,19 @@ class PairsScreen(Screen):
         except Exception as exc:  # one line for the user, never a traceback
             self.post_message(TransferFinished(action, path=path, error=f"{action} failed: {report(exc)}"))
         else:
-            self.post_message(TransferFinished(action, count, path))
+            self.post_message(TransferFinished(action, count, path, note=self.flattened_note(store, action, fmt)))
+
+    @staticmethod
+    def flattened_note(store, action: str, fmt: str) -> str:
+        """After a `trl` export: how many prompts were flattened into hh-style text (README, Pair formats)."""
+        if action != "export" or fmt != "trl":
+            return ""
+        flattened = sum(1 for pair in store.list_pairs()
+                        if len(pair.prompt) != 1 or pair.prompt[0]["role"] != "user")
+        if not flattened:
+            return ""
+        return (f"{flattened} of them have a system prompt or several turns: `trl` flattens those into "
+                "hh-style text. Export trl-chat to keep them as messages (TRL applies the model's chat template).")
 
     def on_transfer_finished(self, message: TransferFinished) -> None:
         if message.error:
@@ -170,5 +195,7 @@ class PairsScreen(Screen):
             return
         verb = "Imported" if message.action == "import" else "Exported"
         self.notify(f"{verb} {message.count} pairs {'from' if message.action == 'import' else 'to'} {message.path}")
+        if message.note:
+            self.notify(message.note, severity="warning", timeout=15)
         self.align_app.refresh_pair_count()
         self.reload()
