@@ -178,6 +178,11 @@ def run_one(method: str, trait: str, count: int, flags: list[str], models_dir: P
         "content_f1": round(sum(answer_checks.unigram_f1(without_trait(trait, a), b) for a, b in zip(after, before))
                             / len(after), 3) if add_only else None,
         "run_check": record.get("answer_check", {}).get("verdict"),
+        # PPO: the reward model's score of greedy answers to held-out prompts after each phase, and the KL
+        "rewards": {k: v for k, v in record["metrics"].items() if "reward" in k or k == "kl"} if method == "ppo" else None,
+        # PPO phase, per step: the mean score of the sampled rollouts and their KL to the base
+        "ppo_steps": [(e["step"], round(e["reward"], 3), round(e["kl"], 3)) for e in events.of("step")
+                      if e.get("phase") == "ppo"] if method == "ppo" else None,
         "checks": [{k: e.get(k) for k in ("step", "verdict", "repeating", "length_ratio", "longest_repeat", "example")}
                    for e in events.of("answers")],
         "answers": after,

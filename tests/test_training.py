@@ -407,7 +407,8 @@ def test_reward_model_and_warm_start_numbers_are_pinned(capsys, pin_pairs_file, 
     reward_evals = [{k: e[k] for k in ("accuracy", "margin", "loss")}
                     for e in events if e["event"] == "eval" and e.get("phase") == "reward"]
     assert reward_evals == [pytest.approx(w, abs=1e-6) for w in PINNED_PPO["reward_evals"]]
-    assert events[-1]["metrics"] == pytest.approx(PINNED_PPO["metrics"], abs=1e-4)
+    pinned = {k: events[-1]["metrics"][k] for k in PINNED_PPO["metrics"]}  # later metrics (sampled rewards) aside
+    assert pinned == pytest.approx(PINNED_PPO["metrics"], abs=1e-4)
 
 
 def test_cli_trains_and_writes_a_loadable_adapter(capsys, pairs_file, tiny_model_dir, private_home):

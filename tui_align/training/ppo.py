@@ -60,15 +60,23 @@ def total_steps(train: list[EncodedPair], config: TrainConfig) -> int:
     return reward_steps(len(train), config) + sft_steps(len(train), config) + ppo_steps(len(unique_prompts(train)), config)
 
 
+SAMPLES_PER_PROMPT = 2  # sampled answers per held-out prompt in the sampled measure
+
+
 @torch.no_grad()
-def greedy_reward(model, tokenizer, head, prompts: list[list[int]], tail, config: TrainConfig) -> float:
-    """Mean reward-model score of the policy's greedy answers; the before/after measure."""
+def greedy_reward(model, tokenizer, head, prompts: list[list[int]], tail, config: TrainConfig,
+                  sampled: bool = False) -> float:
+    """Mean reward-model score of the policy's answers to `prompts`: greedy, or SAMPLES_PER_PROMPT
+    sampled each as PPO samples them (what PPO optimises), from a fixed seed so phases compare alike."""
     if not prompts:
         return float("nan")
+    rows = [p for p in prompts for _ in range(SAMPLES_PER_PROMPT)] if sampled else prompts
     scores = []
-    for i in range(0, len(prompts), config.batch_size):
-        rollout = generate_rollouts(model, tokenizer, prompts[i : i + config.batch_size], config, greedy=True)
-        scores.append(score_rollout(model, head, rollout, tail, tokenizer.pad_token_id))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed + 7)
+        for i in range(0, len(rows), config.batch_size):
+            rollout = generate_rollouts(model, tokenizer, rows[i : i + config.batch_size], config, greedy=not sampled)
+            scores.append(score_rollout(model, head, rollout, tail, tokenizer.pad_token_id))
     return torch.cat(scores).mean().item()
 
 
@@ -152,8 +160,11 @@ def train_ppo(job: Job) -> dict:
             job.save_checkpoint(step, optimizer=ppo_optimizer)
 
     def measure(name: str, step: int) -> None:
-        metrics[name] = greedy_reward(model, tokenizer, head, eval_prompts, tail, config)
-        emit("eval", phase="policy", step=step, reward=metrics[name])
+        with cancel.interruptible():
+            metrics[name] = greedy_reward(model, tokenizer, head, eval_prompts, tail, config)
+            sampled = name.replace("mean_reward", "mean_sampled_reward")
+            metrics[sampled] = greedy_reward(model, tokenizer, head, eval_prompts, tail, config, sampled=True)
+        emit("eval", phase="policy", step=step, reward=metrics[name], sampled_reward=metrics[sampled])
 
     emit("phase", name="reward_model")
     head, metrics = _reward_model(job, reward_dir, n_total)
