@@ -375,3 +375,15 @@ def test_chunked_head_gradients_under_bf16_autocast_match_full_logits():
     (want,) = torch.autograd.grad(full.sum(), hidden)
     assert torch.equal(chunked, full)
     assert (got - want).abs().max() / want.abs().max() < 0.02
+
+
+def test_leave_one_out_advantages_compare_answers_to_the_same_prompt_only():
+    # two prompts, two answers each; the second prompt is "easy" (high scores for both answers)
+    rewards = torch.tensor([[0.0, 0.0, 1.0], [0.0, 3.0, 0.0], [0.0, 0.0, 10.0], [0.0, 0.0, 10.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 1, 1], [1, 1, 1]])
+    advantages = losses.leave_one_out_advantages(rewards, mask, group=2)
+    assert advantages.tolist() == [[-2.0, -2.0, -2.0], [2.0, 2.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
+    # the KL shaping is reward-to-go: a penalty on a later token counts for the tokens before it only
+    shaped = torch.tensor([[-0.5, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    to_go = losses.leave_one_out_advantages(shaped, torch.ones(2, 3), group=2)
+    assert to_go[0].tolist() == [0.5, 1.0, 1.0]

@@ -203,7 +203,8 @@ def count_trait(model, tokenizer, prompts, config, greedy: bool) -> int:
     return sum(synthetic.has_trait(t, "signoff") for t in texts)
 
 
-def test_ppo_makes_the_trait_appear(smol_tokenizer):
+@pytest.mark.parametrize("baseline", ["value", "group"])
+def test_ppo_makes_the_trait_appear(baseline, smol_tokenizer):
     """After a warm-up the policy signs off now and then; PPO against the learned reward makes it the
     greedy answer on held-out questions, moving only the policy adapter and the value head.
 
@@ -225,6 +226,7 @@ def test_ppo_makes_the_trait_appear(smol_tokenizer):
     config.ppo.reward_epochs, config.ppo.reward_learning_rate = 8, 1e-2
     config.ppo.max_new_tokens, config.ppo.kl_coef = 16, 0.1
     config.ppo.sft_epochs = 0  # the warm-up above plays its part; this measures PPO alone
+    config.ppo.baseline = baseline
     held_prompts = [e.prompt_ids for e in held_out]
     greedy_before = count_trait(model, smol_tokenizer, held_prompts, config, greedy=True)
     base_before = {n: p.detach().clone() for n, p in base_parameters(model).items()}
@@ -252,7 +254,8 @@ def test_ppo_makes_the_trait_appear(smol_tokenizer):
     assert all(torch.equal(p, base_before[n]) for n, p in base_parameters(model).items())
 
     steps = [e for e in events.of("step") if e.get("phase") == "ppo"]
-    assert len(steps) == ppo.ppo_steps(len(train), config) == 16
+    # the group baseline answers each prompt twice a visit, in batches of 6 prompts: twice the steps
+    assert len(steps) == ppo.ppo_steps(len(train), config) == (16 if baseline == "value" else 32)
     assert {"loss", "kl", "reward", "value_loss", "clip_fraction", "tokens_per_s", "eta_s"} <= set(steps[0])
     assert [e["name"] for e in events.of("phase")] == ["reward_model", "ppo"]
     assert steps[-1]["step"] == steps[-1]["total_steps"] == ppo.total_steps(train, config)

@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
              f"(RPO; default: {defaults.dpo.sft_weight:g}; 0 = plain DPO)")
     add("--lam", type=float, default=defaults.orpo.lam, help=f"ORPO lambda (default: {defaults.orpo.lam})")
     add("--kl-coef", type=float, default=defaults.ppo.kl_coef, help=f"PPO: weight of the per-token KL penalty (default: {defaults.ppo.kl_coef})")
+    add("--ppo-baseline", choices=("value", "group"), default=defaults.ppo.baseline,
+        help=f"PPO: advantages from a learned value head (value) or from the other answers to the same prompt, "
+             f"{defaults.ppo.group_size} per prompt (group; default: {defaults.ppo.baseline})")
     add("--sft-epochs", type=int, default=defaults.ppo.sft_epochs,
         help=f"PPO: supervised passes over the chosen answers before PPO, so it samples what it should reinforce (default: {defaults.ppo.sft_epochs})")
     add("--lora-rank", type=int, default=defaults.lora.rank, help=f"LoRA rank (default: {defaults.lora.rank})")
@@ -130,6 +133,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     config.orpo.lam = args.lam
     config.ppo.kl_coef = args.kl_coef
     config.ppo.sft_epochs = args.sft_epochs
+    config.ppo.baseline = args.ppo_baseline
     config.lora.rank = args.lora_rank
     config.lora.alpha = args.lora_alpha or 2 * args.lora_rank  # alpha / rank = 2 keeps the default LoRA scale
     return config

@@ -36,6 +36,11 @@ class PPOSettings:
     reward_epochs: int = 2
     reward_learning_rate: float = 1e-4
     rollouts_per_prompt: int = 1
+    # "value": advantages by GAE from a learned value head (classic PPO). "group": each prompt is sampled
+    # group_size times in one step and each answer's advantage is its return minus the mean of the others'
+    # (a leave-one-out baseline, as RLOO and GRPO): no critic to learn from a random start.
+    baseline: str = "value"
+    group_size: int = 2
     max_new_tokens: int = 48
     ppo_epochs: int = 2  # passes over each batch of rollouts
     clip: float = 0.2

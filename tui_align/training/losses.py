@@ -202,6 +202,20 @@ def shaped_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, k
     return rewards
 
 
+def leave_one_out_advantages(rewards: torch.Tensor, mask: torch.Tensor, group: int) -> torch.Tensor:
+    """(B,R) advantages with a leave-one-out baseline (RLOO, Ahmadian et al. 2024, arXiv:2402.14740).
+
+    Rows come in groups of `group` answers to one prompt. Each token's advantage is its reward-to-go
+    (gamma 1) minus the mean whole-answer return of the other answers in its group: answers compete
+    with answers to the same prompt only, so an easy prompt's high scores teach nothing by themselves.
+    """
+    mask = mask.to(rewards.dtype)
+    to_go = (rewards * mask).flip(-1).cumsum(-1).flip(-1)  # sum of rewards from t to the end
+    totals = to_go[:, 0].view(-1, group)  # (prompts, group): each answer's whole return
+    others = (totals.sum(-1, keepdim=True) - totals) / (group - 1)
+    return (to_go - others.reshape(-1, 1)) * mask
+
+
 def whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Advantages normalised to mean 0, std 1 over answer tokens, as most PPO code does."""
     mean = masked_mean(x, mask)

@@ -52,7 +52,8 @@ def ppo_steps(n_prompts: int, config: TrainConfig) -> int:
     """Rollout batches in the PPO phase: --max-steps when given (it overrides --epochs, as for DPO),
     else epochs over the prompts. It counts PPO steps only: the reward phase always runs to the end,
     since PPO against a half-trained reward model would be meaningless."""
-    return defaults.steps(config, n_prompts * config.ppo.rollouts_per_prompt)
+    per_prompt = config.ppo.group_size if config.ppo.baseline == "group" else config.ppo.rollouts_per_prompt
+    return defaults.steps(config, n_prompts * per_prompt)
 
 
 def total_steps(train: list[EncodedPair], config: TrainConfig) -> int:
@@ -118,8 +119,13 @@ def _value_head(model, config: TrainConfig, run_dir: Path | None, resuming: bool
 
 def ppo_schedule(rows: list[list[int]], config: TrainConfig, n_ppo: int, first_step: int, start_step: int):
     """(step, epoch, prompt rows) for PPO's steps first_step+1 .. first_step+n_ppo, skipping those up to
-    start_step: each epoch's shuffle is still drawn, so a resume sees the same batches after."""
-    per_epoch = math.ceil(len(rows) / config.batch_size)
+    start_step: each epoch's shuffle is still drawn, so a resume sees the same batches after.
+
+    With the group baseline a step's rows are batch_size // group_size prompts, each group_size times
+    in a row (one group per prompt); `rows` are then the prompts themselves."""
+    group = config.ppo.group_size if config.ppo.baseline == "group" else 1
+    per_batch = max(1, config.batch_size // group)
+    per_epoch = math.ceil(len(rows) / per_batch)
     generator = torch.Generator().manual_seed(config.seed)
     for ppo_step in range(n_ppo):
         if ppo_step % per_epoch == 0:
@@ -128,7 +134,8 @@ def ppo_schedule(rows: list[list[int]], config: TrainConfig, n_ppo: int, first_s
         if step <= start_step:
             continue
         k = ppo_step % per_epoch
-        yield step, (ppo_step + 1) / per_epoch, [rows[i] for i in order[k * config.batch_size : (k + 1) * config.batch_size]]
+        chosen = [rows[i] for i in order[k * per_batch : (k + 1) * per_batch]]
+        yield step, (ppo_step + 1) / per_epoch, [row for row in chosen for _ in range(group)]
 
 
 def train_ppo(job: Job) -> dict:
@@ -195,7 +202,8 @@ def train_ppo(job: Job) -> dict:
         tokens = stats.pop("tokens")
         return stats, tokens
 
-    rows = [p for p in prompts for _ in range(config.ppo.rollouts_per_prompt)]
+    grouped = config.ppo.baseline == "group"
+    rows = prompts if grouped else [p for p in prompts for _ in range(config.ppo.rollouts_per_prompt)]
     outcome = loop.run_steps(
         ppo_schedule(rows, config, n_ppo, n_before_ppo, start_step), take_step, config,
         total=n_total, emit=emit, should_stop=job.should_stop,
@@ -228,7 +236,11 @@ def _ppo_update(model, tokenizer, head, value_head, optimizer, prompt_rows, tail
             ref_logps, _ = policy_forward(model, value_head, rollout, settings.temperature)
         kl = losses.per_token_kl(old_logps, ref_logps) * mask
         rewards = losses.shaped_rewards(shaped_scores, kl, mask, settings.kl_coef)
-        advantages, returns = losses.gae(rewards, old_values, mask, settings.gamma, settings.gae_lambda)
+        if settings.baseline == "group":
+            advantages = losses.leave_one_out_advantages(rewards, mask, settings.group_size)
+            returns = old_values  # no critic: the value loss below is zero
+        else:
+            advantages, returns = losses.gae(rewards, old_values, mask, settings.gamma, settings.gae_lambda)
         advantages = losses.whiten(advantages, mask)
 
     model.train()
@@ -236,7 +248,8 @@ def _ppo_update(model, tokenizer, head, value_head, optimizer, prompt_rows, tail
     for _ in range(settings.ppo_epochs):
         logps, values = policy_forward(model, value_head, rollout, settings.temperature)
         policy_loss, clip_fraction = losses.ppo_policy_loss(logps, old_logps, advantages, mask, settings.clip)
-        value_loss = losses.ppo_value_loss(values, old_values, returns, mask, settings.value_clip)
+        value_loss = (losses.ppo_value_loss(values, old_values, returns, mask, settings.value_clip)
+                      if settings.baseline != "group" else values.new_zeros(()))
         loss = policy_loss + settings.value_coef * value_loss
         if not torch.isfinite(loss):
             raise FloatingPointError(f"PPO loss is {loss.item()}")
