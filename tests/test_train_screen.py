@@ -183,7 +183,10 @@ async def test_a_run_shows_progress_metrics_and_the_done_line(make_app, store, t
         metrics = str(screen.query_one("#train-metrics", Static).render())
         assert "loss 0.4" in metrics and "accuracy 0.8" in metrics and "123 tokens/s" in metrics
         assert "held out: loss 0.5  accuracy 0.75" in metrics
-        assert screen.query_one("#loss-spark").data == pytest.approx([0.6, 0.5, 0.4])
+        assert (screen.train_run.loss_steps, screen.train_run.losses) == ([1, 2, 3], pytest.approx([0.6, 0.5, 0.4]))
+        plot = screen.query_one("#train-plot").plt
+        drawn = plot.build()
+        assert "held-out loss" in drawn and "held-out accuracy" in drawn and "step" in drawn
         log = log_text(screen)
         assert "a stray line that is not JSON" in log and "done in 1 s: RUN" in log and "eval @ step 3" in log
         assert screen.train_run.status == "completed" and not errors(app)

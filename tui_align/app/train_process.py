@@ -111,7 +111,9 @@ class TrainProcess:
     answer_check: dict = field(default_factory=dict)  # the latest check of held-out answers (answer_checks.judge)
     phase: dict = field(default_factory=dict)  # the progress event of the phase under way (loading …), {} when none
     losses: list[float] = field(default_factory=list)
+    loss_steps: list[int] = field(default_factory=list)  # the step of each loss, for the plot
     accuracies: list[float] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)  # every held-out eval event, in order
     log_lines: list[str] = field(default_factory=list)  # every line shown in the event log, in order
     error: str | None = None
     returncode: int | None = None
@@ -176,8 +178,11 @@ class TrainProcess:
             for series, key in ((self.losses, "loss"), (self.accuracies, "accuracy")):
                 if isinstance(event.get(key), (int, float)):
                     series.append(float(event[key]))
+            if isinstance(event.get("loss"), (int, float)):
+                self.loss_steps.append(self.step)
         elif kind == "eval":
             self.last_eval = event
+            self.evals.append(event)
         elif kind == "answers":
             self.answer_check = event
         elif kind == "done":

@@ -15,14 +15,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import (Button, Checkbox, Footer, Header, Input, Label, ProgressBar, RichLog, Select, Sparkline,
-                             Static)
+from textual.widgets import Button, Checkbox, Footer, Header, Input, Label, ProgressBar, RichLog, Select, Static
 
 from ...errors import UserError, report
 from ..messages import TrainEvent, TrainFailed, TrainFinished, TrainProgress
 from ...training import defaults as rule
 from ...training.rules import PRECISIONS
 from ..train_process import FIELDS, METHODS, TrainProcess, form_defaults, form_flags, format_metrics, new_run
+from ..widgets.training_plot import TrainingPlot
 
 if TYPE_CHECKING:
     from ..app import AlignApp
@@ -113,10 +113,7 @@ Quitting the app cancels a running training cleanly; after a restart, resume it 
                 yield ProgressBar(id="train-progress", show_eta=False).set_styles("display: none;")
                 yield Static("", id="train-metrics")
                 yield Static("", id="train-verdict").set_styles("display: none;")
-                yield Label("loss", classes="spark-label")
-                yield Sparkline([], id="loss-spark")
-                yield Label("accuracy", classes="spark-label")
-                yield Sparkline([], id="accuracy-spark")
+                yield TrainingPlot(id="train-plot")
                 yield RichLog(id="train-log", wrap=True, markup=False)
         yield Footer()
 
@@ -263,8 +260,7 @@ Quitting the app cancels a running training cleanly; after a restart, resume it 
         verdict.update(self.verdict_text(run))
         verdict.display = bool(run.answer_check)
         verdict.set_class(run.answer_check.get("verdict") in WARNING_VERDICTS, "-warning")
-        self.query_one("#loss-spark", Sparkline).data = list(run.losses)
-        self.query_one("#accuracy-spark", Sparkline).data = list(run.accuracies)
+        self.query_one("#train-plot", TrainingPlot).show(list(run.loss_steps), list(run.losses), list(run.evals))
         log = self.query_one("#train-log", RichLog)
         new_lines = run.log_lines[self._logged:]
         for line in new_lines:
