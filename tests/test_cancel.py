@@ -60,7 +60,7 @@ def test_max_steps_scores_only_the_pairs_of_its_batches(tmp_path, tiny_model_dir
     assert len(used["train"]) == 12  # three batches of four
     assert len(scored) == len(set(scored)) == 12 + held_out  # each pair once: the batches' and the held-out
     said = events.of("reference")[0]
-    assert (said["pairs"], said["of"]) == (12 + held_out, 80) and "12 the steps use" in said["message"]
+    assert (said["pairs"], said["of"]) == (12 + held_out, 80) and "the 12 the steps use" in said["message"]
 
 
 def test_the_reference_scored_as_batches_come_equals_the_pass_ahead(smol_tokenizer, tiny_llama):

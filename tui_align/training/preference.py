@@ -172,8 +172,8 @@ def announce_reference(job: Job) -> None:
     everything = len(job.train) + len(job.held_out)
     held = f" and the {len(job.held_out)} held out" if job.held_out else ""
     job.emit("reference", pairs=scored, of=everything,
-             message=(f"reference log-probs for {scored} of {everything} pairs (the {used} the steps use{held}), "
-                      "each scored in the step that first uses it (which makes that step about a quarter longer)"))
+             message=(f"{scored} of {everything} pairs get reference log-probs (the {used} the steps use{held}), "
+                      "each in the step that first uses it, which takes about a quarter longer for it"))
 
 
 def early_stop(job: Job, step: int) -> dict:

@@ -1,0 +1,103 @@
+"""Is `--precision auto` the faster precision on this machine? DPO, ORPO and the reward model, side by side.
+
+    python benchmarks/precision.py                  # 48 hh-rlhf pairs, batch 8, 6 timed steps per run
+    python benchmarks/precision.py --steps 10 --json out.json
+
+Issue 18's target: auto is never more than 5% slower than the best forced precision. Each method runs
+through `training.runner.run` as `tui-align train` would (the default model, `--check-answers 0` so only
+steps are timed) once per precision (auto, float32, bf16), in its own process, one after another. The
+time per step is the median of the steps after the first (the first pays for warm-up). The reward
+model is PPO's first phase: the run is stopped after its timed steps. The probe's measurement, which
+`auto` followed, is printed with the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import RESULT_PREFIX, SHARED_DATA, machine_info  # noqa: E402
+
+PRECISIONS = ("auto", "float32", "bf16")
+METHODS = ("dpo", "orpo", "reward")
+
+
+def worker(method: str, precision: str, steps: int, pairs: int, data: Path) -> dict:
+    from tui_align import formats, train_args
+    from tui_align.paths import data_home, models_dir
+    from tui_align.training import runner
+
+    all_pairs = formats.read_pairs(str(data), "auto")[:pairs]
+    flags = ["--method", "ppo" if method == "reward" else method, "--precision", precision, "--batch-size", "8",
+             "--check-answers", "0", "--eval-fraction", "0"]
+    if method != "reward":
+        flags += ["--max-steps", str(steps + 1)]
+    _, config = train_args.parse(flags)
+    ends: list[float] = []
+    said: dict = {}
+
+    def emit(kind, **fields):
+        if kind == "step":
+            ends.append(time.monotonic())
+        elif kind == "start":
+            said["precision"] = fields["precision"]
+            said["measured"] = fields.get("precision_measured")
+
+    with tempfile.TemporaryDirectory(prefix="precision-") as out:
+        home = data_home(None)
+        options = runner.RunOptions(config=config, models_dir=models_dir(home), adapters_dir=Path(out),
+                                    pairs=all_pairs, out=str(Path(out) / "run"))
+        runner.run(options, emit, lambda: len(ends) > steps)  # the reward model: stop after its timed steps
+    per_step = [b - a for a, b in zip(ends, ends[1:])][:steps]
+    return {"method": method, "precision": precision, "ran_as": said.get("precision"),
+            "s_per_step": round(statistics.median(per_step), 3) if per_step else None,
+            "measured": said.get("measured")}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--pairs", type=int, default=48)
+    parser.add_argument("--data", type=Path, default=SHARED_DATA)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        result = worker(args.worker[0], args.worker[1], args.steps, args.pairs, args.data)
+        print(RESULT_PREFIX + json.dumps(result), flush=True)
+        return 0
+    rows = []
+    for method in args.methods.split(","):
+        for precision in PRECISIONS:
+            run = subprocess.run([sys.executable, __file__, "--worker", method, precision, "--steps", str(args.steps),
+                                  "--pairs", str(args.pairs), "--data", str(args.data)],
+                                 capture_output=True, text=True)
+            lines = [x for x in run.stdout.splitlines() if x.startswith(RESULT_PREFIX)]
+            row = json.loads(lines[-1][len(RESULT_PREFIX):]) if lines else {"method": method, "precision": precision,
+                                                                           "error": run.stderr[-500:]}
+            rows.append(row)
+            print(row, flush=True)
+    summary = []
+    for method in args.methods.split(","):
+        times = {r["precision"]: r.get("s_per_step") for r in rows if r["method"] == method}
+        forced = [t for p, t in times.items() if p != "auto" and t]
+        if times.get("auto") and forced:
+            summary.append({"method": method, **times, "auto_vs_best": round(times["auto"] / min(forced), 3)})
+    for line in summary:
+        print(line)
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine_info(), "rows": rows, "summary": summary}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
