@@ -49,6 +49,7 @@ from typing import Iterable
 from .atomic import atomic_write
 from .errors import UserError
 from .pairs import Message, Pair
+from .store import WRITE_WAIT_S
 
 FORMATS = ("trl", "trl-chat", "hh")
 ROLES = ("system", "user", "assistant")
@@ -374,7 +375,8 @@ def import_file(store, path, fmt: str = "auto") -> int:
     result = read_file(path, fmt)
     if result.skipped:
         log.warning("%s: %s", path, result.skipped_summary())
-    store.add_pairs(result.pairs)
+    # An import runs in a worker (or the CLI): it can wait the long wait for another writer.
+    store.add_pairs(result.pairs, wait_s=WRITE_WAIT_S)
     return len(result.pairs)
 
 

@@ -77,7 +77,11 @@ def m002_compare_columns() -> str:
 
 
 def migrate(db: sqlite3.Connection) -> None:
-    """Apply every migration not yet recorded in `_migrations`, each in its own transaction."""
+    """Apply every migration not yet recorded in `_migrations`, each in its own transaction.
+
+    The record goes in first, under the write lock: when two processes open a new store at once (two
+    imports), the one that waited finds the name taken and skips the step the other one just ran.
+    """
     db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
     applied = {row[0] for row in db.execute("SELECT name FROM _migrations")}
     for step in MIGRATIONS:
@@ -85,11 +89,12 @@ def migrate(db: sqlite3.Connection) -> None:
             continue
         record = f"INSERT INTO _migrations VALUES ('{step.__name__}', strftime('%Y-%m-%dT%H:%M:%fZ','now'));"
         try:
-            db.executescript(f"BEGIN;\n{step()}\n{record}\nCOMMIT;")
+            db.executescript(f"BEGIN IMMEDIATE;\n{record}\n{step()}\nCOMMIT;")
         except sqlite3.Error:
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            raise
+            if not db.execute("SELECT 1 FROM _migrations WHERE name = ?", (step.__name__,)).fetchone():
+                raise  # a failed step, not one that another process applied meanwhile
 
 
 def schema_version(db: sqlite3.Connection) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,26 @@ from .migrations import migrate, schema_version
 from .pairs import Message, Pair
 
 PICK_OUTCOMES = ("chosen", "written", "tie", "skip")
+# How long a write waits for another process's write (an import in a second tui-align) before it gives
+# up: long for the CLI, which has nothing else to do; the app lowers it (it retries on a timer instead).
+WRITE_WAIT_S = 30.0
+# SQLite's own busy handler on every statement: enough to ride out a commit, short enough that a
+# read on the UI thread never hangs; longer waits are the retry loop in _begin, outside self._lock.
+STATEMENT_WAIT_MS = 20
+
+
+class StoreBusy(UserError):
+    """Another process held the store's write lock for longer than this write waits; nothing was written."""
+
+    def __init__(self, path: str, waited_s: float):
+        super().__init__(f"The store {path} is busy: another tui-align has been writing to it for {waited_s:g} s;"
+                         " nothing was saved, try again when it is done.")
+        self.waited_s = waited_s
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or \
+        "locked" in str(exc) or "busy" in str(exc)
 
 
 @dataclass(frozen=True)
@@ -33,16 +54,25 @@ class CompareRecord:
 
 
 class Store:
-    def __init__(self, path: str | Path = ":memory:"):
+    def __init__(self, path: str | Path = ":memory:", write_wait_s: float | None = None):
         self.path = str(path)
+        #: seconds a write waits for another process's write before StoreBusy (see WRITE_WAIT_S)
+        self.write_wait_s = write_wait_s = WRITE_WAIT_S if write_wait_s is None else write_wait_s
         try:
             # Workers (generation, import) and the UI thread share one connection; the lock
             # serialises them, which SQLite needs for a shared connection anyway.
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            # Opening waits the whole write_wait_s: a migration may have to wait for another writer.
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                       timeout=write_wait_s)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             migrate(self._db)
+            self._db.execute(f"PRAGMA busy_timeout={STATEMENT_WAIT_MS}")
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc):
+                raise StoreBusy(self.path, write_wait_s) from exc
+            raise UserError(f"Can't open the store {self.path}: {exc}") from exc
         except sqlite3.DatabaseError as exc:
             raise UserError(f"Can't open the store {self.path}: {exc}") from exc
         self._lock = threading.RLock()
@@ -56,9 +86,11 @@ class Store:
         self._db.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+    def _transaction(self, wait_s: float | None = None) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken at BEGIN (IMMEDIATE) so that a busy store fails before anything is
+        done rather than at COMMIT; waits up to `wait_s` (default write_wait_s) for another writer."""
+        self._begin(self.write_wait_s if wait_s is None else wait_s)
+        try:
             try:
                 yield self._db
             except BaseException:
@@ -68,13 +100,47 @@ class Store:
                 self._db.execute("COMMIT")
             except sqlite3.OperationalError as exc:
                 self._db.execute("ROLLBACK")
+                if _is_busy(exc):
+                    raise StoreBusy(self.path, self.write_wait_s) from exc
                 raise UserError(f"Couldn't save to {self.path}: {exc}") from exc
+        finally:
+            self._lock.release()
+
+    def _begin(self, wait_s: float) -> None:
+        """BEGIN IMMEDIATE, retried with backoff while another process writes; returns holding self._lock.
+
+        The waiting happens with self._lock released, so this process's readers (the UI thread) go on.
+        """
+        deadline = time.monotonic() + wait_s
+        pause = 0.01
+        while True:
+            self._lock.acquire()
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                self._lock.release()
+                if not _is_busy(exc):
+                    raise UserError(f"Couldn't save to {self.path}: {exc}") from exc
+            except BaseException:
+                self._lock.release()
+                raise
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StoreBusy(self.path, wait_s)
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 0.5)
 
     def _query(self, sql: str, params: Sequence = ()) -> list[sqlite3.Row]:
         with self._lock:
-            cursor = self._db.execute(sql, params)
-            cursor.row_factory = sqlite3.Row
-            return cursor.fetchall()
+            try:
+                cursor = self._db.execute(sql, params)
+                cursor.row_factory = sqlite3.Row
+                return cursor.fetchall()
+            except sqlite3.OperationalError as exc:
+                if _is_busy(exc):
+                    raise StoreBusy(self.path, STATEMENT_WAIT_MS / 1000) from exc
+                raise
 
     # Conversations ---------------------------------------------------------------------
 
@@ -183,9 +249,9 @@ class Store:
 
     # Pairs -------------------------------------------------------------------------------
 
-    def add_pairs(self, pairs: Sequence[Pair]) -> list[int]:
-        """Insert all pairs or none."""
-        with self._transaction() as db:
+    def add_pairs(self, pairs: Sequence[Pair], wait_s: float | None = None) -> list[int]:
+        """Insert all pairs or none (waiting up to `wait_s` for another writer, default write_wait_s)."""
+        with self._transaction(wait_s) as db:
             return [
                 db.execute(
                     "INSERT INTO pairs (prompt_json, chosen, rejected, source, model, settings_json)"

@@ -21,6 +21,7 @@ from ..errors import UserError, report
 from ..model_files import ModelRef, resolve_model
 from ..paths import models_dir
 from ..store import Store
+from .busy import UI_WRITE_WAIT_S
 from .messages import AdapterActivated, AdapterWorkFailed, BackendFailed, BackendReady
 from .screens import MAIN_SCREENS
 from .screens.help import HelpScreen
@@ -84,6 +85,8 @@ class AlignApp(App[int]):
     ) -> None:
         super().__init__()
         self.store = store
+        # The UI thread writes to it: it must not hang behind another tui-align's import (screens retry).
+        store.write_wait_s = UI_WRITE_WAIT_S
         self.home = Path(home)
         self.model_label = model_label
         self.model_spec = model_spec  # what --model said (None: the default); the train child gets the same

@@ -14,6 +14,8 @@ from textual.widgets import Footer, Header, Input, Static
 from textual.worker import get_current_worker
 
 from ...errors import UserError
+from ...store import StoreBusy
+from ..busy import BusyRetry
 from ..generation import generate_answers
 from ..messages import AnswerDone, AnswerProgress, GenerationFinished
 from ..session import ChatSession
@@ -59,6 +61,7 @@ class ChatScreen(Screen):
         self._answer_view: MessageView | None = None
         self._pick_settings: dict = {}
         self._settings_list: list = []  # of the generation on the way, one per column
+        self._busy = BusyRetry(self)  # a message, answer or pick waiting for another process's write
 
     @property
     def align_app(self) -> AlignApp:
@@ -128,6 +131,9 @@ class ChatScreen(Screen):
     def send(self, raw: str, candidates: bool) -> None:
         """Send the typed message (or reuse the last one) for one answer or for N candidates."""
         app, session = self.align_app, self.session
+        if self._busy.waiting:
+            self.notify("Still saving what came before: the store is busy.", severity="warning")
+            return
         if self.phase != "idle":
             self.notify("Wait for the answer, or press esc to stop it.", severity="warning")
             return
@@ -139,6 +145,9 @@ class ChatScreen(Screen):
         text = raw.strip()
         try:
             note = session.take_turn(text, candidates, app.model_id)
+        except StoreBusy:  # the text stays in the input until it is stored
+            self._busy.retry(lambda: self.send(raw, candidates))
+            return
         except UserError as exc:
             self.notify(str(exc), severity="warning")
             return
@@ -148,6 +157,7 @@ class ChatScreen(Screen):
         elif note:  # the conversation was branched: show the copy
             self.query_one(ChatLog).show(session.system_prompt, session.turns)
             self.notify(note)
+        self._busy.landed()
         self._start(candidates)
 
     def _start(self, candidates: bool) -> None:
@@ -201,10 +211,7 @@ class ChatScreen(Screen):
         view, self._answer_view = self._answer_view, None
         if text.strip():
             # A stopped answer is kept as it stands: the chat continues from what the user saw.
-            try:
-                self.session.add_answer(text)
-            except UserError as exc:
-                self.notify(str(exc), title="Not saved", severity="error")
+            self._save_answer(text)
             view.set_text(text)
             reason = message.reasons[0] if message.reasons else ""
             view.set_note(finished_label(reason, self._settings_list[0].max_tokens) if reason in ("stopped", "length")
@@ -214,6 +221,16 @@ class ChatScreen(Screen):
             if not message.error:
                 self.notify("No answer was written. Enter (empty input) asks again.", severity="warning")
         self.phase = "idle"
+
+    def _save_answer(self, text: str) -> None:
+        try:
+            self.session.add_answer(text)
+        except StoreBusy:
+            self._busy.retry(lambda: self._save_answer(text))
+        except UserError as exc:
+            self.notify(str(exc), title="Not saved", severity="error")
+        else:
+            self._busy.landed()
 
     def _finish_candidates(self, message: GenerationFinished) -> None:
         self.candidates = list(message.texts)
@@ -249,6 +266,9 @@ class ChatScreen(Screen):
 
     def record(self, outcome: str, slot: int | None = None, written: str | None = None) -> None:
         """Store the pick (committed before anything on screen changes), then continue the chat."""
+        if self._busy.waiting:  # a second key while the first pick waits for the store
+            self.notify("Still saving your pick: the store is busy.", severity="warning")
+            return
         # Empty columns (never written) are not candidates; map the column to its index among the rest.
         columns = [i for i, text in enumerate(self.candidates) if text.strip()]
         texts = [self.candidates[i] for i in columns]
@@ -258,9 +278,13 @@ class ChatScreen(Screen):
                 texts, outcome, chosen_index=chosen_index, written=written,
                 model=self.align_app.model_id, settings=self._pick_settings,
             )
+        except StoreBusy:  # the candidates stay on screen, the pick pending, until it is stored
+            self._busy.retry(lambda: self.record(outcome, slot, written))
+            return
         except UserError as exc:
             self.notify(str(exc), title="Not saved", severity="error")
             return
+        self._busy.landed()
         self.align_app.refresh_pair_count()
         self.query_one(CandidatesPanel).close()
         if continuation is not None:
