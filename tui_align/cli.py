@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     pairs = commands.add_parser("pairs", help="count the stored pairs by source")
     _add_common(pairs, suppress=True)
 
+    store = commands.add_parser("store", help="check the store, or recover a damaged one")
+    store.add_argument("action", choices=("check", "recover"),
+                       help="check: run SQLite's check; recover: keep a copy of a damaged store and save what"
+                            " can be read into a new one")
+    _add_common(store, suppress=True)
+
     # train has its own parser (train_args.py): this one takes the global options and hands it the rest.
     # No abbreviations here, so that --m (train's --method? --model?) reaches train's parser as typed.
     train = commands.add_parser("train", help="train a LoRA adapter on the pairs (see `tui-align train --help`)",
@@ -140,6 +146,31 @@ def run_pairs(args) -> int:
     return 0
 
 
+def run_store(args) -> int:
+    from .paths import data_home, store_path
+    from .recover import recover_store
+    from .store import Store, StoreBusy, StoreDamaged
+
+    path = store_path(data_home(args.home))
+    if not path.is_file():
+        raise UserError(f"No store at {path} yet.")
+    if args.action == "check":
+        Store(path).close()  # StoreDamaged (one line, exit 1) when the check fails
+        print(f"{path}: ok")
+        return 0
+    try:
+        Store(path).close()
+    except StoreBusy:
+        raise
+    except UserError:  # damaged, or not a database at all (then nothing is saved, and it is kept all the same)
+        pass
+    else:
+        print(f"{path} is not damaged: nothing to recover.")
+        return 0
+    print(f"recovered {path}: {recover_store(path).summary()}")
+    return 0
+
+
 def run_compare(args) -> int:
     from .adapters.runs import find_run
     from .backends import SamplingSettings
@@ -217,7 +248,7 @@ def run_app(args) -> int:
 
 
 COMMANDS = {
-    None: run_app, "import": run_import, "export": run_export, "pairs": run_pairs,
+    None: run_app, "import": run_import, "export": run_export, "pairs": run_pairs, "store": run_store,
     "compare": run_compare, "adapters": run_adapters, "export-adapter": run_export_adapter,
 }
 

@@ -136,7 +136,10 @@ class AlignApp(App[int]):
         self.notify(message.error, title="Model not loaded", severity="error", timeout=15)
 
     def refresh_pair_count(self) -> None:
-        self.pair_count = self.store.count_pairs()
+        try:
+            self.pair_count = self.store.count_pairs()
+        except UserError:  # a damaged or busy store: the screen that reads it next says so
+            pass
 
     def set_sampling(self, settings: SamplingSettings, candidate_count: int) -> None:
         """The sampling settings every later answer uses, and how many candidates ctrl+n asks for."""

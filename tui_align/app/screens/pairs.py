@@ -71,7 +71,15 @@ class PairsScreen(Screen):
         self.reload()  # picks made on the chat screen since we were last shown
 
     def reload(self) -> None:
-        """Refill the table from the store, keeping the cursor where it was."""
+        """Refill the table from the store, keeping the cursor where it was; a store that can't be read
+        (damaged, busy) leaves the table as it was and says so in one line."""
+        try:
+            self._fill()
+        except UserError as exc:
+            self.query_one("#counts", Static).update("the store can't be read")
+            self.notify(str(exc), title="Store", severity="error", timeout=15)
+
+    def _fill(self) -> None:
         store = self.align_app.store
         table = self.query_one(DataTable)
         search = self.query_one("#search", Input).value.strip()
@@ -111,13 +119,21 @@ class PairsScreen(Screen):
 
     def action_edit(self) -> None:
         pair_id = self.selected_pair_id()
-        pair = self.align_app.store.get_pair(pair_id) if pair_id is not None else None
+        try:
+            pair = self.align_app.store.get_pair(pair_id) if pair_id is not None else None
+        except UserError as exc:
+            self.notify(str(exc), title="Store", severity="error")
+            return
         if pair is None:
             return
 
         def saved(result: tuple[str, str] | None) -> None:
             if result is not None:
-                self.align_app.store.update_pair(pair_id, chosen=result[0], rejected=result[1])
+                try:
+                    self.align_app.store.update_pair(pair_id, chosen=result[0], rejected=result[1])
+                except UserError as exc:
+                    self.notify(str(exc), title="Not saved", severity="error")
+                    return
                 self.reload()
                 self.notify(f"Pair {pair_id} saved.")
 
@@ -130,7 +146,11 @@ class PairsScreen(Screen):
 
         def confirmed(yes: bool | None) -> None:
             if yes:
-                self.align_app.store.delete_pair(pair_id)
+                try:
+                    self.align_app.store.delete_pair(pair_id)
+                except UserError as exc:
+                    self.notify(str(exc), title="Not deleted", severity="error")
+                    return
                 self.align_app.refresh_pair_count()
                 self.reload()
                 self.notify(f"Pair {pair_id} deleted.")
