@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     export_adapter.add_argument("run", help="a run id or a peft adapter folder")
     export_adapter.add_argument("--to", required=True, choices=("peft", "merged", "gguf-lora", "gguf"))
     export_adapter.add_argument("out", help="folder (peft, merged) or file (gguf-lora, gguf)")
+    export_adapter.add_argument("--force", action="store_true",
+                                help="replace an existing file that is not an earlier export of that form")
     _add_common(export_adapter, suppress=True)
     return parser
 
@@ -214,7 +216,7 @@ def run_export_adapter(args) -> int:
 
     home = data_home(args.home)
     adapter = find_run(home, args.run)
-    out = export_adapter(adapter, args.to, args.out, models_dir(home), base_spec=args.model)
+    out = export_adapter(adapter, args.to, args.out, models_dir(home), base_spec=args.model, force=args.force)
     print(f"wrote {args.to} to {out}")
     return 0
 

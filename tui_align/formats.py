@@ -50,6 +50,7 @@ from .atomic import atomic_write
 from .errors import UserError
 from .pairs import Message, Pair
 from .store import WRITE_WAIT_S
+from .targets import file_target
 
 FORMATS = ("trl", "trl-chat", "hh")
 ROLES = ("system", "user", "assistant")
@@ -338,26 +339,25 @@ def _describe_errors(path, errors: list[tuple[int, str]]) -> str:
 def write_pairs(pairs: Iterable[Pair], path, fmt: str = "trl") -> int:
     """Write pairs atomically: a temp file beside `path`, fsync, rename. The old file survives any failure."""
     _check_format(fmt)
-    path = Path(path)
+    named = path
+    path = file_target(path)  # a symlink gives the file it points to; a device or a FIFO is refused
     records = []
     for index, pair in enumerate(pairs, start=1):
         try:
             records.append(pair_to_record(pair, fmt))
         except ValueError as exc:
             raise UserError(f"Can't write pair {pair.id or f'#{index}'} as {fmt}: {exc}") from None
-    if not path.parent.is_dir():
-        raise UserError(f"Can't write {path}: the folder {path.parent} doesn't exist")
     try:
         with atomic_write(path, "wb") as raw:
             # mtime=0 and no file name in the header: the same pairs give the same bytes.
-            out = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) if path.suffix == ".gz" else raw
+            out = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) if Path(named).suffix == ".gz" else raw
             for record in records:
                 line = json.dumps(record, ensure_ascii=False).translate(_LINE_BREAKS_IN_JSON)
                 out.write((line + "\n").encode("utf-8"))
             if out is not raw:
                 out.close()
     except OSError as exc:
-        raise UserError(f"Couldn't write {path}: {exc.strerror or exc}") from None
+        raise UserError(f"Couldn't write {named}: {exc.strerror or exc}") from None
     return len(records)
 
 
@@ -382,6 +382,7 @@ def import_file(store, path, fmt: str = "auto") -> int:
 
 def export_file(store, path, fmt: str = "trl") -> int:
     """Write every pair in the store to `path`; returns how many."""
+    file_target(path)  # a bad target is one line before the whole store is read
     pairs = store.list_pairs()
     if not pairs:
         raise UserError("The store has no pairs to export")

@@ -23,7 +23,12 @@ def data_home(override: str | os.PathLike | None = None) -> Path:
     """
     chosen = override or os.environ.get(HOME_ENV) or platformdirs.user_data_dir("tui-align")
     home = Path(chosen).expanduser()
-    home.mkdir(parents=True, exist_ok=True)
+    if home.exists() and not home.is_dir():
+        raise UserError(f"The data folder {home} is a file, not a folder: give --home a folder.")
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"Can't make the data folder {home}: {exc.strerror or exc}") from None
     start_log(log_path(home))
     return home
 

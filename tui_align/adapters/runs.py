@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -122,12 +123,26 @@ def check_same_base(adapter: RunFolder, base_location: str) -> None:
         )
 
 
-def gguf_lora_for(adapter: RunFolder, base_gguf: str | Path) -> Path:
-    """The adapter as a GGUF LoRA for llama.cpp, converted once and kept beside it."""
+def gguf_lora_for(adapter: RunFolder, base_gguf: str | Path, models_dir: Path | None = None) -> Path:
+    """The adapter as a GGUF LoRA for llama.cpp, converted once: beside it in a run folder of ours, else (a
+    folder the user only pointed at) in the data folder's cache, keyed by the folder, its weights and the base."""
     from .gguf_lora import convert_to_gguf_lora
 
-    target = adapter.path / GGUF_LORA_FILE
     weights = adapter.path / "adapter_model.safetensors"
+    target = adapter.path / GGUF_LORA_FILE
+    if models_dir is not None and not _inside(adapter.path, models_dir / "adapters"):
+        stamp = weights.stat()
+        key = f"{adapter.path.resolve()}|{stamp.st_size}|{stamp.st_mtime_ns}|{Path(base_gguf).resolve()}"
+        target = gguf_cache_dir(models_dir) / f"{adapter.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.gguf"
     if target.is_file() and target.stat().st_mtime >= weights.stat().st_mtime:
         return target
     return convert_to_gguf_lora(adapter.path, base_gguf, target)
+
+
+def gguf_cache_dir(models_dir: Path) -> Path:
+    """Where GGUF LoRAs converted from adapter folders outside the data folder are kept."""
+    return models_dir / "cache" / "gguf-lora"
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
