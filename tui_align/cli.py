@@ -121,13 +121,12 @@ def _open_store(args):
 
 
 def run_import(args) -> int:
-    from .formats import read_file
+    from .formats import import_pairs
 
     _, store = _open_store(args)
-    result = read_file(args.file, args.format)  # every line checked before anything is stored
-    store.add_pairs(result.pairs)
-    skipped = f"; {result.skipped_summary()}" if result.skipped else ""
-    print(f"imported {len(result.pairs)} pairs from {args.file} ({store.count_pairs()} in the store{skipped})")
+    done = import_pairs(store, args.file, args.format)  # every line checked before anything is stored
+    detail = f"; {done.summary()}" if done.summary() else ""
+    print(f"imported {done.added} pairs from {args.file} ({store.count_pairs()} in the store{detail})")
     return 0
 
 

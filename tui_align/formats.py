@@ -38,7 +38,10 @@ Decisions (each one keeps our own export -> import round trips exact):
 from __future__ import annotations
 
 import gzip
+import io
 import json
+import os
+import stat
 import logging
 import re
 import zlib
@@ -50,7 +53,7 @@ from .atomic import atomic_write
 from .errors import UserError
 from .pairs import Message, Pair
 from .store import WRITE_WAIT_S
-from .targets import file_target
+from .targets import file_target, kind_of
 
 FORMATS = ("trl", "trl-chat", "hh")
 ROLES = ("system", "user", "assistant")
@@ -61,6 +64,9 @@ _TURN = re.compile(r"(?:\A|\n\n)(Human|Assistant):")
 _SPEAKER_ROLE = {"Human": "user", "Assistant": "assistant"}
 _GZIP_MAGIC = b"\x1f\x8b"
 _MORE_LINES_SHOWN = 5
+# What a file may expand to when read (gzip included): a 306 KB gzip once reached 637 MB. Anthropic's whole
+# hh-rlhf train split is about 180 MB of JSONL.
+MAX_IMPORT_BYTES = 512 * 1024 * 1024
 # Characters str.splitlines() breaks lines at but json.dumps(ensure_ascii=False) leaves raw: escaped
 # on write, so any reader that splits lines its own way still sees one record a line.
 _LINE_BREAKS_IN_JSON = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
@@ -293,8 +299,13 @@ def read_file(path, fmt: str = "auto", source: str = "imported") -> ReadResult:
         except (json.JSONDecodeError, RecursionError):
             errors.append((number, "not valid JSON"))
             continue
+        except ValueError:  # json's own: an integer of over 4300 digits
+            errors.append((number, "a number too long to read"))
+            continue
         try:
-            result.pairs.append(record_to_pair(record, fmt, source))
+            pair = record_to_pair(record, fmt, source)
+            check_exportable(pair)
+            result.pairs.append(pair)
         except SkippedRecord as skip:
             result.skipped.setdefault(str(skip), []).append(number)
         except ValueError as exc:
@@ -307,12 +318,34 @@ def read_file(path, fmt: str = "auto", source: str = "imported") -> ReadResult:
     return result
 
 
+def check_exportable(pair: Pair) -> None:
+    """ValueError unless every export format can write `pair`: what import accepts, export writes."""
+    for text in (*(m["content"] for m in pair.prompt), pair.chosen, pair.rejected):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            bad = text[exc.start]
+            raise ValueError(f"a lone surrogate (\\u{ord(bad):04x}) is not text any file can hold") from None
+    for index, message in enumerate(pair.prompt):
+        if message["role"] == "system" and index != 0:
+            raise ValueError(f"prompt message {index} is a system message after the first turn; only the first"
+                             " message may be one (hh and trl transcripts have no place for it)")
+    for fmt in FORMATS:
+        pair_to_record(pair, fmt)  # raises ValueError for what a format can't hold
+
+
 def _read_lines(path) -> list[bytes]:
     try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+            raise UserError(f"{path} is {kind_of(mode)}, not a file: import reads regular files only")
         with open(path, "rb") as file:
-            data = file.read()
+            data = file.read(MAX_IMPORT_BYTES + 1)
         if data.startswith(_GZIP_MAGIC):
-            data = gzip.decompress(data)
+            with gzip.GzipFile(fileobj=io.BytesIO(data)) as unpacked:
+                data = unpacked.read(MAX_IMPORT_BYTES + 1)
+        if len(data) > MAX_IMPORT_BYTES:
+            raise UserError(f"{path} holds more than {MAX_IMPORT_BYTES >> 20} MB of pairs: split it into smaller files")
     except FileNotFoundError:
         raise UserError(f"No such file: {path}") from None
     except IsADirectoryError:
@@ -370,14 +403,35 @@ def _check_format(fmt: str, allow_auto: bool = False) -> None:
 # Store <-> files ---------------------------------------------------------------------------------
 
 
+@dataclass
+class Imported:
+    """What an import did: pairs added, pairs the store had already (by content), records skipped."""
+
+    added: int
+    already: int
+    read: ReadResult
+
+    def summary(self) -> str:
+        """"12 pairs added, 3 already in the store; skipped 1 (...)"-style detail for one line."""
+        parts = [f"{self.already} already in the store"] if self.already else []
+        if self.read.skipped:
+            parts.append(self.read.skipped_summary())
+        return "; ".join(parts)
+
+
 def import_file(store, path, fmt: str = "auto") -> int:
-    """Add every pair in the file to the store, or none; returns how many were added."""
+    """Add every pair in the file that the store doesn't hold yet, or none; returns how many were added."""
+    return import_pairs(store, path, fmt).added
+
+
+def import_pairs(store, path, fmt: str = "auto") -> Imported:
+    """Add every pair in the file that the store doesn't hold yet, or none (a bad line fails it all)."""
     result = read_file(path, fmt)
     if result.skipped:
         log.warning("%s: %s", path, result.skipped_summary())
     # An import runs in a worker (or the CLI): it can wait the long wait for another writer.
-    store.add_pairs(result.pairs, wait_s=WRITE_WAIT_S)
-    return len(result.pairs)
+    added = store.add_pairs(result.pairs, wait_s=WRITE_WAIT_S)
+    return Imported(len(added), len(result.pairs) - len(added), result)
 
 
 def export_file(store, path, fmt: str = "trl") -> int:

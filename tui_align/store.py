@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from .errors import UserError
+from .identity import pair_identity
 from .migrations import migrate, schema_version
 from .pairs import Message, Pair
 
@@ -276,11 +277,14 @@ class Store:
                 (conversation_id, prompt_json, json.dumps(candidates), outcome, chosen_index, written, model,
                  settings_json, *sides),
             ).lastrowid
+            # A pick always stores its pairs; one already stored (the same pick made twice) carries no
+            # identity, so the first copy keeps it and a re-import still finds it.
             pair_ids = [
                 db.execute(
-                    "INSERT INTO pairs (pick_id, prompt_json, chosen, rejected, source, model, settings_json)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (pick_id, prompt_json, winner, loser, source, model, settings_json),
+                    "INSERT INTO pairs (pick_id, prompt_json, chosen, rejected, source, model, settings_json, identity)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (pick_id, prompt_json, winner, loser, source, model, settings_json,
+                     self._free_identity(db, pair_identity(prompt, winner, loser))),
                 ).lastrowid
                 for loser in losers
                 if loser != winner
@@ -304,16 +308,21 @@ class Store:
     # Pairs -------------------------------------------------------------------------------
 
     def add_pairs(self, pairs: Sequence[Pair], wait_s: float | None = None) -> list[int]:
-        """Insert all pairs or none (waiting up to `wait_s` for another writer, default write_wait_s)."""
+        """Insert the pairs not stored yet (by content: identity.py), all or none; returns the new ids, so
+        len(pairs) - len(ids) were already there (or repeated within `pairs`). Waits up to `wait_s` for
+        another writer (default write_wait_s)."""
         with self._transaction(wait_s) as db:
-            return [
-                db.execute(
-                    "INSERT INTO pairs (prompt_json, chosen, rejected, source, model, settings_json)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (json.dumps(p.prompt), p.chosen, p.rejected, p.source, p.model, json.dumps(p.settings)),
-                ).lastrowid
-                for p in pairs
-            ]
+            added = []
+            for p in pairs:
+                identity = self._free_identity(db, pair_identity(p.prompt, p.chosen, p.rejected))
+                if identity is None:
+                    continue
+                added.append(db.execute(
+                    "INSERT INTO pairs (prompt_json, chosen, rejected, source, model, settings_json, identity)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (json.dumps(p.prompt), p.chosen, p.rejected, p.source, p.model, json.dumps(p.settings), identity),
+                ).lastrowid)
+            return added
 
     def list_pairs(self, search: str | None = None, source: str | None = None, limit: int | None = None) -> list[Pair]:
         """Pairs oldest first; `search` matches prompt, chosen or rejected text, case-insensitively."""
@@ -351,9 +360,20 @@ class Store:
         assignments = ", ".join(f"{column} = ?" for column in updates)
         with self._transaction() as db:
             db.execute(
-                f"UPDATE pairs SET {assignments}, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE id = ?",
+                f"UPDATE pairs SET {assignments}, identity = NULL,"
+                " updated_at = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE id = ?",
                 (*updates.values(), pair_id),
             )
+            row = db.execute("SELECT prompt_json, chosen, rejected FROM pairs WHERE id = ?", (pair_id,)).fetchone()
+            if row is not None:  # the edited pair is what it now says (unless another pair says that already)
+                identity = self._free_identity(db, pair_identity(json.loads(row[0]), row[1], row[2]))
+                db.execute("UPDATE pairs SET identity = ? WHERE id = ?", (identity, pair_id))
+
+    @staticmethod
+    def _free_identity(db: sqlite3.Connection, identity: str) -> str | None:
+        """`identity`, or None when a stored pair has it already."""
+        taken = db.execute("SELECT 1 FROM pairs WHERE identity = ?", (identity,)).fetchone()
+        return None if taken else identity
 
     def delete_pair(self, pair_id: int) -> None:
         with self._transaction() as db:

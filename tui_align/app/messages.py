@@ -71,6 +71,7 @@ class TransferFinished(Message):
     count: int = 0
     path: str = ""
     error: str | None = None
+    detail: str = ""  # an import's "3 already in the store; skipped 1 (...)"
 
 
 @dataclass

@@ -176,19 +176,25 @@ class PairsScreen(Screen):
         try:
             from ... import formats
 
-            count = formats.import_file(store, path, fmt) if action == "import" else formats.export_file(store, path, fmt)
+            detail = ""
+            if action == "import":
+                done = formats.import_pairs(store, path, fmt)
+                count, detail = done.added, done.summary()
+            else:
+                count = formats.export_file(store, path, fmt)
         except UserError as exc:
             self.post_message(TransferFinished(action, path=path, error=str(exc)))
         except Exception as exc:  # one line for the user, never a traceback
             self.post_message(TransferFinished(action, path=path, error=f"{action} failed: {report(exc)}"))
         else:
-            self.post_message(TransferFinished(action, count, path))
+            self.post_message(TransferFinished(action, count, path, detail=detail))
 
     def on_transfer_finished(self, message: TransferFinished) -> None:
         if message.error:
             self.notify(message.error, title=f"{message.action.capitalize()} failed", severity="error")
             return
         verb = "Imported" if message.action == "import" else "Exported"
-        self.notify(f"{verb} {message.count} pairs {'from' if message.action == 'import' else 'to'} {message.path}")
+        detail = f" ({message.detail})" if message.detail else ""
+        self.notify(f"{verb} {message.count} pairs {'from' if message.action == 'import' else 'to'} {message.path}{detail}")
         self.align_app.refresh_pair_count()
         self.reload()
