@@ -201,7 +201,11 @@ def run_adapters(args) -> int:
     from .adapters.runs import list_runs
     from .paths import data_home
 
-    for adapter in list_runs(data_home(args.home)):
+    skipped: list[str] = []
+    runs = list_runs(data_home(args.home), skipped)
+    for reason in skipped:
+        print(f"tui-align: skipped a run: {reason}", file=sys.stderr)
+    for adapter in runs:
         metrics = ", ".join(f"{k}={v:.3g}" for k, v in adapter.metrics.items() if isinstance(v, (int, float)))
         created = adapter.run.get("created_at", "")[:16]
         print(f"{adapter.name}\t{adapter.method}\t{adapter.status}\t{adapter.pairs or '?'} pairs\t{created}\t{metrics}")

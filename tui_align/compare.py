@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .adapters import runs
 from .adapters.runs import RunFolder, check_same_base
+from .adapters.validate import validate_adapter
 from .backends import Backend, check_engine, load_backend
 from .errors import UserError
 from .model_files import ModelRef, resolve_model
@@ -43,6 +44,7 @@ def load_with_adapter(ref: ModelRef, engine: str | None, models_dir: Path, run: 
     if run is None:
         return load_backend(ref, engine, models_dir)
     check_same_base(run, ref.location)
+    validate_adapter(run.path, Path(ref.location) if ref.kind == "gguf" else None)
     if engine == "llamacpp":
         # Looked up on the module, not imported by name, so a benchmark can time the conversion.
         return load_backend(ref, engine, models_dir, gguf_lora=runs.gguf_lora_for(run, ref.location, models_dir))

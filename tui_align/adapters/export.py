@@ -12,6 +12,7 @@ from ..model_files import load_transformers, resolve_model
 from ..targets import file_target, folder_target
 from .gguf_header import read_header
 from .runs import ADAPTER_FILES, RunFolder, check_same_base
+from .validate import validate_adapter
 
 FORMS = ("peft", "merged", "gguf-lora", "gguf")
 
@@ -29,9 +30,11 @@ def export_adapter(adapter: RunFolder, form: str, out: str | Path, models_dir: P
     if form != "peft" and not base_location:
         raise UserError(f"{adapter.name} does not say which base it was trained on: pass --model.")
     if form == "peft":
+        validate_adapter(adapter.path, _gguf_at_hand(base_location))
         return _write_folder(out, lambda staging: _copy_peft(adapter, staging))
     ref = resolve_model(base_location)
     check_same_base(adapter, ref.location)
+    validate_adapter(adapter.path, Path(ref.location) if ref.kind == "gguf" else None)
     if form == "merged":
         return _write_folder(out, lambda staging: _save_merged(adapter, ref, models_dir, staging))
     if ref.kind != "gguf":
@@ -46,6 +49,13 @@ def export_adapter(adapter: RunFolder, form: str, out: str | Path, models_dir: P
 
         return merge_into_gguf(adapter.path, ref.location, out)
     raise AssertionError(form)
+
+
+def _gguf_at_hand(location: str | None) -> Path | None:
+    """The base as a GGUF file when it is one on this disk (a peft export needs no base, but checks against it)."""
+    if location and str(location).endswith(".gguf") and Path(location).is_file():
+        return Path(location)
+    return None
 
 
 def export_target(form: str, out: str | Path, *, force: bool = False, base: Path | None = None) -> Path:
