@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import contextmanager
 
 from . import __version__
 from .errors import ArgumentParser, UsageError, UserError, current_log, report
@@ -120,30 +121,42 @@ def _open_store(args):
     return home, Store(store_path(home))
 
 
+@contextmanager
+def _store(args):
+    """The store for one command, closed when it is done (a script may run many commands in one process)."""
+    _, store = _open_store(args)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
 def run_import(args) -> int:
     from .formats import import_pairs
 
-    _, store = _open_store(args)
-    done = import_pairs(store, args.file, args.format)  # every line checked before anything is stored
+    with _store(args) as store:
+        done = import_pairs(store, args.file, args.format)  # every line checked before anything is stored
+        total = store.count_pairs()
     detail = f"; {done.summary()}" if done.summary() else ""
-    print(f"imported {done.added} pairs from {args.file} ({store.count_pairs()} in the store{detail})")
+    print(f"imported {done.added} pairs from {args.file} ({total} in the store{detail})")
     return 0
 
 
 def run_export(args) -> int:
     from .formats import export_file
 
-    _, store = _open_store(args)
-    count = export_file(store, args.file, args.format)
+    with _store(args) as store:
+        count = export_file(store, args.file, args.format)
     print(f"exported {count} pairs to {args.file} ({args.format})")
     return 0
 
 
 def run_pairs(args) -> int:
-    _, store = _open_store(args)
-    for source, count in store.counts_by_source().items():
+    with _store(args) as store:
+        counts, total = store.counts_by_source(), store.count_pairs()
+    for source, count in counts.items():
         print(f"{source}\t{count}")
-    print(f"total\t{store.count_pairs()}")
+    print(f"total\t{total}")
     return 0
 
 

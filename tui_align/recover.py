@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .atomic import _fsync_folder
+from .atomic import _fsync_folder, temp_path
 from .errors import UserError
 from .store import Store, check_integrity
 
@@ -49,8 +49,7 @@ def recover_store(path: Path) -> Recovery:
     for suffix in ("", *SIDE_FILES):
         if Path(f"{path}{suffix}").is_file():
             shutil.copy2(f"{path}{suffix}", f"{kept}{suffix}")
-    fresh = path.with_name(f".{path.name}.recovering.tmp")
-    reading = path.with_name(f".{path.name}.reading.tmp")
+    fresh, reading = temp_path(path), temp_path(path)
     # Read from a second copy: opening a file replays (so writes) its WAL, and the kept one stays as it was.
     for suffix in ("", *SIDE_FILES):
         Path(f"{fresh}{suffix}").unlink(missing_ok=True)
