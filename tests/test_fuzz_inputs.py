@@ -100,7 +100,8 @@ def mutate(rng: random.Random, record: dict) -> str:
         key = rng.choice(["prompt", "chosen", "rejected"])
         return json.dumps({**record, key: rng.choice([None, 5, 2.5, True, {"a": 1}, [1, 2]])})
     if kind == 5:
-        return json.dumps({k: v for k, v in record.items() if k != rng.choice(["chosen", "rejected"])})
+        dropped = rng.choice(["chosen", "rejected"])
+        return json.dumps({k: v for k, v in record.items() if k != dropped})
     if kind == 6:
         return "[" * rng.randrange(1000, 200_000) + "]" * rng.randrange(0, 10)
     if kind == 7:
