@@ -125,6 +125,8 @@ async def test_the_compare_and_adapters_screens_list_the_sound_runs(make_app, pr
         await pilot.press("f6")
         await settle(pilot)
         assert app.screen.query_one(DataTable).row_count == 1
+        warnings = [n.message for n in app._notifications if n.severity == "warning"]
+        assert len(warnings) == 1 and "20261102-000000-dpo/run.json" in warnings[0]
         await pilot.press("f5")
         await settle(pilot)
         assert app.is_running and not [n for n in app._notifications if n.severity == "error"]

@@ -55,6 +55,7 @@ class AdaptersScreen(Screen):
         super().__init__()
         self.adapters: list[RunFolder] = []
         self.busy = ""  # what this screen's export worker is doing right now ("" when nothing)
+        self._warned: set[str] = set()  # skipped runs already named
 
     @property
     def align_app(self) -> AlignApp:
@@ -91,7 +92,11 @@ class AdaptersScreen(Screen):
     def action_reload(self) -> None:
         table = self.query_one(DataTable)
         row = table.cursor_row
-        self.adapters = list_runs(self.align_app.home)
+        skipped: list[str] = []
+        self.adapters = list_runs(self.align_app.home, skipped)
+        for reason in set(skipped) - self._warned:  # a broken run.json hides its own run only, and says so once
+            self._warned.add(reason)
+            self.notify(reason, title="Run skipped", severity="warning", timeout=10)
         active = self.align_app.active_adapter
         table.clear()
         for adapter in self.adapters:
