@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+from safetensors.numpy import save_file
 from textual.widgets import DataTable, Input, Select, Static
 
 from tui_align.app.compare_session import CompareSession, LoadedPair, tally_from_records
@@ -35,7 +37,10 @@ def make_run(home, name: str = RUN, status: str = "completed", pairs: list[Pair]
     folder = home / "models" / "adapters" / name
     folder.mkdir(parents=True)
     (folder / "adapter_config.json").write_text(json.dumps({"r": 8, "lora_alpha": 16}))
-    (folder / "adapter_model.safetensors").write_bytes(b"not really weights")
+    # Tiny but well-formed LoRA weights: an export checks them (the fake loaders never read them).
+    module = "base_model.model.model.layers.0.self_attn.q_proj"
+    save_file({f"{module}.lora_A.weight": np.zeros((8, 4), np.float32),
+               f"{module}.lora_B.weight": np.zeros((4, 8), np.float32)}, str(folder / "adapter_model.safetensors"))
     data = {"train_pairs": 32}
     if pairs is not None:
         write_pairs_file(folder, pairs)

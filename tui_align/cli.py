@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import contextmanager
 
 from . import __version__
 from .errors import ArgumentParser, UsageError, UserError, current_log, report
@@ -45,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     pairs = commands.add_parser("pairs", help="count the stored pairs by source")
     _add_common(pairs, suppress=True)
 
+    store = commands.add_parser("store", help="check the store, or recover a damaged one")
+    store.add_argument("action", choices=("check", "recover"),
+                       help="check: run SQLite's check; recover: keep a copy of a damaged store and save what"
+                            " can be read into a new one")
+    _add_common(store, suppress=True)
+
     # train has its own parser (train_args.py): this one takes the global options and hands it the rest.
     # No abbreviations here, so that --m (train's --method? --model?) reaches train's parser as typed.
     train = commands.add_parser("train", help="train a LoRA adapter on the pairs (see `tui-align train --help`)",
@@ -67,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     export_adapter.add_argument("run", help="a run id or a peft adapter folder")
     export_adapter.add_argument("--to", required=True, choices=("peft", "merged", "gguf-lora", "gguf"))
     export_adapter.add_argument("out", help="folder (peft, merged) or file (gguf-lora, gguf)")
+    export_adapter.add_argument("--force", action="store_true",
+                                help="replace an existing file that is not an earlier export of that form")
     _add_common(export_adapter, suppress=True)
     return parser
 
@@ -112,31 +121,67 @@ def _open_store(args):
     return home, Store(store_path(home))
 
 
-def run_import(args) -> int:
-    from .formats import read_file
-
+@contextmanager
+def _store(args):
+    """The store for one command, closed when it is done (a script may run many commands in one process)."""
     _, store = _open_store(args)
-    result = read_file(args.file, args.format)  # every line checked before anything is stored
-    store.add_pairs(result.pairs)
-    skipped = f"; {result.skipped_summary()}" if result.skipped else ""
-    print(f"imported {len(result.pairs)} pairs from {args.file} ({store.count_pairs()} in the store{skipped})")
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def run_import(args) -> int:
+    from .formats import import_pairs
+
+    with _store(args) as store:
+        done = import_pairs(store, args.file, args.format)  # every line checked before anything is stored
+        total = store.count_pairs()
+    detail = f"; {done.summary()}" if done.summary() else ""
+    print(f"imported {done.added} pairs from {args.file} ({total} in the store{detail})")
     return 0
 
 
 def run_export(args) -> int:
     from .formats import export_file
 
-    _, store = _open_store(args)
-    count = export_file(store, args.file, args.format)
+    with _store(args) as store:
+        count = export_file(store, args.file, args.format)
     print(f"exported {count} pairs to {args.file} ({args.format})")
     return 0
 
 
 def run_pairs(args) -> int:
-    _, store = _open_store(args)
-    for source, count in store.counts_by_source().items():
+    with _store(args) as store:
+        counts, total = store.counts_by_source(), store.count_pairs()
+    for source, count in counts.items():
         print(f"{source}\t{count}")
-    print(f"total\t{store.count_pairs()}")
+    print(f"total\t{total}")
+    return 0
+
+
+def run_store(args) -> int:
+    from .paths import data_home, store_path
+    from .recover import recover_store
+    from .store import Store, StoreBusy, StoreDamaged
+
+    path = store_path(data_home(args.home))
+    if not path.is_file():
+        raise UserError(f"No store at {path} yet.")
+    if args.action == "check":
+        Store(path).close()  # StoreDamaged (one line, exit 1) when the check fails
+        print(f"{path}: ok")
+        return 0
+    try:
+        Store(path).close()
+    except StoreBusy:
+        raise
+    except UserError:  # damaged, or not a database at all (then nothing is saved, and it is kept all the same)
+        pass
+    else:
+        print(f"{path} is not damaged: nothing to recover.")
+        return 0
+    print(f"recovered {path}: {recover_store(path).summary()}")
     return 0
 
 
@@ -169,7 +214,11 @@ def run_adapters(args) -> int:
     from .adapters.runs import list_runs
     from .paths import data_home
 
-    for adapter in list_runs(data_home(args.home)):
+    skipped: list[str] = []
+    runs = list_runs(data_home(args.home), skipped)
+    for reason in skipped:
+        print(f"tui-align: skipped a run: {reason}", file=sys.stderr)
+    for adapter in runs:
         metrics = ", ".join(f"{k}={v:.3g}" for k, v in adapter.metrics.items() if isinstance(v, (int, float)))
         created = adapter.run.get("created_at", "")[:16]
         print(f"{adapter.name}\t{adapter.method}\t{adapter.status}\t{adapter.pairs or '?'} pairs\t{created}\t{metrics}")
@@ -183,7 +232,7 @@ def run_export_adapter(args) -> int:
 
     home = data_home(args.home)
     adapter = find_run(home, args.run)
-    out = export_adapter(adapter, args.to, args.out, models_dir(home), base_spec=args.model)
+    out = export_adapter(adapter, args.to, args.out, models_dir(home), base_spec=args.model, force=args.force)
     print(f"wrote {args.to} to {out}")
     return 0
 
@@ -217,7 +266,7 @@ def run_app(args) -> int:
 
 
 COMMANDS = {
-    None: run_app, "import": run_import, "export": run_export, "pairs": run_pairs,
+    None: run_app, "import": run_import, "export": run_export, "pairs": run_pairs, "store": run_store,
     "compare": run_compare, "adapters": run_adapters, "export-adapter": run_export_adapter,
 }
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .adapters import runs
 from .adapters.runs import RunFolder, check_same_base
+from .adapters.validate import validate_adapter
 from .backends import Backend, check_engine, load_backend
 from .errors import UserError
 from .model_files import ModelRef, resolve_model
@@ -36,15 +37,17 @@ def check_pair(ref: ModelRef, new: RunFolder, old: RunFolder | None) -> None:
 
 def load_with_adapter(ref: ModelRef, engine: str | None, models_dir: Path, run: RunFolder | None) -> Backend:
     """The base `ref` with `run`'s adapter on top (None: the plain base), checked against that base.
-    llama.cpp gets the adapter as a GGUF LoRA, converted once and kept in the run folder; transformers
+    llama.cpp gets the adapter as a GGUF LoRA, converted once and kept in the run folder (or, for a folder
+    outside the data folder, in its cache: runs.gguf_lora_for); transformers
     gets the peft folder itself. Slow: call it off the UI thread."""
     engine = check_engine(ref, engine)
     if run is None:
         return load_backend(ref, engine, models_dir)
     check_same_base(run, ref.location)
+    validate_adapter(run.path, Path(ref.location) if ref.kind == "gguf" else None)
     if engine == "llamacpp":
         # Looked up on the module, not imported by name, so a benchmark can time the conversion.
-        return load_backend(ref, engine, models_dir, gguf_lora=runs.gguf_lora_for(run, ref.location))
+        return load_backend(ref, engine, models_dir, gguf_lora=runs.gguf_lora_for(run, ref.location, models_dir))
     return load_backend(ref, engine, models_dir, adapter_dir=run.path)
 
 

@@ -38,7 +38,10 @@ Decisions (each one keeps our own export -> import round trips exact):
 from __future__ import annotations
 
 import gzip
+import io
 import json
+import os
+import stat
 import logging
 import re
 import zlib
@@ -49,6 +52,8 @@ from typing import Iterable
 from .atomic import atomic_write
 from .errors import UserError
 from .pairs import Message, Pair
+from .store import WRITE_WAIT_S
+from .targets import file_target, kind_of
 
 FORMATS = ("trl", "trl-chat", "hh")
 ROLES = ("system", "user", "assistant")
@@ -59,6 +64,9 @@ _TURN = re.compile(r"(?:\A|\n\n)(Human|Assistant):")
 _SPEAKER_ROLE = {"Human": "user", "Assistant": "assistant"}
 _GZIP_MAGIC = b"\x1f\x8b"
 _MORE_LINES_SHOWN = 5
+# What a file may expand to when read (gzip included): a 306 KB gzip once reached 637 MB. Anthropic's whole
+# hh-rlhf train split is about 180 MB of JSONL.
+MAX_IMPORT_BYTES = 512 * 1024 * 1024
 # Characters str.splitlines() breaks lines at but json.dumps(ensure_ascii=False) leaves raw: escaped
 # on write, so any reader that splits lines its own way still sees one record a line.
 _LINE_BREAKS_IN_JSON = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
@@ -291,8 +299,13 @@ def read_file(path, fmt: str = "auto", source: str = "imported") -> ReadResult:
         except (json.JSONDecodeError, RecursionError):
             errors.append((number, "not valid JSON"))
             continue
+        except ValueError:  # json's own: an integer of over 4300 digits
+            errors.append((number, "a number too long to read"))
+            continue
         try:
-            result.pairs.append(record_to_pair(record, fmt, source))
+            pair = record_to_pair(record, fmt, source)
+            check_exportable(pair)
+            result.pairs.append(pair)
         except SkippedRecord as skip:
             result.skipped.setdefault(str(skip), []).append(number)
         except ValueError as exc:
@@ -305,12 +318,34 @@ def read_file(path, fmt: str = "auto", source: str = "imported") -> ReadResult:
     return result
 
 
+def check_exportable(pair: Pair) -> None:
+    """ValueError unless every export format can write `pair`: what import accepts, export writes."""
+    for text in (*(m["content"] for m in pair.prompt), pair.chosen, pair.rejected):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            bad = text[exc.start]
+            raise ValueError(f"a lone surrogate (\\u{ord(bad):04x}) is not text any file can hold") from None
+    for index, message in enumerate(pair.prompt):
+        if message["role"] == "system" and index != 0:
+            raise ValueError(f"prompt message {index} is a system message after the first turn; only the first"
+                             " message may be one (hh and trl transcripts have no place for it)")
+    for fmt in FORMATS:
+        pair_to_record(pair, fmt)  # raises ValueError for what a format can't hold
+
+
 def _read_lines(path) -> list[bytes]:
     try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+            raise UserError(f"{path} is {kind_of(mode)}, not a file: import reads regular files only")
         with open(path, "rb") as file:
-            data = file.read()
+            data = file.read(MAX_IMPORT_BYTES + 1)
         if data.startswith(_GZIP_MAGIC):
-            data = gzip.decompress(data)
+            with gzip.GzipFile(fileobj=io.BytesIO(data)) as unpacked:
+                data = unpacked.read(MAX_IMPORT_BYTES + 1)
+        if len(data) > MAX_IMPORT_BYTES:
+            raise UserError(f"{path} holds more than {MAX_IMPORT_BYTES >> 20} MB of pairs: split it into smaller files")
     except FileNotFoundError:
         raise UserError(f"No such file: {path}") from None
     except IsADirectoryError:
@@ -337,26 +372,25 @@ def _describe_errors(path, errors: list[tuple[int, str]]) -> str:
 def write_pairs(pairs: Iterable[Pair], path, fmt: str = "trl") -> int:
     """Write pairs atomically: a temp file beside `path`, fsync, rename. The old file survives any failure."""
     _check_format(fmt)
-    path = Path(path)
+    named = path
+    path = file_target(path)  # a symlink gives the file it points to; a device or a FIFO is refused
     records = []
     for index, pair in enumerate(pairs, start=1):
         try:
             records.append(pair_to_record(pair, fmt))
         except ValueError as exc:
             raise UserError(f"Can't write pair {pair.id or f'#{index}'} as {fmt}: {exc}") from None
-    if not path.parent.is_dir():
-        raise UserError(f"Can't write {path}: the folder {path.parent} doesn't exist")
     try:
         with atomic_write(path, "wb") as raw:
             # mtime=0 and no file name in the header: the same pairs give the same bytes.
-            out = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) if path.suffix == ".gz" else raw
+            out = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) if Path(named).suffix == ".gz" else raw
             for record in records:
                 line = json.dumps(record, ensure_ascii=False).translate(_LINE_BREAKS_IN_JSON)
                 out.write((line + "\n").encode("utf-8"))
             if out is not raw:
                 out.close()
     except OSError as exc:
-        raise UserError(f"Couldn't write {path}: {exc.strerror or exc}") from None
+        raise UserError(f"Couldn't write {named}: {exc.strerror or exc}") from None
     return len(records)
 
 
@@ -369,17 +403,40 @@ def _check_format(fmt: str, allow_auto: bool = False) -> None:
 # Store <-> files ---------------------------------------------------------------------------------
 
 
+@dataclass
+class Imported:
+    """What an import did: pairs added, pairs the store had already (by content), records skipped."""
+
+    added: int
+    already: int
+    read: ReadResult
+
+    def summary(self) -> str:
+        """"12 pairs added, 3 already in the store; skipped 1 (...)"-style detail for one line."""
+        parts = [f"{self.already} already in the store"] if self.already else []
+        if self.read.skipped:
+            parts.append(self.read.skipped_summary())
+        return "; ".join(parts)
+
+
 def import_file(store, path, fmt: str = "auto") -> int:
-    """Add every pair in the file to the store, or none; returns how many were added."""
+    """Add every pair in the file that the store doesn't hold yet, or none; returns how many were added."""
+    return import_pairs(store, path, fmt).added
+
+
+def import_pairs(store, path, fmt: str = "auto") -> Imported:
+    """Add every pair in the file that the store doesn't hold yet, or none (a bad line fails it all)."""
     result = read_file(path, fmt)
     if result.skipped:
         log.warning("%s: %s", path, result.skipped_summary())
-    store.add_pairs(result.pairs)
-    return len(result.pairs)
+    # An import runs in a worker (or the CLI): it can wait the long wait for another writer.
+    added = store.add_pairs(result.pairs, wait_s=WRITE_WAIT_S)
+    return Imported(len(added), len(result.pairs) - len(added), result)
 
 
 def export_file(store, path, fmt: str = "trl") -> int:
     """Write every pair in the store to `path`; returns how many."""
+    file_target(path)  # a bad target is one line before the whole store is read
     pairs = store.list_pairs()
     if not pairs:
         raise UserError("The store has no pairs to export")

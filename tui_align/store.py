@@ -9,16 +9,68 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 from .errors import UserError
+from .identity import pair_identity
 from .migrations import migrate, schema_version
 from .pairs import Message, Pair
 
 PICK_OUTCOMES = ("chosen", "written", "tie", "skip")
+# How long a write waits for another process's write (an import in a second tui-align) before it gives
+# up: long for the CLI, which has nothing else to do; the app lowers it (it retries on a timer instead).
+WRITE_WAIT_S = 30.0
+RECOVER_HINT = "`tui-align store recover` keeps a copy and saves what can be read into a new store"
+# SQLite's own busy handler on every statement: enough to ride out a commit, short enough that a
+# read on the UI thread never hangs; longer waits are the retry loop in _begin, outside self._lock.
+STATEMENT_WAIT_MS = 20
+
+
+class StoreBusy(UserError):
+    """Another process held the store's write lock for longer than this write waits; nothing was written."""
+
+    def __init__(self, path: str, waited_s: float):
+        super().__init__(f"The store {path} is busy: another tui-align has been writing to it for {waited_s:g} s;"
+                         " nothing was saved, try again when it is done.")
+        self.waited_s = waited_s
+
+
+class StoreDamaged(UserError):
+    """SQLite found the store file damaged; nothing more is written to it."""
+
+    def __init__(self, path: str, detail: str):
+        super().__init__(f"The store {path} is damaged ({detail}); nothing was written to it. Run"
+                         " `tui-align store recover` to keep a copy and save what can be read into a new store.")
+        self.detail = detail
+
+
+def check_integrity(db: sqlite3.Connection) -> str | None:
+    """None when SQLite's quick check passes, else its first complaint on one line.
+
+    quick_check, not integrity_check: it reads every page but skips matching indexes to tables, which
+    is what a few bytes overwritten by a crash or a bad disk break; 0.1 s on a 100k-pair (200 MB) store.
+    """
+    try:
+        rows = db.execute("PRAGMA quick_check(1)").fetchall()
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    first = rows[0][0] if rows else "no answer from the check"
+    return None if first == "ok" else " ".join(first.replace("*** in database main ***", "").split())
+
+
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or "malformed" in str(exc) \
+        or "Could not decode" in str(exc)  # bytes in a text column that a damaged page put there
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or \
+        "locked" in str(exc) or "busy" in str(exc)
 
 
 @dataclass(frozen=True)
@@ -46,19 +98,35 @@ class CompareRecord:
 
 
 class Store:
-    def __init__(self, path: str | Path = ":memory:"):
+    def __init__(self, path: str | Path = ":memory:", write_wait_s: float | None = None):
         self.path = str(path)
+        #: seconds a write waits for another process's write before StoreBusy (see WRITE_WAIT_S)
+        self.write_wait_s = write_wait_s = WRITE_WAIT_S if write_wait_s is None else write_wait_s
         try:
             # Workers (generation, import) and the UI thread share one connection; the lock
             # serialises them, which SQLite needs for a shared connection anyway.
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            # Opening waits the whole write_wait_s: a migration may have to wait for another writer.
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                       timeout=write_wait_s)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
+            # Before anything writes (a migration, an import): a damaged file is left as it is for recovery.
+            damage = check_integrity(self._db)
+            if damage is not None:
+                self._db.close()
+                raise StoreDamaged(self.path, damage)
             migrate(self._db)
+            self._db.execute(f"PRAGMA busy_timeout={STATEMENT_WAIT_MS}")
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc):
+                raise StoreBusy(self.path, write_wait_s) from exc
+            raise UserError(f"Can't open the store {self.path}: {exc}; {RECOVER_HINT}") from exc
         except sqlite3.DatabaseError as exc:
-            raise UserError(f"Can't open the store {self.path}: {exc}") from exc
+            raise UserError(f"Can't open the store {self.path}: {exc}; {RECOVER_HINT}") from exc
         self._lock = threading.RLock()
+        #: what SQLite said when a statement found the file damaged mid-session (then writes are refused)
+        self.damage: str | None = None
 
     @property
     def schema_version(self) -> int:
@@ -69,11 +137,16 @@ class Store:
         self._db.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+    def _transaction(self, wait_s: float | None = None) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken at BEGIN (IMMEDIATE) so that a busy store fails before anything is
+        done rather than at COMMIT; waits up to `wait_s` (default write_wait_s) for another writer."""
+        self._begin(self.write_wait_s if wait_s is None else wait_s)
+        try:
             try:
                 yield self._db
+            except sqlite3.DatabaseError as exc:
+                self._db.execute("ROLLBACK")
+                self._raise_for(exc)
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
@@ -81,13 +154,61 @@ class Store:
                 self._db.execute("COMMIT")
             except sqlite3.OperationalError as exc:
                 self._db.execute("ROLLBACK")
+                if _is_busy(exc):
+                    raise StoreBusy(self.path, self.write_wait_s) from exc
                 raise UserError(f"Couldn't save to {self.path}: {exc}") from exc
+        finally:
+            self._lock.release()
+
+    def _begin(self, wait_s: float) -> None:
+        """BEGIN IMMEDIATE, retried with backoff while another process writes; returns holding self._lock.
+
+        The waiting happens with self._lock released, so this process's readers (the UI thread) go on.
+        """
+        if self.damage is not None:
+            raise StoreDamaged(self.path, self.damage)
+        deadline = time.monotonic() + wait_s
+        pause = 0.01
+        while True:
+            self._lock.acquire()
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                self._lock.release()
+                if not _is_busy(exc):
+                    raise UserError(f"Couldn't save to {self.path}: {exc}") from exc
+            except BaseException:
+                self._lock.release()
+                raise
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StoreBusy(self.path, wait_s)
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 0.5)
 
     def _query(self, sql: str, params: Sequence = ()) -> list[sqlite3.Row]:
         with self._lock:
-            cursor = self._db.execute(sql, params)
-            cursor.row_factory = sqlite3.Row
-            return cursor.fetchall()
+            try:
+                cursor = self._db.execute(sql, params)
+                cursor.row_factory = sqlite3.Row
+                return cursor.fetchall()
+            except sqlite3.OperationalError as exc:
+                if _is_busy(exc):
+                    raise StoreBusy(self.path, STATEMENT_WAIT_MS / 1000) from exc
+                self._raise_for(exc)
+            except sqlite3.DatabaseError as exc:
+                self._raise_for(exc)
+
+    def _raise_for(self, exc: sqlite3.DatabaseError):
+        """Raise what a failed statement means: damage to the file (then no more writes this session), or
+        the error as it was (a constraint, a bug), a full disk and the like as one line."""
+        if _is_damage(exc):
+            self.damage = str(exc).splitlines()[0][:200]
+            raise StoreDamaged(self.path, self.damage) from exc
+        if isinstance(exc, sqlite3.OperationalError) and not isinstance(exc, sqlite3.ProgrammingError):
+            raise UserError(f"Couldn't use the store {self.path}: {exc}") from exc
+        raise exc
 
     # Conversations ---------------------------------------------------------------------
 
@@ -188,11 +309,14 @@ class Store:
                 (conversation_id, prompt_json, json.dumps(candidates), outcome, chosen_index, written, model,
                  settings_json, *sides),
             ).lastrowid
+            # A pick always stores its pairs; one already stored (the same pick made twice) carries no
+            # identity, so the first copy keeps it and a re-import still finds it.
             pair_ids = [
                 db.execute(
-                    "INSERT INTO pairs (pick_id, prompt_json, chosen, rejected, source, model, settings_json)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (pick_id, prompt_json, winner, loser, source, model, settings_json),
+                    "INSERT INTO pairs (pick_id, prompt_json, chosen, rejected, source, model, settings_json, identity)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (pick_id, prompt_json, winner, loser, source, model, settings_json,
+                     self._free_identity(db, pair_identity(prompt, winner, loser))),
                 ).lastrowid
                 for loser in losers
                 if loser != winner
@@ -215,17 +339,22 @@ class Store:
 
     # Pairs -------------------------------------------------------------------------------
 
-    def add_pairs(self, pairs: Sequence[Pair]) -> list[int]:
-        """Insert all pairs or none."""
-        with self._transaction() as db:
-            return [
-                db.execute(
-                    "INSERT INTO pairs (prompt_json, chosen, rejected, source, model, settings_json)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (json.dumps(p.prompt), p.chosen, p.rejected, p.source, p.model, json.dumps(p.settings)),
-                ).lastrowid
-                for p in pairs
-            ]
+    def add_pairs(self, pairs: Sequence[Pair], wait_s: float | None = None) -> list[int]:
+        """Insert the pairs not stored yet (by content: identity.py), all or none; returns the new ids, so
+        len(pairs) - len(ids) were already there (or repeated within `pairs`). Waits up to `wait_s` for
+        another writer (default write_wait_s)."""
+        with self._transaction(wait_s) as db:
+            added = []
+            for p in pairs:
+                identity = self._free_identity(db, pair_identity(p.prompt, p.chosen, p.rejected))
+                if identity is None:
+                    continue
+                added.append(db.execute(
+                    "INSERT INTO pairs (prompt_json, chosen, rejected, source, model, settings_json, identity)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (json.dumps(p.prompt), p.chosen, p.rejected, p.source, p.model, json.dumps(p.settings), identity),
+                ).lastrowid)
+            return added
 
     def list_pairs(self, search: str | None = None, source: str | None = None, limit: int | None = None) -> list[Pair]:
         """Pairs oldest first; `search` matches prompt, chosen or rejected text, case-insensitively."""
@@ -263,9 +392,20 @@ class Store:
         assignments = ", ".join(f"{column} = ?" for column in updates)
         with self._transaction() as db:
             db.execute(
-                f"UPDATE pairs SET {assignments}, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE id = ?",
+                f"UPDATE pairs SET {assignments}, identity = NULL,"
+                " updated_at = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE id = ?",
                 (*updates.values(), pair_id),
             )
+            row = db.execute("SELECT prompt_json, chosen, rejected FROM pairs WHERE id = ?", (pair_id,)).fetchone()
+            if row is not None:  # the edited pair is what it now says (unless another pair says that already)
+                identity = self._free_identity(db, pair_identity(json.loads(row[0]), row[1], row[2]))
+                db.execute("UPDATE pairs SET identity = ? WHERE id = ?", (identity, pair_id))
+
+    @staticmethod
+    def _free_identity(db: sqlite3.Connection, identity: str) -> str | None:
+        """`identity`, or None when a stored pair has it already."""
+        taken = db.execute("SELECT 1 FROM pairs WHERE identity = ?", (identity,)).fetchone()
+        return None if taken else identity
 
     def delete_pair(self, pair_id: int) -> None:
         with self._transaction() as db:

@@ -182,8 +182,8 @@ def write_gguf_atomically(out_path: str | Path, arch: str, fill) -> Path:
     import gguf
 
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(out_path) as staging:
             writer = gguf.GGUFWriter(staging, arch)
             fill(writer)

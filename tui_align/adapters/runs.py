@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, log
 from ..paths import adapters_dir
 from ..training.run_folder import CHECKPOINT
 
@@ -52,21 +53,27 @@ class RunFolder:
     @property
     def base_location(self) -> str | None:
         """Where the base model came from: run.json's record, else peft's base_model_name_or_path."""
-        recorded = self.run.get("base_model", {}).get("location")
+        recorded = (self.run.get("base_model") or {}).get("location")
         if recorded:
             return recorded
         try:
-            return json.loads((self.path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        except (OSError, ValueError):
+            found = json.loads((self.path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        except (OSError, ValueError, AttributeError):
             return None
+        return found if isinstance(found, str) else None
 
     @property
     def pairs(self) -> int | None:
-        return self.run.get("data", {}).get("train_pairs")
+        return (self.run.get("data") or {}).get("train_pairs")
 
     @property
     def metrics(self) -> dict:
         return self.run.get("metrics") or {}
+
+
+# run.json fields that the lists, compare and export read, and the type each must have
+RUN_FIELDS = {"method": str, "status": str, "created_at": str, "base_model": dict, "data": dict, "metrics": dict,
+              "settings": dict}
 
 
 def read_run(folder: Path) -> RunFolder:
@@ -76,20 +83,38 @@ def read_run(folder: Path) -> RunFolder:
         try:
             run = json.loads(run_file.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise UserError(f"{run_file} is corrupt: {exc}") from exc
+            raise UserError(f"{run_file} is corrupt: {str(exc).splitlines()[0]}") from exc
+        check_run_record(run, run_file)
     return RunFolder(folder, run)
 
 
-def list_runs(home: Path) -> list[RunFolder]:
-    """Every run folder, newest first; corrupt ones are left out rather than hiding the rest."""
+def check_run_record(run, run_file: Path) -> None:
+    """UserError unless run.json is an object whose known fields have their types (a stranger's, or a
+    damaged one, would break every screen that reads it)."""
+    if not isinstance(run, dict):
+        raise UserError(f"{run_file} is not a run record (a JSON {type(run).__name__}, not an object)")
+    for key, kind in RUN_FIELDS.items():
+        if key in run and run[key] is not None and not isinstance(run[key], kind):
+            raise UserError(f"{run_file}: {key!r} should be {'an object' if kind is dict else 'text'},"
+                            f" not {type(run[key]).__name__}")
+    location = (run.get("base_model") or {}).get("location")
+    if location is not None and not isinstance(location, str):
+        raise UserError(f"{run_file}: 'base_model.location' should be text")
+
+
+def list_runs(home: Path, skipped: list[str] | None = None) -> list[RunFolder]:
+    """Every run folder, newest first; one whose run.json can't be read is left out rather than hiding the
+    rest, and its one-line reason goes to `skipped` (and the log)."""
     root = adapters_dir(home)
     found = []
     for folder in sorted(root.iterdir() if root.is_dir() else [], reverse=True):
         if folder.is_dir() and not folder.name.startswith("."):
             try:
                 found.append(read_run(folder))
-            except UserError:
-                continue
+            except UserError as exc:
+                log.warning("skipped %s: %s", folder, exc)
+                if skipped is not None:
+                    skipped.append(str(exc))
     return found
 
 
@@ -113,7 +138,7 @@ def delete_run(adapter: RunFolder) -> None:
 
 def check_same_base(adapter: RunFolder, base_location: str) -> None:
     """Refuse an adapter that run.json says was trained on another base model."""
-    recorded = adapter.run.get("base_model", {})
+    recorded = adapter.run.get("base_model") or {}
     if not recorded:
         return  # a bare peft folder: shapes are checked when it is applied
     if recorded.get("location") != base_location and recorded.get("model_id") != Path(base_location).name:
@@ -122,12 +147,26 @@ def check_same_base(adapter: RunFolder, base_location: str) -> None:
         )
 
 
-def gguf_lora_for(adapter: RunFolder, base_gguf: str | Path) -> Path:
-    """The adapter as a GGUF LoRA for llama.cpp, converted once and kept beside it."""
+def gguf_lora_for(adapter: RunFolder, base_gguf: str | Path, models_dir: Path | None = None) -> Path:
+    """The adapter as a GGUF LoRA for llama.cpp, converted once: beside it in a run folder of ours, else (a
+    folder the user only pointed at) in the data folder's cache, keyed by the folder, its weights and the base."""
     from .gguf_lora import convert_to_gguf_lora
 
-    target = adapter.path / GGUF_LORA_FILE
     weights = adapter.path / "adapter_model.safetensors"
+    target = adapter.path / GGUF_LORA_FILE
+    if models_dir is not None and not _inside(adapter.path, models_dir / "adapters"):
+        stamp = weights.stat()
+        key = f"{adapter.path.resolve()}|{stamp.st_size}|{stamp.st_mtime_ns}|{Path(base_gguf).resolve()}"
+        target = gguf_cache_dir(models_dir) / f"{adapter.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.gguf"
     if target.is_file() and target.stat().st_mtime >= weights.stat().st_mtime:
         return target
     return convert_to_gguf_lora(adapter.path, base_gguf, target)
+
+
+def gguf_cache_dir(models_dir: Path) -> Path:
+    """Where GGUF LoRAs converted from adapter folders outside the data folder are kept."""
+    return models_dir / "cache" / "gguf-lora"
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())

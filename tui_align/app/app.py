@@ -12,7 +12,6 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.reactive import reactive
 from textual.screen import Screen
-from textual.worker import get_current_worker
 
 from ..adapters.runs import RunFolder
 from ..backends.base import Backend, SamplingSettings
@@ -21,6 +20,8 @@ from ..errors import UserError, report
 from ..model_files import ModelRef, resolve_model
 from ..paths import models_dir
 from ..store import Store
+from .abandon import in_daemon_thread
+from .busy import UI_WRITE_WAIT_S
 from .messages import AdapterActivated, AdapterWorkFailed, BackendFailed, BackendReady
 from .run_status import run_line, run_method
 from .screens import MAIN_SCREENS
@@ -91,6 +92,8 @@ class AlignApp(App[int]):
     ) -> None:
         super().__init__()
         self.store = store
+        # The UI thread writes to it: it must not hang behind another tui-align's import (screens retry).
+        store.write_wait_s = UI_WRITE_WAIT_S
         self.home = Path(home)
         self.model_label = model_label
         self.model_spec = model_spec  # what --model said (None: the default); the train child gets the same
@@ -99,6 +102,7 @@ class AlignApp(App[int]):
         self.backend: Backend | None = None
         self.backend_error = ""
         self.generation_lock = threading.Lock()
+        self._closing = False
         self._load_backend = load_backend
         self._run_method: tuple[object, str] = (None, "")  # (the run, its method): read once per run
         self.sub_title = model_label
@@ -115,19 +119,17 @@ class AlignApp(App[int]):
         self.switch_mode(MAIN_SCREENS[0].name)
         self.load_model(self._load_backend)
 
-    @work(thread=True, exclusive=True, group="load-model")
-    def load_model(self, load: Callable[[], Backend]) -> None:
-        """Load the model off the UI thread: transformers can take half a minute."""
+    @work(exclusive=True, group="load-model")
+    async def load_model(self, load: Callable[[], Backend]) -> None:
+        """Load the model off the UI thread (transformers can take half a minute), on a thread the app
+        abandons when it quits (abandon.py): the process exits at once, whatever the load waits for."""
         try:
-            backend = load()
+            backend = await in_daemon_thread(load, lambda late: late.close(), name="load-model")
         except UserError as exc:
             self.post_message(BackendFailed(str(exc)))
             return
         except Exception as exc:  # whatever the engine raises, the user gets one line
             self.post_message(BackendFailed(f"Couldn't load the model: {report(exc)}"))
-            return
-        if get_current_worker().is_cancelled:  # the app quit while we loaded
-            backend.close()
             return
         self.post_message(BackendReady(backend))
 
@@ -141,7 +143,10 @@ class AlignApp(App[int]):
         self.notify(message.error, title="Model not loaded", severity="error", timeout=15)
 
     def refresh_pair_count(self) -> None:
-        self.pair_count = self.store.count_pairs()
+        try:
+            self.pair_count = self.store.count_pairs()
+        except UserError:  # a damaged or busy store: the screen that reads it next says so
+            pass
 
     def set_sampling(self, settings: SamplingSettings, candidate_count: int) -> None:
         """The sampling settings every later answer uses, and how many candidates ctrl+n asks for."""
@@ -184,10 +189,10 @@ class AlignApp(App[int]):
             return False
         return self.use_adapter(None)
 
-    @work(thread=True, exclusive=True, group="adapter-load")
-    def _switch_backend(self, run: RunFolder | None) -> None:
+    @work(exclusive=True, group="adapter-load")
+    async def _switch_backend(self, run: RunFolder | None) -> None:
         try:
-            backend = self.load_chat_backend(run)
+            await in_daemon_thread(lambda: self._load_and_swap(run), name="adapter-load")
         except UserError as exc:
             self.post_message(AdapterWorkFailed("load", str(exc)))
             return
@@ -195,15 +200,19 @@ class AlignApp(App[int]):
             what = run.name if run else "the base model"
             self.post_message(AdapterWorkFailed("load", f"Couldn't load {what}: {report(exc)}"))
             return
-        if get_current_worker().is_cancelled:
-            backend.close()
-            return
-        # Swap under the lock: an answer streaming from the old model finishes first, then it is freed.
+        self.post_message(AdapterActivated(run.name if run else None))
+
+    def _load_and_swap(self, run: RunFolder | None) -> None:
+        """On the load thread: the new model, then the swap under the lock (an answer streaming from the old
+        model finishes first, then it is freed); a model loaded after the app quit is freed instead."""
+        backend = self.load_chat_backend(run)
         with self.generation_lock:
+            if self._closing:
+                backend.close()
+                return
             old, self.backend = self.backend, backend
             if old is not None:
                 old.close()
-        self.post_message(AdapterActivated(run.name if run else None))
 
     def on_adapter_activated(self, message: AdapterActivated) -> None:
         self.sub_title = f"{self.model_label} + {message.adapter}" if message.adapter else self.model_label
@@ -244,10 +253,14 @@ class AlignApp(App[int]):
 
     def on_unmount(self) -> None:
         # Workers were cancelled on shutdown; a generation notices between two tokens and lets go.
-        backend, self.backend = self.backend, None
-        if backend is not None and self.generation_lock.acquire(timeout=CLOSE_WAIT_S):
-            backend.close()
-            self.generation_lock.release()
+        self._closing = True  # a load still going frees its model when it ends (abandon.py)
+        if self.generation_lock.acquire(timeout=CLOSE_WAIT_S):
+            try:
+                backend, self.backend = self.backend, None
+                if backend is not None:
+                    backend.close()
+            finally:
+                self.generation_lock.release()
 
     # Navigation ------------------------------------------------------------------------------------
 

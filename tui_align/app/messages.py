@@ -81,6 +81,7 @@ class TransferFinished(Message):
     path: str = ""
     error: str | None = None
     note: str = ""  # something the user should know about a file that was written fine
+    detail: str = ""  # an import's "3 already in the store; skipped 1 (...)"
 
 
 @dataclass

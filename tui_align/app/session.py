@@ -85,12 +85,17 @@ class ChatSession:
         """
         last_user = max(i for i, turn in enumerate(self.turns) if turn["role"] == "user")
         kept = self.turns[: last_user + 1]
+        before = self.turns, self.conversation_id
         self.restart()
-        for turn in kept:
-            if turn["role"] == "user":
-                self.add_user(turn["content"], model)
-            else:
-                self.add_answer(turn["content"])
+        try:
+            for turn in kept:
+                if turn["role"] == "user":
+                    self.add_user(turn["content"], model)
+                else:
+                    self.add_answer(turn["content"])
+        except UserError:  # a busy store: stay where we were, so that trying again copies it whole
+            self.turns, self.conversation_id = before
+            raise
 
     def record_pick(
         self,

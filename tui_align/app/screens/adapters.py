@@ -66,6 +66,7 @@ class AdaptersScreen(Screen):
         super().__init__()
         self.adapters: list[RunFolder] = []
         self.busy = ""  # what this screen's export worker is doing right now ("" when nothing)
+        self._warned: set[str] = set()  # skipped runs already named
 
     @property
     def align_app(self) -> AlignApp:
@@ -117,7 +118,11 @@ class AdaptersScreen(Screen):
     def action_reload(self) -> None:
         table = self.query_one(DataTable)
         row = table.cursor_row
-        self.adapters = list_runs(self.align_app.home)
+        skipped: list[str] = []
+        self.adapters = list_runs(self.align_app.home, skipped)
+        for reason in set(skipped) - self._warned:  # a broken run.json hides its own run only, and says so once
+            self._warned.add(reason)
+            self.notify(reason, title="Run skipped", severity="warning", timeout=10)
         active = self.align_app.active_adapter
         table.clear()
         for adapter in self.adapters:
@@ -228,21 +233,36 @@ class AdaptersScreen(Screen):
             self.notify(f"{adapter.name} has no trained adapter to export.", severity="error")
             return
 
+        def start(form: str, out: str, force: bool = False) -> None:
+            self.busy = f"exporting {adapter.name} as {form}"
+            self.refresh_status()
+            self._export(adapter, form, out, force)
+
         def chosen(result: tuple[str, str] | None) -> None:
-            if result is not None:
-                self.busy = f"exporting {adapter.name} as {result[0]}"
-                self.refresh_status()
-                self._export(adapter, *result)
+            from ...adapters.export import NeedsForce, export_target
+
+            if result is None:
+                return
+            try:
+                export_target(*result)  # the target's own checks, before any work: one line, or a question
+            except NeedsForce as exc:
+                question = str(exc).replace(": pass --force to replace it.", ". Replace it?")
+                self.app.push_screen(ConfirmModal(question), lambda yes: yes and start(*result, force=True))
+                return
+            except UserError as exc:
+                self.notify(str(exc), title="Export failed", severity="error", timeout=15)
+                return
+            start(*result)
 
         self.app.push_screen(ExportModal(adapter.name, self.align_app.home), chosen)
 
     @work(thread=True, exclusive=True, group="adapter-export")
-    def _export(self, adapter: RunFolder, form: str, out: str) -> None:
+    def _export(self, adapter: RunFolder, form: str, out: str, force: bool = False) -> None:
         from ...adapters.export import export_adapter
 
         app = self.align_app
         try:
-            path = export_adapter(adapter, form, out, models_dir(app.home), base_spec=app.model_spec)
+            path = export_adapter(adapter, form, out, models_dir(app.home), base_spec=app.model_spec, force=force)
         except UserError as exc:
             self.post_message(AdapterWorkFailed("export", str(exc)))
         except Exception as exc:  # a converter bug must not kill the app; the user sees one line

@@ -14,6 +14,8 @@ from textual.widgets import Footer, Header, Input, Static
 from textual.worker import get_current_worker
 
 from ...errors import UserError
+from ...store import StoreBusy
+from ..busy import BusyRetry
 from ..context_size import ContextSize, measure
 from ..generation import generate_answers
 from ..messages import AnswerDone, AnswerProgress, ContextMeasured, GenerationFinished
@@ -65,6 +67,7 @@ class ChatScreen(Screen):
         self._settings_list: list = []  # of the generation on the way, one per column
         self.context: ContextSize | None = None  # the last measure of the context (None: not yet)
         self._context_request = 0  # numbers the measurements, so a late one for an older context is dropped
+        self._busy = BusyRetry(self)  # a message, answer or pick waiting for another process's write
 
     @property
     def align_app(self) -> AlignApp:
@@ -169,6 +172,9 @@ class ChatScreen(Screen):
     def send(self, raw: str, candidates: bool) -> None:
         """Send the typed message (or reuse the last one) for one answer or for N candidates."""
         app, session = self.align_app, self.session
+        if self._busy.waiting:
+            self.notify("Still saving what came before: the store is busy.", severity="warning")
+            return
         if self.phase != "idle":
             self.notify("Wait for the answer, or press esc to stop it.", severity="warning")
             return
@@ -180,6 +186,9 @@ class ChatScreen(Screen):
         text = raw.strip()
         try:
             note = session.take_turn(text, candidates, app.model_id)
+        except StoreBusy:  # the text stays in the input until it is stored
+            self._busy.retry(lambda: self.send(raw, candidates))
+            return
         except UserError as exc:
             self.notify(str(exc), severity="warning")
             return
@@ -189,6 +198,7 @@ class ChatScreen(Screen):
         elif note:  # the conversation was branched: show the copy
             self.query_one(ChatLog).show(session.system_prompt, session.turns)
             self.notify(note)
+        self._busy.landed()
         self._start(candidates)
         self.measure_context()  # with the new message; counted once the answer lets go of the model
 
@@ -243,10 +253,7 @@ class ChatScreen(Screen):
         view, self._answer_view = self._answer_view, None
         if text.strip():
             # A stopped answer is kept as it stands: the chat continues from what the user saw.
-            try:
-                self.session.add_answer(text)
-            except UserError as exc:
-                self.notify(str(exc), title="Not saved", severity="error")
+            self._save_answer(text)
             view.set_text(text)
             reason = message.reasons[0] if message.reasons else ""
             view.set_note(finished_label(reason, self._settings_list[0].max_tokens) if reason in ("stopped", "length")
@@ -256,6 +263,16 @@ class ChatScreen(Screen):
             if not message.error:
                 self.notify("No answer was written. Enter (empty input) asks again.", severity="warning")
         self.phase = "idle"
+
+    def _save_answer(self, text: str) -> None:
+        try:
+            self.session.add_answer(text)
+        except StoreBusy:
+            self._busy.retry(lambda: self._save_answer(text))
+        except UserError as exc:
+            self.notify(str(exc), title="Not saved", severity="error")
+        else:
+            self._busy.landed()
 
     def _finish_candidates(self, message: GenerationFinished) -> None:
         self.candidates = list(message.texts)
@@ -291,6 +308,9 @@ class ChatScreen(Screen):
 
     def record(self, outcome: str, slot: int | None = None, written: str | None = None) -> None:
         """Store the pick (committed before anything on screen changes), then continue the chat."""
+        if self._busy.waiting:  # a second key while the first pick waits for the store
+            self.notify("Still saving your pick: the store is busy.", severity="warning")
+            return
         # Empty columns (never written) are not candidates; map the column to its index among the rest.
         columns = [i for i, text in enumerate(self.candidates) if text.strip()]
         texts = [self.candidates[i] for i in columns]
@@ -300,9 +320,13 @@ class ChatScreen(Screen):
                 texts, outcome, chosen_index=chosen_index, written=written,
                 model=self.align_app.model_id, settings=self._pick_settings,
             )
+        except StoreBusy:  # the candidates stay on screen, the pick pending, until it is stored
+            self._busy.retry(lambda: self.record(outcome, slot, written))
+            return
         except UserError as exc:
             self.notify(str(exc), title="Not saved", severity="error")
             return
+        self._busy.landed()
         self.align_app.refresh_pair_count()
         self.query_one(CandidatesPanel).close()
         if continuation is not None:

@@ -83,7 +83,15 @@ class PairsScreen(Screen):
         self.reload()  # picks made on the chat screen since we were last shown
 
     def reload(self) -> None:
-        """Refill the table from the store, keeping the cursor where it was."""
+        """Refill the table from the store, keeping the cursor where it was; a store that can't be read
+        (damaged, busy) leaves the table as it was and says so in one line."""
+        try:
+            self._fill()
+        except UserError as exc:
+            self.query_one("#counts", Static).update("the store can't be read")
+            self.notify(str(exc), title="Store", severity="error", timeout=15)
+
+    def _fill(self) -> None:
         store = self.align_app.store
         table = self.query_one(DataTable)
         search = self.query_one("#search", Input).value.strip()
@@ -124,13 +132,21 @@ class PairsScreen(Screen):
 
     def action_edit(self) -> None:
         pair_id = self.selected_pair_id()
-        pair = self.align_app.store.get_pair(pair_id) if pair_id is not None else None
+        try:
+            pair = self.align_app.store.get_pair(pair_id) if pair_id is not None else None
+        except UserError as exc:
+            self.notify(str(exc), title="Store", severity="error")
+            return
         if pair is None:
             return
 
         def saved(result: tuple[str, str] | None) -> None:
             if result is not None:
-                self.align_app.store.update_pair(pair_id, chosen=result[0], rejected=result[1])
+                try:
+                    self.align_app.store.update_pair(pair_id, chosen=result[0], rejected=result[1])
+                except UserError as exc:
+                    self.notify(str(exc), title="Not saved", severity="error")
+                    return
                 self.reload()
                 self.notify(f"Pair {pair_id} saved.")
 
@@ -143,7 +159,11 @@ class PairsScreen(Screen):
 
         def confirmed(yes: bool | None) -> None:
             if yes:
-                self.align_app.store.delete_pair(pair_id)
+                try:
+                    self.align_app.store.delete_pair(pair_id)
+                except UserError as exc:
+                    self.notify(str(exc), title="Not deleted", severity="error")
+                    return
                 self.align_app.refresh_pair_count()
                 self.reload()
                 self.notify(f"Pair {pair_id} deleted.")
@@ -169,13 +189,19 @@ class PairsScreen(Screen):
         try:
             from ... import formats
 
-            count = formats.import_file(store, path, fmt) if action == "import" else formats.export_file(store, path, fmt)
+            detail = ""
+            if action == "import":
+                done = formats.import_pairs(store, path, fmt)
+                count, detail = done.added, done.summary()
+            else:
+                count = formats.export_file(store, path, fmt)
         except UserError as exc:
             self.post_message(TransferFinished(action, path=path, error=str(exc)))
         except Exception as exc:  # one line for the user, never a traceback
             self.post_message(TransferFinished(action, path=path, error=f"{action} failed: {report(exc)}"))
         else:
-            self.post_message(TransferFinished(action, count, path, note=self.flattened_note(store, action, fmt)))
+            self.post_message(TransferFinished(action, count, path, detail=detail,
+                                               note=self.flattened_note(store, action, fmt)))
 
     @staticmethod
     def flattened_note(store, action: str, fmt: str) -> str:
@@ -194,7 +220,8 @@ class PairsScreen(Screen):
             self.notify(message.error, title=f"{message.action.capitalize()} failed", severity="error")
             return
         verb = "Imported" if message.action == "import" else "Exported"
-        self.notify(f"{verb} {message.count} pairs {'from' if message.action == 'import' else 'to'} {message.path}")
+        detail = f" ({message.detail})" if message.detail else ""
+        self.notify(f"{verb} {message.count} pairs {'from' if message.action == 'import' else 'to'} {message.path}{detail}")
         if message.note:
             self.notify(message.note, severity="warning", timeout=15)
         self.align_app.refresh_pair_count()
