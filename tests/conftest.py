@@ -143,6 +143,31 @@ def make_app(store, private_home):
     return make
 
 
+async def type_and(pilot, text: str, key: str) -> None:
+    """Type `text` into the chat's message box, press `key`, and wait for what it started."""
+    from textual.widgets import Input
+
+    pilot.app.screen.query_one("#message", Input).value = text
+    await pilot.press(key)
+    await settle(pilot)
+
+
+def views(app) -> list[tuple[str, str]]:
+    """(role, text) of every message shown on the current screen."""
+    from tui_align.app.widgets.chat_log import MessageView
+
+    return [(view.role, view.text) for view in app.screen.query(MessageView)]
+
+
+def one_line(capsys) -> str:
+    """The one line a failed command printed on stderr (nothing on stdout, no traceback)."""
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
 async def settle(pilot, timeout: float = WAIT_S) -> None:
     """Let every worker finish and the UI handle what they posted; fails naming the workers still running
     (a GatedBackend's stream waits for its test, and for an app that doesn't stop it)."""

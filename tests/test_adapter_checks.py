@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from tui_align.adapters.validate import validate_adapter
 from tui_align.cli import main
 from tui_align.errors import UserError
 
-from conftest import settle
+from conftest import one_line, settle
 
 HIDDEN = 576  # SmolLM2-135M's hidden size: its q_proj is 576x576
 MODULE = "base_model.model.model.layers.0.self_attn.q_proj"
@@ -34,13 +33,6 @@ def make_adapter(folder, default_gguf, *, cols: int = HIDDEN, rank: int = 2, run
         "base_model": {"kind": "gguf", "location": str(default_gguf), "model_id": default_gguf.name}}))
     return folder
 
-
-def one_line(capsys) -> str:
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err and captured.out == ""
-    lines = captured.err.splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 def export_refused(folder, tmp_path, capsys, form="peft") -> str:

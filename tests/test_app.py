@@ -23,20 +23,12 @@ from tui_align.backends.base import SamplingSettings
 from tui_align.errors import UserError
 from tui_align.pairs import Pair
 
-from conftest import settle
+from conftest import settle, type_and, views
 from fakes import FailingBackend, GatedBackend, ScriptedBackend
 
 SIZE = (100, 32)
 
 
-async def type_and(pilot, text: str, key: str) -> None:
-    pilot.app.screen.query_one("#message", Input).value = text
-    await pilot.press(key)
-    await settle(pilot)
-
-
-def views(app) -> list[tuple[str, str]]:
-    return [(view.role, view.text) for view in app.screen.query(MessageView)]
 
 
 def status(app) -> str:

@@ -227,3 +227,27 @@ def test_sigterm_while_loading_ends_the_child_within_a_second(tmp_path, tiny_mod
     took, events = cancel_when(child, lambda e: e["event"] == "progress" and e["task"] == "loading")
     assert child.returncode == 130 and took < CANCEL_WITHIN_S, (took, events[-3:])
     assert events[-1]["event"] == "done" and events[-1]["run_dir"] is None
+
+
+def test_sigterm_in_the_reward_models_first_step_ends_a_ppo_child_within_a_second(tmp_path, tiny_model_dir):
+    """PPO's first phase, the reward model: the same one long step, cancelled half a second into it."""
+    child = start_child(tmp_path, tiny_model_dir, "--method", "ppo", "--batch-size", "270", "--pass-tokens", "0",
+                        "--max-steps", "2")
+    took, events = cancel_when(child, lambda e: e["event"] == "phase" and e["name"] == "reward_model", delay_s=0.5)
+    assert child.returncode == 130 and took < CANCEL_WITHIN_S, (took, events[-3:])
+    assert not any(e["event"] == "step" for e in events) and events[-1]["run_dir"] is None
+
+
+@pytest.mark.slow
+def test_the_default_model_cancels_within_a_second_in_its_first_step(tmp_path):
+    """The real default model (its GGUF converted in a fresh data folder first), 300 pairs, batch 8:
+    SIGTERM two seconds into the first step, where the policy and reference passes run."""
+    data = tmp_path / "pairs.jsonl"
+    write_pairs_file(data, 300)
+    argv = [sys.executable, "-m", "tui_align.train_command", "--jsonl", "--home", str(tmp_path / "home"),
+            "--data", str(data), "--batch-size", "8", "--max-steps", "3", "--check-answers", "0"]
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    took, events = cancel_when(child, lambda e: e["event"] == "reference", delay_s=2.0)
+    assert child.returncode == 130 and took < CANCEL_WITHIN_S, (took, events[-3:])
+    assert events[-1]["event"] == "done" and events[-1]["cancelled"]

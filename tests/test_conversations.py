@@ -5,30 +5,21 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from textual.widgets import DataTable, Input, TextArea
+from textual.widgets import DataTable, TextArea
 
 from tui_align.app.context_size import TRAIN_MAX_LENGTH, ContextSize
 from tui_align.app.screens.chat import ChatScreen
 from tui_align.app.screens.confirm import ConfirmModal
 from tui_align.app.screens.conversations import ConversationsModal, ago
-from tui_align.app.widgets.chat_log import MessageView
 from tui_align.app.widgets.status_bar import StatusBar
 from tui_align.training.config import TrainConfig
 
-from conftest import settle
+from conftest import settle, type_and, views
 from fakes import ScriptedBackend
 
 SIZE = (120, 32)
 
 
-async def type_and(pilot, text: str, key: str) -> None:
-    pilot.app.screen.query_one("#message", Input).value = text
-    await pilot.press(key)
-    await settle(pilot)
-
-
-def views(app) -> list[tuple[str, str]]:
-    return [(view.role, view.text) for view in app.screen.query(MessageView)]
 
 
 def status(app) -> str:

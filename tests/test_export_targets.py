@@ -16,7 +16,7 @@ from tui_align.pairs import Pair
 from tui_align.paths import store_path
 from tui_align.store import Store
 
-from conftest import settle
+from conftest import one_line, settle
 
 PAIR = Pair(prompt=[{"role": "user", "content": "q"}], chosen="good", rejected="bad", source="picked")
 
@@ -29,13 +29,6 @@ def home_with_pairs(private_home):
     store.close()
     return private_home
 
-
-def one_line(capsys) -> str:
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err and captured.out == ""
-    lines = captured.err.splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 def leftovers(folder) -> list[str]:
@@ -166,9 +159,20 @@ def test_compare_on_a_folder_keeps_its_gguf_lora_in_the_data_folder_cache(adapte
     assert len(cached) == 1 and cached[0].name.startswith(adapter_folder.name) and cached[0].suffix == ".gguf"
 
 
-async def test_the_app_asks_before_an_export_replaces_an_unrelated_file(make_app, private_home, adapter_folder):
+async def export_gguf_lora_to(pilot, path) -> None:
+    """On the Adapters screen: x, GGUF LoRA, the path, ctrl+s (the confirm modal may follow)."""
     from textual.widgets import Input
 
+    await pilot.press("x")
+    await pilot.pause()
+    pilot.app.screen.query_one("#form").value = "gguf-lora"
+    await pilot.pause()
+    pilot.app.screen.query_one("#path", Input).value = str(path)
+    await pilot.press("ctrl+s")
+    await pilot.pause()
+
+
+async def test_the_app_asks_before_an_export_replaces_an_unrelated_file(make_app, private_home, adapter_folder):
     from tui_align.app.screens.adapters import AdaptersScreen
     from tui_align.app.screens.confirm import ConfirmModal
 
@@ -183,24 +187,12 @@ async def test_the_app_asks_before_an_export_replaces_an_unrelated_file(make_app
         await pilot.press("f6")
         await settle(pilot)
         assert isinstance(app.screen, AdaptersScreen)
-        await pilot.press("x")
-        await pilot.pause()
-        app.screen.query_one("#form").value = "gguf-lora"
-        await pilot.pause()
-        app.screen.query_one("#path", Input).value = str(notes)
-        await pilot.press("ctrl+s")
-        await pilot.pause()
+        await export_gguf_lora_to(pilot, notes)
         assert isinstance(app.screen, ConfirmModal) and "Replace it?" in app.screen.question
         await pilot.press("n")
         await settle(pilot)
         assert notes.read_text() == "my notes"
-        await pilot.press("x")
-        await pilot.pause()
-        app.screen.query_one("#form").value = "gguf-lora"
-        await pilot.pause()
-        app.screen.query_one("#path", Input).value = str(notes)
-        await pilot.press("ctrl+s")
-        await pilot.pause()
+        await export_gguf_lora_to(pilot, notes)
         await pilot.press("y")
         await settle(pilot)
         assert notes.read_bytes()[:4] == b"GGUF"
