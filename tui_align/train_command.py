@@ -113,5 +113,18 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(sig, handler)
 
 
+def exit_now(code: int) -> None:
+    """Exit without the interpreter's teardown: torch's takes most of a second after a cancel, and the
+    app waits for the process to end. Everything the run wrote is closed by now; the streams and the
+    log are flushed here."""
+    import logging
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())
