@@ -715,3 +715,29 @@ def test_training_imports_nothing_from_the_layers_above_it():
                 continue
             offenders += [f"{path.name}: {n}" for n in names if any(n == b or n.startswith(b + ".") for b in banned)]
     assert offenders == []
+
+
+def test_an_adapter_save_killed_midway_leaves_only_what_the_next_start_removes(tmp_path):
+    from tui_align import atomic
+
+    run_dir = tmp_path / "home" / "models" / "adapters" / "run"
+    run_dir.mkdir(parents=True)
+    seen = []
+
+    class Killed(Exception):
+        pass
+
+    class Model:
+        def save_pretrained(self, folder, **kwargs):
+            seen.append(Path(folder))
+            (Path(folder) / "adapter_model.safetensors").write_bytes(b"half")
+            raise Killed  # the staging folder is removed on an error; a kill -9 would leave it
+
+    with pytest.raises(Killed):
+        run_folder.save_adapter(Model(), run_dir)
+    [staging] = seen
+    assert staging.parent == run_dir and atomic._LEFTOVER.match(staging.name)  # named for this process
+    leftover = run_dir / staging.name.replace(f".{os.getpid()}-", ".999999999-")  # as if its writer died
+    leftover.mkdir()
+    atomic.clean_tree(tmp_path / "home")
+    assert not leftover.exists() and not any(run_dir.iterdir())

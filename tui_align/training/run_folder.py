@@ -14,12 +14,11 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import fields, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..atomic import atomic_folder, atomic_write, write_text
+from ..atomic import atomic_folder, atomic_write, temp_path, write_text
 from ..errors import UserError
 from ..pairs import Pair
 from .config import TrainConfig
@@ -118,9 +117,11 @@ def config_from_dict(settings: dict) -> TrainConfig:
 def save_adapter(model, folder: Path) -> None:
     """Write the policy adapter's files into `folder` through a staging folder, then move them in.
 
-    A failure (disk full) leaves no half-written adapter beside the run's other files.
+    A failure (disk full) leaves no half-written adapter beside the run's other files, and a kill -9
+    leaves a staging folder named for this process, which the next start removes (atomic.clean_tree).
     """
-    staging = Path(tempfile.mkdtemp(prefix=".adapter-", dir=folder))
+    staging = temp_path(folder / "adapter")
+    staging.mkdir()
     try:
         model.save_pretrained(str(staging), selected_adapters=["default"])
         for item in staging.iterdir():
