@@ -9,7 +9,7 @@ once with `struct` and skips array values it isn't asked for (about 30 ms).
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gguf import GGUF_MAGIC, GGUFValueType
@@ -26,6 +26,8 @@ _SCALARS = {
 class GGUFHeader:
     metadata: dict  # key -> scalar or string; arrays are left out
     tensor_shapes: dict[str, tuple[int, ...]]  # name -> shape in numpy order (rows, cols)
+    tensor_types: dict[str, int] = field(default_factory=dict)  # name -> GGMLQuantizationType value
+    tensor_offsets: dict[str, int] = field(default_factory=dict)  # name -> byte offset in the file
 
 
 class _Cursor:
@@ -101,11 +103,13 @@ def _parse(data: bytes) -> GGUFHeader:
         value = cursor.value(value_type)
         if value_type != GGUFValueType.ARRAY:
             metadata[key] = value
-    shapes = {}
+    shapes, types, offsets = {}, {}, {}
     for _ in range(n_tensors):
         name = cursor.string()
         n_dims = cursor.take("I")
         dims = [cursor.take("Q") for _ in range(n_dims)]
-        cursor.take("IQ")  # element type and data offset
+        types[name], offsets[name] = cursor.take("IQ")  # offsets count from the aligned start of the data
         shapes[name] = tuple(reversed(dims))  # GGUF lists the fastest-varying dimension first
-    return GGUFHeader(metadata, shapes)
+    alignment = int(metadata.get("general.alignment", 32))
+    data_start = -(-cursor.at // alignment) * alignment
+    return GGUFHeader(metadata, shapes, types, {name: data_start + at for name, at in offsets.items()})
