@@ -1,4 +1,4 @@
-"""`tui-align export-adapter`: one trained adapter out as peft, merged, gguf-lora or gguf."""
+"""`tui-align export-adapter`: one trained adapter out as peft, merged, gguf-lora, gguf or ollama."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ from ..errors import UserError
 from ..model_files import load_transformers, resolve_model
 from .runs import ADAPTER_FILES, RunFolder, check_same_base
 
-FORMS = ("peft", "merged", "gguf-lora", "gguf")
+FORMS = ("peft", "merged", "gguf-lora", "gguf", "ollama")
 
 
-def export_adapter(adapter: RunFolder, form: str, out: str | Path, models_dir: Path, base_spec: str | None = None) -> Path:
+def export_adapter(adapter: RunFolder, form: str, out: str | Path, models_dir: Path, base_spec: str | None = None,
+                   *, quant: str | None = None, system: str = "") -> Path:
+    """quant: the merged GGUF's type (gguf, ollama; None: the base's own); system: the Ollama system prompt."""
     out = Path(out).expanduser()
     base_location = base_spec or adapter.base_location
     if form != "peft" and not base_location:
@@ -33,7 +35,11 @@ def export_adapter(adapter: RunFolder, form: str, out: str | Path, models_dir: P
     if form == "gguf":
         from .gguf_merge import merge_into_gguf
 
-        return merge_into_gguf(adapter.path, ref.location, out)
+        return merge_into_gguf(adapter.path, ref.location, out, quant=quant)
+    if form == "ollama":
+        from .ollama import write_ollama
+
+        return write_ollama(adapter.path, ref.location, out, quant=quant, system=system)
     raise UserError(f"Unknown form {form!r}: choose one of {', '.join(FORMS)}.")
 
 

@@ -116,7 +116,7 @@ def check_same_base(adapter: RunFolder, base_location: str) -> None:
     file name (a folder and its GGUF are one base; base_identity says how that is told)."""
     from .base_identity import check_same_base as check_identity
 
-    recorded = adapter.run.get("base_model", {})
+    recorded = adapter.run.get("base_model") or {}
     if recorded:  # a bare peft folder has no record: shapes are checked when it is applied
         check_identity(adapter.name, recorded, base_location)
 
