@@ -31,11 +31,14 @@ FAMILIES = {
     "llama": Family("llama", "LlamaConfig", "llama", permute_qk=True),
     "mistral": Family("mistral", "MistralConfig", "llama", {"sliding_window": None}, permute_qk=True),
     "qwen2": Family("qwen2", "Qwen2Config", "qwen2"),
-    "qwen3": Family("qwen3", "Qwen3Config", "qwen3"),
-    "gemma2": Family("gemma2", "Gemma2Config", "gemma2", {"query_pre_attn_scalar": HEAD_DIM, "sliding_window": 512},
-                     norm_plus_one=True),
-    "gemma3": Family("gemma3", "Gemma3TextConfig", "gemma3", {"query_pre_attn_scalar": HEAD_DIM, "sliding_window": 512},
-                     norm_plus_one=True),
+    # Qwen3 and Gemma keep their real head sizes (128, 256), wider than hidden / heads: the GGUF says so in
+    # key_length, and transformers' GGUF loader assumes those sizes (it reads neither key_length nor
+    # Gemma's query_pre_attn_scalar), so these tiny models also load from their GGUFs in transformers.
+    "qwen3": Family("qwen3", "Qwen3Config", "qwen3", {"head_dim": 128}),
+    "gemma2": Family("gemma2", "Gemma2Config", "gemma2", {"head_dim": 256, "query_pre_attn_scalar": 256,
+                                                          "sliding_window": 512}, norm_plus_one=True),
+    "gemma3": Family("gemma3", "Gemma3TextConfig", "gemma3", {"head_dim": 256, "query_pre_attn_scalar": 256,
+                                                              "sliding_window": 512}, norm_plus_one=True),
     "phi3": Family("phi3", "Phi3Config", "phi3"),
 }
 
@@ -53,8 +56,8 @@ def build_model(family: Family, seed: int = 0, tokenizer=None):
                    "pad_token_id": tokenizer.pad_token_id}
     config = getattr(transformers, family.config_class)(
         vocab_size=len(tokenizer) if tokenizer is not None else VOCAB, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, head_dim=HEAD_DIM, max_position_embeddings=1024,
-        rope_theta=10000.0, initializer_range=0.1, **special, **family.config,
+        num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=1024,
+        rope_theta=10000.0, initializer_range=0.1, **{"head_dim": HEAD_DIM, **special, **family.config},
     )
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():
@@ -106,9 +109,10 @@ def write_base_gguf(model, family: Family, path: Path, *, split_qkv: bool = Fals
     writer.add_feed_forward_length(config.intermediate_size)
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_key_length(HEAD_DIM)
-    writer.add_value_length(HEAD_DIM)
-    writer.add_rope_dimension_count(HEAD_DIM)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_rope_dimension_count(head_dim)
     writer.add_rope_freq_base(10000.0)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
@@ -141,7 +145,7 @@ def write_base_gguf(model, family: Family, path: Path, *, split_qkv: bool = Fals
         if family.permute_qk and ".attn_k." in gguf_name:
             parts = {gguf_name: _interleave_halves(array, config.num_key_value_heads)}
         if split_qkv and ".attn_qkv." in gguf_name:
-            q, kv = HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM
+            q, kv = HEADS * head_dim, KV_HEADS * head_dim
             prefix, suffix = gguf_name.split(".attn_qkv.")
             parts = {f"{prefix}.attn_{part}.{suffix}": rows
                      for part, rows in zip("qkv", np.split(array, [q, q + kv]))}
