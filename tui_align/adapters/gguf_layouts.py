@@ -29,12 +29,13 @@ class Layout:
 
 
 LAYOUTS = {
-    "llama": Layout("Llama 3.x, SmolLM, Mistral 7B/Nemo (llama.cpp writes Mistral as llama)", rope_rows=True),
+    # llama.cpp's converter writes MistralForCausalLM (Mistral 7B, Nemo) as llama, not as a key of its own
+    "llama": Layout("Llama 3.x, SmolLM, Mistral 7B / Nemo", rope_rows=True),
     "mistral3": Layout("Mistral Small 3.x, Ministral", rope_rows=True),
     "qwen2": Layout("Qwen2, Qwen2.5", untouched="q/k/v biases (the LoRA adds to the weight only)"),
     "qwen3": Layout("Qwen3", untouched="per-head q/k norms"),
     "gemma2": Layout("Gemma 2", untouched="norms stored as 1 + w, tied embeddings, attention and final soft-capping"),
-    "gemma3": Layout("Gemma 3 (text)", untouched="norms stored as 1 + w (q/k norms too), tied embeddings"),
+    "gemma3": Layout("Gemma 3 text", untouched="norms stored as 1 + w (q/k norms too), tied embeddings"),
     "phi3": Layout(
         "Phi-3, Phi-3.5, Phi-4-mini",
         splits={"attn_qkv": ("attn_q", "attn_k", "attn_v")},
