@@ -125,3 +125,12 @@ def test_an_unknown_quant_is_one_line(tmp_path):
     with pytest.raises(UserError, match="Unknown --quant 'q3': choose one of f16, q8_0, q4_k_m."):
         merge_into_gguf(tmp_path, case_base, tmp_path / "m.gguf", quant="q3")
     assert not (tmp_path / "m.gguf").exists()
+
+
+def test_gguf_export_takes_quant_from_the_command_line(chat_model, tmp_path):
+    _, base, run = chat_model
+    assert main(["export-adapter", str(run), "--to", "gguf", str(tmp_path / "m.gguf"), "--model", str(base),
+                 "--quant", "f16"]) == 0
+    assert file_type(tmp_path / "m.gguf") == "MOSTLY_F16"
+    assert main(["export-adapter", str(run), "--to", "gguf", str(tmp_path / "d.gguf"), "--model", str(base)]) == 0
+    assert file_type(tmp_path / "d.gguf") == file_type(base) == "ALL_F32"  # the base's own type
