@@ -150,3 +150,25 @@ def test_phi3_gate_up_rows_keep_their_order(tmp_path):
     wrong = case.error(llama_logits(case, lora=convert_to_gguf_lora(swapped, case.base_gguf, tmp_path / "s.gguf")))
     print("phi3 gate/up halves swapped:", round(wrong, 5))
     assert wrong > errors["bar"]
+
+
+def test_a_multimodal_checkpoints_text_model_converts_as_the_plain_one(tmp_path):
+    """Gemma 3 4B+ trains as Gemma3ForConditionalGeneration, its modules under model.language_model.; the GGUF
+    (text) names them as the causal LM's."""
+    import gguf
+    from safetensors.numpy import load_file, save_file
+
+    case = make_case(FAMILIES["gemma3"], tmp_path)
+    tensors = load_file(str(case.adapter / "adapter_model.safetensors"))
+    nested = tmp_path / "nested"
+    nested.mkdir()
+    (nested / "adapter_config.json").write_text((case.adapter / "adapter_config.json").read_text())
+    save_file({k.replace("base_model.model.model.", "base_model.model.model.language_model."): v
+               for k, v in tensors.items()}, str(nested / "adapter_model.safetensors"))
+    assert all(".language_model." in k for k in load_file(str(nested / "adapter_model.safetensors")))
+    read = {}
+    for name, folder in (("plain", case.adapter), ("nested", nested)):
+        path = convert_to_gguf_lora(folder, case.base_gguf, tmp_path / f"{name}.gguf")
+        read[name] = {t.name: np.array(t.data) for t in gguf.GGUFReader(str(path)).tensors}
+    assert read["plain"].keys() == read["nested"].keys() and len(read["plain"]) == 2 * 7 * 2  # 2 layers, 7 linears, A and B
+    assert all(np.array_equal(read["plain"][k], read["nested"][k]) for k in read["plain"])

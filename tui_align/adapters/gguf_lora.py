@@ -77,6 +77,11 @@ def load_peft_adapter(adapter_dir: str | Path) -> tuple[dict, dict[str, np.ndarr
     return config, tensors
 
 
+# Multimodal checkpoints (Gemma 3 4B and up, Mistral Small 3.1) nest the text model under one of these; their
+# GGUF is that text model alone, named as a plain causal LM's would be.
+TEXT_MODEL_PREFIXES = ("model.language_model.", "language_model.model.")
+
+
 def lora_modules(tensors: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{transformers module name: (A (r, in), B (out, r))} from peft's tensor names."""
     modules: dict[str, dict[str, np.ndarray]] = {}
@@ -85,6 +90,9 @@ def lora_modules(tensors: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, 
             marker = f".{part}."
             if marker in name:
                 module = name.split(marker)[0].removeprefix("base_model.model.")
+                for prefix in TEXT_MODEL_PREFIXES:
+                    if module.startswith(prefix):
+                        module = "model." + module.removeprefix(prefix)
                 modules.setdefault(module, {})[part] = array
     incomplete = [m for m, parts in modules.items() if len(parts) != 2]
     if incomplete or not modules:
