@@ -2,7 +2,8 @@
 
 Two passes. First an intermediate GGUF: every KV of the base (chat template, EOS / end-of-turn tokens,
 the whole tokenizer) and every tensor the adapter does not touch copied as they are, each touched tensor
-de-quantized with delta = scale · B · A added (rows placed as in gguf_lora) and kept in float32. Then
+de-quantized with delta = scale · B · A added (rows placed as in gguf_lora) and kept in float16 (float32
+for a float32 target; F16 is what llama.cpp's own quantizer usually starts from, at half the memory). Then
 llama.cpp's own quantizer (`llama_model_quantize`, through llama-cpp-python) brings it to the type asked
 for, by default the base's own, and writes a `general.file_type` that says what the file holds. Tensors
 already in their target type are copied, so only the touched ones are quantized anew.
@@ -63,7 +64,8 @@ def merge_into_gguf(adapter_dir: str | Path, base_gguf: str | Path, out_path: st
                 lora_a, lora_b = factors[tensor.name]["lora_a"], factors[tensor.name]["lora_b"]
                 weight = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
                 weight = weight.reshape(lora_b.shape[0], lora_a.shape[1])
-                writer.add_tensor(tensor.name, weight + (alpha / lora_a.shape[0]) * (lora_b @ lora_a))
+                updated = weight + (alpha / lora_a.shape[0]) * (lora_b @ lora_a)
+                writer.add_tensor(tensor.name, updated if target == "ALL_F32" else updated.astype(np.float16))
             else:
                 writer.add_tensor(tensor.name, tensor.data, raw_shape=tensor.data.shape, raw_dtype=tensor.tensor_type)
 
@@ -71,7 +73,7 @@ def merge_into_gguf(adapter_dir: str | Path, base_gguf: str | Path, out_path: st
     out_path.parent.mkdir(parents=True, exist_ok=True)
     # Beside the output, not in /tmp: the intermediate is about the model's size and /tmp may be small.
     with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.") as scratch:
-        merged = write_gguf_atomically(Path(scratch) / "merged-f32.gguf", base.arch, fill)
+        merged = write_gguf_atomically(Path(scratch) / "merged.gguf", base.arch, fill)
         keep = header.tensor_types if not quant else {}  # the base's type: its embedding/output types too
         quantize(merged, out_path, target, token_embd=keep.get("token_embd.weight"), output=keep.get("output.weight"))
     return out_path
