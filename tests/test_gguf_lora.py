@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from tui_align.adapters.gguf_lora import convert_to_gguf_lora, permute_rows_for_rope
+from tui_align.adapters.gguf_layouts import LAYOUTS, permute_rows_for_rope
+from tui_align.adapters.gguf_lora import convert_to_gguf_lora
 from tui_align.errors import UserError
 
 from conftest import randomize_lora_b
@@ -74,7 +76,8 @@ def test_llamacpp_with_converted_adapter_agrees_with_transformers(hf_with_adapte
     assert agreement > (with_adapter == base).mean() + 0.1
 
     # The same conversion without the q/k row permutation must be caught by this very check.
-    broken = convert_to_gguf_lora(folder, default_gguf, tmp_path / "broken.gguf", permute=False)
+    broken = convert_to_gguf_lora(folder, default_gguf, tmp_path / "broken.gguf",
+                                  layout=replace(LAYOUTS["llama"], rope_rows=False))
     assert (llama_top1(default_gguf, ids, broken) == adapted).mean() < agreement - 0.15
 
 
@@ -131,7 +134,7 @@ def test_unsupported_architecture_names_the_supported_ones(tmp_path):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    with pytest.raises(UserError, match="supports llama models; gpt2.gguf is 'gpt2'"):
+    with pytest.raises(UserError, match=r"support llama \(Llama 3.x, SmolLM, .*; phi3 \(.*\); gpt2.gguf is 'gpt2'"):
         convert_to_gguf_lora(tmp_path, path, tmp_path / "x.gguf")
 
 

@@ -70,12 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     adapters = commands.add_parser("adapters", help="list trained adapters")
     _add_common(adapters, suppress=True)
 
-    export_adapter = commands.add_parser("export-adapter", help="write an adapter as peft, merged, gguf-lora or gguf")
+    export_adapter = commands.add_parser("export-adapter", help="write an adapter as peft, merged, gguf-lora, gguf or ollama")
     export_adapter.add_argument("run", help="a run id or a peft adapter folder")
-    export_adapter.add_argument("--to", required=True, choices=("peft", "merged", "gguf-lora", "gguf"))
-    export_adapter.add_argument("out", help="folder (peft, merged) or file (gguf-lora, gguf)")
+    export_adapter.add_argument("--to", required=True, choices=("peft", "merged", "gguf-lora", "gguf", "ollama"))
+    export_adapter.add_argument("out", help="folder (peft, merged, ollama) or file (gguf-lora, gguf)")
     export_adapter.add_argument("--force", action="store_true",
                                 help="replace an existing file that is not an earlier export of that form")
+    export_adapter.add_argument("--quant", choices=("f16", "q8_0", "q4_k_m"),
+                                help="type of the merged GGUF (gguf, ollama); default: the base's own")
+    export_adapter.add_argument("--system", default="", help="system prompt for the Ollama Modelfile")
     _add_common(export_adapter, suppress=True)
     return parser
 
@@ -232,7 +235,8 @@ def run_export_adapter(args) -> int:
 
     home = data_home(args.home)
     adapter = find_run(home, args.run)
-    out = export_adapter(adapter, args.to, args.out, models_dir(home), base_spec=args.model, force=args.force)
+    out = export_adapter(adapter, args.to, args.out, models_dir(home), base_spec=args.model, force=args.force,
+                         quant=args.quant, system=args.system)
     print(f"wrote {args.to} to {out}")
     return 0
 

@@ -1,4 +1,4 @@
-"""`tui-align export-adapter`: one trained adapter out as peft, merged, gguf-lora or gguf."""
+"""`tui-align export-adapter`: one trained adapter out as peft, merged, gguf-lora, gguf or ollama."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from .gguf_header import read_header
 from .runs import ADAPTER_FILES, RunFolder, check_same_base
 from .validate import validate_adapter
 
-FORMS = ("peft", "merged", "gguf-lora", "gguf")
+FORMS = ("peft", "merged", "gguf-lora", "gguf", "ollama")
 
 
 class NeedsForce(UserError):
@@ -22,7 +22,8 @@ class NeedsForce(UserError):
 
 
 def export_adapter(adapter: RunFolder, form: str, out: str | Path, models_dir: Path, base_spec: str | None = None,
-                   *, force: bool = False) -> Path:
+                   *, force: bool = False, quant: str | None = None, system: str = "") -> Path:
+    """quant: the merged GGUF's type (gguf, ollama; None: the base's own); system: the Ollama system prompt."""
     if form not in FORMS:
         raise UserError(f"Unknown form {form!r}: choose one of {', '.join(FORMS)}.")
     out = export_target(form, out, force=force, base=None)
@@ -47,7 +48,11 @@ def export_adapter(adapter: RunFolder, form: str, out: str | Path, models_dir: P
     if form == "gguf":
         from .gguf_merge import merge_into_gguf
 
-        return merge_into_gguf(adapter.path, ref.location, out)
+        return merge_into_gguf(adapter.path, ref.location, out, quant=quant)
+    if form == "ollama":
+        from .ollama import write_ollama
+
+        return write_ollama(adapter.path, ref.location, out, quant=quant, system=system)
     raise AssertionError(form)
 
 
@@ -62,7 +67,7 @@ def export_target(form: str, out: str | Path, *, force: bool = False, base: Path
     """Where `form` may be written for `out` (see targets.py). A GGUF export replaces an existing file only
     when it is an earlier export of the same kind (a GGUF LoRA for gguf-lora, a GGUF model for gguf), or
     with `force`; never the base model it reads from. NeedsForce says which."""
-    if form in ("peft", "merged"):
+    if form in ("peft", "merged", "ollama"):
         return folder_target(out)
     target = file_target(out, make_folders=True)
     if not target.exists():

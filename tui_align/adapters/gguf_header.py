@@ -9,7 +9,7 @@ once with `struct` and skips array values it isn't asked for (about 30 ms).
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gguf import GGUF_MAGIC, GGUFValueType
@@ -26,6 +26,8 @@ _SCALARS = {
 class GGUFHeader:
     metadata: dict  # key -> scalar or string; arrays are left out
     tensor_shapes: dict[str, tuple[int, ...]]  # name -> shape in numpy order (rows, cols)
+    tensor_types: dict[str, int] = field(default_factory=dict)  # name -> GGMLQuantizationType value
+    tensor_offsets: dict[str, int] = field(default_factory=dict)  # name -> byte offset in the file
 
 
 class _Cursor:
@@ -57,10 +59,16 @@ class _Cursor:
             for _ in range(count):
                 self.value(item_type)
 
-    def value(self, value_type: GGUFValueType):
+    def array(self) -> list:
+        item_type, count = GGUFValueType(self.take("I")), self.take("Q")
+        return [self.value(item_type) for _ in range(count)]
+
+    def value(self, value_type: GGUFValueType, keep_array: bool = False):
         if value_type == GGUFValueType.STRING:
             return self.string()
         if value_type == GGUFValueType.ARRAY:
+            if keep_array:
+                return self.array()
             self.skip_array()
             return None
         return self.take(_SCALARS[value_type])
@@ -69,8 +77,9 @@ class _Cursor:
 MAX_HEADER = 1 << 28  # 256 MiB: far above any real vocabulary; a corrupt length must not read a whole model
 
 
-def read_header(path: str | Path, chunk: int = 1 << 20) -> GGUFHeader:
-    """The metadata (arrays left out) and tensor shapes of a little-endian GGUF (versions 2 and 3).
+def read_header(path: str | Path, chunk: int = 1 << 20, arrays: tuple[str, ...] = ()) -> GGUFHeader:
+    """The metadata (arrays left out, but for the keys in `arrays`) and tensor shapes of a little-endian
+    GGUF (versions 2 and 3).
 
     Raises ValueError or OSError on a file that isn't one.
     """
@@ -78,7 +87,7 @@ def read_header(path: str | Path, chunk: int = 1 << 20) -> GGUFHeader:
         data = fh.read(chunk)
         while True:  # the header's size isn't known up front: read more until it parses
             try:
-                return _parse(data)
+                return _parse(data, arrays)
             except (struct.error, ValueError) as exc:
                 more = fh.read(len(data)) if len(data) < MAX_HEADER else b""
                 if not more:
@@ -86,7 +95,7 @@ def read_header(path: str | Path, chunk: int = 1 << 20) -> GGUFHeader:
                 data += more
 
 
-def _parse(data: bytes) -> GGUFHeader:
+def _parse(data: bytes, arrays: tuple[str, ...] = ()) -> GGUFHeader:
     cursor = _Cursor(data)
     magic, version = cursor.take("II")
     if magic != GGUF_MAGIC:
@@ -98,14 +107,16 @@ def _parse(data: bytes) -> GGUFHeader:
     for _ in range(n_kv):
         key = cursor.string()
         value_type = GGUFValueType(cursor.take("I"))
-        value = cursor.value(value_type)
-        if value_type != GGUFValueType.ARRAY:
+        value = cursor.value(value_type, keep_array=key in arrays)
+        if value_type != GGUFValueType.ARRAY or key in arrays:
             metadata[key] = value
-    shapes = {}
+    shapes, types, offsets = {}, {}, {}
     for _ in range(n_tensors):
         name = cursor.string()
         n_dims = cursor.take("I")
         dims = [cursor.take("Q") for _ in range(n_dims)]
-        cursor.take("IQ")  # element type and data offset
+        types[name], offsets[name] = cursor.take("IQ")  # offsets count from the aligned start of the data
         shapes[name] = tuple(reversed(dims))  # GGUF lists the fastest-varying dimension first
-    return GGUFHeader(metadata, shapes)
+    alignment = int(metadata.get("general.alignment", 32))
+    data_start = -(-cursor.at // alignment) * alignment
+    return GGUFHeader(metadata, shapes, types, {name: data_start + at for name, at in offsets.items()})

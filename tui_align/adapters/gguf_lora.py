@@ -2,9 +2,10 @@
 
 A GGUF LoRA names each pair of tensors after the base GGUF tensor it modifies
 (`blk.0.attn_q.weight.lora_a` / `.lora_b`) and keeps peft's meaning, delta = (alpha / r) · B · A.
-The trap: llama-family GGUFs store attn_q and attn_k with their rows permuted for rotary
-embeddings (transformers undoes this on load), so the B matrices of q and k need that same
-row permutation, or the adapter silently does something else.
+The trap: B's rows must be in the order the base GGUF stores that tensor's rows, which is not
+always transformers' order (llama-family q/k rows are permuted for rotary embeddings, phi3's fused
+qkv may be stored split); gguf_layouts.py says, per architecture, what moves. A wrong order is not
+an error llama.cpp reports: the adapter silently does something else.
 """
 
 from __future__ import annotations
@@ -18,12 +19,7 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..errors import UserError, report
-
-# Architectures whose GGUF layout this converter knows, and whether q/k rows are permuted there.
-# Only llama is verified here (against transformers, see tests/test_gguf_lora.py); others are
-# refused rather than converted on a guess.
-PERMUTED_QK = {"llama": True}
-SUPPORTED_ARCHS = tuple(PERMUTED_QK)
+from .gguf_layouts import LAYOUTS, Layout, split_rows, supported, to_gguf_rows
 
 
 @dataclass
@@ -47,10 +43,8 @@ def read_base(path: str | Path) -> BaseGGUF:
     field = header.metadata.get
 
     arch = field("general.architecture")
-    if arch not in PERMUTED_QK:
-        raise UserError(
-            f"The GGUF LoRA converter supports {', '.join(SUPPORTED_ARCHS)} models; {path.name} is {arch!r}."
-        )
+    if arch not in LAYOUTS:
+        raise UserError(f"The GGUF converters support {supported()}; {path.name} is {arch!r}.")
     n_head = int(field(f"{arch}.attention.head_count"))
     return BaseGGUF(
         path=path,
@@ -59,19 +53,6 @@ def read_base(path: str | Path) -> BaseGGUF:
         n_head=n_head,
         n_head_kv=int(field(f"{arch}.attention.head_count_kv", n_head)),
         tensor_shapes=header.tensor_shapes,
-    )
-
-
-def permute_rows_for_rope(weight: np.ndarray, n_head: int) -> np.ndarray:
-    """The row order llama.cpp's converter gives q/k weights: per head, interleaved halves.
-
-    weight: (out_features, ...) with out_features = n_head * head_dim.
-    """
-    rows = weight.shape[0]
-    return (
-        weight.reshape(n_head, 2, rows // n_head // 2, *weight.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(weight.shape)
     )
 
 
@@ -96,6 +77,11 @@ def load_peft_adapter(adapter_dir: str | Path) -> tuple[dict, dict[str, np.ndarr
     return config, tensors
 
 
+# Multimodal checkpoints (Gemma 3 4B and up, Mistral Small 3.1) nest the text model under one of these; their
+# GGUF is that text model alone, named as a plain causal LM's would be.
+TEXT_MODEL_PREFIXES = ("model.language_model.", "language_model.model.")
+
+
 def lora_modules(tensors: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{transformers module name: (A (r, in), B (out, r))} from peft's tensor names."""
     modules: dict[str, dict[str, np.ndarray]] = {}
@@ -104,6 +90,9 @@ def lora_modules(tensors: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, 
             marker = f".{part}."
             if marker in name:
                 module = name.split(marker)[0].removeprefix("base_model.model.")
+                for prefix in TEXT_MODEL_PREFIXES:
+                    if module.startswith(prefix):
+                        module = "model." + module.removeprefix(prefix)
                 modules.setdefault(module, {})[part] = array
     incomplete = [m for m, parts in modules.items() if len(parts) != 2]
     if incomplete or not modules:
@@ -120,49 +109,58 @@ def module_scale(config: dict, module: str, rank: int) -> float:
     return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
 
 
-def gguf_lora_tensors(config: dict, tensors: dict[str, np.ndarray], base: BaseGGUF, *, permute: bool = True):
+def gguf_lora_tensors(config: dict, tensors: dict[str, np.ndarray], base: BaseGGUF, *, layout: Layout | None = None):
     """Yield (gguf tensor name, array) pairs and the alpha to write.
 
     llama.cpp applies alpha / rank with one alpha for the whole file; where peft's per-module
-    scale differs from that (patterns, rsLoRA), the difference is folded into B.
+    scale differs from that (patterns, rsLoRA), the difference is folded into B. `layout` replaces
+    the architecture's own (tests use it for a deliberately wrong one).
     """
     import gguf
 
+    layout = layout or LAYOUTS[base.arch]
     name_map = gguf.TensorNameMap(gguf.MODEL_ARCH[base.arch.upper()], base.n_blocks)
     global_alpha = float(config.get("lora_alpha", config.get("r", 8)))
     out = []
     for module, (lora_a, lora_b) in sorted(lora_modules(tensors).items()):
         gguf_name = name_map.get_name(module)
-        if gguf_name is None or f"{gguf_name}.weight" not in base.tensor_shapes:
+        if gguf_name is None:
             raise UserError(f"The adapter modifies {module}, which {base.path.name} does not have: trained for another base?")
-        target = f"{gguf_name}.weight"
-        rows, cols = base.tensor_shapes[target]
-        if lora_a.shape[1] != cols or lora_b.shape[0] != rows:
-            raise UserError(
-                f"The adapter's {module} is {lora_b.shape[0]}x{lora_a.shape[1]} but {base.path.name} has "
-                f"{rows}x{cols}: it was trained for another base."
-            )
+        block, _, kind = gguf_name.rpartition(".")  # "blk.3", "attn_q"; "", "output" outside the blocks
+        prefix = f"{block}." if block else ""
         rank = lora_a.shape[0]
         correction = module_scale(config, module, rank) / (global_alpha / rank)
         if not math.isclose(correction, 1.0):
             lora_b = lora_b * correction
-        if permute and PERMUTED_QK[base.arch]:
-            if gguf_name.endswith(".attn_q"):
-                lora_b = permute_rows_for_rope(lora_b, base.n_head)
-            elif gguf_name.endswith(".attn_k"):
-                lora_b = permute_rows_for_rope(lora_b, base.n_head_kv)
-        out.append((f"{target}.lora_a", np.ascontiguousarray(lora_a, dtype=np.float32)))
-        out.append((f"{target}.lora_b", np.ascontiguousarray(lora_b, dtype=np.float32)))
+
+        def rows_of(part: str) -> int | None:
+            shape = base.tensor_shapes.get(f"{prefix}{part}.weight")
+            return shape[0] if shape else None
+
+        for part, part_b in split_rows(layout, kind, lora_b, rows_of):
+            target = f"{prefix}{part}.weight"
+            if target not in base.tensor_shapes:
+                raise UserError(f"The adapter modifies {module}, which {base.path.name} does not have: trained for another base?")
+            rows, cols = base.tensor_shapes[target]
+            if lora_a.shape[1] != cols or part_b.shape[0] != rows:
+                raise UserError(
+                    f"The adapter's {module} is {lora_b.shape[0]}x{lora_a.shape[1]} but {base.path.name} has "
+                    f"{rows}x{cols}: it was trained for another base."
+                )
+            part_b = to_gguf_rows(layout, part, part_b, base.n_head, base.n_head_kv)
+            out.append((f"{target}.lora_a", np.ascontiguousarray(lora_a, dtype=np.float32)))
+            out.append((f"{target}.lora_b", np.ascontiguousarray(part_b, dtype=np.float32)))
     return out, global_alpha
 
 
-def convert_to_gguf_lora(adapter_dir: str | Path, base_gguf: str | Path, out_path: str | Path, *, permute: bool = True) -> Path:
-    """Write the GGUF LoRA for `adapter_dir` on top of `base_gguf`, atomically. `permute=False` is for tests only."""
+def convert_to_gguf_lora(adapter_dir: str | Path, base_gguf: str | Path, out_path: str | Path, *,
+                         layout: Layout | None = None) -> Path:
+    """Write the GGUF LoRA for `adapter_dir` on top of `base_gguf`, atomically. `layout` is for tests only."""
     import gguf
 
     base = read_base(base_gguf)
     config, tensors = load_peft_adapter(adapter_dir)
-    converted, alpha = gguf_lora_tensors(config, tensors, base, permute=permute)
+    converted, alpha = gguf_lora_tensors(config, tensors, base, layout=layout)
 
     def fill(writer) -> None:
         writer.add_type(gguf.GGUFType.ADAPTER)

@@ -1,29 +1,55 @@
 """Merge a peft LoRA into a copy of its GGUF base: one self-contained GGUF for llama.cpp or Ollama.
 
-Every tensor the adapter does not touch is copied byte for byte (quantized as it was); each
-touched tensor is de-quantized, gets delta = scale · B · A (rows permuted as in gguf_lora),
-and is stored as F16.
+Two passes. First an intermediate GGUF: every KV of the base (chat template, EOS / end-of-turn tokens,
+the whole tokenizer) and every tensor the adapter does not touch copied as they are, each touched tensor
+de-quantized with delta = scale · B · A added (rows placed as in gguf_lora) and kept in float16 (float32
+for a float32 target; F16 is what llama.cpp's own quantizer usually starts from, at half the memory). Then
+llama.cpp's own quantizer (`llama_model_quantize`, through llama-cpp-python) brings it to the type asked
+for, by default the base's own, and writes a `general.file_type` that says what the file holds. Tensors
+already in their target type are copied, so only the touched ones are quantized anew.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_path
+from ..errors import UserError
 from .gguf_lora import gguf_lora_tensors, load_peft_adapter, read_base, write_gguf_atomically
 
+# --quant choices -> llama.cpp file types
+QUANTS = {"f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q4_k_m": "MOSTLY_Q4_K_M"}
+# Base file types the quantizer makes without an importance matrix; a base in another (IQ*) gets Q8_0.
+PRODUCIBLE = {
+    "ALL_F32", "MOSTLY_F16", "MOSTLY_BF16", "MOSTLY_Q4_0", "MOSTLY_Q4_1", "MOSTLY_Q5_0", "MOSTLY_Q5_1",
+    "MOSTLY_Q8_0", "MOSTLY_Q2_K", "MOSTLY_Q3_K_S", "MOSTLY_Q3_K_M", "MOSTLY_Q3_K_L", "MOSTLY_Q4_K_S",
+    "MOSTLY_Q4_K_M", "MOSTLY_Q5_K_S", "MOSTLY_Q5_K_M", "MOSTLY_Q6_K",
+}
+FALLBACK = "MOSTLY_Q8_0"
 
-def merge_into_gguf(adapter_dir: str | Path, base_gguf: str | Path, out_path: str | Path) -> Path:
+
+def merge_into_gguf(adapter_dir: str | Path, base_gguf: str | Path, out_path: str | Path, quant: str | None = None) -> Path:
+    """Write the merged GGUF at `out_path`, atomically; `quant` one of QUANTS, None: the base's own type."""
     import gguf
 
+    from .gguf_header import read_header
+
     base = read_base(base_gguf)
+    if quant is not None and quant not in QUANTS:
+        raise UserError(f"Unknown --quant {quant!r}: choose one of {', '.join(QUANTS)}.")
+    header = read_header(base.path)
+    target = QUANTS[quant] if quant else base_file_type(header.metadata)
     config, tensors = load_peft_adapter(adapter_dir)
     converted, alpha = gguf_lora_tensors(config, tensors, base)
-    factors = {}
+    factors: dict[str, dict[str, np.ndarray]] = {}
     for name, array in converted:
-        target, part = name.rsplit(".", 1)
-        factors.setdefault(target, {})[part] = array
+        tensor, part = name.rsplit(".", 1)
+        factors.setdefault(tensor, {})[part] = array
     reader = gguf.GGUFReader(str(base.path))
 
     def fill(writer) -> None:
@@ -38,9 +64,57 @@ def merge_into_gguf(adapter_dir: str | Path, base_gguf: str | Path, out_path: st
                 lora_a, lora_b = factors[tensor.name]["lora_a"], factors[tensor.name]["lora_b"]
                 weight = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
                 weight = weight.reshape(lora_b.shape[0], lora_a.shape[1])
-                merged = weight + (alpha / lora_a.shape[0]) * (lora_b @ lora_a)
-                writer.add_tensor(tensor.name, merged.astype(np.float16))
+                updated = weight + (alpha / lora_a.shape[0]) * (lora_b @ lora_a)
+                writer.add_tensor(tensor.name, updated if target == "ALL_F32" else updated.astype(np.float16))
             else:
                 writer.add_tensor(tensor.name, tensor.data, raw_shape=tensor.data.shape, raw_dtype=tensor.tensor_type)
 
-    return write_gguf_atomically(out_path, base.arch, fill)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    # Beside the output, not in /tmp: the intermediate is about the model's size and /tmp may be small.
+    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.") as scratch:
+        merged = write_gguf_atomically(Path(scratch) / "merged.gguf", base.arch, fill)
+        keep = header.tensor_types if not quant else {}  # the base's type: its embedding/output types too
+        quantize(merged, out_path, target, token_embd=keep.get("token_embd.weight"), output=keep.get("output.weight"))
+    return out_path
+
+
+def base_file_type(metadata: dict) -> str:
+    """The base's llama.cpp file type, where the quantizer can make it; else Q8_0."""
+    import gguf
+
+    try:
+        name = gguf.LlamaFileType(int(metadata["general.file_type"])).name
+    except (KeyError, ValueError):
+        return FALLBACK
+    return name if name in PRODUCIBLE else FALLBACK
+
+
+def quantize(source: Path, out_path: Path, file_type: str, *, token_embd: int | None = None, output: int | None = None) -> None:
+    """llama.cpp's quantizer from `source` to `out_path` (atomically), as llama.cpp file type `file_type`.
+
+    token_embd / output: GGML types to keep those two tensors in (the base's), else llama.cpp's choice.
+    """
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_{file_type}")
+    params.nthread = os.cpu_count() or 1
+    params.allow_requantize = True  # a tensor the base holds in another type than the target's rule picks
+    if token_embd is not None:
+        params.token_embedding_type = token_embd
+    if output is not None:
+        params.output_tensor_type = output
+    # llama.cpp logs every tensor through llama-cpp-python's logger: keep it off the terminal (and the app's screen)
+    log = logging.getLogger("llama-cpp-python")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with atomic_path(out_path) as staging:
+            status = llama_cpp.llama_model_quantize(str(source).encode(), str(staging).encode(), params)
+            if status != 0:
+                raise UserError(f"llama.cpp could not write the merged model as {file_type.removeprefix('MOSTLY_')} (status {status}).")
+    except OSError as exc:
+        raise UserError(f"Couldn't write {out_path}: {exc.strerror or exc}") from exc
+    finally:
+        log.setLevel(level)

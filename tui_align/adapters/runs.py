@@ -137,14 +137,13 @@ def delete_run(adapter: RunFolder) -> None:
 
 
 def check_same_base(adapter: RunFolder, base_location: str) -> None:
-    """Refuse an adapter that run.json says was trained on another base model."""
+    """Refuse an adapter that run.json says was trained on another base model: the same model, not the same
+    file name (a folder and its GGUF are one base; base_identity says how that is told)."""
+    from .base_identity import check_same_base as check_identity
+
     recorded = adapter.run.get("base_model") or {}
-    if not recorded:
-        return  # a bare peft folder: shapes are checked when it is applied
-    if recorded.get("location") != base_location and recorded.get("model_id") != Path(base_location).name:
-        raise UserError(
-            f"{adapter.name} was trained on {recorded.get('model_id')}, not on {Path(base_location).name}."
-        )
+    if recorded:  # a bare peft folder has no record: shapes are checked when it is applied
+        check_identity(adapter.name, recorded, base_location)
 
 
 def gguf_lora_for(adapter: RunFolder, base_gguf: str | Path, models_dir: Path | None = None) -> Path:
