@@ -168,11 +168,21 @@ def one_line(capsys) -> str:
     return lines[0]
 
 
+async def _finished(worker) -> None:
+    """Wait for `worker`; one the app cancelled (an exclusive worker replaced by a newer one) has settled too."""
+    from textual.worker import WorkerCancelled
+
+    try:
+        await worker.wait()
+    except WorkerCancelled:
+        pass
+
+
 async def settle(pilot, timeout: float = WAIT_S) -> None:
     """Let every worker finish and the UI handle what they posted; fails naming the workers still running
     (a GatedBackend's stream waits for its test, and for an app that doesn't stop it)."""
     # asyncio.wait, not wait_for: cancelling a Worker.wait marks that worker cancelled while its thread runs on.
-    waiting = asyncio.ensure_future(pilot.app.workers.wait_for_complete())
+    waiting = asyncio.ensure_future(asyncio.gather(*(_finished(worker) for worker in pilot.app.workers)))
     done, _ = await asyncio.wait({waiting}, timeout=timeout)
     if not done:
         waiting.add_done_callback(lambda task: task.cancelled() or task.exception())  # once the app's exit ends them

@@ -117,7 +117,7 @@ def test_ollama_folder_from_the_command_line(chat_model, tmp_path, capsys):
         "tokenizer.chat_template"]
     capsys.readouterr()
     assert main(["export-adapter", str(run), "--to", "ollama", str(out), "--model", str(base)]) == 1
-    assert capsys.readouterr().err.strip() == f"tui-align: {out} already exists and is not an empty folder."
+    assert capsys.readouterr().err.strip() == f"tui-align: {out} already exists and is not empty."
 
 
 def test_an_unknown_quant_is_one_line(tmp_path):
