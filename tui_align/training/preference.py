@@ -173,7 +173,7 @@ def announce_reference(job: Job) -> None:
     held = f" and the {len(job.held_out)} held out" if job.held_out else ""
     job.emit("reference", pairs=scored, of=everything,
              message=(f"{scored} of {everything} pairs get reference log-probs (the {used} the steps use{held}), "
-                      "each in the step that first uses it, which takes about a quarter longer for it"))
+                      "each in the step that first uses it (one more forward pass there, without gradients)"))
 
 
 def early_stop(job: Job, step: int) -> dict:
