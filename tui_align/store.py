@@ -102,31 +102,45 @@ class Store:
         self.path = str(path)
         #: seconds a write waits for another process's write before StoreBusy (see WRITE_WAIT_S)
         self.write_wait_s = write_wait_s = WRITE_WAIT_S if write_wait_s is None else write_wait_s
-        try:
-            # Workers (generation, import) and the UI thread share one connection; the lock
-            # serialises them, which SQLite needs for a shared connection anyway.
-            # Opening waits the whole write_wait_s: a migration may have to wait for another writer.
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
-                                       timeout=write_wait_s)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            # Before anything writes (a migration, an import): a damaged file is left as it is for recovery.
-            damage = check_integrity(self._db)
-            if damage is not None:
-                self._db.close()
-                raise StoreDamaged(self.path, damage)
-            migrate(self._db)
-            self._db.execute(f"PRAGMA busy_timeout={STATEMENT_WAIT_MS}")
-        except sqlite3.OperationalError as exc:
-            if _is_busy(exc):
-                raise StoreBusy(self.path, write_wait_s) from exc
-            raise UserError(f"Can't open the store {self.path}: {exc}; {RECOVER_HINT}") from exc
-        except sqlite3.DatabaseError as exc:
-            raise UserError(f"Can't open the store {self.path}: {exc}; {RECOVER_HINT}") from exc
+        deadline, pause = time.monotonic() + write_wait_s, 0.01
+        while True:
+            try:
+                self._db = self._open(write_wait_s)
+                break
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise UserError(f"Can't open the store {self.path}: {exc}; {RECOVER_HINT}") from exc
+                # SQLite answers busy at once, without waiting, where waiting could deadlock: two processes
+                # creating one new store, each with a read lock and wanting to write. Start over.
+                if time.monotonic() + pause > deadline:
+                    raise StoreBusy(self.path, write_wait_s) from exc
+                time.sleep(pause)
+                pause = min(pause * 2, 0.5)
+            except sqlite3.DatabaseError as exc:
+                raise UserError(f"Can't open the store {self.path}: {exc}; {RECOVER_HINT}") from exc
         self._lock = threading.RLock()
         #: what SQLite said when a statement found the file damaged mid-session (then writes are refused)
         self.damage: str | None = None
+
+    def _open(self, write_wait_s: float) -> sqlite3.Connection:
+        # Workers (generation, import) and the UI thread share one connection; the lock
+        # serialises them, which SQLite needs for a shared connection anyway.
+        # Opening waits the whole write_wait_s: a migration may have to wait for another writer.
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=write_wait_s)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            # Before anything writes (a migration, an import): a damaged file is left as it is for recovery.
+            damage = check_integrity(db)
+            if damage is not None:
+                raise StoreDamaged(self.path, damage)
+            migrate(db)
+            db.execute(f"PRAGMA busy_timeout={STATEMENT_WAIT_MS}")
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     @property
     def schema_version(self) -> int:
