@@ -51,13 +51,16 @@ class StopRequest:
 
 @contextmanager
 def watching(should_stop: Callable[[], bool]) -> Iterator[None]:
-    """Make `should_stop` the run's stop request for check() and interruptible() (one run at a time)."""
+    """Make `should_stop` the run's stop request for check() and interruptible() (one run at a time).
+    A run that ends by an error in an update (a NaN in PPO's second epoch) leaves none pending after it."""
     global _should_stop
     previous, _should_stop = _should_stop, should_stop
+    step_committed()
     try:
         yield
     finally:
         _should_stop = previous
+        step_committed()
 
 
 def check() -> None:

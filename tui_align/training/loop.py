@@ -19,7 +19,7 @@ import torch
 
 from . import cancel, defaults
 from .config import TrainConfig
-from .divergence import Divergence
+from .divergence import Diverged, Divergence
 from .data import EncodedPair, length_grouped_batches
 from .forward import pass_tokens
 
@@ -192,28 +192,25 @@ def run_steps(steps: Steps, take_step: TakeStep, config: TrainConfig, *, total: 
         outcome.stopped = True
         return outcome
 
-    def diverged(check: Callable[[], None]) -> None:
-        try:
-            check()
-        except Exception as exc:
-            if save_checkpoint and getattr(exc, "kept_step", None) is not None:
-                save_checkpoint(exc.kept_step)  # no optimizer state: the exploded gradients are in it
-            raise
-
     for step, epoch, batch in steps:
         if divergence is not None:
             divergence.before_step(step)
         try:
-            with cancel.interruptible():  # a cancel abandons the step's forward and backward, not its update
-                fields, tokens = take_step(step, batch)
+            try:
+                with cancel.interruptible():  # a cancel abandons the step's forward and backward, not its update
+                    fields, tokens = take_step(step, batch)
+            except FloatingPointError as exc:
+                if divergence is None:
+                    raise
+                divergence.fail(step, str(exc).replace(f" at step {step}", ""))
+            if divergence is not None:
+                divergence.after_step(step, fields["loss"], fields.get("grad_norm"))
         except cancel.Cancelled:
             return stop_here()
-        except FloatingPointError as exc:
-            if divergence is None:
-                raise
-            diverged(lambda: divergence.fail(step, str(exc).replace(f" at step {step}", "")))
-        if divergence is not None:
-            diverged(lambda: divergence.after_step(step, fields["loss"], fields.get("grad_norm")))
+        except Diverged as exc:
+            if save_checkpoint and exc.kept_step is not None:
+                save_checkpoint(exc.kept_step)  # no optimizer state: the exploded gradients are in it
+            raise
         emit("step", **(tags or {}), step=step, total_steps=total, epoch=epoch, **fields, **progress.fields(step, tokens))
         outcome.step, outcome.fields = step, fields
         cancel.step_committed()

@@ -66,9 +66,6 @@ class Reference:
         self.model, self.pad_id = model, pad_id
         self.logps: dict[int, tuple[float, float]] = {}  # id(pair) -> (chosen, rejected)
 
-    def __len__(self) -> int:
-        return len(self.logps)
-
     @torch.no_grad()
     def score(self, pairs: list[EncodedPair]) -> None:
         """Score those of `pairs` not scored yet, in one forward pass."""
