@@ -17,7 +17,7 @@ from tui_align.training import synthetic
 
 from conftest import settle
 from test_compare_screen import ask, open_compare
-from test_train_screen import errors, open_train, run_to_end
+from test_train_screen import errors, train_two_steps
 from tiny_families import FAMILIES, build_model, tokenizer_fields, write_base_gguf
 
 SIZE = (110, 32)
@@ -46,12 +46,7 @@ async def test_chat_train_and_compare_on_a_qwen2_gguf(make_app, store, smol_toke
         assert store.count_pairs() == 1
         store.add_pairs(synthetic.trait_pairs(6, "prefix"))  # a few more, so the run has pairs to hold out
 
-        train = await open_train(pilot)
-        train.query_one("#field-max-steps", Input).value = "2"
-        train.query_one("#field-batch-size", Input).value = "2"
-        await run_to_end(pilot, train, timeout=240)
-        run = train.train_run
-        assert run.status == "completed", (run.error, run.log_path.read_text()[-2000:])
+        run = (await train_two_steps(pilot, timeout=240)).train_run
         run_id = Path(run.run_dir).name
 
         compare = await open_compare(pilot, new=run_id)

@@ -280,15 +280,22 @@ async def test_quitting_the_app_cancels_a_running_child(make_app, store, gated_c
     assert process.poll() == 130  # stopped cleanly (it saved its checkpoint), not killed
 
 
+async def train_two_steps(pilot, timeout: float) -> TrainScreen:
+    """From the Train screen, a real run of 2 steps at batch 2, to its end; it must complete."""
+    screen = await open_train(pilot)
+    screen.query_one("#field-max-steps", Input).value = "2"
+    screen.query_one("#field-batch-size", Input).value = "2"
+    await run_to_end(pilot, screen, timeout=timeout)
+    run = screen.train_run
+    assert run.status == "completed", (run.error, run.log_path.read_text()[-2000:])
+    return screen
+
+
 async def test_real_training_child_runs_two_steps(make_app, store, tiny_model_dir, private_home):
     """The real `python -m tui_align.train_command` on a tiny model, from the screen, to `done`."""
     async with make_app(model_spec=str(tiny_model_dir)).run_test(size=SIZE) as pilot:
-        screen = await open_train(pilot)
-        screen.query_one("#field-max-steps", Input).value = "2"
-        screen.query_one("#field-batch-size", Input).value = "2"
-        await run_to_end(pilot, screen, timeout=90)
+        screen = await train_two_steps(pilot, timeout=90)
         run = screen.train_run
-        assert run.status == "completed", (run.error, run.log_path.read_text()[-2000:])
         assert run.step == 2 and len(run.losses) == 2 and not errors(pilot.app)
         assert "done" in log_text(screen)
         assert private_home in Path(run.run_dir).parents
