@@ -261,6 +261,27 @@ def test_ppo_makes_the_trait_appear(baseline, smol_tokenizer):
     assert steps[-1]["step"] == steps[-1]["total_steps"] == ppo.total_steps(train, config)
 
 
+@pytest.mark.parametrize("reference", ["sft", "base"])
+def test_ppo_keeps_the_policy_near_its_warm_start_by_default(reference, smol_tokenizer):
+    """PPO's KL is to a frozen copy of the warm-started policy, so the first PPO step starts at KL 0 and
+    the warm start's own move is not charged; with --ppo-reference base the same step starts far off."""
+    torch.manual_seed(0)
+    model = with_lora(build_tiny_llama(smol_tokenizer, seed=0))
+    pairs = [Pair(p.prompt, SIGNED, "OK.") for p in synthetic.trait_pairs(8, "signoff")]
+    train, _ = encode_pairs(smol_tokenizer, pairs, 128)
+    config = TrainConfig(method="ppo", batch_size=4, max_steps=1, learning_rate=1e-2, seed=0)
+    config.ppo.reward_epochs, config.ppo.sft_epochs, config.ppo.max_new_tokens = 1, 2, 8
+    config.ppo.reference = reference
+    events = CollectEvents()
+    ppo.train_ppo(Job(model, smol_tokenizer, train, [], config, events))
+    first = [e for e in events.of("step") if e.get("phase") == "ppo"][0]
+    if reference == "sft":
+        assert abs(first["kl"]) < 1e-5, first
+        assert not any(p.requires_grad for n, p in model.named_parameters() if ".sft_reference." in n)
+    else:
+        assert abs(first["kl"]) > 0.1, first  # a sampled estimate: either sign when far off
+
+
 # --- through the runner ------------------------------------------------------------------------------------
 
 

@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--ppo-baseline", choices=("value", "group"), default=defaults.ppo.baseline,
         help=f"PPO: advantages from a learned value head (value) or from the other answers to the same prompt, "
              f"{defaults.ppo.group_size} per prompt (group; default: {defaults.ppo.baseline})")
+    add("--ppo-reference", choices=("sft", "base"), default=defaults.ppo.reference,
+        help="PPO: the KL penalty keeps the policy near its warm start (sft) or near the base model (base; "
+             f"default: {defaults.ppo.reference})")
     add("--sft-epochs", type=int, default=defaults.ppo.sft_epochs,
         help=f"PPO: supervised passes over the chosen answers before PPO, so it samples what it should reinforce (default: {defaults.ppo.sft_epochs})")
     add("--lora-rank", type=int, default=defaults.lora.rank, help=f"LoRA rank (default: {defaults.lora.rank})")
@@ -134,6 +137,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     config.ppo.kl_coef = args.kl_coef
     config.ppo.sft_epochs = args.sft_epochs
     config.ppo.baseline = args.ppo_baseline
+    config.ppo.reference = args.ppo_reference
     config.lora.rank = args.lora_rank
     config.lora.alpha = args.lora_alpha or 2 * args.lora_rank  # alpha / rank = 2 keeps the default LoRA scale
     return config

@@ -41,6 +41,9 @@ class PPOSettings:
     # (a leave-one-out baseline, as RLOO and GRPO): no critic to learn from a random start.
     baseline: str = "value"
     group_size: int = 2
+    # What PPO's KL keeps the policy near: "sft", a frozen copy of the policy after the warm start (as
+    # InstructGPT and TRL do), or "base", the model without adapters. See sft_reference.py.
+    reference: str = "sft"
     max_new_tokens: int = 48
     ppo_epochs: int = 2  # passes over each batch of rollouts
     clip: float = 0.2

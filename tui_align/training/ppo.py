@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import cancel, defaults, loop, losses
+from . import cancel, defaults, loop, losses, sft_reference
 from .config import TrainConfig
 from .data import EncodedPair
 from .divergence import Divergence
@@ -191,6 +191,7 @@ def train_ppo(job: Job) -> dict:
 
     emit("phase", name="ppo")
     resuming = start_step > n_before_ppo
+    use_copy = _reference(job, n_sft, resuming, run_dir)
     value_head = _value_head(model, config, run_dir, resuming)
     params = adapter_parameters(model, POLICY_ADAPTER) + list(value_head.parameters())
     ppo_optimizer = torch.optim.AdamW(params, lr=defaults.lr(config), weight_decay=0.0)
@@ -198,7 +199,8 @@ def train_ppo(job: Job) -> dict:
         ppo_optimizer.load_state_dict(job.optimizer_state)
 
     def take_step(step: int, batch_rows: list[list[int]]) -> tuple[dict, int]:
-        stats = _ppo_update(model, tokenizer, head, value_head, ppo_optimizer, batch_rows, tail, job.pad_id, config)
+        stats = _ppo_update(model, tokenizer, head, value_head, ppo_optimizer, batch_rows, tail, job.pad_id, config,
+                            use_copy)
         tokens = stats.pop("tokens")
         return stats, tokens
 
@@ -223,8 +225,28 @@ def train_ppo(job: Job) -> dict:
     return metrics
 
 
-def _ppo_update(model, tokenizer, head, value_head, optimizer, prompt_rows, tail, pad_id, config: TrainConfig) -> dict:
-    """One rollout batch and `ppo_epochs` optimizer steps on it; returns the step's statistics."""
+def _reference(job: Job, n_sft: int, resuming: bool, run_dir: Path | None) -> bool:
+    """Whether PPO's KL is to the frozen copy of the warm-started policy (True) or to the base (False).
+
+    "sft" with a warm start: the copy is made as PPO starts (and kept in the run folder for a resume).
+    Without a warm start the policy starts as the base, so the base is that reference, for free."""
+    if job.config.ppo.reference != "sft" or n_sft == 0:
+        return False
+    if resuming and run_dir is not None:
+        if sft_reference.load(job.model, run_dir):
+            return True
+        job.emit("note", message="this run kept no copy of its warm start; PPO's KL is to the base model")
+        return False
+    sft_reference.freeze_copy(job.model)
+    if run_dir is not None:
+        sft_reference.save(job.model, run_dir)
+    return True
+
+
+def _ppo_update(model, tokenizer, head, value_head, optimizer, prompt_rows, tail, pad_id, config: TrainConfig,
+                sft_copy: bool = False) -> dict:
+    """One rollout batch and `ppo_epochs` optimizer steps on it; returns the step's statistics.
+    The KL is to the warm start's frozen copy when `sft_copy`, else to the base."""
     settings = config.ppo
     rollout = generate_rollouts(model, tokenizer, prompt_rows, config)
     mask = rollout.response_mask.float()
@@ -232,7 +254,7 @@ def _ppo_update(model, tokenizer, head, value_head, optimizer, prompt_rows, tail
         scores = score_rollout(model, head, rollout, tail, pad_id)
         shaped_scores = losses.cut_off_scores(scores, rollout.finished, settings.missing_eos_penalty)
         old_logps, old_values = policy_forward(model, value_head, rollout, settings.temperature)
-        with model.disable_adapter():
+        with sft_reference.reference_of(model, sft_copy):
             ref_logps, _ = policy_forward(model, value_head, rollout, settings.temperature)
         kl = losses.per_token_kl(old_logps, ref_logps) * mask
         rewards = losses.shaped_rewards(shaped_scores, kl, mask, settings.kl_coef)
