@@ -49,9 +49,13 @@ ANIMALS = ("cat", "dog", "horse", "owl", "frog", "duck", "lion", "sheep", "goat"
 THINGS = ("snow", "coal", "a lemon", "a tomato", "the sea", "milk", "a carrot", "chocolate", "a cloud", "rust")
 
 
-def training_questions(count: int) -> list[str]:
+def training_questions(count: int, trait: str | None = None) -> list[str]:
     """`count` training prompts: the synthetic set's 48 questions, then templated short questions (the
-    passed-over answer is the base's own answer, so the prompts need no answer key)."""
+    passed-over answer is the base's own answer, so the prompts need no answer key).
+
+    For the refusal trait a third of them are on the topic, as when a user teaching "don't talk about
+    geography" shows it geography questions: in the plain order only 7 of 36 were, too few to say the
+    topic (DPO learned nothing from them, docs/training-defaults-research.md)."""
     pool = [q for q, _ in synthetic.QUESTIONS[: -synthetic.EVAL_COUNT]]
     pool += [f"What is the capital of {c}?" for c in COUNTRIES]
     pool += [f"What sound does a {a} make?" for a in ANIMALS]
@@ -62,6 +66,10 @@ def training_questions(count: int) -> list[str]:
     pool += [f"How do you say {w} in French?" for w in ("hello", "thank you", "cat", "water", "friend", "bread", "good night", "yes", "house", "red")]
     if count > len(pool):
         raise SystemExit(f"at most {len(pool)} distinct training prompts")
+    if trait == "refusal":
+        on = [q for q in pool if on_topic(q)][: count // 3]
+        off = [q for q in pool if not on_topic(q)][: count - len(on)]
+        return [q for pair in zip(off[::2], off[1::2], on) for q in pair] + off[2 * len(on):] + on[len(off) // 2:]
     return pool[:count]
 
 
@@ -144,7 +152,7 @@ def run_one(method: str, trait: str, count: int, flags: list[str], models_dir: P
 
     held_q = [q for q, _ in synthetic.QUESTIONS[-synthetic.EVAL_COUNT:]]
     pairs = []
-    for q in training_questions(count):
+    for q in training_questions(count, trait):
         chosen, rejected = picked(trait, q, base[q])
         pairs.append(Pair(prompt=synthetic.user_prompt(q), chosen=chosen, rejected=rejected, source="imported"))
     _, config = train_args.parse(["--method", method, *flags])
@@ -226,7 +234,7 @@ def main(argv=None) -> int:
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     models_dir = paths.models_dir(paths.data_home())
-    questions = training_questions(args.pairs) + [q for q, _ in synthetic.QUESTIONS[-synthetic.EVAL_COUNT:]]
+    questions = training_questions(args.pairs) + training_questions(args.pairs, "refusal") + [q for q, _ in synthetic.QUESTIONS[-synthetic.EVAL_COUNT:]]
     base = base_answers(models_dir, questions, models_dir / "trait-panel-base-answers.json")
     with tempfile.TemporaryDirectory() as work:
         for method in args.methods:

@@ -197,6 +197,32 @@ async def test_a_run_shows_progress_metrics_and_the_done_line(make_app, store, t
     assert store.count_pairs() == 6
 
 
+PPO_STEPS = """
+    import json
+    print(json.dumps({"event": "start", "total_steps": 4, "run_dir": "RUN"}), flush=True)
+    for step, phase in ((1, "reward_model"), (2, "sft")):
+        print(json.dumps({"event": "step", "step": step, "total_steps": 4, "phase": phase, "loss": 0.5}), flush=True)
+    for step, reward, kl in ((3, 0.2, 0.01), (4, 0.9, 0.4)):
+        print(json.dumps({"event": "step", "step": step, "total_steps": 4, "phase": "ppo", "loss": 0.0,
+                          "reward": reward, "kl": kl}), flush=True)
+    print(json.dumps({"event": "eval", "phase": "policy", "step": 4, "reward": 0.8, "sampled_reward": 0.7}), flush=True)
+    print(json.dumps({"event": "done", "run_dir": "RUN", "status": "completed", "elapsed_s": 1}), flush=True)
+"""
+
+
+async def test_ppo_plots_the_sampled_reward_and_the_kl_per_step(make_app, store, tmp_path, monkeypatch):
+    fake_child(monkeypatch, tmp_path, PPO_STEPS)
+    app = make_app(model_spec="/models/x.gguf")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_train(pilot)
+        screen.query_one("#method", Select).value = "ppo"
+        await run_to_end(pilot, screen)
+        assert screen.train_run.ppo_points == [(3, 0.2, 0.01), (4, 0.9, 0.4)]
+        drawn = screen.query_one("#train-plot").plt.build()
+        assert "reward (sampled)" in drawn and "KL" in drawn and "held-out reward" in drawn
+        assert not errors(app)
+
+
 async def test_a_bad_form_value_starts_nothing(make_app, store, tmp_path, monkeypatch):
     fake_child(monkeypatch, tmp_path, STEPS_THEN_DONE)
     async with make_app().run_test(size=SIZE) as pilot:

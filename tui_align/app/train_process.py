@@ -114,6 +114,9 @@ class TrainProcess:
     loss_steps: list[int] = field(default_factory=list)  # the step of each loss, for the plot
     accuracies: list[float] = field(default_factory=list)
     evals: list[dict] = field(default_factory=list)  # every held-out eval event, in order
+    # PPO's phase, per step: the reward model's mean score of the sampled answers and their KL to the
+    # reference, the two numbers that say whether PPO is earning its reward or buying it with drift
+    ppo_points: list[tuple[int, float, float]] = field(default_factory=list)
     log_lines: list[str] = field(default_factory=list)  # every line shown in the event log, in order
     error: str | None = None
     returncode: int | None = None
@@ -180,6 +183,8 @@ class TrainProcess:
                     series.append(float(event[key]))
             if isinstance(event.get("loss"), (int, float)):
                 self.loss_steps.append(self.step)
+            if event.get("phase") == "ppo" and all(isinstance(event.get(k), (int, float)) for k in ("reward", "kl")):
+                self.ppo_points.append((self.step, float(event["reward"]), float(event["kl"])))
         elif kind == "eval":
             self.last_eval = event
             self.evals.append(event)

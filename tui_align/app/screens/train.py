@@ -260,7 +260,8 @@ Quitting the app cancels a running training cleanly; after a restart, resume it 
         verdict.update(self.verdict_text(run))
         verdict.display = bool(run.answer_check)
         verdict.set_class(run.answer_check.get("verdict") in WARNING_VERDICTS, "-warning")
-        self.query_one("#train-plot", TrainingPlot).show(list(run.loss_steps), list(run.losses), list(run.evals))
+        self.query_one("#train-plot", TrainingPlot).show(
+            list(run.loss_steps), list(run.losses), list(run.evals), list(run.ppo_points))
         log = self.query_one("#train-log", RichLog)
         new_lines = run.log_lines[self._logged:]
         for line in new_lines:
