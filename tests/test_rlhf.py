@@ -128,6 +128,20 @@ def test_pair_scores_with_a_shared_prompt_equal_whole_sequences(smol_tokenizer, 
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
+def test_the_reward_phase_takes_at_least_the_step_floor_and_its_head_a_faster_rate(smol_tokenizer, tiny_llama):
+    config = TrainConfig(method="ppo", batch_size=4)
+    assert [reward.reward_steps(n, config) for n in (32, 100, 300, 2000)] == [30, 50, 150, 600]
+    config.ppo.reward_epochs = 1  # a number is exactly that many passes
+    assert reward.reward_steps(32, config) == 8
+    model = with_lora(tiny_llama)
+    reward.add_reward_adapter(model)
+    head = reward.scalar_head(model)
+    groups = reward.reward_optimizer(model, head, config).param_groups
+    assert [g["lr"] for g in groups] == [1e-4, pytest.approx(1e-3)]
+    assert groups[1]["params"] == list(head.parameters())
+    assert all(".reward." in n for n, p in model.named_parameters() if any(p is q for q in groups[0]["params"]))
+
+
 def test_reward_model_learns_the_trait_and_saves(smol_tokenizer, tiny_llama, tmp_path):
     """Held-out accuracy on unseen questions is high; only the reward adapter and head train."""
     model = with_lora(tiny_llama)

@@ -33,8 +33,15 @@ class ORPOSettings:
 @dataclass
 class PPOSettings:
     sft_epochs: int = 3  # supervised passes over the chosen answers before PPO: RL only reinforces what it samples
-    reward_epochs: int = 2
+    # None: two passes over the pairs, at least defaults.MIN_STEPS steps (16 steps on 32 pairs left the
+    # reward model at chance on a whole-answer trait); a number: exactly that many passes.
+    reward_epochs: int | None = None
     reward_learning_rate: float = 1e-4
+    # The scalar head starts random and has a few hundred weights; at the adapter's rate Adam moves each by
+    # at most the rate a step, 4% of its start in a phase, so the head stayed a random projection the
+    # adapter had to turn its features onto. Ten times the rate lets it learn the direction itself
+    # (reward margins 2-3x larger on held-out pairs: docs/training-defaults-research.md).
+    reward_head_lr_scale: float = 10.0
     rollouts_per_prompt: int = 1
     # "value": advantages by GAE from a learned value head (classic PPO). "group": each prompt is sampled
     # group_size times in one step and each answer's advantage is its return minus the mean of the others'

@@ -9,13 +9,14 @@ sequence. Trained with the Bradley-Terry loss on chosen vs rejected answers.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from contextlib import contextmanager
 from pathlib import Path
 import torch
 from torch import nn
 
-from . import forward, losses, loop
+from . import defaults, forward, losses, loop
 from .config import TrainConfig
 from .data import EncodedPair
 from .divergence import Divergence
@@ -115,9 +116,16 @@ def reward_scores(model, head: nn.Linear, input_ids: torch.Tensor, attention_mas
     return head(last.float()).squeeze(-1)
 
 
+REWARD_EPOCHS = 2  # passes over the pairs when reward_epochs is None, before the floor of MIN_STEPS
+
+
 def reward_steps(n_train: int, config: TrainConfig) -> int:
-    """Optimizer steps the reward phase takes."""
-    return config.ppo.reward_epochs * math.ceil(n_train / max(1, config.batch_size))
+    """Optimizer steps the reward phase takes: reward_epochs passes when set, else two passes but at
+    least defaults.MIN_STEPS and at most defaults.MAX_STEPS, as the step budget of the policy."""
+    per_epoch = defaults.steps_per_epoch(n_train, config.batch_size)
+    if config.ppo.reward_epochs is not None:
+        return config.ppo.reward_epochs * per_epoch
+    return min(defaults.MAX_STEPS, max(defaults.MIN_STEPS, REWARD_EPOCHS * per_epoch))
 
 
 def _pair_scores(model, head, batch: list[EncodedPair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -150,6 +158,15 @@ def evaluate_reward_model(model, head, pairs: list[EncodedPair], pad_id: int, ba
     }
 
 
+def reward_optimizer(model, head: nn.Linear, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the reward adapter at reward_learning_rate and the head at reward_head_lr_scale times it."""
+    rate = config.ppo.reward_learning_rate
+    return torch.optim.AdamW([
+        {"params": adapter_parameters(model, REWARD_ADAPTER), "lr": rate},
+        {"params": list(head.parameters()), "lr": rate * config.ppo.reward_head_lr_scale},
+    ], lr=rate, weight_decay=0.0)
+
+
 def train_reward_model(job: Job, *, total_steps: int | None = None) -> tuple[nn.Linear, dict]:
     """Train the "reward" adapter and a fresh head with Bradley-Terry; the policy adapter stays frozen.
 
@@ -162,9 +179,9 @@ def train_reward_model(job: Job, *, total_steps: int | None = None) -> tuple[nn.
     add_reward_adapter(model)
     head = scalar_head(model, seed=config.seed)
     per_epoch = loop.steps_per_epoch(len(job.train), config.batch_size)
-    total_steps = total_steps or reward_steps(len(job.train), config)
-    params = adapter_parameters(model, REWARD_ADAPTER) + list(head.parameters())
-    optimizer = torch.optim.AdamW(params, lr=config.ppo.reward_learning_rate, weight_decay=0.0)
+    n_steps = reward_steps(len(job.train), config)
+    total_steps = total_steps or n_steps
+    optimizer = reward_optimizer(model, head, config)
 
     def terms(part: list[EncodedPair]):
         rc, rr, n = _pair_scores(model, head, part, pad_id)
@@ -177,13 +194,14 @@ def train_reward_model(job: Job, *, total_steps: int | None = None) -> tuple[nn.
 
     with active_adapter(model, REWARD_ADAPTER):  # inside, only "reward" requires grad; the policy is frozen
         outcome = loop.run_steps(
-            loop.shuffled_schedule(job.train, config.batch_size, config.ppo.reward_epochs, config.seed),
+            itertools.islice(loop.shuffled_schedule(job.train, config.batch_size, math.ceil(n_steps / per_epoch),
+                                                    config.seed), n_steps),
             loop.accumulating(model, optimizer, config, terms, report), config,
             total=total_steps, emit=job.emit, should_stop=job.should_stop, progress=loop.Progress(0, total_steps),
             tags={"phase": "reward_model"},
             evaluate=(lambda: evaluate_reward_model(model, head, job.held_out, pad_id, config.batch_size))
             if job.held_out else None,
-            eval_due=lambda step: step % per_epoch == 0, eval_tags={"phase": "reward"},
+            eval_due=lambda step: step % per_epoch == 0 or step == n_steps, eval_tags={"phase": "reward"},
             divergence=Divergence(model, config.ppo.reward_learning_rate),
         )
     metrics: dict = {"stopped": outcome.stopped}
