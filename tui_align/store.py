@@ -6,10 +6,12 @@ WAL mode and one transaction per user action: a pick is on disk, with its pairs,
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,12 @@ RECOVER_HINT = "`tui-align store recover` keeps a copy and saves what can be rea
 # SQLite's own busy handler on every statement: enough to ride out a commit, short enough that a
 # read on the UI thread never hangs; longer waits are the retry loop in _begin, outside self._lock.
 STATEMENT_WAIT_MS = 20
+# Rows an import stages per hold of the connection's lock (add_pairs): a few milliseconds of inserts.
+STAGE_CHUNK = 500
+# The pairs columns an import fills, as the staging table declares them (the same NOT NULLs as m001).
+PAIR_COLUMNS = "prompt_json, chosen, rejected, source, model, settings_json"
+PAIR_COLUMNS_DDL = ("prompt_json TEXT NOT NULL, chosen TEXT NOT NULL, rejected TEXT NOT NULL, source TEXT NOT NULL,"
+                    " model TEXT, settings_json TEXT NOT NULL")
 
 
 class StoreBusy(UserError):
@@ -98,14 +106,16 @@ class CompareRecord:
 
 
 class Store:
-    def __init__(self, path: str | Path = ":memory:", write_wait_s: float | None = None):
+    def __init__(self, path: str | Path = ":memory:", write_wait_s: float | None = None, check: bool = True):
+        """check=False skips the open's integrity check: for a second connection to a store this process
+        has open and checked already (own_connection)."""
         self.path = str(path)
         #: seconds a write waits for another process's write before StoreBusy (see WRITE_WAIT_S)
         self.write_wait_s = write_wait_s = WRITE_WAIT_S if write_wait_s is None else write_wait_s
         deadline, pause = time.monotonic() + write_wait_s, 0.01
         while True:
             try:
-                self._db = self._open(write_wait_s)
+                self._db = self._open(write_wait_s, check)
                 break
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
@@ -122,7 +132,7 @@ class Store:
         #: what SQLite said when a statement found the file damaged mid-session (then writes are refused)
         self.damage: str | None = None
 
-    def _open(self, write_wait_s: float) -> sqlite3.Connection:
+    def _open(self, write_wait_s: float, check: bool) -> sqlite3.Connection:
         # Workers (generation, import) and the UI thread share one connection; the lock
         # serialises them, which SQLite needs for a shared connection anyway.
         # Opening waits the whole write_wait_s: a migration may have to wait for another writer.
@@ -132,7 +142,7 @@ class Store:
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")
             # Before anything writes (a migration, an import): a damaged file is left as it is for recovery.
-            damage = check_integrity(db)
+            damage = check_integrity(db) if check else None
             if damage is not None:
                 raise StoreDamaged(self.path, damage)
             migrate(db)
@@ -356,19 +366,58 @@ class Store:
     def add_pairs(self, pairs: Sequence[Pair], wait_s: float | None = None) -> list[int]:
         """Insert the pairs not stored yet (by content: identity.py), all or none; returns the new ids, so
         len(pairs) - len(ids) were already there (or repeated within `pairs`). Waits up to `wait_s` for
-        another writer (default write_wait_s)."""
-        with self._transaction(wait_s) as db:
-            added = []
-            for p in pairs:
-                identity = self._free_identity(db, pair_identity(p.prompt, p.chosen, p.rejected))
-                if identity is None:
-                    continue
-                added.append(db.execute(
-                    "INSERT INTO pairs (prompt_json, chosen, rejected, source, model, settings_json, identity)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (json.dumps(p.prompt), p.chosen, p.rejected, p.source, p.model, json.dumps(p.settings), identity),
-                ).lastrowid)
-            return added
+        another writer (default write_wait_s).
+
+        A big import must not hold the write lock while it hashes and inserts row by row: a pick in the
+        app, on this connection or another process's, would wait for all of it. So the rows go first,
+        STAGE_CHUNK at a time with self._lock released between chunks, into a TEMP table of this
+        connection (which takes no lock on the store), and one INSERT ... SELECT moves them over in a
+        short write transaction: still all or none, and a kill leaves nothing, the TEMP table going
+        with the connection."""
+        if self.damage is not None:
+            raise StoreDamaged(self.path, self.damage)
+        staging = f"staged_{uuid.uuid4().hex}"  # its own table: two imports on one connection don't mix
+        rows = ((json.dumps(p.prompt), p.chosen, p.rejected, p.source, p.model, json.dumps(p.settings),
+                 pair_identity(p.prompt, p.chosen, p.rejected)) for p in pairs)
+        self._staging_statement(f"CREATE TEMP TABLE {staging} ({PAIR_COLUMNS_DDL}, identity TEXT UNIQUE)")
+        try:
+            while chunk := list(itertools.islice(rows, STAGE_CHUNK)):
+                # the first copy of a pair repeated within the file is the one kept
+                self._staging_statement(f"INSERT INTO temp.{staging} VALUES (?, ?, ?, ?, ?, ?, ?)"
+                                        " ON CONFLICT (identity) DO NOTHING", chunk)
+            with self._transaction(wait_s) as db:
+                last = db.execute("SELECT COALESCE(MAX(id), 0) FROM main.pairs").fetchone()[0]
+                db.execute(f"INSERT INTO main.pairs ({PAIR_COLUMNS}, identity) SELECT {PAIR_COLUMNS}, identity"
+                           f" FROM temp.{staging} AS s WHERE NOT EXISTS"
+                           " (SELECT 1 FROM main.pairs AS p WHERE p.identity = s.identity) ORDER BY s.rowid")
+                # ids follow the largest one (no AUTOINCREMENT), and no one else writes until COMMIT
+                return [row[0] for row in db.execute("SELECT id FROM main.pairs WHERE id > ? ORDER BY id", (last,))]
+        finally:
+            self._staging_statement(f"DROP TABLE IF EXISTS temp.{staging}")
+
+    def _staging_statement(self, sql: str, rows: list | None = None) -> None:
+        with self._lock:
+            try:
+                if rows is None:
+                    self._db.execute(sql)
+                else:
+                    self._db.executemany(sql, rows)
+            except sqlite3.DatabaseError as exc:
+                self._raise_for(exc)
+
+    @contextmanager
+    def own_connection(self) -> Iterator["Store"]:
+        """This store on a connection of its own, for a long write in a worker (the app's import): then
+        not even its staging takes the lock the UI thread's reads and picks use. An in-memory store has
+        no second connection; it is itself."""
+        if self.path == ":memory:":
+            yield self
+            return
+        other = Store(self.path, write_wait_s=self.write_wait_s, check=False)
+        try:
+            yield other
+        finally:
+            other.close()
 
     def list_pairs(self, search: str | None = None, source: str | None = None, limit: int | None = None) -> list[Pair]:
         """Pairs oldest first; `search` matches prompt, chosen or rejected text, case-insensitively."""
