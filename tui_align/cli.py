@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("action", choices=("check", "recover"),
                        help="check: run SQLite's check; recover: keep a copy of a damaged store and save what"
                             " can be read into a new one")
+    store.add_argument("--force", action="store_true",
+                       help="recover even while another tui-align has the store open (what it writes after is lost)")
     _add_common(store, suppress=True)
 
     # train has its own parser (train_args.py): this one takes the global options and hands it the rest.
@@ -184,7 +186,7 @@ def run_store(args) -> int:
     else:
         print(f"{path} is not damaged: nothing to recover.")
         return 0
-    print(f"recovered {path}: {recover_store(path).summary()}")
+    print(f"recovered {path}: {recover_store(path, force=args.force).summary()}")
     return 0
 
 

@@ -20,6 +20,7 @@ from typing import Iterator, Sequence
 from .errors import UserError
 from .identity import pair_identity
 from .migrations import migrate, schema_version
+from .opened import OpenMark
 from .pairs import Message, Pair
 
 PICK_OUTCOMES = ("chosen", "written", "tie", "skip")
@@ -106,12 +107,29 @@ class CompareRecord:
 
 
 class Store:
-    def __init__(self, path: str | Path = ":memory:", write_wait_s: float | None = None, check: bool = True):
+    def __init__(self, path: str | Path = ":memory:", write_wait_s: float | None = None, check: bool = True,
+                 mark: bool = True):
         """check=False skips the open's integrity check: for a second connection to a store this process
-        has open and checked already (own_connection)."""
+        has open and checked already (own_connection). mark=False leaves no sign that the store is open
+        (opened.py): for a recovery's scratch copies, which no one else can know of."""
         self.path = str(path)
         #: seconds a write waits for another process's write before StoreBusy (see WRITE_WAIT_S)
         self.write_wait_s = write_wait_s = WRITE_WAIT_S if write_wait_s is None else write_wait_s
+        self._mark = OpenMark(self.path, write_wait_s) if mark and self.path != ":memory:" else None
+        try:
+            self._connect(write_wait_s, check)
+        except BaseException:
+            self._release_mark()
+            raise
+        self._lock = threading.RLock()
+        #: what SQLite said when a statement found the file damaged mid-session (then writes are refused)
+        self.damage: str | None = None
+
+    def _release_mark(self) -> None:
+        if self._mark is not None:
+            self._mark.release()
+
+    def _connect(self, write_wait_s: float, check: bool) -> None:
         deadline, pause = time.monotonic() + write_wait_s, 0.01
         while True:
             try:
@@ -128,9 +146,6 @@ class Store:
                 pause = min(pause * 2, 0.5)
             except sqlite3.DatabaseError as exc:
                 raise UserError(f"Can't open the store {self.path}: {exc}; {RECOVER_HINT}") from exc
-        self._lock = threading.RLock()
-        #: what SQLite said when a statement found the file damaged mid-session (then writes are refused)
-        self.damage: str | None = None
 
     def _open(self, write_wait_s: float, check: bool) -> sqlite3.Connection:
         # Workers (generation, import) and the UI thread share one connection; the lock
@@ -159,6 +174,7 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+        self._release_mark()
 
     @contextmanager
     def _transaction(self, wait_s: float | None = None) -> Iterator[sqlite3.Connection]:
