@@ -174,11 +174,11 @@ def run_store(args) -> int:
     if not path.is_file():
         raise UserError(f"No store at {path} yet.")
     if args.action == "check":
-        Store(path).close()  # StoreDamaged (one line, exit 1) when the check fails
+        Store(path, check=True).close()  # StoreDamaged (one line, exit 1) when the check fails
         print(f"{path}: ok")
         return 0
     try:
-        Store(path).close()
+        Store(path, check=True).close()
     except StoreBusy:
         raise
     except UserError:  # damaged, or not a database at all (then nothing is saved, and it is kept all the same)

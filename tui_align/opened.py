@@ -39,16 +39,28 @@ def lock_path(store: str | os.PathLike) -> Path:
 class OpenMark:
     """This process has the store open: a shared flock on its lock file, held until `release`.
 
-    Waits up to `wait_s` while a recovery holds it exclusively: the store is being replaced."""
+    Waits up to `wait_s` while a recovery holds it exclusively: the store is being replaced.
+
+    The lock file also carries the store file's stamp (stamp()) as the last tui-align to close it left it,
+    written at `release` by a process that finds itself the last one; `unchanged` says whether the file
+    is still exactly that, which lets the open skip reading every page (store.check_integrity)."""
 
     def __init__(self, store: str | os.PathLike, wait_s: float):
-        self.fd: int | None = None
+        self.store, self.fd = str(store), None
+        #: another tui-align had the store open when this one opened it
+        self.shared = False
+        self.left: str = ""  # the stamp the last one to close the store wrote
         if fcntl is None:
             return
         try:
             fd = os.open(lock_path(store), os.O_RDWR | os.O_CREAT, 0o644)
         except OSError:  # a folder it can't write to: no mark, and SQLite says what is wrong with the path
             return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # alone: then the stamp can't change under us
+            self.left = os.pread(fd, 200, 0).decode(errors="replace")
+        except BlockingIOError:
+            self.shared = True
         deadline, pause = time.monotonic() + wait_s, 0.01
         while True:
             try:
@@ -63,10 +75,49 @@ class OpenMark:
                 pause = min(pause * 2, 0.5)
         self.fd = fd
 
-    def release(self) -> None:
-        if self.fd is not None:
+    @property
+    def unchanged(self) -> bool:
+        """The store file is as the last tui-align to close it left it (never true for a new store)."""
+        return bool(self.left) and not self.shared and self.left == stamp(self.store)
+
+    def release(self, closed_cleanly: bool = True) -> None:
+        """Drop the mark; the last one out stamps the file. closed_cleanly=False (the store was found damaged,
+        or the open failed): clear the stamp instead."""
+        if self.fd is None:
+            return
+        try:
+            if not closed_cleanly:  # found damaged, or never opened: the next open must check, whoever it is
+                os.ftruncate(self.fd, 0)
+            else:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                now = stamp(self.store).encode()
+                os.ftruncate(self.fd, 0)
+                os.pwrite(self.fd, now, 0)
+        except (BlockingIOError, OSError):
+            pass  # another one has it open (it stamps when it closes), or the stamp can't be written: no skip
+        finally:
             os.close(self.fd)  # closing drops the flock
             self.fd = None
+
+
+    def __del__(self):
+        # a Store dropped without close(): let others see it gone, but stamp nothing (it may not have closed)
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def stamp(store: str | os.PathLike) -> str:
+    """What says the store file hasn't been touched: inode, size, and change time (which every write moves
+    and no one can set back), and no WAL beside it (committed writes not yet in the file); "" when there
+    is a WAL or no file."""
+    try:
+        st = os.stat(store)
+    except OSError:
+        return ""
+    if os.path.exists(f"{store}-wal"):
+        return ""
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_ctime_ns}:{st.st_mtime_ns}"
 
 
 class Exclusive:

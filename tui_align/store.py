@@ -57,11 +57,22 @@ class StoreDamaged(UserError):
         self.detail = detail
 
 
+# When the open runs check_integrity (OPEN_CHECK): it reads every page, and on a 100k-pair (420 MB) store
+# that is 0.9 s with the file in the page cache but 7.5 s from the disk (docs/benchmarks.md, section 7),
+# a wait at every start. So a store is checked on open unless its file is exactly as the last tui-align
+# to close it left it (inode, size, change time, no WAL: opened.stamp), or another tui-align has it open
+# now (it was checked when the first one opened it). Anything that wrote to the file since (a crash
+# mid-write leaves a WAL; bytes written into it move its change time; a copy is a new inode) makes the
+# next open check it. What the skip can miss is a disk that goes bad under an unchanged file; SQLite
+# still finds such a page when a read meets it, and then the store refuses writes (Store.damage).
+OPEN_CHECK = "unless unchanged since a clean close, or open in another tui-align"
+
+
 def check_integrity(db: sqlite3.Connection) -> str | None:
     """None when SQLite's quick check passes, else its first complaint on one line.
 
     quick_check, not integrity_check: it reads every page but skips matching indexes to tables, which
-    is what a few bytes overwritten by a crash or a bad disk break; 0.1 s on a 100k-pair (200 MB) store.
+    is what a few bytes overwritten by a crash or a bad disk break.
     """
     try:
         rows = db.execute("PRAGMA quick_check(1)").fetchall()
@@ -107,27 +118,33 @@ class CompareRecord:
 
 
 class Store:
-    def __init__(self, path: str | Path = ":memory:", write_wait_s: float | None = None, check: bool = True,
+    def __init__(self, path: str | Path = ":memory:", write_wait_s: float | None = None, check: bool | None = None,
                  mark: bool = True):
-        """check=False skips the open's integrity check: for a second connection to a store this process
-        has open and checked already (own_connection). mark=False leaves no sign that the store is open
-        (opened.py): for a recovery's scratch copies, which no one else can know of."""
+        """check: the open's integrity check (check_integrity). None: when the file may have changed since
+        a tui-align last had it open (see OPEN_CHECK); True: always (`store check`, `store recover`);
+        False: never (own_connection: a second connection to a store this process has open).
+        mark=False leaves no sign that the store is open (opened.py): for a recovery's scratch copies,
+        which no one else can know of."""
         self.path = str(path)
         #: seconds a write waits for another process's write before StoreBusy (see WRITE_WAIT_S)
         self.write_wait_s = write_wait_s = WRITE_WAIT_S if write_wait_s is None else write_wait_s
         self._mark = OpenMark(self.path, write_wait_s) if mark and self.path != ":memory:" else None
+        if check is None:
+            check = not (self._mark is not None and (self._mark.shared or self._mark.unchanged))
+        #: whether this open ran check_integrity
+        self.checked = check
         try:
             self._connect(write_wait_s, check)
         except BaseException:
-            self._release_mark()
+            self._release_mark(closed_cleanly=False)
             raise
         self._lock = threading.RLock()
         #: what SQLite said when a statement found the file damaged mid-session (then writes are refused)
         self.damage: str | None = None
 
-    def _release_mark(self) -> None:
+    def _release_mark(self, closed_cleanly: bool = True) -> None:
         if self._mark is not None:
-            self._mark.release()
+            self._mark.release(closed_cleanly)
 
     def _connect(self, write_wait_s: float, check: bool) -> None:
         deadline, pause = time.monotonic() + write_wait_s, 0.01
@@ -173,8 +190,8 @@ class Store:
         return schema_version(self._db)
 
     def close(self) -> None:
-        self._db.close()
-        self._release_mark()
+        self._db.close()  # the last connection's close moves the WAL into the file: then it can be stamped
+        self._release_mark(closed_cleanly=self.damage is None)
 
     @contextmanager
     def _transaction(self, wait_s: float | None = None) -> Iterator[sqlite3.Connection]:
