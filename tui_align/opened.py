@@ -50,30 +50,47 @@ class OpenMark:
         #: another tui-align had the store open when this one opened it
         self.shared = False
         self.left: str = ""  # the stamp the last one to close the store wrote
+        self._exclusive = False
         if fcntl is None:
             return
         try:
-            fd = os.open(lock_path(store), os.O_RDWR | os.O_CREAT, 0o644)
+            self.fd = os.open(lock_path(store), os.O_RDWR | os.O_CREAT, 0o644)
         except OSError:  # a folder it can't write to: no mark, and SQLite says what is wrong with the path
             return
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # alone: then the stamp can't change under us
-            self.left = os.pread(fd, 200, 0).decode(errors="replace")
+            # Alone: then the stamp can't change under us, and no one else's import can be under way
+            # until `share` (the open may delete abandoned ones meanwhile: store.py).
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._exclusive = True
+            self.left = os.pread(self.fd, 200, 0).decode(errors="replace")
         except BlockingIOError:
             self.shared = True
+            self.share(wait_s)
+
+    @property
+    def alone(self) -> bool:
+        """This process holds the store alone, until `share`."""
+        return self.fd is not None and self._exclusive
+
+    def share(self, wait_s: float) -> None:
+        """Let other tui-aligns open the store too (the open is done); waits up to `wait_s` while a recovery
+        holds it exclusively, the store being replaced."""
+        if self.fd is None:
+            return
         deadline, pause = time.monotonic() + wait_s, 0.01
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.flock(self.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if time.monotonic() + pause > deadline:
-                    os.close(fd)
-                    raise UserError(f"The store {store} is being recovered by another tui-align; try again when"
-                                    " it is done.") from None
+                    os.close(self.fd)
+                    self.fd = None
+                    raise UserError(f"The store {self.store} is being recovered by another tui-align; try again"
+                                    " when it is done.") from None
                 time.sleep(pause)
                 pause = min(pause * 2, 0.5)
-        self.fd = fd
+        self._exclusive = False
 
     @property
     def unchanged(self) -> bool:

@@ -6,12 +6,12 @@ WAL mode and one transaction per user action: a pick is on disk, with its pairs,
 
 from __future__ import annotations
 
-import itertools
 import json
+import logging
+import secrets
 import sqlite3
 import threading
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +23,8 @@ from .migrations import migrate, schema_version
 from .opened import OpenMark
 from .pairs import Message, Pair
 
+log = logging.getLogger(__name__)
+
 PICK_OUTCOMES = ("chosen", "written", "tie", "skip")
 # How long a write waits for another process's write (an import in a second tui-align) before it gives
 # up: long for the CLI, which has nothing else to do; the app lowers it (it retries on a timer instead).
@@ -31,12 +33,10 @@ RECOVER_HINT = "`tui-align store recover` keeps a copy and saves what can be rea
 # SQLite's own busy handler on every statement: enough to ride out a commit, short enough that a
 # read on the UI thread never hangs; longer waits are the retry loop in _begin, outside self._lock.
 STATEMENT_WAIT_MS = 20
-# Rows an import stages per hold of the connection's lock (add_pairs): a few milliseconds of inserts.
+# Pairs an import commits at a time (add_pairs): what a pick made meanwhile may wait for, tens of ms.
 STAGE_CHUNK = 500
-# The pairs columns an import fills, as the staging table declares them (the same NOT NULLs as m001).
-PAIR_COLUMNS = "prompt_json, chosen, rejected, source, model, settings_json"
-PAIR_COLUMNS_DDL = ("prompt_json TEXT NOT NULL, chosen TEXT NOT NULL, rejected TEXT NOT NULL, source TEXT NOT NULL,"
-                    " model TEXT, settings_json TEXT NOT NULL")
+# The pairs every read sees: not those of an import still under way (m005).
+VISIBLE = "(import_token IS NULL OR import_token NOT IN (SELECT token FROM pending_imports))"
 
 
 class StoreBusy(UserError):
@@ -135,6 +135,8 @@ class Store:
         self.checked = check
         try:
             self._connect(write_wait_s, check)
+            if self._mark is not None:
+                self._mark.share(write_wait_s)
         except BaseException:
             self._release_mark(closed_cleanly=False)
             raise
@@ -178,6 +180,8 @@ class Store:
             if damage is not None:
                 raise StoreDamaged(self.path, damage)
             migrate(db)
+            if self._mark is not None and self._mark.alone:
+                self._drop_abandoned(db)
             db.execute(f"PRAGMA busy_timeout={STATEMENT_WAIT_MS}")
         except BaseException:
             db.close()
@@ -401,42 +405,63 @@ class Store:
         len(pairs) - len(ids) were already there (or repeated within `pairs`). Waits up to `wait_s` for
         another writer (default write_wait_s).
 
-        A big import must not hold the write lock while it hashes and inserts row by row: a pick in the
-        app, on this connection or another process's, would wait for all of it. So the rows go first,
-        STAGE_CHUNK at a time with self._lock released between chunks, into a TEMP table of this
-        connection (which takes no lock on the store), and one INSERT ... SELECT moves them over in a
-        short write transaction: still all or none, and a kill leaves nothing, the TEMP table going
-        with the connection."""
-        if self.damage is not None:
-            raise StoreDamaged(self.path, self.damage)
-        staging = f"staged_{uuid.uuid4().hex}"  # its own table: two imports on one connection don't mix
-        rows = ((json.dumps(p.prompt), p.chosen, p.rejected, p.source, p.model, json.dumps(p.settings),
-                 pair_identity(p.prompt, p.chosen, p.rejected)) for p in pairs)
-        self._staging_statement(f"CREATE TEMP TABLE {staging} ({PAIR_COLUMNS_DDL}, identity TEXT UNIQUE)")
+        A big import must not hold the write lock while it hashes and inserts: a pick in the app, on this
+        connection or another process's, would wait for all of it. So it commits STAGE_CHUNK pairs at a
+        time, the lock free between chunks, each row carrying the import's token; while the token is in
+        pending_imports no read sees those rows (VISIBLE), and the import lands all at once when a last
+        small transaction deletes it. A failure deletes the rows it wrote; a kill leaves them hidden,
+        for the next open that has the store to itself to delete (_drop_abandoned)."""
+        if not pairs:
+            return []
+        token = secrets.randbits(62)
+        with self._transaction(wait_s) as db:
+            db.execute("INSERT INTO pending_imports (token) VALUES (?)", (token,))
+        added: list[int] = []
         try:
-            while chunk := list(itertools.islice(rows, STAGE_CHUNK)):
-                # the first copy of a pair repeated within the file is the one kept
-                self._staging_statement(f"INSERT INTO temp.{staging} VALUES (?, ?, ?, ?, ?, ?, ?)"
-                                        " ON CONFLICT (identity) DO NOTHING", chunk)
+            for start in range(0, len(pairs), STAGE_CHUNK):
+                # the hashing and JSON before the transaction: the lock is held for the inserts only
+                rows = [(json.dumps(p.prompt), p.chosen, p.rejected, p.source, p.model, json.dumps(p.settings),
+                         pair_identity(p.prompt, p.chosen, p.rejected)) for p in pairs[start : start + STAGE_CHUNK]]
+                with self._transaction(wait_s) as db:
+                    for row in rows:
+                        # an identity a pending import holds counts too: the first copy of a pair is kept
+                        if self._free_identity(db, row[-1]) is None:
+                            continue
+                        added.append(db.execute(
+                            "INSERT INTO pairs (prompt_json, chosen, rejected, source, model, settings_json, identity,"
+                            " import_token) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (*row, token)).lastrowid)
             with self._transaction(wait_s) as db:
-                last = db.execute("SELECT COALESCE(MAX(id), 0) FROM main.pairs").fetchone()[0]
-                db.execute(f"INSERT INTO main.pairs ({PAIR_COLUMNS}, identity) SELECT {PAIR_COLUMNS}, identity"
-                           f" FROM temp.{staging} AS s WHERE NOT EXISTS"
-                           " (SELECT 1 FROM main.pairs AS p WHERE p.identity = s.identity) ORDER BY s.rowid")
-                # ids follow the largest one (no AUTOINCREMENT), and no one else writes until COMMIT
-                return [row[0] for row in db.execute("SELECT id FROM main.pairs WHERE id > ? ORDER BY id", (last,))]
-        finally:
-            self._staging_statement(f"DROP TABLE IF EXISTS temp.{staging}")
+                db.execute("DELETE FROM pending_imports WHERE token = ?", (token,))
+        except BaseException:
+            self._drop_import(token)
+            raise
+        return added
 
-    def _staging_statement(self, sql: str, rows: list | None = None) -> None:
-        with self._lock:
-            try:
-                if rows is None:
-                    self._db.execute(sql)
-                else:
-                    self._db.executemany(sql, rows)
-            except sqlite3.DatabaseError as exc:
-                self._raise_for(exc)
+    def _drop_import(self, token: int) -> None:
+        """Delete what a failed import wrote; if even that fails (busy, damaged), its rows stay hidden
+        until an open that has the store to itself deletes them."""
+        try:
+            with self._transaction() as db:
+                db.execute("DELETE FROM pairs WHERE import_token = ?", (token,))
+                db.execute("DELETE FROM pending_imports WHERE token = ?", (token,))
+        except (UserError, sqlite3.Error) as exc:
+            log.warning("left a failed import's hidden rows for the next start: %s", exc)
+
+    @staticmethod
+    def _drop_abandoned(db: sqlite3.Connection) -> None:
+        """The rows of imports that were killed midway (only an open with the store to itself, when no
+        import can be running, may call this)."""
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'pending_imports'").fetchone() or \
+                db.execute("SELECT 1 FROM pending_imports LIMIT 1").fetchone() is None:
+            return  # (no table: a test holding a store at an older schema)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM pairs WHERE import_token IN (SELECT token FROM pending_imports)")
+            db.execute("DELETE FROM pending_imports")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     @contextmanager
     def own_connection(self) -> Iterator["Store"]:
@@ -446,7 +471,7 @@ class Store:
         if self.path == ":memory:":
             yield self
             return
-        other = Store(self.path, write_wait_s=self.write_wait_s, check=False)
+        other = Store(self.path, write_wait_s=WRITE_WAIT_S, check=False)  # a worker: it can wait
         try:
             yield other
         finally:
@@ -454,16 +479,14 @@ class Store:
 
     def list_pairs(self, search: str | None = None, source: str | None = None, limit: int | None = None) -> list[Pair]:
         """Pairs oldest first; `search` matches prompt, chosen or rejected text, case-insensitively."""
-        clauses, params = [], []
+        clauses, params = [VISIBLE], []
         if search:
             clauses.append("(prompt_json LIKE ? OR chosen LIKE ? OR rejected LIKE ?)")
             params += [f"%{search}%"] * 3
         if source:
             clauses.append("source = ?")
             params.append(source)
-        sql = "SELECT * FROM pairs"
-        if clauses:
-            sql += " WHERE " + " AND ".join(clauses)
+        sql = "SELECT * FROM pairs WHERE " + " AND ".join(clauses)
         sql += " ORDER BY id"
         if limit is not None:
             sql += " LIMIT ?"
@@ -471,7 +494,7 @@ class Store:
         return [_pair_from_row(row) for row in self._query(sql, params)]
 
     def get_pair(self, pair_id: int) -> Pair | None:
-        rows = self._query("SELECT * FROM pairs WHERE id = ?", (pair_id,))
+        rows = self._query(f"SELECT * FROM pairs WHERE id = ? AND {VISIBLE}", (pair_id,))
         return _pair_from_row(rows[0]) if rows else None
 
     def update_pair(
@@ -508,10 +531,10 @@ class Store:
             db.execute("DELETE FROM pairs WHERE id = ?", (pair_id,))
 
     def count_pairs(self) -> int:
-        return self._query("SELECT COUNT(*) AS n FROM pairs")[0]["n"]
+        return self._query(f"SELECT COUNT(*) AS n FROM pairs WHERE {VISIBLE}")[0]["n"]
 
     def counts_by_source(self) -> dict[str, int]:
-        rows = self._query("SELECT source, COUNT(*) AS n FROM pairs GROUP BY source ORDER BY source")
+        rows = self._query(f"SELECT source, COUNT(*) AS n FROM pairs WHERE {VISIBLE} GROUP BY source ORDER BY source")
         return {row["source"]: row["n"] for row in rows}
 
 
