@@ -116,7 +116,6 @@ class OpenMark:
             os.close(self.fd)  # closing drops the flock
             self.fd = None
 
-
     def __del__(self):
         # a Store dropped without close(): let others see it gone, but stamp nothing (it may not have closed)
         if self.fd is not None:

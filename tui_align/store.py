@@ -465,9 +465,9 @@ class Store:
 
     @contextmanager
     def own_connection(self) -> Iterator["Store"]:
-        """This store on a connection of its own, for a long write in a worker (the app's import): then
-        not even its staging takes the lock the UI thread's reads and picks use. An in-memory store has
-        no second connection; it is itself."""
+        """This store on a connection of its own, for a long write in a worker (the app's import): its
+        chunks then never hold the in-process lock that the UI thread's reads and picks take, and between
+        chunks SQLite lets a pick through. An in-memory store has no second connection; it is itself."""
         if self.path == ":memory:":
             yield self
             return
