@@ -95,3 +95,79 @@ def test_weights_past_the_limit_condemn_only_the_last_update():
     with pytest.raises(Diverged, match="weights reached 1e\\+09") as raised:
         watch.after_step(2, 0.7, 0.0)  # the loss looks fine: it was measured before the update
     assert raised.value.kept_step == 1 and model.w.tolist() == [0.5, 0.5, 0.5]
+
+
+# --- held-out accuracy collapse -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("best,latest,pairs,collapsed", [
+    (1.0, 0.0, 4, False),  # 36 pairs hold out about 4: no score there is beyond a coin's noise
+    (1.0, 0.0, 7, True),  # the fewest pairs where both ends can be: all right, then all wrong
+    (6 / 7, 0.0, 7, False),
+    (0.75, 0.25, 8, False),  # 6 of 8 then 2 of 8: a coin does each one time in seven
+    (0.9, 0.1, 20, True),
+    (0.9, 0.45, 20, False),  # worse, but not below chance: not a collapse
+    (0.7, 0.0, 20, False),  # never clearly learned
+    (0.8, 0.35, 100, True),
+    (0.8, 0.45, 100, False),
+])
+def test_what_counts_as_a_held_out_accuracy_collapse(best, latest, pairs, collapsed):
+    assert divergence.accuracy_collapsed(best, latest, pairs) is collapsed
+
+
+def fake_run(evals: list[float], held_out: int, tmp_path=None):
+    """run_steps over a fake model whose weight is set to the step by each step, with the given held-out
+    accuracies at the evals (one per step); returns (outcome or the Diverged, saved checkpoints, model)."""
+    from tui_align.training import loop
+    from tui_align.training.config import TrainConfig
+
+    model, saved = Weights(), []
+    accuracies = iter(evals)
+
+    def take_step(step, batch):
+        with torch.no_grad():
+            model.w.fill_(step)
+        return {"loss": 0.5, "grad_norm": 1.0}, 1
+
+    def save_checkpoint(step, optimizer=None):
+        saved.append((step, model.w.tolist()))
+
+    steps = [(step, float(step), []) for step in range(1, len(evals) + 1)]
+    try:
+        result = loop.run_steps(steps, take_step, TrainConfig(), total=len(evals), emit=lambda *a, **k: None,
+                                should_stop=lambda: False, progress=loop.Progress(0, len(evals)),
+                                evaluate=lambda: {"accuracy": next(accuracies), "margin": 0.0, "loss": 0.5},
+                                eval_due=lambda step: True, save_checkpoint=save_checkpoint,
+                                divergence=Divergence(model, 5e-6, held_out=held_out))
+    except Diverged as exc:
+        result = exc
+    return result, saved, model
+
+
+def test_a_held_out_accuracy_collapse_stops_the_run_and_keeps_the_best_evals_adapter():
+    result, saved, model = fake_run([0.55, 0.95, 0.9, 0.6, 0.1, 0.5], held_out=20)
+    assert isinstance(result, Diverged) and result.kind == "diverged"
+    assert str(result) == ("Training diverged at step 5: the held-out accuracy fell to 10% of 20 pairs, from 95% at "
+                           "step 2. Lower --lr (it was 5e-06); the adapter of step 2 (the best held-out one) is kept.")
+    assert result.kept_step == 2 and saved == [(2, [2.0, 2.0, 2.0])] and model.w.tolist() == [2.0, 2.0, 2.0]
+
+
+def test_a_noisy_small_held_out_set_never_stops_a_run():
+    result, saved, _ = fake_run([1.0, 0.0, 1.0, 0.0], held_out=4)
+    assert not isinstance(result, Diverged) and result.step == 4 and saved == []
+
+
+@pytest.mark.parametrize("lr,fell", [(None, False), ("10", True)])
+def test_runs_with_a_held_out_set_the_rule_watches_do_not_stop(capsys, tmp_path, tiny_model_dir, lr, fell):
+    """The default learning rate, and one ten thousand times it whose accuracy falls from 100% to about 58%
+    (worse, not below chance: a run to judge by its answers, not a divergence)."""
+    from test_training import write_pairs_file
+
+    data = tmp_path / "pairs.jsonl"
+    write_pairs_file(data, 40)  # 12 held out: enough for the accuracy rule to fire
+    code, events = run_cli(capsys, "--data", data, "--model", tiny_model_dir, "--epochs", 4, "--eval-fraction", 0.3,
+                           "--check-answers", 0, *(["--lr", lr] if lr else []))
+    assert code == 0, events[-1]
+    assert next(e for e in events if e["event"] == "start")["eval_pairs"] == 12
+    accuracies = [e["accuracy"] for e in events if e["event"] == "eval"]
+    assert len(accuracies) == 4 and (min(accuracies) < 0.75 < max(accuracies)) is fell, accuracies

@@ -29,7 +29,7 @@ def test_fresh_store_has_the_versioned_schema():
     assert store.schema_version == len(migrations.MIGRATIONS)
     assert columns(store, "pairs") == [
         "id", "pick_id", "prompt_json", "chosen", "rejected", "source", "model", "settings_json", "created_at", "updated_at",
-        "identity",
+        "identity", "import_token",
     ]
     assert columns(store, "picks")[-5:] == ["created_at", "compare_old", "compare_new", "compare_winner", "compare_blind"]
 

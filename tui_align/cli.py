@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("action", choices=("check", "recover"),
                        help="check: run SQLite's check; recover: keep a copy of a damaged store and save what"
                             " can be read into a new one")
+    store.add_argument("--force", action="store_true",
+                       help="recover even while another tui-align has the store open (what it writes after is lost)")
     _add_common(store, suppress=True)
 
     # train has its own parser (train_args.py): this one takes the global options and hands it the rest.
@@ -172,11 +174,11 @@ def run_store(args) -> int:
     if not path.is_file():
         raise UserError(f"No store at {path} yet.")
     if args.action == "check":
-        Store(path).close()  # StoreDamaged (one line, exit 1) when the check fails
+        Store(path, check=True).close()  # StoreDamaged (one line, exit 1) when the check fails
         print(f"{path}: ok")
         return 0
     try:
-        Store(path).close()
+        Store(path, check=True).close()
     except StoreBusy:
         raise
     except UserError:  # damaged, or not a database at all (then nothing is saved, and it is kept all the same)
@@ -184,7 +186,7 @@ def run_store(args) -> int:
     else:
         print(f"{path} is not damaged: nothing to recover.")
         return 0
-    print(f"recovered {path}: {recover_store(path).summary()}")
+    print(f"recovered {path}: {recover_store(path, force=args.force).summary()}")
     return 0
 
 

@@ -96,6 +96,21 @@ def m004_pair_identity() -> str:
     """
 
 
+@migration
+def m005_pending_imports() -> str:
+    # An import commits a chunk at a time, so that a pick waits for one chunk, not the whole file; its rows
+    # carry its token and stay out of every read (store.VISIBLE) while the token is in pending_imports.
+    # Landing is deleting that one row; a failed or killed import's rows are deleted (store.py).
+    # Tokens are random, not AUTOINCREMENT: a recovered store's counter could start over and hide old rows.
+    return """
+        CREATE TABLE pending_imports (
+            token INTEGER PRIMARY KEY,
+            started_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
+        );
+        ALTER TABLE pairs ADD COLUMN import_token INTEGER;
+    """
+
+
 def migrate(db: sqlite3.Connection) -> None:
     """Apply every migration not yet recorded in `_migrations`, each in its own transaction.
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .atomic import _fsync_folder, temp_path
 from .errors import UserError
+from .opened import Exclusive
 from .store import Store, check_integrity
 
 SIDE_FILES = ("-wal", "-shm")  # SQLite's: the WAL holds commits not yet copied into the main file
@@ -40,11 +41,19 @@ class Recovery:
         return f"saved {saved or 'nothing'} ({self.how}){tail}; the damaged file is kept as {self.kept}"
 
 
-def recover_store(path: Path) -> Recovery:
-    """Replace the store at `path` with what can be read from it; the old file is kept beside it."""
+def recover_store(path: Path, force: bool = False) -> Recovery:
+    """Replace the store at `path` with what can be read from it; the old file is kept beside it.
+
+    Refuses (StoreInUse) while another tui-align has the store open, unless `force`: the file would be
+    replaced under it, and its next write would go to the damaged one it still holds, now unlinked."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"No store at {path}: nothing to recover.")
+    with Exclusive(path, force):  # and while it runs, a tui-align that starts waits for the new file
+        return _recover(path)
+
+
+def _recover(path: Path) -> Recovery:
     kept = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
     for suffix in ("", *SIDE_FILES):
         if Path(f"{path}{suffix}").is_file():
@@ -95,7 +104,7 @@ def _vacuum_into(source: sqlite3.Connection, fresh: Path) -> Recovery | None:
 
 
 def _copy_rows(source: sqlite3.Connection, fresh: Path) -> Recovery:
-    Store(fresh).close()
+    Store(fresh, mark=False).close()
     target = sqlite3.connect(fresh, isolation_level=None)
     result = Recovery(kept=Path(), how="row by row")
     try:
@@ -125,7 +134,7 @@ def _copy_rows(source: sqlite3.Connection, fresh: Path) -> Recovery:
 
 def _finish(fresh: Path) -> None:
     """This version's migrations on what was saved, and one self-contained file (no WAL beside it)."""
-    Store(fresh).close()
+    Store(fresh, mark=False).close()
     db = sqlite3.connect(fresh)
     try:
         db.execute("PRAGMA journal_mode=DELETE")

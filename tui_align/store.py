@@ -7,6 +7,8 @@ WAL mode and one transaction per user action: a pick is on disk, with its pairs,
 from __future__ import annotations
 
 import json
+import logging
+import secrets
 import sqlite3
 import threading
 import time
@@ -18,7 +20,10 @@ from typing import Iterator, Sequence
 from .errors import UserError
 from .identity import pair_identity
 from .migrations import migrate, schema_version
+from .opened import OpenMark
 from .pairs import Message, Pair
+
+log = logging.getLogger(__name__)
 
 PICK_OUTCOMES = ("chosen", "written", "tie", "skip")
 # How long a write waits for another process's write (an import in a second tui-align) before it gives
@@ -28,6 +33,10 @@ RECOVER_HINT = "`tui-align store recover` keeps a copy and saves what can be rea
 # SQLite's own busy handler on every statement: enough to ride out a commit, short enough that a
 # read on the UI thread never hangs; longer waits are the retry loop in _begin, outside self._lock.
 STATEMENT_WAIT_MS = 20
+# Pairs an import commits at a time (add_pairs): what a pick made meanwhile may wait for, tens of ms.
+STAGE_CHUNK = 500
+# The pairs every read sees: not those of an import still under way (m005).
+VISIBLE = "(import_token IS NULL OR import_token NOT IN (SELECT token FROM pending_imports))"
 
 
 class StoreBusy(UserError):
@@ -48,11 +57,22 @@ class StoreDamaged(UserError):
         self.detail = detail
 
 
+# When the open runs check_integrity (OPEN_CHECK): it reads every page, and on a 100k-pair (420 MB) store
+# that is 0.9 s with the file in the page cache but 7.5 s from the disk (docs/benchmarks.md, section 7),
+# a wait at every start. So a store is checked on open unless its file is exactly as the last tui-align
+# to close it left it (inode, size, change time, no WAL: opened.stamp), or another tui-align has it open
+# now (it was checked when the first one opened it). Anything that wrote to the file since (a crash
+# mid-write leaves a WAL; bytes written into it move its change time; a copy is a new inode) makes the
+# next open check it. What the skip can miss is a disk that goes bad under an unchanged file; SQLite
+# still finds such a page when a read meets it, and then the store refuses writes (Store.damage).
+OPEN_CHECK = "unless unchanged since a clean close, or open in another tui-align"
+
+
 def check_integrity(db: sqlite3.Connection) -> str | None:
     """None when SQLite's quick check passes, else its first complaint on one line.
 
     quick_check, not integrity_check: it reads every page but skips matching indexes to tables, which
-    is what a few bytes overwritten by a crash or a bad disk break; 0.1 s on a 100k-pair (200 MB) store.
+    is what a few bytes overwritten by a crash or a bad disk break.
     """
     try:
         rows = db.execute("PRAGMA quick_check(1)").fetchall()
@@ -98,14 +118,41 @@ class CompareRecord:
 
 
 class Store:
-    def __init__(self, path: str | Path = ":memory:", write_wait_s: float | None = None):
+    def __init__(self, path: str | Path = ":memory:", write_wait_s: float | None = None, check: bool | None = None,
+                 mark: bool = True):
+        """check: the open's integrity check (check_integrity). None: when the file may have changed since
+        a tui-align last had it open (see OPEN_CHECK); True: always (`store check`, `store recover`);
+        False: never (own_connection: a second connection to a store this process has open).
+        mark=False leaves no sign that the store is open (opened.py): for a recovery's scratch copies,
+        which no one else can know of."""
         self.path = str(path)
         #: seconds a write waits for another process's write before StoreBusy (see WRITE_WAIT_S)
         self.write_wait_s = write_wait_s = WRITE_WAIT_S if write_wait_s is None else write_wait_s
+        self._mark = OpenMark(self.path, write_wait_s) if mark and self.path != ":memory:" else None
+        if check is None:
+            check = not (self._mark is not None and (self._mark.shared or self._mark.unchanged))
+        #: whether this open ran check_integrity
+        self.checked = check
+        try:
+            self._connect(write_wait_s, check)
+            if self._mark is not None:
+                self._mark.share(write_wait_s)
+        except BaseException:
+            self._release_mark(closed_cleanly=False)
+            raise
+        self._lock = threading.RLock()
+        #: what SQLite said when a statement found the file damaged mid-session (then writes are refused)
+        self.damage: str | None = None
+
+    def _release_mark(self, closed_cleanly: bool = True) -> None:
+        if self._mark is not None:
+            self._mark.release(closed_cleanly)
+
+    def _connect(self, write_wait_s: float, check: bool) -> None:
         deadline, pause = time.monotonic() + write_wait_s, 0.01
         while True:
             try:
-                self._db = self._open(write_wait_s)
+                self._db = self._open(write_wait_s, check)
                 break
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
@@ -118,11 +165,8 @@ class Store:
                 pause = min(pause * 2, 0.5)
             except sqlite3.DatabaseError as exc:
                 raise UserError(f"Can't open the store {self.path}: {exc}; {RECOVER_HINT}") from exc
-        self._lock = threading.RLock()
-        #: what SQLite said when a statement found the file damaged mid-session (then writes are refused)
-        self.damage: str | None = None
 
-    def _open(self, write_wait_s: float) -> sqlite3.Connection:
+    def _open(self, write_wait_s: float, check: bool) -> sqlite3.Connection:
         # Workers (generation, import) and the UI thread share one connection; the lock
         # serialises them, which SQLite needs for a shared connection anyway.
         # Opening waits the whole write_wait_s: a migration may have to wait for another writer.
@@ -132,10 +176,12 @@ class Store:
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")
             # Before anything writes (a migration, an import): a damaged file is left as it is for recovery.
-            damage = check_integrity(db)
+            damage = check_integrity(db) if check else None
             if damage is not None:
                 raise StoreDamaged(self.path, damage)
             migrate(db)
+            if self._mark is not None and self._mark.alone:
+                self._drop_abandoned(db)
             db.execute(f"PRAGMA busy_timeout={STATEMENT_WAIT_MS}")
         except BaseException:
             db.close()
@@ -148,7 +194,8 @@ class Store:
         return schema_version(self._db)
 
     def close(self) -> None:
-        self._db.close()
+        self._db.close()  # the last connection's close moves the WAL into the file: then it can be stamped
+        self._release_mark(closed_cleanly=self.damage is None)
 
     @contextmanager
     def _transaction(self, wait_s: float | None = None) -> Iterator[sqlite3.Connection]:
@@ -356,32 +403,90 @@ class Store:
     def add_pairs(self, pairs: Sequence[Pair], wait_s: float | None = None) -> list[int]:
         """Insert the pairs not stored yet (by content: identity.py), all or none; returns the new ids, so
         len(pairs) - len(ids) were already there (or repeated within `pairs`). Waits up to `wait_s` for
-        another writer (default write_wait_s)."""
+        another writer (default write_wait_s).
+
+        A big import must not hold the write lock while it hashes and inserts: a pick in the app, on this
+        connection or another process's, would wait for all of it. So it commits STAGE_CHUNK pairs at a
+        time, the lock free between chunks, each row carrying the import's token; while the token is in
+        pending_imports no read sees those rows (VISIBLE), and the import lands all at once when a last
+        small transaction deletes it. A failure deletes the rows it wrote; a kill leaves them hidden,
+        for the next open that has the store to itself to delete (_drop_abandoned)."""
+        if not pairs:
+            return []
+        token = secrets.randbits(62)
         with self._transaction(wait_s) as db:
-            added = []
-            for p in pairs:
-                identity = self._free_identity(db, pair_identity(p.prompt, p.chosen, p.rejected))
-                if identity is None:
-                    continue
-                added.append(db.execute(
-                    "INSERT INTO pairs (prompt_json, chosen, rejected, source, model, settings_json, identity)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (json.dumps(p.prompt), p.chosen, p.rejected, p.source, p.model, json.dumps(p.settings), identity),
-                ).lastrowid)
-            return added
+            db.execute("INSERT INTO pending_imports (token) VALUES (?)", (token,))
+        added: list[int] = []
+        try:
+            for start in range(0, len(pairs), STAGE_CHUNK):
+                # the hashing and JSON before the transaction: the lock is held for the inserts only
+                rows = [(json.dumps(p.prompt), p.chosen, p.rejected, p.source, p.model, json.dumps(p.settings),
+                         pair_identity(p.prompt, p.chosen, p.rejected)) for p in pairs[start : start + STAGE_CHUNK]]
+                with self._transaction(wait_s) as db:
+                    for row in rows:
+                        # an identity a pending import holds counts too: the first copy of a pair is kept
+                        if self._free_identity(db, row[-1]) is None:
+                            continue
+                        added.append(db.execute(
+                            "INSERT INTO pairs (prompt_json, chosen, rejected, source, model, settings_json, identity,"
+                            " import_token) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (*row, token)).lastrowid)
+            with self._transaction(wait_s) as db:
+                db.execute("DELETE FROM pending_imports WHERE token = ?", (token,))
+        except BaseException:
+            self._drop_import(token)
+            raise
+        return added
+
+    def _drop_import(self, token: int) -> None:
+        """Delete what a failed import wrote; if even that fails (busy, damaged), its rows stay hidden
+        until an open that has the store to itself deletes them."""
+        try:
+            with self._transaction() as db:
+                db.execute("DELETE FROM pairs WHERE import_token = ?", (token,))
+                db.execute("DELETE FROM pending_imports WHERE token = ?", (token,))
+        except (UserError, sqlite3.Error) as exc:
+            log.warning("left a failed import's hidden rows for the next start: %s", exc)
+
+    @staticmethod
+    def _drop_abandoned(db: sqlite3.Connection) -> None:
+        """The rows of imports that were killed midway (only an open with the store to itself, when no
+        import can be running, may call this)."""
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'pending_imports'").fetchone() or \
+                db.execute("SELECT 1 FROM pending_imports LIMIT 1").fetchone() is None:
+            return  # (no table: a test holding a store at an older schema)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM pairs WHERE import_token IN (SELECT token FROM pending_imports)")
+            db.execute("DELETE FROM pending_imports")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def own_connection(self) -> Iterator["Store"]:
+        """This store on a connection of its own, for a long write in a worker (the app's import): its
+        chunks then never hold the in-process lock that the UI thread's reads and picks take, and between
+        chunks SQLite lets a pick through. An in-memory store has no second connection; it is itself."""
+        if self.path == ":memory:":
+            yield self
+            return
+        other = Store(self.path, write_wait_s=WRITE_WAIT_S, check=False)  # a worker: it can wait
+        try:
+            yield other
+        finally:
+            other.close()
 
     def list_pairs(self, search: str | None = None, source: str | None = None, limit: int | None = None) -> list[Pair]:
         """Pairs oldest first; `search` matches prompt, chosen or rejected text, case-insensitively."""
-        clauses, params = [], []
+        clauses, params = [VISIBLE], []
         if search:
             clauses.append("(prompt_json LIKE ? OR chosen LIKE ? OR rejected LIKE ?)")
             params += [f"%{search}%"] * 3
         if source:
             clauses.append("source = ?")
             params.append(source)
-        sql = "SELECT * FROM pairs"
-        if clauses:
-            sql += " WHERE " + " AND ".join(clauses)
+        sql = "SELECT * FROM pairs WHERE " + " AND ".join(clauses)
         sql += " ORDER BY id"
         if limit is not None:
             sql += " LIMIT ?"
@@ -389,7 +494,7 @@ class Store:
         return [_pair_from_row(row) for row in self._query(sql, params)]
 
     def get_pair(self, pair_id: int) -> Pair | None:
-        rows = self._query("SELECT * FROM pairs WHERE id = ?", (pair_id,))
+        rows = self._query(f"SELECT * FROM pairs WHERE id = ? AND {VISIBLE}", (pair_id,))
         return _pair_from_row(rows[0]) if rows else None
 
     def update_pair(
@@ -426,10 +531,10 @@ class Store:
             db.execute("DELETE FROM pairs WHERE id = ?", (pair_id,))
 
     def count_pairs(self) -> int:
-        return self._query("SELECT COUNT(*) AS n FROM pairs")[0]["n"]
+        return self._query(f"SELECT COUNT(*) AS n FROM pairs WHERE {VISIBLE}")[0]["n"]
 
     def counts_by_source(self) -> dict[str, int]:
-        rows = self._query("SELECT source, COUNT(*) AS n FROM pairs GROUP BY source ORDER BY source")
+        rows = self._query(f"SELECT source, COUNT(*) AS n FROM pairs WHERE {VISIBLE} GROUP BY source ORDER BY source")
         return {row["source"]: row["n"] for row in rows}
 
 

@@ -181,8 +181,8 @@ def run_steps(steps: Steps, take_step: TakeStep, config: TrainConfig, *, total: 
     `total` is the run's last step (phases of one run share it); `tags` lead the step event (PPO's
     phase), `eval_tags` the eval event. Checkpoints carry `optimizer`'s state when given.
 
-    `divergence` checks every step (divergence.py); when one diverges, the last sound adapter is put back,
-    saved as the checkpoint, and Diverged raised (an error of kind "diverged").
+    `divergence` checks every step and every eval (divergence.py); when one diverges, the last sound adapter
+    is put back, saved as the checkpoint, and Diverged raised (an error of kind "diverged").
     """
     outcome = Outcome()
 
@@ -191,6 +191,11 @@ def run_steps(steps: Steps, take_step: TakeStep, config: TrainConfig, *, total: 
             save_checkpoint(outcome.step, optimizer=optimizer)
         outcome.stopped = True
         return outcome
+
+    def keep_and_raise(exc: Diverged):
+        if save_checkpoint and exc.kept_step is not None:
+            save_checkpoint(exc.kept_step)  # no optimizer state: the exploded gradients are in it
+        raise exc
 
     for step, epoch, batch in steps:
         if divergence is not None:
@@ -208,9 +213,7 @@ def run_steps(steps: Steps, take_step: TakeStep, config: TrainConfig, *, total: 
         except cancel.Cancelled:
             return stop_here()
         except Diverged as exc:
-            if save_checkpoint and exc.kept_step is not None:
-                save_checkpoint(exc.kept_step)  # no optimizer state: the exploded gradients are in it
-            raise
+            keep_and_raise(exc)
         emit("step", **(tags or {}), step=step, total_steps=total, epoch=epoch, **fields, **progress.fields(step, tokens))
         outcome.step, outcome.fields = step, fields
         cancel.step_committed()
@@ -220,11 +223,15 @@ def run_steps(steps: Steps, take_step: TakeStep, config: TrainConfig, *, total: 
                 if evaluate is not None and due:
                     outcome.evaluation = evaluate()
                     emit("eval", **(eval_tags or {}), step=step, **outcome.evaluation)
+                    if divergence is not None:
+                        divergence.after_eval(step, outcome.evaluation)
                 if check is not None and due and check(step):
                     outcome.broke = True
                     return outcome
         except cancel.Cancelled:
             return stop_here()
+        except Diverged as exc:
+            keep_and_raise(exc)
         if should_stop() and step < total:
             return stop_here()
         if save_checkpoint and config.checkpoint_every and step % config.checkpoint_every == 0 and step < total:

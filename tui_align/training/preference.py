@@ -153,7 +153,7 @@ def train(loss: PairLoss, needs_reference: bool, settings, job: Job) -> dict:
         eval_due=lambda step: step % per_epoch == 0 or step == total,
         save_checkpoint=job.save_checkpoint, optimizer=optimizer,
         check=job.answers.broke if job.answers is not None and job.answers.enabled else None,
-        divergence=Divergence(model, defaults.lr(config)),
+        divergence=Divergence(model, defaults.lr(config), held_out=len(job.held_out)),
     )
     model.eval()
     metrics = run_metrics(outcome)

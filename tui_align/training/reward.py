@@ -202,7 +202,7 @@ def train_reward_model(job: Job, *, total_steps: int | None = None) -> tuple[nn.
             evaluate=(lambda: evaluate_reward_model(model, head, job.held_out, pad_id, config.batch_size))
             if job.held_out else None,
             eval_due=lambda step: step % per_epoch == 0 or step == n_steps, eval_tags={"phase": "reward"},
-            divergence=Divergence(model, config.ppo.reward_learning_rate),
+            divergence=Divergence(model, config.ppo.reward_learning_rate, held_out=len(job.held_out)),
         )
     metrics: dict = {"stopped": outcome.stopped}
     if outcome.evaluation is not None:

@@ -191,7 +191,9 @@ class PairsScreen(Screen):
 
             detail = ""
             if action == "import":
-                done = formats.import_pairs(store, path, fmt)
+                # On a connection of its own: the UI thread's picks and reads never wait for its staging.
+                with store.own_connection() as own:
+                    done = formats.import_pairs(own, path, fmt)
                 count, detail = done.added, done.summary()
             else:
                 count = formats.export_file(store, path, fmt)
