@@ -147,6 +147,7 @@ def test_ppo_keeps_one_4bit_base_for_policy_reference_reward_and_value(tiny_mode
 
     model, tokenizer = load_tiny(tiny_model_dir, "4bit", tmp_path)
     quantized = sum(isinstance(m, Linear4bit) for m in model.modules())
+    assert quantized == 14  # every linear layer of the 2 decoder layers; the LM head stays as it is
     config = TrainConfig(method="ppo", batch_size=4, learning_rate=1e-2, max_steps=1, epochs=1, max_length=96)
     config.ppo.sft_epochs, config.ppo.reward_epochs, config.ppo.max_new_tokens = 1, 1, 8
     train, _ = data.encode_pairs(tokenizer, synthetic.trait_pairs(8, TRAIT), config.max_length)
