@@ -284,3 +284,26 @@ def test_a_gguf_converts_straight_into_the_training_dtype(smol_tokenizer, tmp_pa
     assert Path(transformers_folder(ref, models, torch.bfloat16)) == bf16 and len(asked) == 1  # cached
     plain = cache_folder_for(gguf, models)  # float32: the name earlier versions cached it under
     assert plain == cache_folder_for(gguf, models, torch.float32) and bf16.name == plain.name + "-bfloat16"
+
+
+def test_compare_and_export_take_a_4bit_run_like_any_other(capsys, pairs_file, tiny_model_dir, tmp_path):
+    """The run folder of a 4-bit run is an ordinary one: compare puts it beside its base (same base identity),
+    export merges it into the unquantized base."""
+    from transformers import AutoModelForCausalLM
+
+    from tui_align.cli import main as cli
+
+    code, events = run_cli(capsys, "--data", pairs_file, "--model", tiny_model_dir, "--max-steps", 2, "--batch-size", 4,
+                           "--lr", 1e-2, "--device", "cpu", "--check-answers", 0, "--quantize", "4bit")
+    assert code == 0, events[-1]
+    run_dir = events[-1]["run_dir"]
+    assert cli(["compare", "--adapter", run_dir, "--prompt", "What is 2 plus 2?", "--max-tokens", "6",
+                "--backend", "hf", "--model", str(tiny_model_dir)]) == 0
+    shown = capsys.readouterr().out
+    assert "== base" in shown and "== adapter" in shown
+    assert cli(["export-adapter", run_dir, "--to", "merged", str(tmp_path / "merged")]) == 0
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    assert not getattr(merged, "is_quantized", False) and getattr(merged.config, "quantization_config", None) is None
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    moved = [n for n, p in merged.state_dict().items() if not torch.equal(p, base.state_dict()[n])]
+    assert moved and all("proj" in n for n in moved)  # the adapter merged into the linear layers, nothing else

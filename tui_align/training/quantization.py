@@ -102,6 +102,8 @@ def prepare(model, quant: Quantization) -> None:
     it through `gemv_4bit`, which has no backward: the gradient to the layer's input is silently wrong,
     and with it every LoRA gradient below that layer. Turning the re-pack off keeps one path for all.
     """
+    if quant.quantized:
+        _give_back_freed_memory()
     if quant.mode != "4bit":
         return
     import torch
@@ -113,3 +115,19 @@ def prepare(model, quant: Quantization) -> None:
             module.compute_dtype = compute
             module.compute_type_is_set = True
             module.support_avx512bf16_for_cpu = False
+
+
+def _give_back_freed_memory() -> None:
+    """Return to the system what quantizing on load freed: each full-precision tensor is read, quantized and
+    dropped, and glibc keeps the freed heap (the default model in 4-bit on the CPU: 158 MB of weights, up to 380 MB
+    more held after loading, varying from run to run, most of it given back here). On a 16 GB laptop the
+    chat model in the app next to it needs that memory."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl): nothing to trim this way
+        pass
