@@ -29,7 +29,7 @@ class Quantization:
     """The base's storage: mode none | 4bit | 8bit, and the dtype 4-bit matmuls compute in."""
 
     mode: str = "none"
-    compute: str = "float32"  # float32 | bf16: follows the placement's precision
+    compute: str = "float32"  # 4-bit only (float32 | bf16): follows the placement's precision
 
     @property
     def quantized(self) -> bool:
@@ -45,7 +45,8 @@ class Quantization:
         return "full-precision base"
 
     def as_dict(self) -> dict:
-        return {"mode": self.mode, "compute": self.compute, "label": self.label}
+        compute = {"compute": self.compute} if self.mode == "4bit" else {}
+        return {"mode": self.mode, **compute, "label": self.label}
 
     def loading_config(self):
         """The BitsAndBytesConfig that `from_pretrained` quantizes the base with; None for none."""
@@ -76,7 +77,7 @@ def choose(mode: str, bf16: bool) -> Quantization:
         raise RunError(f"--quantize must be auto, {', '.join(MODES[1:])} or none (got {mode!r}).")
     if mode != "none":
         require_bitsandbytes(mode)
-    return Quantization(mode, "bf16" if bf16 else "float32")
+    return follow_precision(Quantization(mode), bf16)
 
 
 def require_bitsandbytes(mode: str) -> None:
@@ -89,8 +90,9 @@ def require_bitsandbytes(mode: str) -> None:
 
 
 def follow_precision(quant: Quantization, bf16: bool) -> Quantization:
-    """The same mode computing in the precision a settled placement chose."""
-    return replace(quant, compute="bf16" if bf16 else "float32")
+    """The same mode computing in the precision a settled placement chose (4-bit; LLM.int8 computes in its own
+    int8/fp16 and a full-precision base in the placement's dtype)."""
+    return replace(quant, compute="bf16" if bf16 and quant.mode == "4bit" else "float32")
 
 
 def prepare(model, quant: Quantization) -> None:
