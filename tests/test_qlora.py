@@ -307,3 +307,25 @@ def test_compare_and_export_take_a_4bit_run_like_any_other(capsys, pairs_file, t
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     moved = [n for n, p in merged.state_dict().items() if not torch.equal(p, base.state_dict()[n])]
     assert moved and all("proj" in n for n in moved)  # the adapter merged into the linear layers, nothing else
+
+
+def test_a_cancelled_4bit_run_resumes_in_4bit_where_it_stopped(pairs_file, tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from tui_align.train_command import run_options
+    from tui_align.training import runner
+
+    def options(out, **kw):
+        config = TrainConfig(method="dpo", max_steps=4, batch_size=3, learning_rate=2e-3, check_answers=0, quantize="4bit")
+        return run_options(config, data=str(pairs_file), model=str(tiny_model_dir), out=str(out) if out else None, **kw)
+
+    assert runner.run(options(tmp_path / "straight"), CollectEvents()) == 0
+    first = CollectEvents()
+    assert runner.run(options(tmp_path / "cut"), first, lambda: len(first.of("step")) >= 2) == runner.EXIT_CANCELLED
+    second = CollectEvents()  # --resume alone: the settings, 4-bit included, come from the run's run.json
+    assert runner.run(run_options(TrainConfig(), resume=str(tmp_path / "cut")), second) == 0
+    assert second.of("start")[0]["quantization"] == quantization.Quantization("4bit").label
+    assert [e["step"] for e in second.of("step")] == [3, 4]
+    resumed, expected = (load_file(tmp_path / run / "adapter_model.safetensors") for run in ("cut", "straight"))
+    for name, tensor in expected.items():
+        assert torch.allclose(resumed[name], tensor, atol=1e-6), name
