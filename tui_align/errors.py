@@ -17,6 +17,26 @@ log = logging.getLogger("tui_align")
 # picks a file, records go nowhere (and on to the root logger, where pytest's caplog sees them).
 log.addHandler(logging.NullHandler())
 
+
+class _OnceIntoOurLog(logging.Handler):
+    """Passes each distinct message of a library's logger on to ours once: bitsandbytes logs on import that
+    its optional CPU kernels are missing (peft imports it wherever it is installed), and LLM.int8 logs a
+    cast on every matmul. On stderr those lines would garble the app's screen and the training progress."""
+
+    def __init__(self):
+        super().__init__()
+        self._seen: set = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg not in self._seen:
+            self._seen.add(record.msg)
+            log.handle(record)
+
+
+_bitsandbytes = logging.getLogger("bitsandbytes")
+_bitsandbytes.propagate = False
+_bitsandbytes.addHandler(_OnceIntoOurLog())
+
 LOG_BYTES = 1_000_000  # per file; with LOG_BACKUPS old files, a few MB at most
 LOG_BACKUPS = 2
 _handler: logging.handlers.RotatingFileHandler | None = None

@@ -70,33 +70,44 @@ def check_gguf(path: Path) -> None:
         raise UserError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes).")
 
 
-def cache_folder_for(gguf: Path, models_dir: Path) -> Path:
-    """The converted copy's folder, keyed by name, size and mtime so a changed file converts anew."""
+def cache_folder_for(gguf: Path, models_dir: Path, dtype=None) -> Path:
+    """The converted copy's folder, keyed by name, size and mtime so a changed file converts anew, and by
+    dtype: a bf16 copy is its own folder (`-bfloat16`), float32's keeps the plain name."""
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    return models_dir / "cache" / f"{gguf.stem}-{key}"
+    suffix = "" if _dtype_name(dtype) == "float32" else f"-{_dtype_name(dtype)}"
+    return models_dir / "cache" / f"{gguf.stem}-{key}{suffix}"
 
 
-def transformers_folder(ref: ModelRef, models_dir: Path) -> str:
-    """A location `from_pretrained` loads as plain weights: converts a GGUF once, else as given."""
+def _dtype_name(dtype) -> str:
+    return "float32" if dtype is None else str(dtype).replace("torch.", "")
+
+
+def transformers_folder(ref: ModelRef, models_dir: Path, dtype=None) -> str:
+    """A location `from_pretrained` loads as plain weights: converts a GGUF once (into `dtype`, float32 by
+    default), else as given."""
     if ref.kind != "gguf":
         return ref.location
     gguf = Path(ref.location)
-    folder = cache_folder_for(gguf, models_dir)
+    folder = cache_folder_for(gguf, models_dir, dtype)
     if (folder / "config.json").is_file():
         return str(folder)
-    convert_gguf_to_folder(gguf, folder)
+    convert_gguf_to_folder(gguf, folder, dtype)
     return str(folder)
 
 
-def convert_gguf_to_folder(gguf: Path, folder: Path) -> None:
-    """De-quantize a GGUF through transformers and save it as a safetensors folder, atomically."""
+def convert_gguf_to_folder(gguf: Path, folder: Path, dtype=None) -> None:
+    """De-quantize a GGUF through transformers and save it as a safetensors folder, atomically.
+
+    transformers de-quantizes tensor by tensor and casts each to `dtype` as it goes, so a bf16 copy never
+    holds the whole model in float32 (about half the peak memory of a float32 conversion).
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=dtype or torch.float32)
     except Exception as exc:  # transformers raises many types for an unsupported GGUF
         raise UserError(f"transformers can't load {gguf.name}: {report(exc, typed=False)}") from exc
     # The GGUF origin stays attached as a quantization config; a plain folder must not carry it.
@@ -113,21 +124,28 @@ def convert_gguf_to_folder(gguf: Path, folder: Path) -> None:
         raise UserError(f"Couldn't save the converted model to {folder}: {exc.strerror or exc}") from exc
 
 
-def load_transformers(ref: ModelRef, models_dir: Path, *, device: str = "cpu", dtype=None):
-    """Load (model, tokenizer) with transformers; errors become one-line UserErrors."""
+def load_transformers(ref: ModelRef, models_dir: Path, *, device: str = "cpu", dtype=None, quantization_config=None):
+    """Load (model, tokenizer) with transformers; errors become one-line UserErrors.
+
+    `quantization_config` (a transformers quantization config, e.g. bitsandbytes') quantizes the weights as
+    they load, straight onto `device`: a quantized model can't be moved afterwards. A GGUF is converted once
+    into `dtype`, and quantized from that copy.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    location = transformers_folder(ref, models_dir)
+    location = transformers_folder(ref, models_dir, dtype)
     offline = ref.kind != "hub"
+    placed = {} if quantization_config is None else {"quantization_config": quantization_config, "device_map": {"": device}}
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=offline)
         model = AutoModelForCausalLM.from_pretrained(
-            location, dtype=dtype or torch.float32, local_files_only=offline
+            location, dtype=dtype or torch.float32, local_files_only=offline, **placed
         )
     except Exception as exc:
         raise UserError(f"transformers can't load {ref.location}: {report(exc, typed=False)}") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model.to(device).eval(), tokenizer
-
+    if quantization_config is None:
+        model = model.to(device)
+    return model.eval(), tokenizer

@@ -13,7 +13,7 @@ import math
 from .errors import ArgumentParser, UsageError
 from .training import defaults as rule
 from .training.config import TrainConfig
-from .training.rules import METHODS, MIN_MAX_LENGTH, PRECISIONS
+from .training.rules import METHODS, MIN_MAX_LENGTH, PRECISIONS, QUANTIZATIONS
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, TrainConfig]:
@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
              f"the same step in less memory (default: {defaults.pass_tokens}; 0 = one pass per batch)")
     add("--precision", choices=PRECISIONS, default=defaults.precision,
         help="auto: bf16 on a GPU that has it, bf16 autocast on a CPU with AVX512-BF16 or AMX, else float32")
+    add("--quantize", choices=QUANTIZATIONS, default=defaults.quantize,
+        help="how the frozen base is stored: 4bit (QLoRA: NF4, double quant), 8bit (LLM.int8) or none; LoRA trains "
+             "in full precision on top. Needs bitsandbytes (pip install -e \".[qlora]\"). auto (default): none")
     add("--resume", metavar="RUN_DIR", help="continue a cancelled or failed run with its own settings and pairs")
     add("--jsonl", action="store_true", help="print one JSON event per line on stdout (for the app)")
     return parser
@@ -128,6 +131,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         max_grad_norm=args.max_grad_norm,
         gradient_checkpointing=args.gradient_checkpointing,
         precision=args.precision,
+        quantize=args.quantize,
         pass_tokens=args.pass_tokens,
         check_answers=args.check_answers,
     )

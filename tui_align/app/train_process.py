@@ -71,11 +71,12 @@ def form_defaults() -> dict[str, str]:
     return {spec.name: "" if defaults[_dest(spec)] is None else str(defaults[_dest(spec)]) for spec in FIELDS}
 
 
-def form_flags(method: str, values: dict[str, str], low_memory: bool = False, precision: str = "auto") -> list[str]:
+def form_flags(method: str, values: dict[str, str], low_memory: bool = False, precision: str = "auto",
+               quantize: str = "auto") -> list[str]:
     """Command-line flags for the form's values, checked by `tui-align train`'s own parser: a bad value is
     that parser's one-line UsageError. `low_memory` is the form's switch for --gradient-checkpointing,
-    `precision` its precision select."""
-    typed = [f"--method={method}", f"--precision={precision}"]
+    `precision` and `quantize` its selects."""
+    typed = [f"--method={method}", f"--precision={precision}", f"--quantize={quantize}"]
     for spec in FIELDS:
         text = values.get(spec.name, "").strip()
         if text or not spec.optional:
@@ -88,6 +89,8 @@ def form_flags(method: str, values: dict[str, str], low_memory: bool = False, pr
             flags += [f"--{spec.name}", str(value)]
     if args.precision != "auto":  # auto is the child's own default
         flags += ["--precision", args.precision]
+    if args.quantize != "auto":
+        flags += ["--quantize", args.quantize]
     if low_memory:
         flags.append("--gradient-checkpointing")
     return flags
@@ -245,7 +248,8 @@ def describe_event(event: dict) -> str | None:
     if kind == "start":
         return (f"start: {event.get('config', {}).get('method', '?')} on {event.get('train_pairs')} pairs "
                 f"({event.get('eval_pairs')} held out), {event.get('total_steps')} steps on {event.get('precision') or event.get('device')}"
-                f" → {event.get('run_dir')}")
+                + (f", {event['quantization']}" if event.get("quantization") else "")
+                + f" → {event.get('run_dir')}")
     if kind == "eval":
         return f"eval @ step {event.get('step')}: " + format_metrics(event, ("loss", "accuracy", "margin"))
     if kind == "checkpoint":

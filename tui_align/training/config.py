@@ -92,6 +92,10 @@ class TrainConfig:
     # has bf16 instructions (AVX512-BF16, AMX): about twice as fast and leaner there, measured on the
     # default model, with the same trait learned; float32 elsewhere, where emulated bf16 is slower.
     precision: str = "auto"
+    # auto | 4bit | 8bit | none: how the frozen base is stored (quantization.py). 4bit is QLoRA's NF4 with double
+    # quantization (a 7-8B base in about 5 GB instead of 16 in bf16); LoRA trains in full precision on top either way.
+    # auto: none until the memory plan picks the cheapest setting that fits. A run's run.json keeps what it resolved to.
+    quantize: str = "auto"
     lora: LoraSettings = field(default_factory=LoraSettings)
     dpo: DPOSettings = field(default_factory=DPOSettings)
     orpo: ORPOSettings = field(default_factory=ORPOSettings)

@@ -2,6 +2,7 @@
 
 Event kinds and their fields:
   start       config, train_pairs, eval_pairs, truncated, total_steps, device, dtype, run_dir, precision_measured,
+              quantization (the base's storage in words: "4-bit NF4 base, double quant, compute float32"),
               chosen_defaults (the settings defaults.py chose: setting, value, why)
   defaults    message, chosen: the same, in words
   baseline    prompts, message: the base model's answers to held-out prompts are being written
@@ -9,7 +10,7 @@ Event kinds and their fields:
               length_ratio, repeated_4grams, longest_repeat, example, message (answer_checks.judge)
   early_stop  step, kept_step, message: the answers broke down; the adapter of kept_step is kept
   step        step, total_steps, epoch, loss, grad_norm (before clipping), plus per method: chosen_reward, rejected_reward,
-              accuracy, margin (dpo/orpo/reward); kl, reward, value_loss (ppo); tokens_per_s, eta_s
+              accuracy, margin (dpo/orpo/reward); kl, reward, value_loss (ppo); tokens_per_s, eta_s, quantization
   eval        step, accuracy, margin, loss (held-out pairs), plus phase ("reward" or "policy")
   phase       name ("reward_model" | "sft" | "ppo"), for methods with stages
   progress    task ("loading" | "converting" | "tokenising" | "baseline"), label, done, total, elapsed_s,
@@ -111,7 +112,8 @@ class HumanEvents:
             line = f"tui-align: {fields.get('message')}"  # how every tui-align command reports a failure
         elif kind == "start":
             line = (f"training {fields.get('config', {}).get('method')} on {fields.get('train_pairs')} pairs "
-                    f"({fields.get('eval_pairs')} held out) on {fields.get('device')}")
+                    f"({fields.get('eval_pairs')} held out) on {fields.get('device')}"
+                    + (f", {fields['quantization']}" if fields.get("quantization") else ""))
         elif kind in ("defaults", "baseline", "early_stop", "reference", "note", "precision"):
             line = str(fields.get("message"))
         elif kind == "answers":

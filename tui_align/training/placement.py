@@ -1,10 +1,13 @@
-"""Where a run trains and in what precision: the device, the weights' dtype, CPU bf16 autocast."""
+"""Where a run trains and in what precision: the device, the weights' dtype, CPU bf16 autocast, and how
+the frozen base is stored (quantization.py: full precision, 4-bit or 8-bit)."""
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
+from . import quantization
+from .quantization import Quantization
 from .rules import PRECISIONS
 from .run_folder import RunError
 
@@ -17,6 +20,12 @@ class Placement:
     device: str  # cpu | cuda
     dtype: "object"  # torch dtype of the loaded base weights
     cpu_autocast: bool = False
+    quantization: Quantization = field(default_factory=Quantization)
+
+    @property
+    def bf16(self) -> bool:
+        """True where the matmuls run in bf16: bf16 weights on a card, or autocast on the CPU."""
+        return self.cpu_autocast or str(self.dtype) == "torch.bfloat16"
 
     @property
     def label(self) -> str:
@@ -26,10 +35,16 @@ class Placement:
         return f"{self.device}, {str(self.dtype).replace('torch.', '')}"
 
 
-def pick_device(choice: str, precision: str = "auto") -> Placement:
+def pick_device(choice: str, precision: str = "auto", quantize: str = "none") -> Placement:
     """Device and precision for a run, before measuring: float32 and bf16 force that precision on
     either device; auto starts as float32 on the CPU and bf16 on a card that has it, and `settle`
-    makes it whichever precision_probe measured faster."""
+    makes it whichever precision_probe measured faster. `quantize` (none, 4bit, 8bit) is how the base
+    is stored; its 4-bit matmuls compute in the placement's precision."""
+    where = _device(choice, precision)
+    return replace(where, quantization=quantization.choose(quantize, where.bf16))
+
+
+def _device(choice: str, precision: str) -> Placement:
     import torch
 
     if choice not in ("auto", "cpu", "cuda"):
@@ -53,10 +68,11 @@ def settle(where: Placement, requested: str, measured) -> tuple[Placement, str]:
 
     if requested == "auto":
         bf16 = measured.faster == "bf16"
+        quant = quantization.follow_precision(where.quantization, bf16)
         if where.device == "cpu":
-            where = Placement("cpu", torch.float32, cpu_autocast=bf16)
+            where = Placement("cpu", torch.float32, cpu_autocast=bf16, quantization=quant)
         else:
-            where = Placement(where.device, torch.bfloat16 if bf16 else torch.float32)
+            where = Placement(where.device, torch.bfloat16 if bf16 else torch.float32, quantization=quant)
         return where, f"{where.label}, chosen by measuring: {measured.describe()}"
     forced = "bf16" if requested == "bf16" else "float32"
     if forced != measured.faster:

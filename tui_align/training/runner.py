@@ -17,7 +17,7 @@ from typing import Callable
 
 from ..errors import UserError, log_traceback
 from ..pairs import Pair
-from . import cancel, defaults, methods, placement, precision_probe
+from . import cancel, defaults, methods, placement, precision_probe, quantization
 from .answer_watch import AnswerWatch
 from .config import TrainConfig
 from .events import EventSink
@@ -64,12 +64,13 @@ class RunOptions:
 class _StepTracker:
     """Wraps the event sink to remember the last step reported (a cancel checkpoint is saved at it)."""
 
-    def __init__(self, emit: EventSink):
-        self.emit, self.last_step = emit, 0
+    def __init__(self, emit: EventSink, quantization: str = ""):
+        self.emit, self.last_step, self.quantization = emit, 0, quantization
 
     def __call__(self, kind: str, /, **values) -> None:
         if kind == "step":
             self.last_step = int(values.get("step", self.last_step))
+            values.setdefault("quantization", self.quantization)  # each step says what it ran on
         self.emit(kind, **values)
 
 
@@ -119,11 +120,12 @@ def fail(exc: BaseException, emit: EventSink, record: dict | None = None) -> int
     return EXIT_CANCELLED if isinstance(exc, KeyboardInterrupt) else EXIT_ERROR
 
 
-def loading_phase(ref, models_dir: Path) -> tuple[str, str]:
-    """The progress task and label of loading `ref`: a GGUF not converted yet is converted first (once)."""
+def loading_phase(ref, models_dir: Path, dtype=None) -> tuple[str, str]:
+    """The progress task and label of loading `ref`: a GGUF not converted yet (into `dtype`) is converted
+    first (once)."""
     from ..model_files import cache_folder_for
 
-    if ref.kind == "gguf" and not (cache_folder_for(Path(ref.location), models_dir) / "config.json").is_file():
+    if ref.kind == "gguf" and not (cache_folder_for(Path(ref.location), models_dir, dtype) / "config.json").is_file():
         return "converting", f"converting {Path(ref.location).name} for training (once; it is cached after)"
     return "loading", f"loading {ref.model_id}"
 
@@ -158,7 +160,8 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
         run_dir = None
     method = methods.get(config.method)
 
-    where = placement.pick_device(config.device, config.precision)
+    where = placement.pick_device(config.device, config.precision, quantization.resolve(config))
+    config.quantize = where.quantization.mode  # run.json keeps what auto resolved to, and a resume loads the same
     probe_cache = options.models_dir / "cache"
     if where.device == "cuda":  # the card's precision decides how the weights load: measure first
         measured = precision_probe.probe("cuda", precision_probe.GENERIC_SHAPES, probe_cache)
@@ -166,13 +169,15 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
     device = where.device
     try:
         ref = resolve_model(model_spec)
-        with Phase(emit, *loading_phase(ref, options.models_dir)):
-            model, tokenizer = load_transformers(ref, options.models_dir, device=device, dtype=where.dtype)
+        with Phase(emit, *loading_phase(ref, options.models_dir, where.dtype)):
+            model, tokenizer = load_transformers(ref, options.models_dir, device=device, dtype=where.dtype,
+                                                 quantization_config=where.quantization.loading_config())
     except UserError as exc:
         raise RunError(str(exc), kind="model") from exc
     if where.device == "cpu":  # float32 weights either way; autocast or not, timed on this model's shapes
         measured = precision_probe.probe("cpu", precision_probe.model_shapes(model.config), probe_cache)
         where, precision_line = placement.settle(where, config.precision, measured)
+    quantization.prepare(model, where.quantization)
 
     notes = []
     train_pairs, held_pairs = split_held_out(pairs, config.eval_fraction, config.seed)
@@ -208,7 +213,7 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
         record["chosen_defaults"] = [c.as_dict() for c in chosen]
     record.update(_dir=run_dir, settings=config.as_dict(), status="running", device=device,
                   dtype=str(where.dtype).replace("torch.", ""), precision=where.label,
-                  precision_measured=measured.as_dict())
+                  precision_measured=measured.as_dict(), quantization=where.quantization.as_dict())
     write_json(run_dir / RUN_FILE, public(record))
 
     torch.manual_seed(config.seed)  # the LoRA A matrices start random
@@ -230,6 +235,7 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
         device=device,
         dtype=record["dtype"],
         precision=where.label,
+        quantization=where.quantization.label,
         run_dir=str(run_dir),
         base_model=ref.model_id,
         notes=notes,
@@ -248,7 +254,7 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
         with placement.precision_context(where), Phase(emit, "baseline", "writing the base model's answers"):
             watch.start()
 
-    tracker = _StepTracker(emit)
+    tracker = _StepTracker(emit, where.quantization.label)
     saved = {"step": None}
 
     def save_checkpoint(step: int, optimizer=None) -> None:

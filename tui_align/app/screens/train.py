@@ -20,7 +20,7 @@ from textual.widgets import Button, Checkbox, Footer, Header, Input, Label, Prog
 from ...errors import UserError, report
 from ..messages import TrainEvent, TrainFailed, TrainFinished, TrainProgress
 from ...training import defaults as rule
-from ...training.rules import PRECISIONS
+from ...training.rules import PRECISIONS, QUANTIZATIONS
 from ..train_process import FIELDS, METHODS, TrainProcess, form_defaults, form_flags, format_metrics, new_run
 from ..widgets.training_plot import TrainingPlot
 
@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 PRECISION_CHOICES = {"auto": "auto", "float32": "float32 (exact, slower)", "bf16": "bf16"}
 PRECISION_TOOLTIP = ("auto: bf16 on a GPU that has it, and on a CPU with bf16 instructions (AVX512-BF16, AMX), "
                      "where it trains about twice as fast; float32 elsewhere.")
+QUANTIZE_CHOICES = {"auto": "auto", "4bit": "4-bit (QLoRA)", "8bit": "8-bit", "none": "none (full precision)"}
+QUANTIZE_TOOLTIP = ("How the frozen base is stored. 4-bit (QLoRA: NF4, double quant) needs about a quarter of bf16's "
+                    "memory; LoRA still trains in full precision on top. Needs bitsandbytes: pip install -e \".[qlora]\".")
 
 AUTO_TOOLTIP = (f"Empty: the run picks it from your pairs: {rule.EPOCHS} passes, at least {rule.MIN_STEPS} and at "
                 f"most {rule.MAX_STEPS} steps, and the method's learning rate. The log says what it chose.")
@@ -62,6 +65,7 @@ class TrainScreen(Screen):
 
 "low memory" adds --gradient-checkpointing: much less memory, about a third slower.
 "precision" auto trains in bf16 where the hardware has it (about twice as fast on such a CPU), else float32.
+"quantize" stores the frozen base in 4-bit or 8-bit (QLoRA; needs bitsandbytes), so a bigger model fits.
 Training runs in a separate process: switch to Chat (F2) and keep picking while it runs.
 Quitting the app cancels a running training cleanly; after a restart, resume it from Adapters (F6, ctrl+o).
 """
@@ -100,6 +104,10 @@ Quitting the app cancels a running training cleanly; after a restart, resume it 
                     yield Label("precision")
                     yield Select([(PRECISION_CHOICES[p], p) for p in PRECISIONS], value="auto", allow_blank=False,
                                  id="precision", compact=True, tooltip=PRECISION_TOOLTIP)
+                with Horizontal(classes="train-field"):
+                    yield Label("quantize")
+                    yield Select([(QUANTIZE_CHOICES[q], q) for q in QUANTIZATIONS], value="auto", allow_blank=False,
+                                 id="quantize", compact=True, tooltip=QUANTIZE_TOOLTIP)
                 yield Checkbox("low memory (gradient checkpointing)", id="low-memory", compact=True,
                                tooltip="Recompute activations in backward: much less memory, about a third slower.")
                 with Horizontal(id="train-buttons"):
@@ -149,7 +157,8 @@ Quitting the app cancels a running training cleanly; after a restart, resume it 
             return
         try:
             flags = form_flags(*self.form_values(), low_memory=self.query_one("#low-memory", Checkbox).value,
-                               precision=str(self.query_one("#precision", Select).value))
+                               precision=str(self.query_one("#precision", Select).value),
+                               quantize=str(self.query_one("#quantize", Select).value))
         except UserError as exc:
             self.notify(str(exc), title="Check the form", severity="error")
             return
