@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
+import shutil
 from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, clean_leftovers, temp_path
 from ..errors import UserError
 from .gguf_lora import gguf_lora_tensors, load_peft_adapter, read_base, write_gguf_atomically
 
@@ -71,11 +71,21 @@ def merge_into_gguf(adapter_dir: str | Path, base_gguf: str | Path, out_path: st
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    # Beside the output, not in /tmp: the intermediate is about the model's size and /tmp may be small.
-    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.") as scratch:
-        merged = write_gguf_atomically(Path(scratch) / "merged.gguf", base.arch, fill)
+    # Beside the output, not in /tmp: the intermediate is about the model's size and /tmp may be small. Named
+    # for this process like every temp of atomic.py, so a kill -9 leaves what the next start (or the next
+    # export to this file) knows to remove, and a merge still running elsewhere keeps its own.
+    clean_leftovers(out_path.parent, out_path.name)
+    scratch = temp_path(out_path)
+    try:
+        scratch.mkdir()
+    except OSError as exc:
+        raise UserError(f"Couldn't write {out_path}: {exc.strerror or exc}") from exc
+    try:
+        merged = write_gguf_atomically(scratch / "merged.gguf", base.arch, fill)
         keep = header.tensor_types if not quant else {}  # the base's type: its embedding/output types too
         quantize(merged, out_path, target, token_embd=keep.get("token_embd.weight"), output=keep.get("output.weight"))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return out_path
 
 
