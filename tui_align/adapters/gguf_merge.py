@@ -11,7 +11,7 @@ are copied, so only the touched ones are quantized anew.
 The default type is the base's own when that has 8 bits or more, else Q8_0. Quantizing the base's own
 weights back to its type is free (they are on its grid), but the merged ones are not: on the default model
 (Q4_1) a merge in Q4_1 agrees with transformers + peft on 0.73 of top-1 tokens where the base + GGUF LoRA
-agrees on 0.95, and Q8_0 on 0.96 (docs/benchmarks.md, "Merged GGUF type"). `--quant base` keeps the base's.
+agrees on 0.95, and Q8_0 on 0.96 (docs/benchmarks.md section 7). `--quant base` keeps the base's type.
 """
 
 from __future__ import annotations
