@@ -1,5 +1,6 @@
 """`--to gguf`: the merged GGUF is quantized by llama.cpp's own quantizer to the type asked for (by default
-the base's own), says so in general.file_type, and keeps the base's chat template and tokenizer."""
+the base's own if 8 bits or more, else Q8_0), says so in general.file_type, and keeps the base's chat
+template and tokenizer."""
 
 from __future__ import annotations
 
@@ -40,13 +41,14 @@ def test_quantized_merge_matches_transformers_as_well_as_the_base_quantized_alik
     assert case.effect >= 3 * error
 
 
-@pytest.mark.parametrize("quant", [Q.Q8_0, Q.Q4_0])
-def test_the_default_is_the_bases_own_type_and_untouched_tensors_are_copied(quant, tmp_path):
-    """Q4_0: llama.cpp's rule would put the output tensor in a bigger type; the base's is kept."""
+@pytest.mark.parametrize("quant, option", [(Q.Q8_0, None), (Q.Q4_0, "base")])
+def test_the_bases_own_type_keeps_untouched_tensors_as_they_are(quant, option, tmp_path):
+    """By default for an 8-bit base, with --quant base for a 4-bit one. Q4_0: llama.cpp's rule would put the
+    output tensor in a bigger type; the base's is kept."""
     family = FAMILIES["llama"]
     case = make_case(family, tmp_path, quant=quant)
     assert file_type(case.base_gguf) == f"MOSTLY_{quant.name}"
-    merged = merge_into_gguf(case.adapter, case.base_gguf, tmp_path / "merged.gguf")
+    merged = merge_into_gguf(case.adapter, case.base_gguf, tmp_path / "merged.gguf", quant=option)
     assert file_type(merged) == f"MOSTLY_{quant.name}"
     tensors = {name: {t.name: t for t in gguf.GGUFReader(str(p)).tensors}
                for name, p in (("base", case.base_gguf), ("merged", merged))}
@@ -56,6 +58,25 @@ def test_the_default_is_the_bases_own_type_and_untouched_tensors_are_copied(quan
     base_error = case.error(llama_logits(case), case.hf_base)  # what quantizing this tiny model costs
     assert case.error(llama_logits(case, merged)) <= 1.5 * base_error + case.effect / 50
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "base.gguf", "merged.gguf"]  # no scratch left
+
+
+@pytest.mark.parametrize("quant", [Q.Q4_0, Q.Q4_1])
+def test_a_4_bit_base_merges_to_q8_0_by_default_and_keeps_its_embedding_and_output(quant, tmp_path):
+    """Rounding merged weights anew to 4 bits costs what the base + GGUF LoRA doesn't (docs/benchmarks.md):
+    the default for a base under 8 bits is Q8_0. The embedding and output are no LoRA's targets: copied."""
+    case = make_case(FAMILIES["llama"], tmp_path, quant=quant)
+    merged = merge_into_gguf(case.adapter, case.base_gguf, tmp_path / "merged.gguf")
+    assert file_type(merged) == "MOSTLY_Q8_0"
+    types = read_header(merged).tensor_types
+    assert types["blk.0.attn_q.weight"] == Q.Q8_0 and types["blk.1.ffn_down.weight"] == Q.Q8_0
+    base = {t.name: t for t in gguf.GGUFReader(str(case.base_gguf)).tensors}
+    for name, tensor in ((t.name, t) for t in gguf.GGUFReader(str(merged)).tensors):
+        if name in ("token_embd.weight", "output.weight"):
+            assert tensor.tensor_type == quant and bytes(tensor.data) == bytes(base[name].data), name
+    own = merge_into_gguf(case.adapter, case.base_gguf, tmp_path / "own.gguf", quant="base")
+    errors = [case.error(llama_logits(case, path)) for path in (merged, own)]
+    print(f"{quant.name} base: merged Q8_0 {errors[0]:.4f}, merged {quant.name} {errors[1]:.4f}")
+    assert errors[0] < errors[1]
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +143,7 @@ def test_ollama_folder_from_the_command_line(chat_model, tmp_path, capsys):
 
 def test_an_unknown_quant_is_one_line(tmp_path):
     case_base = write_base_gguf(build_model(FAMILIES["llama"]), FAMILIES["llama"], tmp_path / "b.gguf")
-    with pytest.raises(UserError, match="Unknown --quant 'q3': choose one of f16, q8_0, q4_k_m."):
+    with pytest.raises(UserError, match="Unknown --quant 'q3': choose one of base, f16, q8_0, q4_k_m."):
         merge_into_gguf(tmp_path, case_base, tmp_path / "m.gguf", quant="q3")
     assert not (tmp_path / "m.gguf").exists()
 
@@ -133,4 +154,4 @@ def test_gguf_export_takes_quant_from_the_command_line(chat_model, tmp_path):
                  "--quant", "f16"]) == 0
     assert file_type(tmp_path / "m.gguf") == "MOSTLY_F16"
     assert main(["export-adapter", str(run), "--to", "gguf", str(tmp_path / "d.gguf"), "--model", str(base)]) == 0
-    assert file_type(tmp_path / "d.gguf") == file_type(base) == "ALL_F32"  # the base's own type
+    assert file_type(tmp_path / "d.gguf") == file_type(base) == "ALL_F32"  # the base's own type: 8 bits or more

@@ -78,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     export_adapter.add_argument("out", help="folder (peft, merged, ollama) or file (gguf-lora, gguf)")
     export_adapter.add_argument("--force", action="store_true",
                                 help="replace an existing file that is not an earlier export of that form")
-    export_adapter.add_argument("--quant", choices=("f16", "q8_0", "q4_k_m"),
-                                help="type of the merged GGUF (gguf, ollama); default: the base's own")
+    export_adapter.add_argument("--quant", choices=("base", "f16", "q8_0", "q4_k_m"),
+                                help="type of the merged GGUF (gguf, ollama); default: the base's own if 8 bits or"
+                                     " more, else q8_0 (a 4-bit merge loses accuracy: README); base: the base's own")
     export_adapter.add_argument("--system", default="", help="system prompt for the Ollama Modelfile")
     _add_common(export_adapter, suppress=True)
     return parser

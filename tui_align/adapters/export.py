@@ -23,7 +23,7 @@ class NeedsForce(UserError):
 
 def export_adapter(adapter: RunFolder, form: str, out: str | Path, models_dir: Path, base_spec: str | None = None,
                    *, force: bool = False, quant: str | None = None, system: str = "") -> Path:
-    """quant: the merged GGUF's type (gguf, ollama; None: the base's own); system: the Ollama system prompt."""
+    """quant: the merged GGUF's type (gguf, ollama; None: gguf_merge.default_file_type); system: the Ollama system prompt."""
     if form not in FORMS:
         raise UserError(f"Unknown form {form!r}: choose one of {', '.join(FORMS)}.")
     out = export_target(form, out, force=force, base=None)

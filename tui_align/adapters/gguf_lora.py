@@ -154,8 +154,9 @@ def gguf_lora_tensors(config: dict, tensors: dict[str, np.ndarray], base: BaseGG
 
 
 def convert_to_gguf_lora(adapter_dir: str | Path, base_gguf: str | Path, out_path: str | Path, *,
-                         layout: Layout | None = None) -> Path:
-    """Write the GGUF LoRA for `adapter_dir` on top of `base_gguf`, atomically. `layout` is for tests only."""
+                         layout: Layout | None = None, converted_for: str | None = None) -> Path:
+    """Write the GGUF LoRA for `adapter_dir` on top of `base_gguf`, atomically. `converted_for`: the cache's
+    record of what this conversion was made from (lora_cache.py); `layout` is for tests only."""
     import gguf
 
     base = read_base(base_gguf)
@@ -166,6 +167,10 @@ def convert_to_gguf_lora(adapter_dir: str | Path, base_gguf: str | Path, out_pat
         writer.add_type(gguf.GGUFType.ADAPTER)
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
         writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+        if converted_for:
+            from .lora_cache import CONVERTED_FOR
+
+            writer.add_string(CONVERTED_FOR, converted_for)
         for name, array in converted:
             writer.add_tensor(name, array)
 

@@ -53,8 +53,19 @@ def stop_tokens(gguf_path: Path) -> list[str]:
 def modelfile(gguf_path: Path, system: str = "") -> str:
     lines = [f"FROM ./{gguf_path.name}"]
     for token in stop_tokens(gguf_path):
-        escaped = token.replace("\\", "\\\\").replace('"', '\\"')
-        lines.append(f'PARAMETER stop "{escaped}"')
+        quoted = quote(token)
+        if quoted is not None:
+            lines.append(f"PARAMETER stop {quoted}")
     if system.strip():
         lines.append(f'SYSTEM """{system}"""')
     return "\n".join(lines) + "\n"
+
+
+def quote(value: str) -> str | None:
+    """`value` as a Modelfile argument, the way Ollama's parser (parser/parser.go) reads one back: it strips the
+    outer "..." or \"\"\"...\"\"\" and keeps the rest as it is, with no backslash escapes (a `\\"` reaches
+    Ollama as those two characters). A value holding a quote gets triple quotes, as Ollama's own writer does;
+    one holding triple quotes can't be written safely (None)."""
+    if '"""' in value:
+        return None
+    return f'"""{value}"""' if '"' in value else f'"{value}"'

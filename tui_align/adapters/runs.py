@@ -13,7 +13,7 @@ from ..paths import adapters_dir
 from ..training.run_folder import CHECKPOINT
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-GGUF_LORA_FILE = "adapter.gguf"
+GGUF_LORA_STEM = "adapter"  # a run folder's GGUF LoRAs: adapter.<base digest>.gguf, one per base
 RESUMABLE = ("cancelled", "failed")  # run.json statuses that `train --resume` continues
 
 
@@ -147,19 +147,15 @@ def check_same_base(adapter: RunFolder, base_location: str) -> None:
 
 
 def gguf_lora_for(adapter: RunFolder, base_gguf: str | Path, models_dir: Path | None = None) -> Path:
-    """The adapter as a GGUF LoRA for llama.cpp, converted once: beside it in a run folder of ours, else (a
-    folder the user only pointed at) in the data folder's cache, keyed by the folder, its weights and the base."""
-    from .gguf_lora import convert_to_gguf_lora
+    """The adapter as a GGUF LoRA for llama.cpp on `base_gguf`, converted once per base (lora_cache.py): beside
+    it in a run folder of ours, else (a folder the user only pointed at) in the data folder's cache."""
+    from .lora_cache import cached_gguf_lora
 
-    weights = adapter.path / "adapter_model.safetensors"
-    target = adapter.path / GGUF_LORA_FILE
+    folder, stem = adapter.path, GGUF_LORA_STEM
     if models_dir is not None and not _inside(adapter.path, models_dir / "adapters"):
-        stamp = weights.stat()
-        key = f"{adapter.path.resolve()}|{stamp.st_size}|{stamp.st_mtime_ns}|{Path(base_gguf).resolve()}"
-        target = gguf_cache_dir(models_dir) / f"{adapter.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.gguf"
-    if target.is_file() and target.stat().st_mtime >= weights.stat().st_mtime:
-        return target
-    return convert_to_gguf_lora(adapter.path, base_gguf, target)
+        where = hashlib.sha256(str(adapter.path.resolve()).encode()).hexdigest()[:8]
+        folder, stem = gguf_cache_dir(models_dir), f"{adapter.name}-{where}"
+    return cached_gguf_lora(adapter.path, base_gguf, folder, stem)
 
 
 def gguf_cache_dir(models_dir: Path) -> Path:

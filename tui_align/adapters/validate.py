@@ -114,10 +114,22 @@ def _check_against_gguf(folder: Path, modules: dict[str, dict[str, tuple]], base
     name_map = gguf.TensorNameMap(gguf.MODEL_ARCH[base.arch.upper()], base.n_blocks)
     for module, parts in modules.items():
         gguf_name = name_map.get_name(module.removeprefix("base_model.model."))
-        shape = base.tensor_shapes.get(f"{gguf_name}.weight") if gguf_name else None
+        shape = _stored_shape(base, gguf_name) if gguf_name else None
         if shape is None:
             raise UserError(f"{folder.name} changes {module}, which {base_gguf.name} doesn't have (another base?)")
         update = (parts["lora_B"][0], parts["lora_A"][1])
         if update != tuple(shape):
             raise UserError(f"{folder.name} doesn't fit {base_gguf.name}: {module} changes a {shape[0]}x{shape[1]}"
                             f" weight with a {update[0]}x{update[1]} update (another base?)")
+
+
+def _stored_shape(base, gguf_name: str) -> tuple[int, ...] | None:
+    """The base's shape for `gguf_name`; where the base stores that tensor as parts (a phi3 GGUF with attn_q/k/v
+    for the fused attn_qkv, gguf_layouts.py), the parts' rows stacked, as the converter splits B."""
+    from .gguf_layouts import LAYOUTS
+
+    block, _, kind = gguf_name.rpartition(".")
+    parts = [base.tensor_shapes.get(f"{block}.{part}.weight") for part in LAYOUTS[base.arch].splits.get(kind, ())]
+    if f"{gguf_name}.weight" not in base.tensor_shapes and parts and all(parts):
+        return (sum(part[0] for part in parts), parts[0][1])
+    return base.tensor_shapes.get(f"{gguf_name}.weight")
