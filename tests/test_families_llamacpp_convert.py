@@ -6,7 +6,7 @@ agree with both: tiny_families' test writer with its base, `merge_into_gguf` (on
 merged model, and `convert_to_gguf_lora` with its `convert_lora_to_gguf.py`. Same tensor names, shapes and
 values (float32 round-off), and the same metadata. Their code is run, never copied.
 
-The converters ship in llama-cpp-python's source distribution; scripts/llamacpp_converter.sh fetches them and
+The converters ship in llama-cpp-python's source distribution; tests/llamacpp_converter.sh fetches them and
 makes a venv with sentencepiece. Point TUI_ALIGN_LLAMACPP_CONVERTER at convert_hf_to_gguf.py (its folder has
 convert_lora_to_gguf.py) and TUI_ALIGN_LLAMACPP_PYTHON at that venv's python. The tokenizer is a tiny
 SentencePiece model trained here: llama.cpp refuses BPE tokenizers it has no hash for (the default model's, as
@@ -40,7 +40,7 @@ NAMING = ("general.name", "general.basename", "general.finetune", "general.size_
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not CONVERTER.is_file(), reason="llama.cpp's convert_hf_to_gguf.py not found: set "
-                       "TUI_ALIGN_LLAMACPP_CONVERTER (scripts/llamacpp_converter.sh fetches it)"),
+                       "TUI_ALIGN_LLAMACPP_CONVERTER (tests/llamacpp_converter.sh fetches it)"),
 ]
 
 TRAIN_TOKENIZER = textwrap.dedent("""

@@ -5,7 +5,7 @@
 # project's venv doesn't have. That venv borrows torch, transformers and safetensors from the project's venv
 # (a .pth line: read only, nothing is installed there), so it costs one small wheel.
 #
-#   scripts/llamacpp_converter.sh [DIR]        # default DIR: /tmp/llamacpp-converter
+#   tests/llamacpp_converter.sh [DIR]        # default DIR: /tmp/llamacpp-converter
 #   then: TUI_ALIGN_LLAMACPP_CONVERTER=DIR/llama.cpp/convert_hf_to_gguf.py \
 #         TUI_ALIGN_LLAMACPP_PYTHON=DIR/venv/bin/python python -m pytest -m slow tests/test_families_llamacpp_convert.py
 set -euo pipefail
