@@ -13,7 +13,7 @@ import math
 from .errors import ArgumentParser, UsageError
 from .training import defaults as rule
 from .training.config import TrainConfig
-from .training.rules import METHODS, MIN_MAX_LENGTH, PRECISIONS
+from .training.rules import MEMORY_MODES, METHODS, MIN_MAX_LENGTH, PRECISIONS
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, TrainConfig]:
@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
              f"the same step in less memory (default: {defaults.pass_tokens}; 0 = one pass per batch)")
     add("--precision", choices=PRECISIONS, default=defaults.precision,
         help="auto: bf16 on a GPU that has it, bf16 autocast on a CPU with AVX512-BF16 or AMX, else float32")
+    add("--memory", choices=MEMORY_MODES, default=defaults.memory,
+        help="auto: estimate the run's peak memory before loading and take the cheapest settings that fit "
+             "the free memory (smaller passes, gradient checkpointing, then a quantized base), or refuse the "
+             "run with the numbers; off: train as asked (default: auto)")
     add("--resume", metavar="RUN_DIR", help="continue a cancelled or failed run with its own settings and pairs")
     add("--jsonl", action="store_true", help="print one JSON event per line on stdout (for the app)")
     return parser
@@ -125,6 +129,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         max_grad_norm=args.max_grad_norm,
         gradient_checkpointing=args.gradient_checkpointing,
         precision=args.precision,
+        memory=args.memory,
         pass_tokens=args.pass_tokens,
         check_answers=args.check_answers,
     )

@@ -82,6 +82,10 @@ class TrainConfig:
     # has bf16 instructions (AVX512-BF16, AMX): about twice as fast and leaner there, measured on the
     # default model, with the same trait learned; float32 elsewhere, where emulated bf16 is slower.
     precision: str = "auto"
+    # auto: before loading, estimate the run's peak memory (memory_plan.py) against what the device has
+    # free and take the cheapest settings that fit (smaller passes, then gradient checkpointing, then a
+    # quantized base when --quantize is auto); a run that fits in none is refused. off: as asked.
+    memory: str = "auto"
     lora: LoraSettings = field(default_factory=LoraSettings)
     dpo: DPOSettings = field(default_factory=DPOSettings)
     orpo: ORPOSettings = field(default_factory=ORPOSettings)

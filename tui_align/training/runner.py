@@ -17,7 +17,7 @@ from typing import Callable
 
 from ..errors import UserError, log_traceback
 from ..pairs import Pair
-from . import cancel, defaults, methods, placement, precision_probe
+from . import cancel, defaults, memory_fit, methods, placement, precision_probe
 from .answer_watch import AnswerWatch
 from .config import TrainConfig
 from .events import EventSink
@@ -166,6 +166,10 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
     device = where.device
     try:
         ref = resolve_model(model_spec)
+    except UserError as exc:
+        raise RunError(str(exc), kind="model") from exc
+    memory = memory_fit.fit(config, ref.kind, ref.location, pairs, device, memory_fit.precision_of(where))
+    try:
         with Phase(emit, *loading_phase(ref, options.models_dir)):
             model, tokenizer = load_transformers(ref, options.models_dir, device=device, dtype=where.dtype)
     except UserError as exc:
@@ -208,7 +212,7 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
         record["chosen_defaults"] = [c.as_dict() for c in chosen]
     record.update(_dir=run_dir, settings=config.as_dict(), status="running", device=device,
                   dtype=str(where.dtype).replace("torch.", ""), precision=where.label,
-                  precision_measured=measured.as_dict())
+                  precision_measured=measured.as_dict(), memory=memory.as_dict() if memory else None)
     write_json(run_dir / RUN_FILE, public(record))
 
     torch.manual_seed(config.seed)  # the LoRA A matrices start random
@@ -235,8 +239,11 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
         notes=notes,
         chosen_defaults=[c.as_dict() for c in chosen],
         precision_measured=measured.as_dict(),
+        memory=memory.as_dict() if memory else None,
     )
     emit("precision", message=precision_line, measured=measured.as_dict())
+    if memory is not None:
+        emit("memory", **memory.as_dict())
     if chosen:
         emit("defaults", message=defaults.describe(chosen), chosen=[c.as_dict() for c in chosen])
     for note in notes:
