@@ -28,10 +28,14 @@ GB = 1e9
 CHUNK_ROWS = 512  # head_logps.CHUNK_ROWS (kept in step by a test: that module imports torch)
 TEMPLATE_TOKENS = 8  # a chat template's tokens around each message (SmolLM2's adds 5-6, Llama 3's 5)
 CHARS_PER_TOKEN = 3.0  # fewer than English's ~4, so an estimate from text errs on the side of more tokens
-# What the allocator holds beyond live tensors: CUDA's caching allocator rounds and fragments; glibc's
-# arenas on the CPU. Measured in benchmarks/memory_plan.py.
-ALLOCATOR_SLACK = {"cuda": 1.10, "cpu": 1.15}
+# What the allocator holds beyond live tensors: CUDA's caching allocator rounds and fragments; on the CPU
+# glibc keeps freed blocks in its arenas, so the resident peak runs ahead of the live tensors' (fitted in
+# benchmarks/memory_plan.py: 1.25 over the default model's and a tiny llama's passes, pass sizes 384-3072).
+ALLOCATOR_SLACK = {"cuda": 1.10, "cpu": 1.25}
 CUDA_CONTEXT = int(0.35 * GB)  # cuBLAS workspaces and kernels loaded after the free memory was read
+# The CPU's resident memory beyond tensors, per decoder layer: torch's kernels paged in by the first
+# backward, autograd's per-layer bookkeeping (fitted as above: 0.5 GB on the default model's 30 layers).
+CPU_PER_LAYER = int(0.017 * GB)
 MIN_PASS_TOKENS = 64  # smaller passes cost speed and save little: the weights dominate there
 QUANTIZATIONS = ("none", "8bit", "4bit")
 
@@ -130,18 +134,15 @@ def lora_bytes(shape: ModelShape, work: Workload) -> int:
     return n * 16
 
 
-def layer_saved_bytes(shape: ModelShape, settings: Settings) -> float:
+def layer_saved_bytes(shape: ModelShape, settings: Settings, rank: int = 16) -> float:
     """Bytes autograd keeps per token per decoder layer: the inputs of each matmul, the projections, the
     MLP's four intermediates (gate, up, act, product), the norms' float32 copies."""
     _, act, res = _sizes(settings)
     h, q, kv, i = shape.hidden, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim, shape.intermediate
     matmuls = act * (h + 2 * (q + kv) + kv + 2 * q + h + 4 * i)
     norms = 2 * (4 * h * 2 + res * h)
-    lora = 4 * work_rank_guess * len(shape.linear_shapes())
+    lora = 4 * rank * len(shape.linear_shapes())  # LoRA's own: the A outputs, rank-sized
     return matmuls + norms + lora + res * 2 * h  # residual adds
-
-
-work_rank_guess = 16  # LoRA's own saved activations are rank-sized: the default rank is close enough
 
 
 def pass_shape(work: Workload, pass_tokens: int) -> tuple[int, int]:
@@ -246,10 +247,11 @@ def estimate(shape: ModelShape, work: Workload, settings: Settings) -> Estimate:
     name, parts = max(phases.items(), key=lambda item: sum(item[1].values()))
     slack = ALLOCATOR_SLACK.get(settings.device, 1.1)
     moving = {k: v * slack for k, v in parts.items()}
-    overhead = CUDA_CONTEXT if settings.device == "cuda" else 0
     out = {**fixed, **moving}
-    if overhead:
-        out["cuda"] = overhead
+    if settings.device == "cuda":
+        out["cuda"] = CUDA_CONTEXT
+    else:
+        out["runtime"] = CPU_PER_LAYER * shape.layers
     return Estimate({k: int(v) for k, v in out.items()}, name)
 
 
