@@ -59,3 +59,11 @@ def memory_text(flags: list[str], shape: ModelShape | None, pairs, where: Machin
     if not plan.fits:
         return f"{line}: does not fit in any setting"
     return f"{line}: auto will use {', '.join(plan.changed)} (est. {gb(plan.estimate.total)})"
+
+
+def peak_text(peak, estimate) -> str:
+    """'  peak 1.9 GB (est. 2.2 GB)': a step's measured peak beside the plan's estimate; '' without one."""
+    if not isinstance(peak, (int, float)):
+        return ""
+    planned = f" (est. {gb(estimate)})" if isinstance(estimate, (int, float)) else ""
+    return f"  peak {gb(peak)}{planned}"

@@ -107,7 +107,9 @@ class HumanEvents:
         if kind == "progress":
             return self._progress(fields)
         if kind == "step":
-            shown = {k: v for k, v in fields.items() if isinstance(v, (int, float)) and k != "total_steps"}
+            shown = {k: v for k, v in fields.items() if isinstance(v, (int, float)) and k not in ("total_steps", "peak_memory")}
+            if isinstance(fields.get("peak_memory"), (int, float)):
+                shown["peak_GB"] = fields["peak_memory"] / 1e9
             text = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
             line = f"step {fields.get('step')}/{fields.get('total_steps')}  {text}"
         elif kind == "error":

@@ -349,7 +349,8 @@ Quitting the app cancels a running training cleanly; after a restart, resume it 
         lines = [format_metrics(latest, STEP_METRICS)]
         speed = latest.get("tokens_per_s")
         speed_text = f"{speed:.0f} tokens/s" if isinstance(speed, (int, float)) else "? tokens/s"
-        lines.append(f"epoch {latest.get('epoch', '?')}  {speed_text}  ETA {format_seconds(latest.get('eta_s'))}")
+        lines.append(f"epoch {latest.get('epoch', '?')}  {speed_text}  ETA {format_seconds(latest.get('eta_s'))}"
+                     + memory_line.peak_text(latest.get("peak_memory"), run.memory.get("estimate_bytes")))
         if run.last_eval:
             lines.append("held out: " + format_metrics(run.last_eval, ("loss", "accuracy", "margin")))
         return "\n".join(lines)
