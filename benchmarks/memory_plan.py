@@ -181,6 +181,7 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--only", help="run only the cases of this model")
+    parser.add_argument("--cases", help="run only these cases, by their 0-based index in CASES: 4,6")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
@@ -194,8 +195,9 @@ def main() -> int:
     started = time.time()
     subprocess.run([sys.executable, __file__, "--prepare", "--data", str(args.data)], check=True)
     results = []
-    for case in CASES:
-        if args.only and case[0] != args.only:
+    picked = {int(i) for i in args.cases.split(",")} if args.cases else None
+    for index, case in enumerate(CASES):
+        if (args.only and case[0] != args.only) or (picked is not None and index not in picked):
             continue
         run = subprocess.run([sys.executable, __file__, "--worker", json.dumps(case), "--data", str(args.data),
                               "--steps", str(args.steps)], capture_output=True, text=True,

@@ -236,6 +236,12 @@ def estimate(shape: ModelShape, work: Workload, settings: Settings) -> Estimate:
         # bitsandbytes dequantizes a layer's weight to the compute dtype for its matmul, forward and back
         big = max(a * b for a, b in shape.linear_shapes())
         fixed["weights"] += 2 * big * _sizes(settings)[1]
+    elif settings.precision == "autocast":
+        # autocast casts each frozen weight to bf16 for its matmul, and autograd keeps that copy for the
+        # backward of the matmul's input: a bf16 copy of every linear until backward (of one layer with
+        # checkpointing, which recomputes)
+        kept = shape.layers if not settings.gradient_checkpointing else 1
+        fixed["autocast copies"] = 2.0 * kept * sum(a * b for a, b in shape.linear_shapes())
     if work.method == "ppo":
         phases = {
             "reward_model": _pair_phase(shape, work, settings, head="none"),
