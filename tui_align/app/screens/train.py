@@ -169,6 +169,7 @@ Quitting the app cancels a running training cleanly; after a restart, resume it 
     def on_screen_resume(self) -> None:
         self.align_app.refresh_pair_count()
         self.refresh_view()
+        self.estimate_memory()  # new pairs since: the longest of them sets the passes
 
     def on_unmount(self) -> None:
         if self.train_run is not None and self.train_run.running:
