@@ -39,6 +39,18 @@ def float32_unless_asked(monkeypatch):
     monkeypatch.setattr(precision_probe, "measure", lambda device, shapes: dict(FLOAT32_FASTER))
 
 
+FIXED_FREE_RAM = 16 * 10**9  # what the Train form's memory line reads as free in tests
+
+
+@pytest.fixture(autouse=True)
+def fixed_free_memory(monkeypatch):
+    """The Train form's memory line reads 16 GB of free RAM and no GPU, so a screen's picture doesn't
+    depend on the machine's memory at the moment (the training child still reads the real numbers)."""
+    from tui_align.app import memory_line
+
+    monkeypatch.setattr(memory_line, "machine", lambda: memory_line.Machine("cpu", FIXED_FREE_RAM))
+
+
 @pytest.fixture(scope="session")
 def default_gguf() -> Path:
     from tui_align.paths import default_model_path

@@ -689,7 +689,7 @@ def test_step_events_report_what_the_methods_row_says(method, smol_tokenizer, ti
     events = CollectEvents()
     metrics = methods.get(method).train(Job(model, smol_tokenizer, encoded, encoded[:2], config, events))
     [step] = events.of("step")
-    common = {"event", "step", "total_steps", "epoch", "loss", "grad_norm", "tokens_per_s", "eta_s"}
+    common = {"event", "step", "total_steps", "epoch", "loss", "grad_norm", "tokens_per_s", "eta_s", "peak_memory"}
     assert set(step) - common == set(methods.get(method).reports)
     [evaluation] = events.of("eval")
     assert metrics == {"stopped": False, "train_loss": step["loss"], "steps": 1, "eval_accuracy": evaluation["accuracy"],

@@ -13,7 +13,7 @@ import math
 from .errors import ArgumentParser, UsageError
 from .training import defaults as rule
 from .training.config import TrainConfig
-from .training.rules import METHODS, MIN_MAX_LENGTH, PRECISIONS, QUANTIZATIONS
+from .training.rules import MEMORY_MODES, METHODS, MIN_MAX_LENGTH, PRECISIONS, QUANTIZATIONS
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, TrainConfig]:
@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--quantize", choices=QUANTIZATIONS, default=defaults.quantize,
         help="how the frozen base is stored: 4bit (QLoRA: NF4, double quant), 8bit (LLM.int8) or none; LoRA trains "
              "in full precision on top. Needs bitsandbytes (pip install -e \".[qlora]\"). auto (default): none")
+    add("--memory", choices=MEMORY_MODES, default=defaults.memory,
+        help="auto: estimate the run's peak memory before loading and take the cheapest settings that fit "
+             "the free memory (smaller passes, gradient checkpointing, then a quantized base), or refuse the "
+             "run with the numbers; off: train as asked (default: auto)")
     add("--resume", metavar="RUN_DIR", help="continue a cancelled or failed run with its own settings and pairs")
     add("--jsonl", action="store_true", help="print one JSON event per line on stdout (for the app)")
     return parser
@@ -132,6 +136,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         gradient_checkpointing=args.gradient_checkpointing,
         precision=args.precision,
         quantize=args.quantize,
+        memory=args.memory,
         pass_tokens=args.pass_tokens,
         check_answers=args.check_answers,
     )

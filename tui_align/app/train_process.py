@@ -113,6 +113,7 @@ class TrainProcess:
     last_eval: dict = field(default_factory=dict)
     answer_check: dict = field(default_factory=dict)  # the latest check of held-out answers (answer_checks.judge)
     phase: dict = field(default_factory=dict)  # the progress event of the phase under way (loading …), {} when none
+    memory: dict = field(default_factory=dict)  # the start event's memory plan (training/memory_plan.py), {} when none
     losses: list[float] = field(default_factory=list)
     loss_steps: list[int] = field(default_factory=list)  # the step of each loss, for the plot
     accuracies: list[float] = field(default_factory=list)
@@ -174,6 +175,7 @@ class TrainProcess:
         if kind == "start":
             self.run_dir = event.get("run_dir") or self.run_dir
             self.total_steps = int(event.get("total_steps") or 0)
+            self.memory = event.get("memory") or {}
         elif kind == "progress":
             self.phase = {} if event.get("finished") else event
         elif kind == "step":
@@ -269,7 +271,7 @@ def describe_event(event: dict) -> str | None:
         if event.get("finished") and (event.get("elapsed_s") or 0) >= 1.0:
             return f"{event.get('label')}: done in {event['elapsed_s']:.0f} s"
         return None
-    if kind in ("defaults", "baseline", "early_stop", "note", "reference", "precision"):
+    if kind in ("defaults", "baseline", "early_stop", "note", "reference", "precision", "memory"):
         label = f"{kind.replace('_', ' ')}: "
         message = str(event.get("message", ""))
         return message if message.startswith(label) else label + message

@@ -96,6 +96,10 @@ class TrainConfig:
     # quantization (a 7-8B base in about 5 GB instead of 16 in bf16); LoRA trains in full precision on top either way.
     # auto: none until the memory plan picks the cheapest setting that fits. A run's run.json keeps what it resolved to.
     quantize: str = "auto"
+    # auto: before loading, estimate the run's peak memory (memory_plan.py) against what the device has
+    # free and take the cheapest settings that fit (smaller passes, then gradient checkpointing, then a
+    # quantized base when --quantize is auto); a run that fits in none is refused. off: as asked.
+    memory: str = "auto"
     lora: LoraSettings = field(default_factory=LoraSettings)
     dpo: DPOSettings = field(default_factory=DPOSettings)
     orpo: ORPOSettings = field(default_factory=ORPOSettings)

@@ -10,7 +10,10 @@ Event kinds and their fields:
               length_ratio, repeated_4grams, longest_repeat, example, message (answer_checks.judge)
   early_stop  step, kept_step, message: the answers broke down; the adapter of kept_step is kept
   step        step, total_steps, epoch, loss, grad_norm (before clipping), plus per method: chosen_reward, rejected_reward,
-              accuracy, margin (dpo/orpo/reward); kl, reward, value_loss (ppo); tokens_per_s, eta_s, quantization
+              accuracy, margin (dpo/orpo/reward); kl, reward, value_loss (ppo); tokens_per_s, eta_s, quantization,
+              peak_memory (bytes: CUDA max allocated, or the process's peak RSS on the CPU)
+  memory      message, fits, free_bytes, estimate_bytes, requested_bytes, phase, parts, changed, settings:
+              the memory plan made before loading (memory_plan.py); also the start event's `memory`
   eval        step, accuracy, margin, loss (held-out pairs), plus phase ("reward" or "policy")
   phase       name ("reward_model" | "sft" | "ppo"), for methods with stages
   progress    task ("loading" | "converting" | "tokenising" | "baseline"), label, done, total, elapsed_s,
@@ -105,7 +108,9 @@ class HumanEvents:
         if kind == "progress":
             return self._progress(fields)
         if kind == "step":
-            shown = {k: v for k, v in fields.items() if isinstance(v, (int, float)) and k != "total_steps"}
+            shown = {k: v for k, v in fields.items() if isinstance(v, (int, float)) and k not in ("total_steps", "peak_memory")}
+            if isinstance(fields.get("peak_memory"), (int, float)):
+                shown["peak_GB"] = fields["peak_memory"] / 1e9
             text = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
             line = f"step {fields.get('step')}/{fields.get('total_steps')}  {text}"
         elif kind == "error":
@@ -114,7 +119,7 @@ class HumanEvents:
             line = (f"training {fields.get('config', {}).get('method')} on {fields.get('train_pairs')} pairs "
                     f"({fields.get('eval_pairs')} held out) on {fields.get('device')}"
                     + (f", {fields['quantization']}" if fields.get("quantization") else ""))
-        elif kind in ("defaults", "baseline", "early_stop", "reference", "note", "precision"):
+        elif kind in ("defaults", "baseline", "early_stop", "reference", "note", "precision", "memory"):
             line = str(fields.get("message"))
         elif kind == "answers":
             line = f"answers at step {fields.get('step')}: {fields.get('message')}"

@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
-from . import cancel, defaults
+from . import cancel, defaults, memory_probe
 from .config import TrainConfig
 from .divergence import Diverged, Divergence
 from .data import EncodedPair, length_grouped_batches
@@ -240,7 +240,7 @@ def run_steps(steps: Steps, take_step: TakeStep, config: TrainConfig, *, total: 
 
 
 class Progress:
-    """Tokens/s and ETA for step events, measured from the first step this process ran."""
+    """Tokens/s, ETA and peak memory for step events, measured from the first step this process ran."""
 
     def __init__(self, start_step: int, total: int):
         self.start_step, self.total = start_step, total
@@ -254,4 +254,11 @@ class Progress:
         return {
             "tokens_per_s": self.tokens / elapsed,
             "eta_s": elapsed / max(done, 1) * (self.total - step),
+            "peak_memory": measured_peak(),
         }
+
+
+def measured_peak() -> int:
+    """Bytes at the run's peak so far, to check the memory plan against: CUDA's max allocated when the
+    run uses a card, else the process's peak resident memory."""
+    return memory_probe.peak_bytes("cuda" if torch.cuda.is_initialized() else "cpu")

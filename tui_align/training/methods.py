@@ -2,7 +2,7 @@
 
 A row says what a method is: its settings (a dataclass in config.py, kept on TrainConfig under the
 method's name), what data it reads, whether it needs a reference pass, which fields its step events
-report beyond the common ones (step, total_steps, epoch, loss, grad_norm, tokens_per_s, eta_s), how
+report beyond the common ones (step, total_steps, epoch, loss, grad_norm, tokens_per_s, eta_s, peak_memory), how
 many steps a run takes, and its train entry, which receives a `Job` and returns the run's metrics.
 
 Adding a preference method (KTO, SimPO, IPO ...):

@@ -40,7 +40,11 @@ def pick_device(choice: str, precision: str = "auto", quantize: str = "none") ->
     either device; auto starts as float32 on the CPU and bf16 on a card that has it, and `settle`
     makes it whichever precision_probe measured faster. `quantize` (none, 4bit, 8bit) is how the base
     is stored; its 4-bit matmuls compute in the placement's precision."""
-    where = _device(choice, precision)
+    return with_quantization(_device(choice, precision), quantize)
+
+
+def with_quantization(where: Placement, quantize: str) -> Placement:
+    """`where` with its base stored as `quantize` (none, 4bit, 8bit), computing in its precision."""
     return replace(where, quantization=quantization.choose(quantize, where.bf16))
 
 

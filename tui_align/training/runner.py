@@ -17,7 +17,7 @@ from typing import Callable
 
 from ..errors import UserError, log_traceback
 from ..pairs import Pair
-from . import cancel, defaults, methods, placement, precision_probe, quantization
+from . import cancel, defaults, memory_fit, methods, placement, precision_probe, quantization
 from .answer_watch import AnswerWatch
 from .config import TrainConfig
 from .events import EventSink
@@ -160,8 +160,7 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
         run_dir = None
     method = methods.get(config.method)
 
-    where = placement.pick_device(config.device, config.precision, quantization.resolve(config))
-    config.quantize = where.quantization.mode  # run.json keeps what auto resolved to, and a resume loads the same
+    where = placement.pick_device(config.device, config.precision)
     probe_cache = options.models_dir / "cache"
     if where.device == "cuda":  # the card's precision decides how the weights load: measure first
         measured = precision_probe.probe("cuda", precision_probe.GENERIC_SHAPES, probe_cache)
@@ -169,6 +168,13 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
     device = where.device
     try:
         ref = resolve_model(model_spec)
+    except UserError as exc:
+        raise RunError(str(exc), kind="model") from exc
+    # The plan may turn --quantize auto into a quantized base; only then is the quantization known
+    memory = memory_fit.fit(config, ref.kind, ref.location, pairs, device, memory_fit.precision_of(where))
+    where = placement.with_quantization(where, quantization.resolve(config))
+    config.quantize = where.quantization.mode  # run.json keeps what auto resolved to, and a resume loads the same
+    try:
         with Phase(emit, *loading_phase(ref, options.models_dir, where.dtype)):
             model, tokenizer = load_transformers(ref, options.models_dir, device=device, dtype=where.dtype,
                                                  quantization_config=where.quantization.loading_config())
@@ -213,7 +219,8 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
         record["chosen_defaults"] = [c.as_dict() for c in chosen]
     record.update(_dir=run_dir, settings=config.as_dict(), status="running", device=device,
                   dtype=str(where.dtype).replace("torch.", ""), precision=where.label,
-                  precision_measured=measured.as_dict(), quantization=where.quantization.as_dict())
+                  precision_measured=measured.as_dict(), quantization=where.quantization.as_dict(),
+                  memory=memory.as_dict() if memory else None)
     write_json(run_dir / RUN_FILE, public(record))
 
     torch.manual_seed(config.seed)  # the LoRA A matrices start random
@@ -241,8 +248,11 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
         notes=notes,
         chosen_defaults=[c.as_dict() for c in chosen],
         precision_measured=measured.as_dict(),
+        memory=memory.as_dict() if memory else None,
     )
     emit("precision", message=precision_line, measured=measured.as_dict())
+    if memory is not None:
+        emit("memory", **memory.as_dict())
     if chosen:
         emit("defaults", message=defaults.describe(chosen), chosen=[c.as_dict() for c in chosen])
     for note in notes:

@@ -21,6 +21,7 @@ from ...errors import UserError, report
 from ..messages import TrainEvent, TrainFailed, TrainFinished, TrainProgress
 from ...training import defaults as rule
 from ...training.rules import PRECISIONS, QUANTIZATIONS
+from .. import memory_line
 from ..train_process import FIELDS, METHODS, TrainProcess, form_defaults, form_flags, format_metrics, new_run
 from ..widgets.training_plot import TrainingPlot
 
@@ -79,6 +80,8 @@ Quitting the app cancels a running training cleanly; after a restart, resume it 
     def __init__(self) -> None:
         super().__init__()
         self.train_run: TrainProcess | None = None
+        self._memory_shape: tuple | None = None  # (the model's ModelShape or None), read once
+        self.memory_text = ""  # the memory line as last drawn
         self._logged = 0  # how many of run.log_lines the RichLog shows
 
     @property
@@ -110,6 +113,7 @@ Quitting the app cancels a running training cleanly; after a restart, resume it 
                                  id="quantize", compact=True, tooltip=QUANTIZE_TOOLTIP)
                 yield Checkbox("low memory (gradient checkpointing)", id="low-memory", compact=True,
                                tooltip="Recompute activations in backward: much less memory, about a third slower.")
+                yield Static("memory: estimating…", id="train-memory")
                 with Horizontal(id="train-buttons"):
                     yield Button("Start", id="start", variant="primary", compact=True)
                     yield Button("Cancel", id="cancel", variant="error", compact=True)
@@ -128,10 +132,53 @@ Quitting the app cancels a running training cleanly; after a restart, resume it 
     def on_mount(self) -> None:
         self.watch(self.app, "pair_count", self.show_pair_count)
         self.refresh_view()
+        self.estimate_memory()
+
+    # The memory line: the run's estimate against the free memory, redrawn as the form changes ----------
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        self.estimate_memory()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self.estimate_memory()
+
+    def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
+        self.estimate_memory()
+
+    def memory_flags(self) -> list[str]:
+        """The form as `tui-align train` flags; unparsable values go through as typed, so the line says so."""
+        method, values = self.form_values()
+        try:
+            return form_flags(method, values, low_memory=self.query_one("#low-memory", Checkbox).value,
+                              precision=str(self.query_one("#precision", Select).value),
+                              quantize=str(self.query_one("#quantize", Select).value))
+        except UserError:
+            return ["--batch-size=?"]
+
+    def estimate_memory(self) -> None:
+        if self.is_mounted:
+            self.memory_worker(self.memory_flags())
+
+    @work(thread=True, exclusive=True, group="memory")
+    def memory_worker(self, flags: list[str]) -> None:
+        """Read the model's shape, the pairs and the free memory off the UI thread, then draw the line."""
+        try:
+            if self._memory_shape is None:
+                self._memory_shape = (memory_line.model_shape(self.align_app.base_ref),)
+            text = memory_line.memory_text(flags, self._memory_shape[0], self.align_app.store.list_pairs(),
+                                           memory_line.machine())
+        except Exception as exc:  # noqa: BLE001  (an estimate is advice: a failure is a line, never a crash)
+            text = f"memory: no estimate ({report(exc)})"
+        self.app.call_from_thread(self.show_memory, text)
+
+    def show_memory(self, text: str) -> None:
+        self.memory_text = text
+        self.query_one("#train-memory", Static).update(text)
 
     def on_screen_resume(self) -> None:
         self.align_app.refresh_pair_count()
         self.refresh_view()
+        self.estimate_memory()  # new pairs since: the longest of them sets the passes
 
     def on_unmount(self) -> None:
         if self.train_run is not None and self.train_run.running:
@@ -314,7 +361,8 @@ Quitting the app cancels a running training cleanly; after a restart, resume it 
         lines = [format_metrics(latest, STEP_METRICS)]
         speed = latest.get("tokens_per_s")
         speed_text = f"{speed:.0f} tokens/s" if isinstance(speed, (int, float)) else "? tokens/s"
-        lines.append(f"epoch {latest.get('epoch', '?')}  {speed_text}  ETA {format_seconds(latest.get('eta_s'))}")
+        lines.append(f"epoch {latest.get('epoch', '?')}  {speed_text}  ETA {format_seconds(latest.get('eta_s'))}"
+                     + memory_line.peak_text(latest.get("peak_memory"), run.memory.get("estimate_bytes")))
         if run.last_eval:
             lines.append("held out: " + format_metrics(run.last_eval, ("loss", "accuracy", "margin")))
         return "\n".join(lines)
