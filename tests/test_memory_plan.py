@@ -105,7 +105,7 @@ def test_auto_picks_the_cheapest_settings_that_fit_at_8_12_16_and_24_gb(name, me
 def test_a_cpu_run_plans_in_float32_and_refuses_what_ram_cannot_hold():
     # 8B in float32 on a 16 GB laptop: 32 GB of weights; an 8-bit or 4-bit base is what fits
     assert picked(run_plan("Llama-3.1-8B", "dpo", 16, "cpu", "float32")) in ("8bit", "8bit+gc", "4bit", "4bit+gc")
-    config = TrainConfig(method="dpo")  # no --quantize auto: only passes and checkpointing to choose from
+    config = TrainConfig(method="dpo", quantize="none")  # only passes and checkpointing to choose from
     shape = shape_from_config(CONFIGS["Llama-3.1-8B"])
     plan = memory_fit.plan_for(config, shape, [], "cpu", "float32", 16 * 10**9)
     assert not plan.fits and plan.settings.gradient_checkpointing
@@ -275,3 +275,31 @@ async def test_the_train_screen_shows_the_plan_and_each_steps_measured_peak(make
         assert "peak 2.1 GB (est. 2.2 GB)" in str(screen.query_one("#train-metrics", Static).render())
         assert "memory: needs 3.1 GB in float32; 2.5 GB free: gradient checkpointing, est. 2.2 GB" in \
             screen.train_run.log_lines
+
+
+def test_quantize_auto_takes_the_plans_4bit_base_and_the_run_loads_it(tmp_path, tiny_model_dir, monkeypatch):
+    """With only a 4-bit base's worth free, --quantize auto (the default) trains on a 4-bit base: the plan
+    decides before loading, and the loader loads what it decided."""
+    pytest.importorskip("bitsandbytes")
+    from tui_align.training import memory_plan, memory_probe, runner
+    from tui_align.training.events import CollectEvents
+    from tui_align.training.model_shape import read_shape
+
+    options = small_run(tmp_path, tiny_model_dir, pass_tokens=0)
+    shape = read_shape("folder", str(tiny_model_dir))
+    work = memory_fit.workload(options.config, options.pairs)
+    requested = memory_fit.requested_settings(options.config, "cpu", "float32")
+    free = None
+    for settings in memory_plan.candidates(work, requested, True):
+        budget = memory_plan.estimate(shape, work, settings).total
+        if memory_fit.plan_for(options.config, shape, options.pairs, "cpu", "float32", budget).settings.quantize == "4bit":
+            free = budget
+            break
+    assert free is not None, "no free memory at which the plan picks a 4-bit base"
+    monkeypatch.setattr(memory_probe, "free_bytes", lambda device: free)
+    events = CollectEvents()
+    assert runner.run(options, events) == 0, events.events[-1]
+    (start,) = events.of("start")
+    assert start["config"]["quantize"] == "4bit" and "4-bit" in start["quantization"], start
+    run = json.loads(next((tmp_path / "adapters").glob("*/run.json")).read_text())
+    assert run["settings"]["quantize"] == "4bit" and run["quantization"]["mode"] == "4bit"

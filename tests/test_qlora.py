@@ -158,7 +158,8 @@ def test_ppo_keeps_one_4bit_base_for_policy_reference_reward_and_value(tiny_mode
     phases = [e.get("phase") for e in events.of("step")]
     assert phases == ["reward_model"] * 2 + ["sft"] * 2 + ["ppo"], phases
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in events.of("step"))
-    assert set(model.peft_config) == {"default", "reward"} and "kl" in metrics
+    # adapters on the one base: the policy, the reward model, and the warm start's frozen copy (PPO's reference)
+    assert set(model.peft_config) == {"default", "reward", "sft_reference"} and "kl" in metrics
     assert sum(isinstance(m, Linear4bit) for m in model.modules()) == quantized  # no second base
     assert (tmp_path / "run" / "value_head.safetensors").is_file()
 
