@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="most tokens per forward/backward pass; a bigger batch runs in passes whose gradients add up: "
              f"the same step in less memory (default: {defaults.pass_tokens}; 0 = one pass per batch)")
     add("--precision", choices=PRECISIONS, default=defaults.precision,
-        help="auto: bf16 on a GPU that has it, bf16 autocast on a CPU with AVX512-BF16 or AMX, else float32")
+        help="auto: whichever of float32 and bf16 (autocast on a CPU) a short timing of the model's own shapes "
+             "finds faster on this machine, cached per machine (default: auto)")
     add("--quantize", choices=QUANTIZATIONS, default=defaults.quantize,
         help="how the frozen base is stored: 4bit (QLoRA: NF4, double quant), 8bit (LLM.int8) or none; LoRA trains "
              "in full precision on top. Needs bitsandbytes (pip install -e \".[qlora]\"). auto (default): none")

@@ -88,9 +88,9 @@ class TrainConfig:
     # 512 on the default model on CPU, batch 8 of hh pairs: DPO peak 4.8 -> 2.9 GB, reward 3.9 -> 2.6 GB,
     # time within 10% either way (passes of this size still keep the matmuls busy).
     pass_tokens: int = 512
-    # auto | float32 | bf16. auto: bf16 on a CUDA card that has it; on the CPU, bf16 autocast where the CPU
-    # has bf16 instructions (AVX512-BF16, AMX): about twice as fast and leaner there, measured on the
-    # default model, with the same trait learned; float32 elsewhere, where emulated bf16 is slower.
+    # auto | float32 | bf16. auto: whichever precision_probe.py measures faster on this machine for this
+    # model's shapes (bf16 autocast on the CPU, bf16 weights on a card), cached per machine and torch
+    # version: CPU flags don't tell (one Xeon listing AVX512-BF16 ran bf16 at 0.6x float32's speed).
     precision: str = "auto"
     # auto | 4bit | 8bit | none: how the frozen base is stored (quantization.py). 4bit is QLoRA's NF4 with double
     # quantization (a 7-8B base in about 5 GB instead of 16 in bf16); LoRA trains in full precision on top either way.
