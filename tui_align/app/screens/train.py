@@ -29,11 +29,12 @@ if TYPE_CHECKING:
     from ..app import AlignApp
 
 PRECISION_CHOICES = {"auto": "auto", "float32": "float32 (exact, slower)", "bf16": "bf16"}
-PRECISION_TOOLTIP = ("auto: bf16 on a GPU that has it, and on a CPU with bf16 instructions (AVX512-BF16, AMX), "
-                     "where it trains about twice as fast; float32 elsewhere.")
+PRECISION_TOOLTIP = ("auto: float32 or bf16, whichever a half-second timing of this model's shapes finds faster on "
+                     "this machine (measured once, then cached); the Train log says what it measured.")
 QUANTIZE_CHOICES = {"auto": "auto", "4bit": "4-bit (QLoRA)", "8bit": "8-bit", "none": "none (full precision)"}
 QUANTIZE_TOOLTIP = ("How the frozen base is stored. 4-bit (QLoRA: NF4, double quant) needs about a quarter of bf16's "
-                    "memory; LoRA still trains in full precision on top. Needs bitsandbytes: pip install -e \".[qlora]\".")
+                    "memory; LoRA still trains in full precision on top. Needs bitsandbytes: pip install -e \".[qlora]\". "
+                    "auto: full precision, unless the memory line says the run only fits on a quantized base.")
 
 AUTO_TOOLTIP = (f"Empty: the run picks it from your pairs: {rule.EPOCHS} passes, at least {rule.MIN_STEPS} and at "
                 f"most {rule.MAX_STEPS} steps, and the method's learning rate. The log says what it chose.")
