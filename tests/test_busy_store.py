@@ -17,7 +17,7 @@ from tui_align.app.busy import BUSY_NOTICE
 from tui_align.paths import store_path
 from tui_align.store import Store, StoreBusy
 
-from conftest import WAIT_S, settle, wait_until
+from conftest import WAIT_S, settle, type_and, wait_until
 from fakes import ScriptedBackend
 
 SIZE = (100, 32)
@@ -138,9 +138,7 @@ async def test_a_pick_made_while_another_process_writes_stays_pending_and_lands(
     app = make_app(ScriptedBackend("first candidate", "second candidate"))
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
-        app.screen.query_one("#message", Input).value = "Say something"
-        await pilot.press("ctrl+n")
-        await settle(pilot)
+        await type_and(pilot, "Say something", "ctrl+n")
         other = hold_write_lock(store.path)
         try:
             await pilot.press("2")

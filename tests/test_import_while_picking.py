@@ -13,7 +13,7 @@ from tui_align import store as store_module
 from tui_align.pairs import Pair
 from tui_align.store import Store
 
-from conftest import settle, wait_until
+from conftest import settle, type_and, wait_until
 from fakes import ScriptedBackend
 from test_busy_store import write_pairs_file
 
@@ -50,9 +50,7 @@ async def test_a_pick_made_during_a_big_import_is_stored_before_the_import_ends(
     app = make_app(ScriptedBackend("first candidate", "second candidate"))
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
-        app.screen.query_one("#message", Input).value = "Say something"
-        await pilot.press("ctrl+n")
-        await settle(pilot)
+        await type_and(pilot, "Say something", "ctrl+n")
         await pilot.press("f3", "i")
         app.screen.query_one("#path", Input).value = str(source)
         await pilot.press("ctrl+s")
