@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from tui_align import train_args
@@ -144,3 +145,19 @@ def test_the_check_writes_real_greedy_answers_of_base_and_adapter(tmp_path, tiny
     check = events.of("answers")[-1]
     assert check["of"] == 2 and check["verdict"] in answer_watch.answer_checks.VERDICTS
     assert json.loads((run_dir / "run.json").read_text())["answer_check"]["step"] == 6
+
+
+def test_a_linear_schedule_decays_the_rate_from_the_start_to_a_step_of_it_by_the_last():
+    from tui_align.training import loop
+
+    config = TrainConfig(method="dpo", learning_rate=1e-3, lr_schedule="linear")
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=123.0)  # a resumed optimizer's own rate is not the start
+    seen = []
+    take = loop.scheduled(lambda step, batch: (seen.append(optimizer.param_groups[0]["lr"]) or {}, 0),
+                          optimizer, config, total=4)
+    rates = [take(step, [])[0]["lr"] for step in (1, 2, 3, 4)]
+    assert rates == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4]) and seen == pytest.approx(rates)
+    constant = TrainConfig(method="dpo", learning_rate=1e-3)
+    plain = lambda step, batch: ({}, 0)  # noqa: E731
+    assert loop.scheduled(plain, optimizer, constant, total=4) is plain

@@ -133,6 +133,23 @@ def accumulated_step(optimizer: torch.optim.Optimizer, batch: list[EncodedPair],
     return tuple(torch.cat(column) for column in zip(*outputs)), tokens, norm
 
 
+def scheduled(take_step: TakeStep, optimizer: torch.optim.Optimizer, config: TrainConfig, total: int) -> TakeStep:
+    """`take_step` with the optimizer's rate set for each step by config.lr_schedule: a pure function of the
+    step, so a resumed run continues the same curve with nothing more saved."""
+    if config.lr_schedule == "constant":
+        return take_step
+    start = defaults.lr(config)  # not the optimizer's own: a resumed one's state holds the decayed rate
+
+    def step_at(step: int, batch):
+        rate = start * (1 - (step - 1) / max(1, total))  # the start at the first step, start/total at the last
+        for group in optimizer.param_groups:
+            group["lr"] = rate
+        fields, tokens = take_step(step, batch)
+        return {**fields, "lr": rate}, tokens
+
+    return step_at
+
+
 def clip_gradients(params: list, config: TrainConfig, step: int) -> float:
     """Clip the gradients' total norm to --max-grad-norm (0: measure only); returns the norm before."""
     limit = config.max_grad_norm if config.max_grad_norm > 0 else math.inf

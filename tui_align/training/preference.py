@@ -145,6 +145,7 @@ def train(loss: PairLoss, needs_reference: bool, settings, job: Job) -> dict:
     take_step = loop.accumulating(model, optimizer, config,
                                   lambda part: pair_terms(loss, settings, model, part, pad_id, cache),
                                   lambda values: loss.step_fields(values, settings))
+    take_step = loop.scheduled(take_step, optimizer, config, total)
     outcome = loop.run_steps(
         loop.schedule(job.train, config, job.start_step), take_step, config,
         total=total, emit=job.emit, should_stop=job.should_stop, progress=loop.Progress(job.start_step, total),
