@@ -158,6 +158,12 @@ def test_a_linear_schedule_decays_the_rate_from_the_start_to_a_step_of_it_by_the
                           optimizer, config, total=4)
     rates = [take(step, [])[0]["lr"] for step in (1, 2, 3, 4)]
     assert rates == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4]) and seen == pytest.approx(rates)
+    held = TrainConfig(method="dpo", learning_rate=1e-3, lr_schedule="hold-decay")
+    total = defaults.MIN_STEPS + 4  # the floor's steps at the full rate, then 4 more decaying
+    take = loop.scheduled(lambda step, batch: ({}, 0), optimizer, held, total=total)
+    rates = [take(step, [])[0]["lr"] for step in range(1, total + 1)]
+    assert rates[: defaults.MIN_STEPS + 1] == pytest.approx([1e-3] * (defaults.MIN_STEPS + 1))
+    assert rates[defaults.MIN_STEPS + 1 :] == pytest.approx([7.5e-4, 5e-4, 2.5e-4])
     constant = TrainConfig(method="dpo", learning_rate=1e-3)
     plain = lambda step, batch: ({}, 0)  # noqa: E731
     assert loop.scheduled(plain, optimizer, constant, total=4) is plain

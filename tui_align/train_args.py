@@ -48,9 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--batch-size", type=int, default=defaults.batch_size, help=f"pairs per step (default: {defaults.batch_size})")
     add("--lr", type=float, help="learning rate (default: per method, " +
         ", ".join(f"{m} {v:g}" for m, v in rule.LEARNING_RATES.items()) + ", at alpha = 2 x rank; see below)")
-    add("--lr-schedule", choices=("constant", "linear"), default=defaults.lr_schedule,
-        help=f"DPO/ORPO: keep the learning rate (constant) or decay it linearly to near 0 by the last step "
-             f"(default: {defaults.lr_schedule})")
+    add("--lr-schedule", choices=("constant", "linear", "hold-decay"), default=defaults.lr_schedule,
+        help=f"DPO/ORPO: keep the learning rate (constant), decay it linearly to near 0 by the last step "
+             f"(linear), or keep it for the first {rule.MIN_STEPS} steps and decay it over the rest (hold-decay; "
+             f"default: {defaults.lr_schedule})")
     add("--beta", type=float, default=defaults.dpo.beta, help=f"DPO beta (default: {defaults.dpo.beta})")
     add("--sft-weight", type=float, default=defaults.dpo.sft_weight,
         help=f"DPO: weight of an NLL term on the chosen answer, which keeps answers from collapsing "

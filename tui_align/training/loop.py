@@ -139,9 +139,13 @@ def scheduled(take_step: TakeStep, optimizer: torch.optim.Optimizer, config: Tra
     if config.lr_schedule == "constant":
         return take_step
     start = defaults.lr(config)  # not the optimizer's own: a resumed one's state holds the decayed rate
+    # hold-decay: the full rate for the steps a small set needs to learn at all (the step floor), then
+    # linear over the rest; linear: from the first step
+    held = defaults.MIN_STEPS if config.lr_schedule == "hold-decay" else 0
 
     def step_at(step: int, batch):
-        rate = start * (1 - (step - 1) / max(1, total))  # the start at the first step, start/total at the last
+        past = max(0, step - 1 - held)
+        rate = start * (1 - past / max(1, total - held))  # the start, then down to start/(total-held) at the last
         for group in optimizer.param_groups:
             group["lr"] = rate
         fields, tokens = take_step(step, batch)
