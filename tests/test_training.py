@@ -402,15 +402,18 @@ def pinned_run(capsys, method, pin_pairs_file, tiny_model_dir, *extra):
 def test_dpo_and_orpo_numbers_are_pinned(method, capsys, pin_pairs_file, tiny_model_dir):
     events = pinned_run(capsys, method, pin_pairs_file, tiny_model_dir, "--max-steps", 4)
     want = PINNED[method]
+    # 1e-5, not 1e-6: torch's reductions add in a thread-count-dependent order, and one thread against
+    # two moves step 4 by 1-2e-6; a change to the loss or the loop moves it by orders of magnitude more
+    tol = 1e-5
     steps = [e for e in events if e["event"] == "step"]
     assert [e["step"] for e in steps] == [1, 2, 3, 4]
-    assert [e["loss"] for e in steps] == pytest.approx(want["losses"], abs=1e-6)
-    assert [e["margin"] for e in steps] == pytest.approx(want["margins"], abs=1e-6)
+    assert [e["loss"] for e in steps] == pytest.approx(want["losses"], abs=tol)
+    assert [e["margin"] for e in steps] == pytest.approx(want["margins"], abs=tol)
     evals = [{k: v for k, v in e.items() if k not in ("event", "time")} for e in events if e["event"] == "eval"]
     assert [sorted(e) for e in evals] == [sorted(w) for w in want["evals"]]
     for got, expected in zip(evals, want["evals"]):
-        assert got == pytest.approx(expected, abs=1e-6)
-    assert events[-1]["metrics"]["eval_loss"] == pytest.approx(want["evals"][-1]["loss"], abs=1e-6)
+        assert got == pytest.approx(expected, abs=tol)
+    assert events[-1]["metrics"]["eval_loss"] == pytest.approx(want["evals"][-1]["loss"], abs=tol)
 
 
 def test_reward_model_and_warm_start_numbers_are_pinned(capsys, pin_pairs_file, tiny_model_dir):
