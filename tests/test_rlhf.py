@@ -296,6 +296,25 @@ def test_ppo_keeps_the_policy_near_its_warm_start_by_default(reference, smol_tok
         assert abs(first["kl"]) > 0.1, first  # a sampled estimate: either sign when far off
 
 
+def test_the_ppo_phase_takes_its_own_learning_rate(smol_tokenizer, monkeypatch):
+    rates = []
+
+    class Recording(torch.optim.AdamW):
+        def __init__(self, params, lr, **kw):
+            rates.append(lr)
+            super().__init__(params, lr=lr, **kw)
+
+    monkeypatch.setattr(torch.optim, "AdamW", Recording)
+    model = with_lora(build_tiny_llama(smol_tokenizer, seed=0))
+    pairs = [Pair(p.prompt, SIGNED, "OK.") for p in synthetic.trait_pairs(8, "signoff")]
+    train, _ = encode_pairs(smol_tokenizer, pairs, 128)
+    config = TrainConfig(method="ppo", batch_size=4, max_steps=1, learning_rate=1e-2, seed=0)
+    config.ppo.reward_epochs, config.ppo.sft_epochs, config.ppo.max_new_tokens = 1, 1, 8
+    config.ppo.learning_rate = 3e-5
+    ppo.train_ppo(Job(model, smol_tokenizer, train, [], config, CollectEvents()))
+    assert rates[1:] == [1e-2, 3e-5]  # the reward model's, then the warm start at --lr, then PPO at --ppo-lr
+
+
 # --- through the runner ------------------------------------------------------------------------------------
 
 

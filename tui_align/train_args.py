@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--ppo-baseline", choices=("value", "group"), default=defaults.ppo.baseline,
         help=f"PPO: advantages from a learned value head (value) or from the other answers to the same prompt, "
              f"{defaults.ppo.group_size} per prompt (group; default: {defaults.ppo.baseline})")
+    add("--ppo-lr", type=float, metavar="LR",
+        help="PPO: the learning rate of the PPO phase (default: the run's --lr, as the warm start)")
     add("--ppo-reference", choices=("sft", "base"), default=defaults.ppo.reference,
         help="PPO: the KL penalty keeps the policy near its warm start (sft) or near the base model (base; "
              f"default: {defaults.ppo.reference})")
@@ -113,6 +115,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         (args.lam >= 0, "--lam must not be negative"),
         (args.sft_weight >= 0, "--sft-weight must not be negative"),
         (args.kl_coef >= 0, "--kl-coef must not be negative"),
+        (args.ppo_lr is None or args.ppo_lr > 0, "--ppo-lr must be positive"),
         (args.sft_epochs >= 0, "--sft-epochs must not be negative"),
         (args.lora_rank >= 1, "--lora-rank must be at least 1"),
         (args.lora_alpha is None or args.lora_alpha >= 1, "--lora-alpha must be at least 1"),
@@ -153,6 +156,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     config.ppo.sft_epochs = args.sft_epochs
     config.ppo.baseline = args.ppo_baseline
     config.ppo.reference = args.ppo_reference
+    config.ppo.learning_rate = args.ppo_lr
     config.lora.rank = args.lora_rank
     config.lora.alpha = args.lora_alpha or 2 * args.lora_rank  # alpha / rank = 2 keeps the default LoRA scale
     return config

@@ -194,7 +194,8 @@ def train_ppo(job: Job) -> dict:
     use_copy = _reference(job, n_sft, resuming, run_dir)
     value_head = _value_head(model, config, run_dir, resuming)
     params = adapter_parameters(model, POLICY_ADAPTER) + list(value_head.parameters())
-    ppo_optimizer = torch.optim.AdamW(params, lr=defaults.lr(config), weight_decay=0.0)
+    ppo_rate = config.ppo.learning_rate or defaults.lr(config)
+    ppo_optimizer = torch.optim.AdamW(params, lr=ppo_rate, weight_decay=0.0)
     if resuming and job.optimizer_state is not None:
         ppo_optimizer.load_state_dict(job.optimizer_state)
 
@@ -211,7 +212,7 @@ def train_ppo(job: Job) -> dict:
         total=n_total, emit=emit, should_stop=job.should_stop,
         progress=loop.Progress(max(start_step, n_before_ppo), n_total), tags={"phase": "ppo"},
         save_checkpoint=checkpoint,
-        divergence=Divergence(model, defaults.lr(config)),
+        divergence=Divergence(model, ppo_rate),
     )
     if outcome.step is not None:
         metrics["kl"] = outcome.fields["kl"]
