@@ -42,7 +42,7 @@ TINY = {  # family: its transformers config class and what differs from the shar
 TINY_SIZES = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=6, num_attention_heads=8,
                   num_key_value_heads=4, head_dim=64)
 
-# (model, method, batch, pass tokens, precision, gradient checkpointing, max length)
+# (model, method, batch, pass tokens, precision, gradient checkpointing, max length[, quantize])
 CASES = [
     ("smollm2", "dpo", 4, 512, "float32", False, 256),
     ("smollm2", "dpo", 8, 0, "float32", False, 256),
@@ -57,8 +57,12 @@ CASES = [
     ("qwen3", "dpo", 8, 512, "float32", False, 256),
     ("gemma2", "dpo", 4, 512, "float32", False, 256),
     ("phi3", "orpo", 8, 0, "float32", True, 256),
+    ("smollm2", "dpo", 4, 512, "float32", False, 256, "4bit"),
+    ("smollm2", "dpo", 4, 512, "float32", False, 256, "8bit"),
+    ("smollm2", "orpo", 8, 512, "bf16", False, 256, "4bit"),
+    ("llama", "dpo", 8, 0, "float32", False, 256, "4bit"),
 ]
-COLUMNS = ["model", "method", "batch", "pass", "precision", "ckpt", "len", "est GB", "plan GB", "measured GB",
+COLUMNS = ["model", "method", "batch", "pass", "precision", "ckpt", "len", "quantize", "est GB", "plan GB", "measured GB",
            "est/measured", "plan/measured", "peak phase"]
 
 
@@ -121,12 +125,13 @@ def worker(case: list, data: Path, steps: int) -> dict:
     from tui_align.training.forward import pass_tokens
     from tui_align.training.model_shape import read_shape
 
-    model, method, batch, passes, precision, checkpointing, max_length = case
+    model, method, batch, passes, precision, checkpointing, max_length, *quantize = case
     folder = model_folder(model)
     pairs = longest_pairs(data, batch * (1 if method == "ppo" else steps))
     flags = ["--method", method, "--batch-size", str(batch), "--pass-tokens", str(passes), "--precision", precision,
              "--max-length", str(max_length), "--check-answers", "0", "--eval-fraction", "0", "--memory", "off",
-             "--max-steps", str(steps), "--device", "cpu" if not torch.cuda.is_available() else "cuda"]
+             "--max-steps", str(steps), "--device", "cpu" if not torch.cuda.is_available() else "cuda",
+             "--quantize", quantize[0] if quantize else "none"]
     if method == "ppo":
         flags += ["--sft-epochs", "1"]
     if checkpointing:
@@ -168,10 +173,11 @@ def memory_plan_peak() -> int:
 
 
 def row(result: dict) -> list:
-    model, method, batch, passes, precision, checkpointing, max_length = result["case"]
+    model, method, batch, passes, precision, checkpointing, max_length, *quantize = result["case"]
     gb = lambda n: round(n / 1e9, 3)  # noqa: E731
     measured = result["measured"]
-    return [model, method, batch, passes, precision, "yes" if checkpointing else "no", max_length, gb(result["estimate"]),
+    return [model, method, batch, passes, precision, "yes" if checkpointing else "no", max_length,
+            quantize[0] if quantize else "none", gb(result["estimate"]),
             gb(result["plan"]), gb(measured), round(result["estimate"] / measured, 2), round(result["plan"] / measured, 2),
             result["phase"]]
 
