@@ -48,10 +48,36 @@ def add_reward_adapter(model) -> None:
     One left over from a cancelled run's checkpoint is replaced: its head was never saved, and a
     half-trained adapter under a new head is worse than a fresh start.
     """
-    if REWARD_ADAPTER in model.peft_config:
-        model.delete_adapter(REWARD_ADAPTER)
-    model.add_adapter(REWARD_ADAPTER, copy.deepcopy(model.peft_config[POLICY_ADAPTER]))
+    add_fresh_adapter(model, REWARD_ADAPTER)
+
+
+def add_fresh_adapter(model, name: str) -> None:
+    """Attach adapter `name` with the policy's LoRA settings, replacing one of that name; the policy
+    stays the active (trainable) adapter."""
+    if name in model.peft_config:
+        model.delete_adapter(name)
+    model.add_adapter(name, copy.deepcopy(model.peft_config[POLICY_ADAPTER]))
     # add_adapter leaves the active adapter alone; make sure the policy is the trainable one.
+    model.set_adapter(POLICY_ADAPTER)
+
+
+def save_named_adapter(model, name: str, folder: Path) -> None:
+    """Write adapter `name` into `folder` in peft's layout, loadable with `load_named_adapter`."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    state = get_peft_model_state_dict(model, adapter_name=name)
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, folder / "adapter_model.safetensors")
+    model.peft_config[name].save_pretrained(folder)
+
+
+def load_named_adapter(model, name: str, folder: Path) -> None:
+    """Attach the adapter saved in `folder` as `name`, frozen, replacing one of that name; the policy
+    stays active."""
+    if name in model.peft_config:
+        model.delete_adapter(name)
+    model.load_adapter(str(folder), adapter_name=name, is_trainable=False)
     model.set_adapter(POLICY_ADAPTER)
 
 
@@ -234,14 +260,10 @@ def normalize_head(model, head: nn.Linear, pairs: list[EncodedPair], pad_id: int
 
 def save_reward_model(model, head: nn.Linear, folder: str | Path) -> Path:
     """Write the "reward" adapter (peft layout, loadable with load_adapter) and the head into `folder`."""
-    from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = get_peft_model_state_dict(model, adapter_name=REWARD_ADAPTER)
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, folder / "adapter_model.safetensors")
-    model.peft_config[REWARD_ADAPTER].save_pretrained(folder)
+    save_named_adapter(model, REWARD_ADAPTER, folder)
     save_file({k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}, folder / HEAD_FILE)
     return folder
 
@@ -251,10 +273,7 @@ def load_reward_model(model, folder: str | Path) -> nn.Linear:
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    if REWARD_ADAPTER in model.peft_config:
-        model.delete_adapter(REWARD_ADAPTER)
-    model.load_adapter(str(folder), adapter_name=REWARD_ADAPTER, is_trainable=False)
-    model.set_adapter(POLICY_ADAPTER)
+    load_named_adapter(model, REWARD_ADAPTER, folder)
     head = scalar_head(model)
     head.load_state_dict(load_file(str(folder / HEAD_FILE), device=str(head.weight.device)))
     return head

@@ -12,10 +12,9 @@ The copy is a third LoRA adapter on the one shared base: a few MB, no second mod
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
-from .reward import POLICY_ADAPTER, active_adapter
+from .reward import POLICY_ADAPTER, active_adapter, add_fresh_adapter, load_named_adapter, save_named_adapter
 
 SFT_REFERENCE = "sft_reference"
 FOLDER = "sft_reference"  # in the run folder, so a resumed PPO phase keeps its reference
@@ -25,24 +24,14 @@ def freeze_copy(model) -> None:
     """Add (or replace) the frozen SFT_REFERENCE adapter with the policy adapter's current weights."""
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
-    if SFT_REFERENCE in model.peft_config:
-        model.delete_adapter(SFT_REFERENCE)
-    model.add_adapter(SFT_REFERENCE, copy.deepcopy(model.peft_config[POLICY_ADAPTER]))
+    add_fresh_adapter(model, SFT_REFERENCE)
     set_peft_model_state_dict(model, get_peft_model_state_dict(model, adapter_name=POLICY_ADAPTER),
                               adapter_name=SFT_REFERENCE)
-    model.set_adapter(POLICY_ADAPTER)
     _freeze(model)
 
 
 def save(model, run_dir: Path) -> None:
-    from peft import get_peft_model_state_dict
-    from safetensors.torch import save_file
-
-    folder = run_dir / FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
-    state = get_peft_model_state_dict(model, adapter_name=SFT_REFERENCE)
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, folder / "adapter_model.safetensors")
-    model.peft_config[SFT_REFERENCE].save_pretrained(folder)
+    save_named_adapter(model, SFT_REFERENCE, run_dir / FOLDER)
 
 
 def load(model, run_dir: Path) -> bool:
@@ -50,10 +39,7 @@ def load(model, run_dir: Path) -> bool:
     folder = run_dir / FOLDER
     if not (folder / "adapter_model.safetensors").is_file():
         return False
-    if SFT_REFERENCE in model.peft_config:
-        model.delete_adapter(SFT_REFERENCE)
-    model.load_adapter(str(folder), adapter_name=SFT_REFERENCE, is_trainable=False)
-    model.set_adapter(POLICY_ADAPTER)
+    load_named_adapter(model, SFT_REFERENCE, folder)
     _freeze(model)
     return True
 
