@@ -43,11 +43,16 @@ def steps_per_epoch(n_train: int, batch_size: int) -> int:
     return max(1, math.ceil(n_train / max(1, batch_size)))
 
 
+def within_budget(steps: int) -> int:
+    """`steps` held to at least MIN_STEPS and at most MAX_STEPS: the floor and cap of every step budget."""
+    return min(MAX_STEPS, max(MIN_STEPS, steps))
+
+
 def step_budget(n_train: int, batch_size: int) -> Choice:
     """Optimizer steps for `n_train` pairs at `batch_size` when neither --epochs nor --max-steps is given."""
     per_epoch = steps_per_epoch(n_train, batch_size)
     epochs_worth = EPOCHS * per_epoch
-    steps = min(MAX_STEPS, max(MIN_STEPS, epochs_worth))
+    steps = within_budget(epochs_worth)
     if steps == MIN_STEPS and epochs_worth < MIN_STEPS:
         why = (f"{EPOCHS} passes over {n_train} pairs would be {epochs_worth} steps; "
                f"small sets get at least {MIN_STEPS} ({steps / per_epoch:.1f} passes)")

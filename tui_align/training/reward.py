@@ -151,7 +151,7 @@ def reward_steps(n_train: int, config: TrainConfig) -> int:
     per_epoch = defaults.steps_per_epoch(n_train, config.batch_size)
     if config.ppo.reward_epochs is not None:
         return config.ppo.reward_epochs * per_epoch
-    return min(defaults.MAX_STEPS, max(defaults.MIN_STEPS, REWARD_EPOCHS * per_epoch))
+    return defaults.within_budget(REWARD_EPOCHS * per_epoch)
 
 
 def _pair_scores(model, head, batch: list[EncodedPair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, int]:
