@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import Section, finish_standalone, peak_rss_mib, report, run_worker  # noqa: E402
 from generation import percentile  # noqa: E402
+from tui_align import cpu_share  # noqa: E402
 
 TITLE = "The user's loop: train -> first compare answer, and typing while training"
 PARTS = ("loop", "latency")
@@ -326,10 +327,8 @@ def loop_worker(args) -> dict:
     marks["child_done_event"] -= marks["train_start_wall"]
     marks["child_first_step"] -= marks["train_start_wall"]
     split = loop_split(marks)
-    from tui_align.backends import llamacpp
-
     return {"split": split, "model_convert_s": model_convert_s, "cold": args.cold, "peak_rss_mib": peak_rss_mib(),
-            "batch_threads": llamacpp.batch_threads(), **info}
+            "batch_threads": chat_threads_used(), **info}
 
 
 # latency: keys typed into the chat Input -------------------------------------------------------------
@@ -455,11 +454,14 @@ def _nice(pid: int) -> int | None:
 
 
 def set_batch_threads(count: int | None) -> None:
-    """Override the llama.cpp engine's prompt-processing threads (to measure the app before or after a change)."""
+    """Fix the llama.cpp engine's threads (to measure the app before or after a change); unset, the
+    engine chooses them from the free cores before each answer (tui_align/cpu_share.py)."""
     if count is not None:
-        from tui_align.backends import llamacpp
+        os.environ[cpu_share.CHAT_THREADS_ENV] = str(count)
 
-        llamacpp.batch_threads = lambda: count
+
+def chat_threads_used() -> str:
+    return str(cpu_share.fixed_threads() or "free cores")
 
 
 def latency_worker(args) -> dict:
@@ -473,9 +475,7 @@ def latency_worker(args) -> dict:
             results = asyncio.run(drive_latency(app, args.keys, args.epochs, events_log, args.answers or 0))
         finally:
             store.close()
-    from tui_align.backends import llamacpp
-
-    return {**results, "batch_threads": llamacpp.batch_threads(), "peak_rss_mib": peak_rss_mib()}
+    return {**results, "batch_threads": chat_threads_used(), "peak_rss_mib": peak_rss_mib()}
 
 
 # The section -------------------------------------------------------------------------------------
@@ -546,7 +546,7 @@ def collect(args) -> Section:
                          "ran during "
                          f"the typing, the child used {t['child_cpu_share']} CPUs on average (nice {t['child_nice']}); "
                          f"keys not shown within 5 s: {latency['idle']['missed']} idle, {t['missed']} training.")
-            notes.append(f"latency: llama.cpp prompt threads {latency['batch_threads']}; chat answers: 8 tokens max, "
+            notes.append(f"latency: llama.cpp threads {latency['batch_threads']}; chat answers: 8 tokens max, "
                          "a new conversation each, timed from Enter to the first refresh showing answer text.")
             notes.append("latency: from posting the key as the terminal driver's input thread does to the end of the "
                          "first refresh showing it (Textual refreshes at most 60 times a second, so up to ~17 ms of "
@@ -568,8 +568,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--cold", action="store_true", help="loop: don't prepare the transformers copy of the model")
     parser.add_argument("--cache-home", help="data folder whose models/cache keeps the converted model between runs")
     parser.add_argument("--batch-threads", type=int,
-                        help="llama.cpp prompt threads in the app (default: the engine's own; it used all cores "
-                        "before batch_threads)")
+                        help="fix llama.cpp's threads in the app (default: the cores free before each answer, "
+                        "tui_align/cpu_share.py)")
     parser.add_argument("--json", help="write the section as JSON here")
     parser.add_argument("--worker", choices=PARTS, help=argparse.SUPPRESS)
     return parser.parse_args(argv)

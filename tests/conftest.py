@@ -39,6 +39,15 @@ def float32_unless_asked(monkeypatch):
     monkeypatch.setattr(precision_probe, "measure", lambda device, shapes: dict(FLOAT32_FASTER))
 
 
+@pytest.fixture(autouse=True)
+def threads_as_they_are(monkeypatch):
+    """`tui-align train` run inside the test process keeps torch's threads (its own process adapts them to
+    the free cores, cpu_share.py), so a test's numbers don't depend on what else the machine runs."""
+    from tui_align import cpu_share
+
+    monkeypatch.setattr(cpu_share, "follow_free_cores", lambda: None)
+
+
 FIXED_FREE_RAM = 16 * 10**9  # what the Train form's memory line reads as free in tests
 
 

@@ -81,10 +81,14 @@ def run_options(config: TrainConfig, *, home: str | None = None, data: str | Non
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, load the pairs, train, report; returns the exit code (see the module docstring)."""
+    from .cpu_share import follow_free_cores
     from .training.events import HumanEvents, JsonlEvents
 
+    lends_cores = follow_free_cores()
     argv = list(sys.argv[1:] if argv is None else argv)
     emit = JsonlEvents(sys.stdout) if "--jsonl" in argv else HumanEvents(sys.stderr)
+    if lends_cores:
+        emit = saying_it_lends_cores(emit)
     try:
         args = build_parser().parse_args(argv)
         config = config_from_args(args)
@@ -111,6 +115,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def saying_it_lends_cores(emit):
+    """`emit` with `lends_cores: true` in the start event: the app may now signal the run (cpu_share.py)."""
+
+    def emit_start_with_it(kind: str, /, **fields) -> None:
+        emit(kind, **fields, **({"lends_cores": True} if kind == "start" else {}))
+
+    return emit_start_with_it
 
 
 def exit_now(code: int) -> None:

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import train_args
+from .. import cpu_share, train_args
 from ..errors import UserError
 from ..training.rules import EXIT_CANCELLED, METHODS  # noqa: F401  (METHODS: the screen's method select)
 
@@ -126,6 +126,9 @@ class TrainProcess:
     returncode: int | None = None
     process: subprocess.Popen | None = None
     cancel_requested: bool = False
+    # Cores the run lends the chat for the answer being generated (cpu_share.py); 0 when none are lent.
+    lent: int = 0
+    lends_cores: bool = False  # its start event said its signal handlers are in place (cpu_share.py)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def start(self) -> None:
@@ -136,7 +139,8 @@ class TrainProcess:
                 # Its own session: a Ctrl-C meant for the terminal must not reach the child; we signal it ourselves.
                 self.process = subprocess.Popen(
                     self.argv, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True,
-                    bufsize=1, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                    bufsize=1, start_new_session=True,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1", cpu_share.LEND_ENV: "1"},
                 )
             except OSError as exc:
                 self.status = "failed"
@@ -176,6 +180,7 @@ class TrainProcess:
             self.run_dir = event.get("run_dir") or self.run_dir
             self.total_steps = int(event.get("total_steps") or 0)
             self.memory = event.get("memory") or {}
+            self.lends_cores = event.get("lends_cores") is True
         elif kind == "progress":
             self.phase = {} if event.get("finished") else event
         elif kind == "step":
@@ -220,6 +225,27 @@ class TrainProcess:
             else:
                 self.status = "failed"
                 self.error = f"training crashed (exit {returncode}) — see {self.log_path}"
+
+    def lend_cores(self) -> int:
+        """Ask the child to run on fewer threads while the chat answers; returns the cores it lends (0: none)."""
+        if not (self.running and self.lends_cores and hasattr(signal, "SIGUSR1") and self._signal(signal.SIGUSR1)):
+            return 0
+        self.lent = cpu_share.chat_share(cpu_share.usable_cores())
+        return self.lent
+
+    def take_cores_back(self) -> None:
+        if self.lent:
+            self.lent = 0
+            self._signal(signal.SIGUSR2)
+
+    def _signal(self, sig) -> bool:
+        if self.process is None or self.process.poll() is not None:
+            return False
+        try:
+            self.process.send_signal(sig)
+        except OSError:  # it ended between the poll and the signal
+            return False
+        return True
 
     def cancel(self) -> bool:
         """Ask the child to stop after its current step (it saves checkpoint/); False if not running."""

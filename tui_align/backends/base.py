@@ -51,6 +51,9 @@ class Backend(ABC):
     #: True when stream_candidates decodes all answers in one batch (they stream at once), False when it
     #: writes them one after the other.
     batches_candidates: bool = False
+    #: CPU cores the app's own training run lends for the answers being generated (the app sets it around
+    #: each generation; engines that pick their thread count from the free cores add it: cpu_share.py).
+    lent_cores: int = 0
 
     @abstractmethod
     def stream_chat(

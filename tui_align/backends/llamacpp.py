@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import random
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from ..cpu_share import ThreadChooser
 from ..errors import UserError
 from ..model_files import check_gguf
 from ..pairs import Message
@@ -19,19 +20,6 @@ DEFAULT_CONTEXT = 4096
 MAX_SEQUENCES = 4
 # create_chat_completion's finish_reason in our words.
 FINISH = {"stop": "eos", "length": "length"}
-
-
-def batch_threads() -> int:
-    """Threads for prompt processing: half the logical cores, as llama-cpp-python already uses for generation.
-
-    Its own default for prompts is every core. llama.cpp's threads wait for each other after every
-    operation, so when anything else wants a core (another program, a training run) one of them is often
-    off the CPU and the rest wait: on a 2-core machine with two busy processes beside it, a short chat
-    prompt's first token took up to 8 s (p90) instead of 0.3 s, and a 2000-token prompt 15 to 37 s
-    instead of 14 s. The price on an idle 2-core machine: short prompts none measurable, a 2000-token
-    prompt 10 s instead of 5 s (benchmarks/user_loop.py times first tokens in the app).
-    """
-    return max(1, multiprocessing.cpu_count() // 2)
 
 
 class LlamaCppBackend(Backend):
@@ -47,13 +35,17 @@ class LlamaCppBackend(Backend):
         if not path.is_file():
             raise UserError(f"Model not found: {path}")
         check_gguf(path)
+        self._threads = ThreadChooser()
         try:
             self._llama = Llama(
                 model_path=str(path),
                 lora_path=str(lora_path) if lora_path else None,
                 n_ctx=n_ctx,
                 n_gpu_layers=n_gpu_layers,
-                n_threads_batch=batch_threads(),
+                # Generation and prompts alike: every core that is free now (cpu_share.py), chosen
+                # again before each answer.
+                n_threads=self._threads.threads,
+                n_threads_batch=self._threads.threads,
                 verbose=False,
             )
         except (ValueError, RuntimeError) as exc:
@@ -68,6 +60,10 @@ class LlamaCppBackend(Backend):
         self, messages: list[Message], settings: SamplingSettings, should_stop: StopCheck | None = None
     ) -> Iterator[str]:
         seed = settings.seed if settings.seed is not None else random.randrange(2**31)
+        with self._free_cores():
+            return (yield from self._stream_chat(messages, settings, seed, should_stop))
+
+    def _stream_chat(self, messages, settings: SamplingSettings, seed: int, should_stop: StopCheck | None):
         reason = None
         try:
             chunks = self._llama.create_chat_completion(
@@ -101,10 +97,23 @@ class LlamaCppBackend(Backend):
             return
         seeds = [s.seed if s.seed is not None else random.randrange(2**31) for s in settings_list]
         try:
-            yield from llama_batch.stream_batch(self._llama, self._formatter, messages, settings_list, seeds,
-                                                should_stop)
+            with self._free_cores():
+                yield from llama_batch.stream_batch(self._llama, self._formatter, messages, settings_list, seeds,
+                                                    should_stop)
         except ValueError as exc:  # tokenizing or evaluating a prompt that does not fit
             raise UserError(f"llama.cpp: {exc}") from exc
+
+    @contextmanager
+    def _free_cores(self):
+        """Generate on the cores free now (cpu_share.py); the window to the next answer starts at its end."""
+        import llama_cpp
+
+        threads = self._threads.choose(self.lent_cores)
+        llama_cpp.llama_set_n_threads(self._llama.ctx, threads, threads)
+        try:
+            yield threads
+        finally:
+            self._threads.done()
 
     def count_tokens(self, messages: list[Message]) -> int | None:
         if self._formatter is None:  # a named format of llama-cpp-python's: its exact prompt isn't ours to build

@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
+from .. import cpu_share
 from . import cancel, defaults, memory_probe
 from .config import TrainConfig
 from .divergence import Diverged, Divergence
@@ -276,6 +277,8 @@ class Progress:
             "tokens_per_s": self.tokens / elapsed,
             "eta_s": elapsed / max(done, 1) * (self.total - step),
             "peak_memory": measured_peak(),
+            # torch's threads for the next step: the cores free over this one (cpu_share.py)
+            **({"threads": threads} if (threads := cpu_share.after_training_step()) is not None else {}),
         }
 
 

@@ -221,7 +221,7 @@ class ChatScreen(Screen):
     @work(thread=True, exclusive=True, group="generation")
     def _generate(self, backend, lock: threading.Lock, prompt, settings_list, stop: threading.Event) -> None:
         worker = get_current_worker()
-        with lock:
+        with lock, self.align_app.lending_cores([backend]):
             generate_answers(backend, prompt, settings_list, lambda: stop.is_set() or worker.is_cancelled,
                              self.post_message)
 

@@ -290,7 +290,7 @@ class CompareScreen(Screen):
         def should_stop() -> bool:
             return stop.is_set() or worker.is_cancelled
 
-        with self.align_app.generation_lock:
+        with self.align_app.generation_lock, self.align_app.lending_cores(backends):
             compare_answers(backends, prompt, settings, should_stop, self.post_message)
 
     def action_stop(self) -> None:
