@@ -1,17 +1,17 @@
 """How many CPU threads a chat answer and a training run each get, from how busy the machine is now.
 
-Measured on a 2-core Xeon (docs/benchmarks.md §10, benchmarks/cpu_share.py): llama.cpp's threads and
-torch's wait for each other after every operation, so a thread that finds its core taken stalls the rest.
-- Idle machine: a chat answer on 2 threads took 0.50 s against 0.87 s on 1 (llama-cpp-python's default
-  is half the cores), and 4 candidates in one batch 1.32 s against 2.32 s. So an answer takes every core
+llama.cpp's threads and torch's wait for each other after every operation, so a thread that finds its
+core taken stalls the rest. Measured on a 2-core Xeon (docs/benchmarks.md §10, benchmarks/cpu_share.py,
+one run; the first two points also in scratch runs the same day):
+- Idle machine: a chat answer on 2 threads took 0.98 s against 1.78 s on 1 (llama-cpp-python's default
+  is half the cores), and 4 candidates in one batch 2.50 s against 3.96 s. So an answer takes every core
   that is free.
-- Beside a training run on 2 torch threads: the same answer on 2 threads took 37-52 s (every thread
-  waiting on a core the other process held), on 1 thread 1.08 s. So it takes only the cores that are
-  free, measured, never a fixed share.
-- While the user chats, a training run that drops to 1 thread leaves chat at its idle speed (0.87 s)
-  and itself runs faster than on 2 contended threads (76 against 58 matmuls a second). So the app asks
-  its own training run to lend half the cores for the length of each answer (SIGUSR1 / SIGUSR2), and
-  gives them back at once: between answers the run has every core.
+- Beside a torch process on 2 threads: the same answer on 2 threads took 37-52 s (every thread waiting
+  on a core the other process held), on 1 thread 1.08 s. So it takes only the cores that are free,
+  measured, never a fixed share.
+- While the user chats, a DPO run that lends half its threads for each answer (SIGUSR1 / SIGUSR2) ran
+  1.67 s a step against 3.28 s on all of its threads, and the answers took 1.73 s against 2.48 s.
+  Between answers the run has every core again.
 
 The chat side measures the machine between two answers (the user is reading or typing, our own process
 idle), from /proc/stat, less this process's own CPU time; where there is no /proc/stat, from the load
@@ -20,6 +20,7 @@ average; where there is neither, it assumes half the cores are taken, as before.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
@@ -39,8 +40,10 @@ CHAT_THREADS_ENV = "TUI_ALIGN_CHAT_THREADS"
 TRAIN_THREADS_ENV = "TUI_ALIGN_TRAIN_THREADS"
 
 
+@functools.cache
 def usable_cores() -> int:
-    """Physical cores this process may run on: hyperthread siblings count once (llama.cpp's own default)."""
+    """Physical cores this process may run on: hyperthread siblings count once (llama.cpp's own default).
+    Read once: the app asks before every answer, and the topology doesn't change while it runs."""
     try:
         cpus = sorted(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -172,8 +175,9 @@ class TrainingThreads:
     """A CPU training run's torch threads: the cores free over the last step (rechecked after each), at
     most the threads torch started with; training_share of those while the app's chat borrows cores.
 
-    Measured on 2 cores beside a process that kept one core busy: a DPO step on torch's 2 threads took
-    3.6 s, on 1 thread 2.7 s (docs/benchmarks.md §10)."""
+    Why per step: a step on threads whose cores another process holds waits on them at every operation
+    (seen on the shared 2-core dev machine in a quick run, not in a benchmark: a DPO step on torch's 2
+    threads beside a process keeping one core busy took 3.6 s, on 1 thread 2.7 s)."""
 
     def __init__(self, torch):
         self.torch = torch
