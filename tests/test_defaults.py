@@ -42,6 +42,23 @@ def test_only_the_settings_left_unset_are_chosen():
     assert defaults.steps(given, 100) == 50
 
 
+def test_ppo_s_own_phase_takes_a_fraction_of_the_run_s_rate_unless_given():
+    config = TrainConfig(method="ppo")
+    chosen = defaults.fill(config, 32)
+    assert [c.setting for c in chosen] == ["learning_rate", "max_steps", "ppo.learning_rate"]
+    assert config.learning_rate == 1e-4 and config.ppo.learning_rate == 3e-5
+    assert "0.3× the run's 0.0001" in chosen[-1].why
+    faster = TrainConfig(method="ppo", learning_rate=2e-4)
+    assert defaults.fill(faster, 32)[-1].value == 6e-5  # follows --lr
+    given = TrainConfig(method="ppo")
+    given.ppo.learning_rate = 1e-5
+    assert "ppo.learning_rate" not in [c.setting for c in defaults.fill(given, 32)]
+    assert given.ppo.learning_rate == 1e-5 and defaults.ppo_lr(given) == 1e-5
+    assert defaults.ppo_lr(TrainConfig(method="ppo", learning_rate=1e-2)) == 3e-3  # unfilled: the same rule
+    assert TrainConfig(method="dpo").ppo.learning_rate is None and "ppo.learning_rate" not in [
+        c.setting for c in defaults.fill(TrainConfig(method="dpo"), 32)]
+
+
 def test_no_flags_means_the_rule_on_the_command_line_and_in_the_form():
     _, config = train_args.parse([])
     assert config.epochs is None and config.learning_rate is None and config.dpo.sft_weight == 1.0

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tui_align.pairs import Pair
-from tui_align.training import lora, losses, ppo, reward, rollouts, runner, synthetic
+from tui_align.training import defaults, lora, losses, ppo, reward, rollouts, runner, synthetic
 from tui_align.training.config import TrainConfig
 from tui_align.training.data import encode_pairs, preference_batch
 from tui_align.training.events import CollectEvents
@@ -313,6 +313,11 @@ def test_the_ppo_phase_takes_its_own_learning_rate(smol_tokenizer, monkeypatch):
     config.ppo.learning_rate = 3e-5
     ppo.train_ppo(Job(model, smol_tokenizer, train, [], config, CollectEvents()))
     assert rates[1:] == [1e-2, 3e-5]  # the reward model's, then the warm start at --lr, then PPO at --ppo-lr
+    rates.clear()
+    config.ppo.learning_rate = None  # no --ppo-lr: a fraction of the run's rate
+    ppo.train_ppo(Job(with_lora(build_tiny_llama(smol_tokenizer, seed=0)), smol_tokenizer, train, [], config,
+                      CollectEvents()))
+    assert rates[1:] == [1e-2, pytest.approx(1e-2 * defaults.PPO_PHASE_SCALE)]
 
 
 # --- through the runner ------------------------------------------------------------------------------------

@@ -375,10 +375,12 @@ PINNED_PPO = {
         {"accuracy": 1.0, "margin": 0.3614323139190674, "loss": 0.5286720991134644},
         {"accuracy": 1.0, "margin": 0.45835018157958984, "loss": 0.4900059998035431},
     ],
-    # sampled rollouts and greedy decoding amplify rounding, so these get a looser tolerance
+    # sampled rollouts and greedy decoding amplify rounding, so these get a looser tolerance. Re-pinned
+    # when the PPO phase took 0.3x the run's rate (3e-3 here): after its one step the tiny random model's
+    # greedy answers fall back to the base's own (the same score to the last digit; at 1e-2 it was 3.2345)
     "metrics": {"reward_accuracy": 1.0, "reward_margin": 0.45835018157958984,
                 "mean_reward_before": -0.07828330993652344, "mean_reward_after_sft": 7.441612243652344,
-                "kl": 0.0, "mean_reward_after": 3.2345309257507324},
+                "kl": 0.0, "mean_reward_after": -0.07828330993652344},
 }
 
 

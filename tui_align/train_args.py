@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"PPO: advantages from a learned value head (value) or from the other answers to the same prompt, "
              f"{defaults.ppo.group_size} per prompt (group; default: {defaults.ppo.baseline})")
     add("--ppo-lr", type=float, metavar="LR",
-        help="PPO: the learning rate of the PPO phase (default: the run's --lr, as the warm start)")
+        help=f"PPO: the learning rate of the PPO phase (default: {rule.PPO_PHASE_SCALE:g}× the run's --lr, so "
+             f"{rule.PPO_PHASE_SCALE * rule.LEARNING_RATES['ppo']:g} with no flags)")
     add("--ppo-reference", choices=("sft", "base"), default=defaults.ppo.reference,
         help="PPO: the KL penalty keeps the policy near its warm start (sft) or near the base model (base; "
              f"default: {defaults.ppo.reference})")

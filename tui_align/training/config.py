@@ -51,9 +51,9 @@ class PPOSettings:
     # What PPO's KL keeps the policy near: "sft", a frozen copy of the policy after the warm start (as
     # InstructGPT and TRL do), or "base", the model without adapters. See sft_reference.py.
     reference: str = "sft"
-    # The PPO phase's learning rate; None: the run's (that of the warm start). PPO's updates chase a noisy
-    # reward on 4 rollouts a step, and at the warm start's 1e-4 the sampled reward rose for 10-15 steps
-    # and then fell as the KL grew (docs/training-defaults-research.md).
+    # The PPO phase's learning rate; None: defaults.PPO_PHASE_SCALE of the run's (the warm start's). PPO's
+    # updates chase a noisy reward on 4 rollouts a step, and at the warm start's 1e-4 the sampled reward
+    # rose for 10-15 steps and then fell as the KL grew (docs/training-defaults-research.md).
     learning_rate: float | None = None
     max_new_tokens: int = 48
     ppo_epochs: int = 2  # passes over each batch of rollouts

@@ -194,7 +194,7 @@ def train_ppo(job: Job) -> dict:
     use_copy = _reference(job, n_sft, resuming, run_dir)
     value_head = _value_head(model, config, run_dir, resuming)
     params = adapter_parameters(model, POLICY_ADAPTER) + list(value_head.parameters())
-    ppo_rate = config.ppo.learning_rate or defaults.lr(config)
+    ppo_rate = defaults.ppo_lr(config)
     ppo_optimizer = torch.optim.AdamW(params, lr=ppo_rate, weight_decay=0.0)
     if resuming and job.optimizer_state is not None:
         ppo_optimizer.load_state_dict(job.optimizer_state)
