@@ -91,6 +91,25 @@ def test_both_engines_count_the_prompt_as_training_tokenizes_it(llama, tiny_llam
     assert hf.count_tokens(chat) == expected
 
 
+def test_transformers_answers_on_the_threads_chosen_for_each_answer(tiny_llama, smol_tokenizer, monkeypatch):
+    import torch
+
+    backend = TransformersBackend(ModelRef("folder", "tiny"), None, device="cpu", model=tiny_llama, tokenizer=smol_tokenizer)
+    asked, during = [], []
+    monkeypatch.setattr(backend._threads, "choose", lambda lent=0: asked.append(lent) or 1 + lent)
+    generate = tiny_llama.generate
+    monkeypatch.setattr(tiny_llama, "generate", lambda **kw: during.append(torch.get_num_threads()) or generate(**kw))
+    before = torch.get_num_threads()
+    backend.lent_cores = 1  # as the app sets it while its training run lends a core
+    backend.chat(ask("Hi"), SamplingSettings(temperature=0.0, max_tokens=4))
+    list(backend.base_view().stream_candidates(ask("Hi"), [SamplingSettings(max_tokens=4, seed=s) for s in (1, 2)],
+                                               lambda: False))  # a view: the same meter
+    backend.lent_cores = 0  # the run took its core back
+    backend.chat(ask("Hi"), SamplingSettings(temperature=0.0, max_tokens=4))
+    assert asked == [1, 1, 0] and during == [2, 2, 1]
+    assert torch.get_num_threads() == before
+
+
 def test_transformers_backend_streams_and_repeats_with_a_seed(tiny_llama, smol_tokenizer):
     backend = TransformersBackend(ModelRef("folder", "tiny"), None, device="cpu", model=tiny_llama, tokenizer=smol_tokenizer)
     settings = SamplingSettings(temperature=1.0, max_tokens=12, seed=3)

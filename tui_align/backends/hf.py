@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from ..cpu_share import ThreadChooser
 from ..errors import UserError, report
 from ..model_files import ModelRef, load_transformers
 from ..pairs import Message
@@ -38,6 +39,9 @@ class TransformersBackend(Backend):
         self.adapter_enabled = True
         # Which of the peft model's adapters answers (None: no adapter); views over one model differ here.
         self.adapter_name = None if adapter_path is None else "default"
+        # On the CPU, each answer's torch threads are the cores free before it (cpu_share.py), as for
+        # llama.cpp; the views over this model share the one meter.
+        self._threads = ThreadChooser() if self.device == "cpu" else None
 
     def base_view(self) -> "TransformersBackend":
         """A second backend over the same weights that answers with the adapter switched off."""
@@ -138,7 +142,7 @@ class TransformersBackend(Backend):
             try:
                 if adapter_names is None and self.adapter_enabled and self.adapter_name is not None:
                     self.model.set_adapter(self.adapter_name)  # another view over this model may have switched
-                with torch.inference_mode(), adapter_off:
+                with torch.inference_mode(), adapter_off, self._free_cores(torch):
                     self.model.generate(**kwargs)
             except BaseException as exc:  # reported on the consumer's thread below
                 failure.append(exc)
@@ -158,6 +162,23 @@ class TransformersBackend(Backend):
         for row, reason in enumerate(streamer.reasons):
             if reason is None:  # generate ended with the row still going: asked to stop, or its last token
                 yield Chunk(row, finished="stopped" if stopped else "length")
+
+    @contextlib.contextmanager
+    def _free_cores(self, torch):
+        """Generate on the cores free now. Set on the thread that generates: with OpenMP a count set on
+        another thread doesn't reach the running one (checked: the app's thread keeps its 2 while the
+        worker's is 1), yet threads started later copy it, so it is put back when the answer ends."""
+        if self._threads is None:
+            yield None
+            return
+        before = torch.get_num_threads()
+        threads = self._threads.choose(self.lent_cores)
+        torch.set_num_threads(threads)
+        try:
+            yield threads
+        finally:
+            torch.set_num_threads(before)
+            self._threads.done()
 
     def count_tokens(self, messages: list[Message]) -> int | None:
         try:
