@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,6 +170,17 @@ class ThreadChooser:
     def done(self) -> None:
         """The answer ended: the next window starts now, so it doesn't count our own answer."""
         self.meter.mark()
+
+    @contextmanager
+    def answering(self, lent: int, apply):
+        """One answer on the count chosen now: `apply(threads)` gives it to the engine, and the next
+        window starts when the answer ends."""
+        threads = self.choose(lent)
+        apply(threads)
+        try:
+            yield threads
+        finally:
+            self.done()
 
 
 class TrainingThreads:

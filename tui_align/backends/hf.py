@@ -172,13 +172,11 @@ class TransformersBackend(Backend):
             yield None
             return
         before = torch.get_num_threads()
-        threads = self._threads.choose(self.lent_cores)
-        torch.set_num_threads(threads)
         try:
-            yield threads
+            with self._threads.answering(self.lent_cores, torch.set_num_threads) as threads:
+                yield threads
         finally:
             torch.set_num_threads(before)
-            self._threads.done()
 
     def count_tokens(self, messages: list[Message]) -> int | None:
         try:

@@ -108,12 +108,11 @@ class LlamaCppBackend(Backend):
         """Generate on the cores free now (cpu_share.py); the window to the next answer starts at its end."""
         import llama_cpp
 
-        threads = self._threads.choose(self.lent_cores)
-        llama_cpp.llama_set_n_threads(self._llama.ctx, threads, threads)
-        try:
+        def apply(threads: int) -> None:  # prompt and generation alike
+            llama_cpp.llama_set_n_threads(self._llama.ctx, threads, threads)
+
+        with self._threads.answering(self.lent_cores, apply) as threads:
             yield threads
-        finally:
-            self._threads.done()
 
     def count_tokens(self, messages: list[Message]) -> int | None:
         if self._formatter is None:  # a named format of llama-cpp-python's: its exact prompt isn't ours to build
