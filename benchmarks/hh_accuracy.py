@@ -33,7 +33,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import SHARED_DATA, Section, finish_standalone, quiet_hf, report, run_worker  # noqa: E402
+from common import Section, finish_standalone, quiet_hf, report, run_worker  # noqa: E402
+from vs_trl import benchmark_pairs, trl_records  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 
@@ -60,21 +61,6 @@ def paired_difference(a: list[bool], b: list[bool], draws: int = 10000, seed: in
 
 
 # --- data ---------------------------------------------------------------------------------------------
-
-
-def fitting_pairs(tokenizer, count: int, max_length: int, skip: int = 0):
-    """The first `count` hh-rlhf pairs after the first `skip` fitting ones that fit `max_length` untruncated."""
-    from tui_align.formats import read_pairs
-    from tui_align.training.data import encode_pairs
-
-    found = []
-    for pair in read_pairs(SHARED_DATA, "hh"):
-        if encode_pairs(tokenizer, [pair], max_length)[1]:
-            continue
-        found.append(pair)
-        if len(found) == skip + count:
-            return found[skip:]
-    raise SystemExit(f"only {len(found)} pairs of {SHARED_DATA.name} fit {max_length} tokens")
 
 
 def _tokenizer():
@@ -152,7 +138,6 @@ def worker_trl(opts) -> dict:
     from trl import DPOConfig, DPOTrainer
 
     from tui_align.training.split import split_held_out
-    from vs_trl import trl_records
 
     quiet_hf()
     work = Path(opts.work)
@@ -235,7 +220,7 @@ def collect(args) -> Section:
         from tui_align.training.config import TrainConfig
 
         max_length = TrainConfig().max_length
-        pairs = fitting_pairs(tokenizer, args.pairs + args.test, max_length)
+        pairs, _ = benchmark_pairs(tokenizer, args.pairs + args.test, max_length)  # as vs_trl.py's contests
         _write(pairs[: args.pairs], work / "train.jsonl")
         _write(pairs[args.pairs :], work / "test.jsonl")
         common = ["--work", str(work)] + (["--quick"] if args.quick else [])
