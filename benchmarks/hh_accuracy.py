@@ -223,7 +223,7 @@ def collect(args) -> Section:
         pairs, _ = benchmark_pairs(tokenizer, args.pairs + args.test, max_length)  # as vs_trl.py's contests
         _write(pairs[: args.pairs], work / "train.jsonl")
         _write(pairs[args.pairs :], work / "test.jsonl")
-        common = ["--work", str(work)] + (["--quick"] if args.quick else [])
+        common = ["--work", str(work)] + (["--quick", "--quick-steps", str(args.quick_steps)] if args.quick else [])
         ours = run_worker(SCRIPT, ["--worker", "ours", *common], timeout=4 * 3600)
         (work / "ours.json").write_text(json.dumps(ours))
         trl = run_worker(SCRIPT, ["--worker", "trl", *common], timeout=8 * 3600)
