@@ -330,3 +330,19 @@ def test_a_cancelled_4bit_run_resumes_in_4bit_where_it_stopped(pairs_file, tiny_
     resumed, expected = (load_file(tmp_path / run / "adapter_model.safetensors") for run in ("cut", "straight"))
     for name, tensor in expected.items():
         assert torch.allclose(resumed[name], tensor, atol=1e-6), name
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's mappings from /proc")
+@pytest.mark.parametrize("mode", ["4bit", "8bit"])
+def test_a_quantized_base_lets_go_of_its_checkpoint_file(mode, tiny_model_dir, tmp_path):
+    """The tensors quantizing leaves in full precision are views of the memory-mapped checkpoint until
+    prepare copies them; while one lives, every page of the float32 file the load read stays resident."""
+    import gc
+    import shutil
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "base")  # a path no other test has mapped
+    model, _ = load_tiny(folder, mode, tmp_path)
+    gc.collect()
+    mapped = [line for line in Path("/proc/self/maps").read_text().splitlines() if str(folder) in line]
+    assert mapped == []
+    assert any(p.dtype == torch.uint8 or p.dtype == torch.int8 for p in model.parameters())  # still quantized

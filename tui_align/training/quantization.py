@@ -105,6 +105,7 @@ def prepare(model, quant: Quantization) -> None:
     and with it every LoRA gradient below that layer. Turning the re-pack off keeps one path for all.
     """
     if quant.quantized:
+        _unmap_the_checkpoint(model)
         _give_back_freed_memory()
     if quant.mode != "4bit":
         return
@@ -117,6 +118,21 @@ def prepare(model, quant: Quantization) -> None:
             module.compute_dtype = compute
             module.compute_type_is_set = True
             module.support_avx512bf16_for_cpu = False
+
+
+def _unmap_the_checkpoint(model) -> None:
+    """Copy the parameters left in full precision (embeddings, norms, the LM head) out of the checkpoint file.
+
+    transformers loads them as views of the memory-mapped safetensors file, and while one view lives the
+    whole mapping stays resident, every page quantizing read included: a float32 folder's full size beside
+    the quantized base (measured on the CPU: a 4-layer llama with 0.97 GB of linears kept 1.56 GB resident
+    after a 4-bit load, 0.68 GB once these 10 tensors were copied). The copies are the few tensors 4-bit
+    doesn't shrink; the file's pages are freed. CUDA tensors live on the card and hold no mapping."""
+    import torch
+
+    for param in model.parameters():
+        if param.device.type == "cpu" and param.dtype not in (torch.uint8, torch.int8):
+            param.data = param.data.clone()
 
 
 def _give_back_freed_memory() -> None:
