@@ -129,6 +129,14 @@ def worker_ours(opts) -> dict:
     }
 
 
+def trl_schedule(ours: str) -> str:
+    """TRL's lr_scheduler_type for our --lr-schedule: ours and transformers' linear are the same curve (the
+    rate times 1 - k/steps at the k-th step from 0); hold-decay has no TRL counterpart."""
+    if ours not in ("constant", "linear"):
+        raise SystemExit(f"--lr-schedule {ours} has no TRL counterpart: compare with constant or linear")
+    return ours
+
+
 def worker_trl(opts) -> dict:
     """TRL's DPOTrainer on the pairs our run trained on, with our run's settings; saves its adapter."""
     import torch
@@ -155,7 +163,7 @@ def worker_trl(opts) -> dict:
     args = DPOConfig(
         output_dir=str(work / "trl-out"), per_device_train_batch_size=ours["batch_size"],
         max_length=ours["max_length"], learning_rate=ours["learning_rate"], beta=ours["beta"],
-        max_steps=ours["steps"], lr_scheduler_type="constant" if ours["lr_schedule"] == "constant" else "linear",
+        max_steps=ours["steps"], lr_scheduler_type=trl_schedule(ours["lr_schedule"]),
         warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, seed=ours["seed"],
         bf16="bf16" in ours["precision"], gradient_checkpointing=False, use_cpu=True,
         logging_steps=10, save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0,
