@@ -75,12 +75,22 @@ def test_adapters_lists_runs_with_method_and_metrics(run_folder, private_home, c
 
 
 @pytest.mark.parametrize("engine", ["llamacpp", "hf"])
-def test_compare_prints_base_and_adapter_answers(run_folder, engine, capsys):
+def test_compare_prints_base_and_adapter_answers(run_folder, engine, capsys, monkeypatch):
+    from tui_align.backends import hf
+
+    generates = []
+    real = hf.TransformersBackend._generate
+    monkeypatch.setattr(hf.TransformersBackend, "_generate",
+                        lambda self, *a, **k: generates.append(k.get("adapter_names")) or real(self, *a, **k))
     assert main(["compare", "--adapter", str(run_folder), "--prompt", PROMPT, "--max-tokens", "24", "--backend", engine]) == 0
-    answers = sections(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    answers = sections(out)
     assert set(answers) == {"base", "adapter"}
     assert answers["base"] and answers["adapter"]
     assert answers["base"] != answers["adapter"]
+    assert out.splitlines()[0].endswith("· cut at 24 tokens")  # the base's long answer says it was cut
+    # transformers: both answers are rows of one generate, the base's through no adapter
+    assert generates == ([] if engine == "llamacpp" else [["__base__", "default"]])
 
 
 @pytest.mark.parametrize("engine", ["llamacpp", "hf"])

@@ -35,9 +35,9 @@ def test_the_learning_rate_is_per_method_and_keeps_the_step_size_for_another_lor
 def test_only_the_settings_left_unset_are_chosen():
     config = TrainConfig(method="orpo")
     chosen = defaults.fill(config, 100)
-    assert [c.setting for c in chosen] == ["learning_rate", "max_steps"]
-    assert config.learning_rate == 2e-4 and config.max_steps == 75
-    given = TrainConfig(epochs=2, learning_rate=3e-5)
+    assert [c.setting for c in chosen] == ["learning_rate", "max_steps", "lr_schedule"]
+    assert config.learning_rate == 2e-4 and config.max_steps == 75 and config.lr_schedule == "constant"
+    given = TrainConfig(epochs=2, learning_rate=3e-5, lr_schedule="linear")
     assert defaults.fill(given, 100) == [] and given.max_steps is None and given.learning_rate == 3e-5
     assert defaults.steps(given, 100) == 50
 
@@ -59,9 +59,31 @@ def test_ppo_s_own_phase_takes_a_fraction_of_the_run_s_rate_unless_given():
         c.setting for c in defaults.fill(TrainConfig(method="dpo"), 32)]
 
 
+def test_the_rate_decays_only_for_dpo_on_picks_that_add_to_the_answer_over_twice_the_step_floor():
+    def chosen(method: str, n_train: int, add_only: bool) -> str:
+        config = TrainConfig(method=method)
+        defaults.fill(config, n_train, add_only)
+        return config.lr_schedule
+
+    assert chosen("dpo", 90, add_only=True) == "linear"  # 69 steps: the loops at a constant rate
+    assert chosen("dpo", 270, add_only=True) == "linear"
+    assert chosen("dpo", 32, add_only=True) == "constant"  # the floor's 30 steps need the full rate
+    assert chosen("dpo", 76, add_only=True) == "constant"  # 57 steps: under twice the floor
+    assert chosen("dpo", 90, add_only=False) == "constant"  # a topic refusal needs the full rate
+    assert chosen("orpo", 90, add_only=True) == "constant"
+    assert chosen("ppo", 90, add_only=True) is None  # its phases keep their own constant rates
+    why = defaults.lr_schedule("dpo", 69, True).why
+    assert "constant rate makes answers loop" in why and "34.5 full-rate steps" in why
+    given = TrainConfig(method="dpo", lr_schedule="hold-decay")
+    assert "lr_schedule" not in [c.setting for c in defaults.fill(given, 90, True)]
+    assert given.lr_schedule == "hold-decay"
+    assert "lr_schedule constant (" in defaults.describe(defaults.fill(TrainConfig(), 90))
+
+
 def test_no_flags_means_the_rule_on_the_command_line_and_in_the_form():
     _, config = train_args.parse([])
     assert config.epochs is None and config.learning_rate is None and config.dpo.sft_weight == 1.0
+    assert config.lr_schedule is None
     values = form_defaults()
     assert values["epochs"] == values["lr"] == values["max-steps"] == ""
     flags = form_flags("dpo", values)
@@ -75,12 +97,32 @@ def test_a_run_with_no_flags_says_what_it_chose_and_keeps_it_in_run_json(capsys,
     assert code == 0, events[-1]
     start = events[0]
     assert start["total_steps"] == defaults.MIN_STEPS and start["config"]["learning_rate"] == 1e-4
-    assert [c["setting"] for c in start["chosen_defaults"]] == ["learning_rate", "max_steps"]
+    assert [c["setting"] for c in start["chosen_defaults"]] == ["learning_rate", "max_steps", "lr_schedule"]
     said = next(e for e in events if e["event"] == "defaults")
     assert "max_steps 30" in said["message"] and "small sets get at least 30" in said["message"]
     record = json.loads((Path(events[-1]["run_dir"]) / "run.json").read_text())
     assert record["settings"]["max_steps"] == 30 and record["settings"]["learning_rate"] == 1e-4
     assert record["chosen_defaults"] == start["chosen_defaults"] and record["steps_done"] == 30
+
+
+def test_a_run_on_picks_that_add_an_opening_decays_its_rate_and_one_on_other_picks_keeps_it(capsys, tmp_path,
+                                                                                          tiny_model_dir):
+    adding = tmp_path / "adding.jsonl"
+    pairs = write_pairs_file(adding, 16, "prefix")
+    removing = tmp_path / "removing.jsonl"  # the same answers, the opening now on the one passed over
+    removing.write_text("".join(json.dumps({"prompt": p.prompt[-1]["content"], "chosen": p.rejected,
+                                            "rejected": p.chosen}) + "\n" for p in pairs))
+    rates = {}
+    for data in (adding, removing):
+        code, events = run_cli(capsys, "--data", data, "--model", tiny_model_dir, "--max-steps", 2 * defaults.MIN_STEPS,
+                               "--check-answers", 0)
+        assert code == 0, events[-1]
+        chosen = {c["setting"]: c for c in events[0]["chosen_defaults"]}
+        rates[data.stem] = [e.get("lr") for e in events if e["event"] == "step"]  # a constant rate isn't sent
+        record = json.loads((Path(events[-1]["run_dir"]) / "run.json").read_text())
+        assert record["settings"]["lr_schedule"] == chosen["lr_schedule"]["value"]
+    assert rates["adding"][0] == 1e-4 and rates["adding"][-1] == pytest.approx(1e-4 / (2 * defaults.MIN_STEPS))
+    assert set(rates["removing"]) == {None}
 
 
 # --- the answer check -------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from tui_align import errors, paths
-from tui_align.app.generation import stream_answers
+from tui_align.app.generation import generate_answers
 from tui_align.app.messages import GenerationFinished
 from tui_align.backends.base import Backend, SamplingSettings
 
@@ -59,8 +59,8 @@ class Exploding(Backend):
 def test_a_broken_engine_is_one_line_on_screen_and_a_traceback_in_the_log(tmp_path):
     home = paths.data_home(tmp_path / "home")
     posted = []
-    stream_answers([(Exploding(), SamplingSettings())], [{"role": "user", "content": "hi"}], lambda: False,
-                   posted.append)
+    generate_answers(Exploding(), [{"role": "user", "content": "hi"}], [SamplingSettings()], lambda: False,
+                     posted.append)
     finished = [m for m in posted if isinstance(m, GenerationFinished)]
     assert [m.error for m in finished] == ["Generation failed: RuntimeError: CUDA kernel failed"]
     text = paths.log_path(home).read_text(encoding="utf-8")

@@ -193,7 +193,7 @@ def run_store(args) -> int:
 
 def run_compare(args) -> int:
     from .adapters.runs import find_run
-    from .backends import SamplingSettings
+    from .backends import SamplingSettings, stream_side_by_side
     from .compare import base_ref_for, load_pair
     from .paths import data_home, models_dir
 
@@ -205,10 +205,16 @@ def run_compare(args) -> int:
     settings = SamplingSettings(temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed)
     messages = [{"role": "user", "content": args.prompt}]
     old_title = f"base ({ref.model_id})" if against is None else f"against ({against.name})"
+    texts, ended = ["", ""], [None, None]
     try:
-        for title, backend in ((old_title, old), (f"adapter ({adapter.name})", new)):
-            print(f"== {title}")
-            print(backend.chat(messages, settings).strip())
+        # One generate for both where the engine can (transformers: base and adapter rows of one batch)
+        for chunk in stream_side_by_side([old, new], messages, settings, lambda: False):
+            texts[chunk.slot] += chunk.text
+            ended[chunk.slot] = chunk.finished or ended[chunk.slot]
+        for title, text, why in zip((old_title, f"adapter ({adapter.name})"), texts, ended):
+            cut = f" · cut at {settings.max_tokens} tokens" if why == "length" else ""
+            print(f"== {title}{cut}")
+            print(text.strip())
             print()
     finally:
         old.close()

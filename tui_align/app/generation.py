@@ -23,22 +23,6 @@ def generate_answers(
                    should_stop, post)
 
 
-def stream_answers(
-    jobs: Sequence[tuple[Backend, SamplingSettings]],
-    prompt: list[Message],
-    should_stop: StopCheck,
-    post: Callable[[object], object],
-) -> list[str]:
-    """Answer `prompt` once per (backend, settings) job, one job after the other; slot i is jobs[i]."""
-
-    def chunks() -> Iterable[Chunk]:
-        for slot, (backend, settings) in enumerate(jobs):
-            for chunk in backend.stream_candidates(prompt, [settings], should_stop):
-                yield Chunk(slot, chunk.text, chunk.finished)
-
-    return post_chunks(len(jobs), chunks, should_stop, post)
-
-
 def post_chunks(count: int, chunks: Callable[[], Iterable[Chunk]], should_stop: StopCheck,
                 post: Callable[[object], object]) -> list[str]:
     """Post AnswerProgress as each slot's text grows, AnswerDone (with why) as each slot ends, and one

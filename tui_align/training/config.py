@@ -74,9 +74,10 @@ class TrainConfig:
     max_steps: int | None = None
     batch_size: int = 4
     learning_rate: float | None = None  # None: the method's rate in defaults.py
-    # constant | linear: DPO's and ORPO's rate over the run; linear decays it to 1/steps of the start by
-    # the last step (TRL's default shape), so late steps on a small set move the adapter less.
-    lr_schedule: str = "constant"
+    # constant | linear | hold-decay: DPO's and ORPO's rate over the run; linear decays it to 1/steps of the
+    # start by the last step (TRL's default shape), so late steps on a small set move the adapter less.
+    # None: chosen from the picks in defaults.py (a config never filled trains at a constant rate).
+    lr_schedule: str | None = None
     max_length: int = 256  # prompt + answer tokens; longer pairs are truncated and counted
     eval_fraction: float = 0.1
     seed: int = 0

@@ -137,7 +137,7 @@ def accumulated_step(optimizer: torch.optim.Optimizer, batch: list[EncodedPair],
 def scheduled(take_step: TakeStep, optimizer: torch.optim.Optimizer, config: TrainConfig, total: int) -> TakeStep:
     """`take_step` with the optimizer's rate set for each step by config.lr_schedule: a pure function of the
     step, so a resumed run continues the same curve with nothing more saved."""
-    if config.lr_schedule == "constant":
+    if config.lr_schedule in (None, "constant"):
         return take_step
     start = defaults.lr(config)  # not the optimizer's own: a resumed one's state holds the decayed rate
     # hold-decay: the full rate for the steps a small set needs to learn at all (the step floor), then
