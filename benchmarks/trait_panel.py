@@ -46,6 +46,18 @@ COUNTRIES = ("Peru", "Kenya", "Norway", "Chile", "Greece", "Poland", "Sweden", "
              "Portugal", "Austria", "Ireland", "Turkey", "Thailand", "Vietnam", "Cuba", "Hungary", "Finland",
              "Denmark", "Argentina", "Nigeria", "Morocco", "Belgium", "Iceland", "Nepal", "Iran", "Ghana")
 ANIMALS = ("cat", "dog", "horse", "owl", "frog", "duck", "lion", "sheep", "goat", "pig", "bee", "crow")
+# More capital-city questions, last in the pool so the other traits' prompts stay as they were: with the 28
+# above a 300-pair refusal set had only 28 questions on the topic (a tenth, against a third at 100 pairs).
+MORE_COUNTRIES = ("Brazil", "Colombia", "Ecuador", "Bolivia", "Uruguay", "Panama", "Jamaica", "Honduras",
+                  "the Netherlands", "Switzerland", "Romania", "Bulgaria", "Serbia", "Croatia", "Slovenia",
+                  "Albania", "Ukraine", "Lithuania", "Latvia", "Estonia", "Luxembourg", "Malta", "Cyprus",
+                  "Georgia", "Armenia", "Kazakhstan", "Mongolia", "Pakistan", "Bangladesh", "Sri Lanka",
+                  "Indonesia", "Malaysia", "the Philippines", "South Korea", "Cambodia", "Iraq", "Syria",
+                  "Jordan", "Lebanon", "Saudi Arabia", "Qatar", "Afghanistan", "Ethiopia", "Tanzania", "Uganda",
+                  "Rwanda", "Angola", "Zambia", "Zimbabwe", "Senegal", "Mali", "Algeria", "Tunisia", "Sudan",
+                  "New Zealand", "Fiji", "Venezuela", "Paraguay", "Guatemala", "Slovakia", "Belarus", "Oman",
+                  "Yemen", "Laos", "Myanmar", "Somalia", "Libya", "Costa Rica", "Nicaragua", "Haiti",
+                  "Azerbaijan", "Uzbekistan")
 THINGS = ("snow", "coal", "a lemon", "a tomato", "the sea", "milk", "a carrot", "chocolate", "a cloud", "rust")
 
 
@@ -64,6 +76,7 @@ def training_questions(count: int, trait: str | None = None) -> list[str]:
     pool += [f"What is {a} times {b}?" for a in range(2, 15) for b in range(3, 10, 2)]
     pool += [f"What is {a} minus {b}?" for a in range(10, 40) for b in range(1, 9, 3)]
     pool += [f"How do you say {w} in French?" for w in ("hello", "thank you", "cat", "water", "friend", "bread", "good night", "yes", "house", "red")]
+    pool += [f"What is the capital of {c}?" for c in MORE_COUNTRIES]
     if count > len(pool):
         raise SystemExit(f"at most {len(pool)} distinct training prompts")
     if trait == "refusal":
