@@ -18,12 +18,14 @@ from tui_align.training.events import CollectEvents
 from test_training import run_cli, write_pairs_file
 
 
-def test_small_sets_get_the_step_floor_and_big_ones_the_cap():
+def test_small_sets_get_the_step_floor_and_big_ones_fewer_passes():
     assert defaults.step_budget(32, 4).value == defaults.MIN_STEPS  # 3 passes would be 24 steps
     assert defaults.step_budget(90, 4).value == 3 * 23
-    assert defaults.step_budget(270, 4).value == 3 * 68
+    assert defaults.step_budget(270, 4).value == defaults.LARGE_SET_STEPS  # 3 passes would be 204 steps
+    assert defaults.step_budget(450, 4).value == 113  # one pass: every pick seen once
     assert defaults.step_budget(5000, 4).value == defaults.MAX_STEPS
     assert "at least 30" in defaults.step_budget(32, 4).why and "capped" in defaults.step_budget(5000, 4).why
+    assert "1.5 passes" in defaults.step_budget(270, 4).why and "one pass" in defaults.step_budget(450, 4).why
 
 
 def test_the_learning_rate_is_per_method_and_keeps_the_step_size_for_another_lora_scale():

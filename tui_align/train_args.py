@@ -28,8 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tui-align train",
         description="Train a LoRA adapter (DPO, ORPO, or reward model + PPO) on preference pairs.",
         epilog=("With no --epochs, --max-steps or --lr the run picks them from the data: "
-                f"{rule.EPOCHS} passes over the training pairs, at least {rule.MIN_STEPS} and at most "
-                f"{rule.MAX_STEPS} optimizer steps, and the method's learning rate scaled for the LoRA's "
+                f"{rule.EPOCHS} passes over the training pairs, at least {rule.MIN_STEPS} optimizer steps and, "
+                f"past {rule.LARGE_SET_STEPS}, fewer passes (at least one), and the method's learning rate scaled for the LoRA's "
                 "alpha/rank; the start says what it chose. At every eval it checks greedy answers to held-out "
                 "prompts against the base model's, stops a run whose answers start to repeat or shrink, "
                 "and keeps its last sound adapter. "
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Accepted so that tui-align's global options work with every command; training always runs on transformers.
     add("--backend", choices=("llamacpp", "hf"), help=argparse.SUPPRESS)
     add("--epochs", type=int, help=f"passes over the pairs (default: {rule.EPOCHS}, at least {rule.MIN_STEPS} "
-        f"and at most {rule.MAX_STEPS} steps: see below)")
+        f"steps, fewer passes past {rule.LARGE_SET_STEPS} steps: see below)")
     add("--max-steps", type=int, help="stop after this many optimizer steps (overrides --epochs)")
     add("--batch-size", type=int, default=defaults.batch_size, help=f"pairs per step (default: {defaults.batch_size})")
     add("--lr", type=float, help="learning rate (default: per method, " +
