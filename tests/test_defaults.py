@@ -61,7 +61,7 @@ def test_ppo_s_own_phase_takes_a_fraction_of_the_run_s_rate_unless_given():
         c.setting for c in defaults.fill(TrainConfig(method="dpo"), 32)]
 
 
-def test_the_rate_decays_only_for_dpo_on_picks_that_add_to_the_answer_over_twice_the_step_floor():
+def test_the_rate_decays_only_for_dpo_on_picks_that_add_to_the_answer_or_on_a_large_set():
     def chosen(method: str, n_train: int, add_only: bool) -> str:
         config = TrainConfig(method=method)
         defaults.fill(config, n_train, add_only)
@@ -72,6 +72,9 @@ def test_the_rate_decays_only_for_dpo_on_picks_that_add_to_the_answer_over_twice
     assert chosen("dpo", 32, add_only=True) == "constant"  # the floor's 30 steps need the full rate
     assert chosen("dpo", 76, add_only=True) == "constant"  # 57 steps: under twice the floor
     assert chosen("dpo", 90, add_only=False) == "constant"  # a topic refusal needs the full rate
+    assert chosen("dpo", 132, add_only=False) == "constant"  # 3 passes: 99 steps, not yet a large set
+    assert chosen("dpo", 133, add_only=False) == "linear"  # 3 passes would be 102 steps: a large set
+    assert chosen("dpo", 270, add_only=False) == "linear"  # 300 picks learned a refusal at a decaying rate
     assert chosen("orpo", 90, add_only=True) == "constant"
     assert chosen("ppo", 90, add_only=True) is None  # its phases keep their own constant rates
     why = defaults.lr_schedule("dpo", 69, True).why

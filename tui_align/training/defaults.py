@@ -19,13 +19,17 @@ end or the other: on 36 pairs, 3 epochs at batch 4 are 27 steps, and at lr 5e-5 
   over the warm start (+0.45 and +0.24 on two seeds of the refusal panel, against +0.19 and +0.47) with
   the KL at most 1.3 nats in any step (docs/training-defaults-research.md).
 - **The rate's schedule** (DPO): constant, except where the picks only add to the answers passed over (an
-  opening, a sign-off) and the budget is at least twice the floor, where it decays linearly. On 100 such
+  opening, a sign-off) and the budget is at least twice the floor, or the set is large (three passes
+  would be more than LARGE_SET_STEPS), where it decays linearly. On 100 such
   pairs (69 steps) the constant rate made 2 of 12 held-out answers loop on both seeds measured (rep4
   0.058, 0.061 against the base's 0.020) and the linear decay none (0.009, 0.009), trait 12/12 either way;
   the decay's summed rate, half the budget, is then still the floor's worth of full-rate steps, which is
   what teaches a small set (linear over the floor's 30 steps taught 1 of 12). Picks that change the
   answer (a topic refusal) keep the constant rate: with the decay the refusal was not learned (9/12, the
-  base's own, on both seeds; 12/12 at the constant rate). ORPO and PPO keep it too: not measured.
+  base's own, on both seeds; 12/12 at the constant rate). On 300 such pairs (100 steps, a third on the
+  topic) the decay did learn it, 12/12 on two seeds, with rep4 0.026 and 0.008 where the constant rate
+  looped (0.100, 0.033): a large set gets the decay whatever its picks. ORPO and PPO keep the constant
+  rate: not measured with a decay.
 
 Torch-free: the Train form and `tui-align train --help` read it.
 """
@@ -98,20 +102,30 @@ def learning_rate(method: str, rank: int, alpha: int) -> Choice:
     return Choice("learning_rate", value, why)
 
 
-def lr_schedule(method: str, steps: int, add_only: bool) -> Choice:
+def lr_schedule(method: str, steps: int, add_only: bool, large_set: bool = False) -> Choice:
     """The learning rate's schedule when --lr-schedule is not given, for a run of `steps` optimizer steps
-    on picks that only add to the answers passed over (`add_only`) or not."""
+    on picks that only add to the answers passed over (`add_only`) or not, from a set whose three passes
+    would be more than LARGE_SET_STEPS (`large_set`: is_large_set) or not."""
     if method != "dpo":
         return Choice("lr_schedule", "constant", f"{method} was measured at a constant rate only")
-    if not add_only:
-        return Choice("lr_schedule", "constant", "the picks change the answers, not only add to them: a "
-                      "topic refusal was learned at a constant rate and not with a decaying one")
+    if not add_only and not large_set:
+        return Choice("lr_schedule", "constant", "the picks change the answers, not only add to them: on "
+                      "this few pairs a topic refusal was learned at a constant rate and not with a decaying one")
     if steps < 2 * MIN_STEPS:
         return Choice("lr_schedule", "constant", f"{steps} steps: a decay would leave less than the "
                       f"{MIN_STEPS} full-rate steps a small set needs to learn")
+    if not add_only:
+        return Choice("lr_schedule", "linear", f"a large set: over {steps} steps a constant rate makes answers "
+                      f"loop, and this many pairs teach even a topic refusal at a decaying rate")
     return Choice("lr_schedule", "linear", f"the picks only add to the answers (an opening, a sign-off): over "
                   f"{steps} steps a constant rate makes answers loop; decaying still gives {steps / 2:g} "
                   f"full-rate steps' worth")
+
+
+def is_large_set(n_train: int, batch_size: int) -> bool:
+    """Whether EPOCHS passes over `n_train` pairs would be more than LARGE_SET_STEPS: the step budget
+    then gives fewer passes, and every kind of pick gets the decaying rate."""
+    return EPOCHS * steps_per_epoch(n_train, batch_size) > LARGE_SET_STEPS
 
 
 def fill(config, n_train: int, add_only: bool = False) -> list[Choice]:
@@ -131,7 +145,8 @@ def fill(config, n_train: int, add_only: bool = False) -> list[Choice]:
         chosen.append(ppo_phase_rate(config.learning_rate))
         config.ppo.learning_rate = chosen[-1].value
     if config.lr_schedule is None and config.method != "ppo":  # PPO's phases have their own steps
-        chosen.append(lr_schedule(config.method, steps(config, n_train), add_only))
+        chosen.append(lr_schedule(config.method, steps(config, n_train), add_only,
+                                  is_large_set(n_train, config.batch_size)))
         config.lr_schedule = chosen[-1].value
     return chosen
 
