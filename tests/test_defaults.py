@@ -34,6 +34,19 @@ def test_the_learning_rate_is_per_method_and_keeps_the_step_size_for_another_lor
     assert defaults.learning_rate("dpo", 16, 16).value == 2e-4  # half the scale: twice the rate
 
 
+def test_orpo_takes_half_its_rate_on_picks_that_only_add_to_the_answer():
+    adding = TrainConfig(method="orpo")
+    chosen = defaults.fill(adding, 32, add_only=True)
+    assert adding.learning_rate == 1e-4 and "only add" in chosen[0].why
+    changing = TrainConfig(method="orpo")
+    defaults.fill(changing, 32, add_only=False)
+    assert changing.learning_rate == 2e-4  # a topic refusal needs the full rate
+    assert defaults.learning_rate("orpo", 16, 16, add_only=True).value == 2e-4  # half the scale: twice
+    dpo = TrainConfig(method="dpo")
+    defaults.fill(dpo, 32, add_only=True)
+    assert dpo.learning_rate == 1e-4  # DPO's rate is the same on every kind of pick
+
+
 def test_only_the_settings_left_unset_are_chosen():
     config = TrainConfig(method="orpo")
     chosen = defaults.fill(config, 100)
@@ -61,7 +74,7 @@ def test_ppo_s_own_phase_takes_a_fraction_of_the_run_s_rate_unless_given():
         c.setting for c in defaults.fill(TrainConfig(method="dpo"), 32)]
 
 
-def test_the_rate_decays_only_for_dpo_on_picks_that_add_to_the_answer_or_on_a_large_set():
+def test_the_rate_decays_on_picks_that_add_to_the_answer_and_for_dpo_on_a_large_set():
     def chosen(method: str, n_train: int, add_only: bool) -> str:
         config = TrainConfig(method=method)
         defaults.fill(config, n_train, add_only)
@@ -75,7 +88,9 @@ def test_the_rate_decays_only_for_dpo_on_picks_that_add_to_the_answer_or_on_a_la
     assert chosen("dpo", 132, add_only=False) == "constant"  # 3 passes: 99 steps, not yet a large set
     assert chosen("dpo", 133, add_only=False) == "linear"  # 3 passes would be 102 steps: a large set
     assert chosen("dpo", 270, add_only=False) == "linear"  # 300 picks learned a refusal at a decaying rate
-    assert chosen("orpo", 90, add_only=True) == "constant"
+    assert chosen("orpo", 90, add_only=True) == "linear"  # as DPO's: 69 steps
+    assert chosen("orpo", 270, add_only=False) == "constant"  # ORPO on a large set: not measured decaying
+    assert chosen("orpo", 32, add_only=True) == "constant"
     assert chosen("ppo", 90, add_only=True) is None  # its phases keep their own constant rates
     why = defaults.lr_schedule("dpo", 69, True).why
     assert "constant rate makes answers loop" in why and "34.5 full-rate steps" in why
@@ -128,6 +143,11 @@ def test_a_run_on_picks_that_add_an_opening_decays_its_rate_and_one_on_other_pic
         assert record["settings"]["lr_schedule"] == chosen["lr_schedule"]["value"]
     assert rates["adding"][0] == 1e-4 and rates["adding"][-1] == pytest.approx(1e-4 / (2 * defaults.MIN_STEPS))
     assert set(rates["removing"]) == {None}
+    for data, rate in ((adding, 1e-4), (removing, 2e-4)):  # ORPO: half its rate on the adding picks
+        code, events = run_cli(capsys, "--data", data, "--model", tiny_model_dir, "--method", "orpo",
+                               "--max-steps", 2, "--check-answers", 0)
+        assert code == 0, events[-1]
+        assert events[0]["config"]["learning_rate"] == rate
 
 
 # --- the answer check -------------------------------------------------------------------------------

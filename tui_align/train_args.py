@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-steps", type=int, help="stop after this many optimizer steps (overrides --epochs)")
     add("--batch-size", type=int, default=defaults.batch_size, help=f"pairs per step (default: {defaults.batch_size})")
     add("--lr", type=float, help="learning rate (default: per method, " +
-        ", ".join(f"{m} {v:g}" for m, v in rule.LEARNING_RATES.items()) + ", at alpha = 2 x rank; see below)")
+        ", ".join(f"{m} {v:g}" for m, v in rule.LEARNING_RATES.items()) + ", at alpha = 2 x rank; " +
+        ", ".join(f"{m} {v:g}" for m, v in rule.ADD_ONLY_RATES.items()) + " on picks that only add an opening "
+        "or a sign-off; see below)")
     add("--lr-schedule", choices=("constant", "linear", "hold-decay"), default=defaults.lr_schedule,
         help=f"DPO/ORPO: keep the learning rate (constant), decay it linearly to near 0 by the last step "
              f"(linear), or keep it for the first {rule.MIN_STEPS} steps and decay it over the rest (hold-decay; "

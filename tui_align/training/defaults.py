@@ -11,16 +11,20 @@ end or the other: on 36 pairs, 3 epochs at batch 4 are 27 steps, and at lr 5e-5 
   trait 12/12 and content kept either way; what teaches is the steps' summed rate, and 100 steps already
   give three times the floor's. MAX_STEPS bounds it all (a laptop run of hours).
 - **Learning rate**: per method at the usual LoRA scale alpha / rank = 2 (DPO 1e-4 with its NLL term,
-  ORPO 2e-4, PPO 1e-4). The adapter's output is scaled by alpha / rank, so a different scale gets the
+  ORPO 2e-4, PPO 1e-4), and ORPO 1e-4 on add-only picks: on 36 such pairs at 2e-4 the prefix answers
+  looped (rep4 0.079) and the sign-off reached 10 of 12 prompts; at 1e-4 0.042 and 12 of 12, content
+  kept alike (F1 0.66, 0.62); on 100 pairs 0.131 → 0.077. A topic refusal at 1e-4 was not learned on 36
+  pairs (9/12, the base's; 12/12 at 2e-4), so other picks keep 2e-4. The adapter's output is scaled by alpha / rank, so a different scale gets the
   rate that keeps the same size of step: lr × 2 / (alpha / rank).
 - **PPO's own phase** trains at PPO_PHASE_SCALE of that rate (3e-5 at the usual scale); its warm start and
   reward model keep the full rate. At the full rate the rollouts' reward rose for 10 PPO steps and then
   fell while the KL to the warm start climbed to 3.2–3.5 nats; at 0.3× the sampled reward gained as much
   over the warm start (+0.45 and +0.24 on two seeds of the refusal panel, against +0.19 and +0.47) with
   the KL at most 1.3 nats in any step (docs/training-defaults-research.md).
-- **The rate's schedule** (DPO): constant, except where the picks only add to the answers passed over (an
-  opening, a sign-off) and the budget is at least twice the floor, or the set is large (three passes
-  would be more than LARGE_SET_STEPS), where it decays linearly. On 100 such
+- **The rate's schedule** (DPO and ORPO): constant, except where the picks only add to the answers passed
+  over (an opening, a sign-off) and the budget is at least twice the floor, or (DPO) the set is large
+  (three passes would be more than LARGE_SET_STEPS), where it decays linearly. ORPO on 100 prefix
+  picks: rep4 0.077 at 1e-4 constant, 0.014 with the decay, trait 12/12 and F1 0.65/0.64. On 100 such
   pairs (69 steps) the constant rate made 2 of 12 held-out answers loop on both seeds measured (rep4
   0.058, 0.061 against the base's 0.020) and the linear decay none (0.009, 0.009), trait 12/12 either way;
   the decay's summed rate, half the budget, is then still the floor's worth of full-rate steps, which is
@@ -28,8 +32,8 @@ end or the other: on 36 pairs, 3 epochs at batch 4 are 27 steps, and at lr 5e-5 
   answer (a topic refusal) keep the constant rate: with the decay the refusal was not learned (9/12, the
   base's own, on both seeds; 12/12 at the constant rate). On 300 such pairs (100 steps, a third on the
   topic) the decay did learn it, 12/12 on two seeds, with rep4 0.026 and 0.008 where the constant rate
-  looped (0.100, 0.033): a large set gets the decay whatever its picks. ORPO and PPO keep the constant
-  rate: not measured with a decay.
+  looped (0.100, 0.033): a large set gets the decay whatever its picks. ORPO on other picks and PPO
+  keep the constant rate: not measured with a decay.
 
 Torch-free: the Train form and `tui-align train --help` read it.
 """
@@ -45,6 +49,9 @@ LARGE_SET_STEPS = 100  # past this, fewer passes than EPOCHS (but at least one)
 MAX_STEPS = 600
 LORA_SCALE = 2.0  # alpha / rank the learning rates below were measured at
 LEARNING_RATES = {"dpo": 1e-4, "orpo": 2e-4, "ppo": 1e-4}
+# On picks that only add to the answer (an opening, a sign-off) ORPO takes half its rate: at 2e-4 the
+# answers looped and the sign-off reached 10 of 12 prompts; a topic refusal needs the full rate.
+ADD_ONLY_RATES = {"orpo": 1e-4}
 PPO_PHASE_SCALE = 0.3  # the PPO phase's rate against the run's: a smaller step keeps the KL bounded
 
 
@@ -90,15 +97,20 @@ def step_budget(n_train: int, batch_size: int) -> Choice:
     return Choice("max_steps", steps, why)
 
 
-def learning_rate(method: str, rank: int, alpha: int) -> Choice:
-    """The learning rate for `method` when --lr is not given, for a LoRA of `rank` and `alpha`."""
-    base = LEARNING_RATES[method]
+def learning_rate(method: str, rank: int, alpha: int, add_only: bool = False) -> Choice:
+    """The learning rate for `method` when --lr is not given, for a LoRA of `rank` and `alpha`, on picks
+    that only add to the answers passed over (`add_only`) or not."""
+    gentler = add_only and method in ADD_ONLY_RATES
+    base = ADD_ONLY_RATES[method] if gentler else LEARNING_RATES[method]
     scale = alpha / rank
     value = float(f"{base * LORA_SCALE / scale:.3g}")
     if math.isclose(scale, LORA_SCALE):
         why = f"{method}'s rate at LoRA rank {rank}, alpha {alpha}"
     else:
         why = f"{method}'s {base:g} at alpha/rank {LORA_SCALE:g}, scaled for alpha/rank {scale:g}"
+    if gentler:
+        why += (f"; half of its {LEARNING_RATES[method]:g} because the picks only add to the answers: "
+                "at the full rate such answers loop")
     return Choice("learning_rate", value, why)
 
 
@@ -106,8 +118,11 @@ def lr_schedule(method: str, steps: int, add_only: bool, large_set: bool = False
     """The learning rate's schedule when --lr-schedule is not given, for a run of `steps` optimizer steps
     on picks that only add to the answers passed over (`add_only`) or not, from a set whose three passes
     would be more than LARGE_SET_STEPS (`large_set`: is_large_set) or not."""
-    if method != "dpo":
+    if method not in ("dpo", "orpo"):
         return Choice("lr_schedule", "constant", f"{method} was measured at a constant rate only")
+    if method == "orpo" and not add_only:
+        return Choice("lr_schedule", "constant", "orpo on picks that change the answers was measured at a "
+                      "constant rate only")
     if not add_only and not large_set:
         return Choice("lr_schedule", "constant", "the picks change the answers, not only add to them: on "
                       "this few pairs a topic refusal was learned at a constant rate and not with a decaying one")
@@ -136,7 +151,7 @@ def fill(config, n_train: int, add_only: bool = False) -> list[Choice]:
     """
     chosen = []
     if config.learning_rate is None:
-        chosen.append(learning_rate(config.method, config.lora.rank, config.lora.alpha))
+        chosen.append(learning_rate(config.method, config.lora.rank, config.lora.alpha, add_only))
         config.learning_rate = chosen[-1].value
     if config.epochs is None and config.max_steps is None:
         chosen.append(step_budget(n_train, config.batch_size))
