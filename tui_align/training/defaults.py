@@ -13,9 +13,9 @@ end or the other: on 36 pairs, 3 epochs at batch 4 are 27 steps, and at lr 5e-5 
 - **Learning rate**: per method at the usual LoRA scale alpha / rank = 2 (DPO 1e-4 with its NLL term,
   ORPO 2e-4, PPO 1e-4), and ORPO 1e-4 on add-only picks: on 36 such pairs at 2e-4 the prefix answers
   looped (rep4 0.079) and the sign-off reached 10 of 12 prompts; at 1e-4 0.042 and 12 of 12, content
-  kept alike (F1 0.66, 0.62); on 100 pairs 0.131 → 0.077. A topic refusal at 1e-4 was not learned on 36
-  pairs (9/12, the base's; 12/12 at 2e-4), so other picks keep 2e-4. The adapter's output is scaled by alpha / rank, so a different scale gets the
-  rate that keeps the same size of step: lr × 2 / (alpha / rank).
+  kept alike (F1 0.66, 0.62). A topic refusal at 1e-4 was not learned on 36 pairs (9/12, the base's;
+  12/12 at 2e-4), so other picks keep 2e-4. The adapter's output is scaled by alpha / rank, so a
+  different scale gets the rate that keeps the same size of step: lr × 2 / (alpha / rank).
 - **PPO's own phase** trains at PPO_PHASE_SCALE of that rate (3e-5 at the usual scale); its warm start and
   reward model keep the full rate. At the full rate the rollouts' reward rose for 10 PPO steps and then
   fell while the KL to the warm start climbed to 3.2–3.5 nats; at 0.3× the sampled reward gained as much
@@ -23,17 +23,17 @@ end or the other: on 36 pairs, 3 epochs at batch 4 are 27 steps, and at lr 5e-5 
   the KL at most 1.3 nats in any step (docs/training-defaults-research.md).
 - **The rate's schedule** (DPO and ORPO): constant, except where the picks only add to the answers passed
   over (an opening, a sign-off) and the budget is at least twice the floor, or (DPO) the set is large
-  (three passes would be more than LARGE_SET_STEPS), where it decays linearly. ORPO on 100 prefix
-  picks: rep4 0.077 at 1e-4 constant, 0.014 with the decay, trait 12/12 and F1 0.65/0.64. On 100 such
-  pairs (69 steps) the constant rate made 2 of 12 held-out answers loop on both seeds measured (rep4
-  0.058, 0.061 against the base's 0.020) and the linear decay none (0.009, 0.009), trait 12/12 either way;
-  the decay's summed rate, half the budget, is then still the floor's worth of full-rate steps, which is
-  what teaches a small set (linear over the floor's 30 steps taught 1 of 12). Picks that change the
-  answer (a topic refusal) keep the constant rate: with the decay the refusal was not learned (9/12, the
-  base's own, on both seeds; 12/12 at the constant rate). On 300 such pairs (100 steps, a third on the
-  topic) the decay did learn it, 12/12 on two seeds, with rep4 0.026 and 0.008 where the constant rate
-  looped (0.100, 0.033): a large set gets the decay whatever its picks. ORPO on other picks and PPO
-  keep the constant rate: not measured with a decay.
+  (three passes would be more than LARGE_SET_STEPS), where it decays linearly.
+  - DPO on 100 add-only pairs (69 steps): the constant rate made 2 of 12 held-out answers loop on both
+    seeds measured (rep4 0.058, 0.061 against the base's 0.020), the decay none (0.009, 0.009), trait
+    12/12 either way. The decay's summed rate, half the budget, is still the floor's worth of full-rate
+    steps, which is what teaches a small set (linear over the floor's 30 steps taught 1 of 12).
+  - ORPO on 100 prefix pairs at 1e-4: rep4 0.077 constant, 0.014 decaying, trait 12/12, F1 0.65/0.64.
+  - Picks that change the answer (a topic refusal) keep the constant rate on a small set: on 100 pairs
+    the decay learned no refusal (9/12, the base's own, on both seeds; 12/12 at the constant rate). On
+    300 (100 steps, a third on the topic) it did, 12/12 on two seeds, with rep4 0.026 and 0.008 where
+    the constant rate looped (0.100, 0.033): so a large set gets the decay whatever its picks.
+  - ORPO on other picks, and PPO, keep the constant rate: not measured with a decay.
 
 Torch-free: the Train form and `tui-align train --help` read it.
 """
