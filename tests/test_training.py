@@ -405,8 +405,8 @@ def test_dpo_and_orpo_numbers_are_pinned(method, capsys, pin_pairs_file, tiny_mo
     events = pinned_run(capsys, method, pin_pairs_file, tiny_model_dir, "--max-steps", 4)
     want = PINNED[method]
     # 1e-4, not 1e-6: torch's reductions add in an order that depends on the thread count and the CPU's
-    # kernels: one thread against two moves step 4 by 1-2e-6, an AMD EPYC against the Intel Xeon the
-    # numbers were pinned on moves the eval margin by 2e-5; a change to the loss or the loop moves it by
+    # kernels: one thread against two moves step 4 by 1-2e-6, an AMD EPYC against the Intel Xeon where
+    # this last passed at 1e-5 moves the eval margin by 2e-5; a change to the loss or the loop moves it by
     # more: beta 0.1 -> 0.101 moves the losses by 1.4e-3
     tol = 1e-4
     steps = [e for e in events if e["event"] == "step"]
