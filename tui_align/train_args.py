@@ -29,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a LoRA adapter (DPO, ORPO, or reward model + PPO) on preference pairs.",
         epilog=("With no --epochs, --max-steps or --lr the run picks them from the data: "
                 f"{rule.EPOCHS} passes over the training pairs, at least {rule.MIN_STEPS} optimizer steps and, "
-                f"past {rule.LARGE_SET_STEPS}, fewer passes (at least one), and the method's learning rate scaled for the LoRA's "
-                "alpha/rank; the start says what it chose. At every eval it checks greedy answers to held-out "
+                f"past {rule.LARGE_SET_STEPS}, fewer passes (at least one), and the method's learning rate "
+                "scaled for the LoRA's alpha/rank; the start says what it chose. At every eval it checks greedy answers to held-out "
                 "prompts against the base model's, stops a run whose answers start to repeat or shrink, "
                 "and keeps its last sound adapter. "
                 "Exit codes: 0 completed, 1 failed, 2 bad arguments, 130 cancelled (resume with --resume RUN_DIR)."),
