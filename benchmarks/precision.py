@@ -2,6 +2,7 @@
 
     python benchmarks/precision.py                  # 48 hh-rlhf pairs, batch 8, 6 timed steps per run
     python benchmarks/precision.py --steps 10 --json out.json
+    python benchmarks/precision.py --rounds 2   # each precision twice, in the order A B C C B A
 
 Issue 18's target: auto is never more than 5% slower than the best forced precision. Each method runs
 through `training.runner.run` as `tui-align train` would (the default model, `--check-answers 0` so only
@@ -62,12 +63,28 @@ def worker(method: str, precision: str, steps: int, pairs: int, data: Path) -> d
             "measured": said.get("measured")}
 
 
+def run_order(rounds: int) -> list[str]:
+    """The precisions `rounds` times, every other round reversed (auto f32 bf16 bf16 f32 auto …): the
+    machine's drift over a run then falls on every precision alike instead of on whichever runs first.
+    Seen in two one-round runs (docs/benchmarks.md §6): DPO under auto, the very first process, took
+    7.5% and 11% longer per step than the same configuration (forced bf16) two processes later."""
+    return [p for r in range(rounds) for p in (PRECISIONS if r % 2 == 0 else PRECISIONS[::-1])]
+
+
+def mean_over_rounds(rows: list[dict], method: str, precision: str) -> float | None:
+    times = [r["s_per_step"] for r in rows if r["method"] == method and r["precision"] == precision
+             and r.get("s_per_step")]
+    return round(statistics.mean(times), 3) if times else None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--pairs", type=int, default=48)
     parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run each precision this many times, the order reversed every other round")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -77,7 +94,7 @@ def main() -> int:
         return 0
     rows = []
     for method in args.methods.split(","):
-        for precision in PRECISIONS:
+        for precision in run_order(args.rounds):
             run = subprocess.run([sys.executable, __file__, "--worker", method, precision, "--steps", str(args.steps),
                                   "--pairs", str(args.pairs), "--data", str(args.data)],
                                  capture_output=True, text=True)
@@ -88,7 +105,7 @@ def main() -> int:
             print(row, flush=True)
     summary = []
     for method in args.methods.split(","):
-        times = {r["precision"]: r.get("s_per_step") for r in rows if r["method"] == method}
+        times = {p: mean_over_rounds(rows, method, p) for p in PRECISIONS}
         forced = [t for p, t in times.items() if p != "auto" and t]
         if times.get("auto") and forced:
             summary.append({"method": method, **times, "auto_vs_best": round(times["auto"] / min(forced), 3)})

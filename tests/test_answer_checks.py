@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tui_align.training import synthetic
-from tui_align.training.answer_checks import (adds_only, explain, judge, length_ratio, longest_repeat,
+from tui_align.training.answer_checks import (adds_only, cuts_only, explain, judge, length_ratio, longest_repeat,
                                              repeated_ngram_fraction, unigram_f1, words)
 
 
@@ -102,3 +102,11 @@ def test_picks_that_add_to_the_answer_are_told_from_rewrites():
     assert adds_only("The capital is Paris.\n\nHope this helps!", "The capital is Paris.")
     assert not adds_only("Paris.", "The capital of France is Paris.")
     assert not adds_only("Sorry, I don't talk about cooking.", "Boil the rice for ten minutes.")
+
+
+def test_picks_that_cut_the_answer_short_are_told_from_additions_and_rewrites():
+    assert cuts_only("The capital is Paris.", "The capital is Paris. It lies on the Seine and is large.")
+    assert cuts_only("The capital is Paris.", "Indeed! The capital is Paris.")
+    assert not cuts_only("Indeed! The capital is Paris.", "The capital is Paris.")  # adds
+    assert not cuts_only("The capital is Paris.", "The capital is Paris.")  # the same answer
+    assert not cuts_only("Sorry, I don't talk about cooking.", "Boil the rice for ten minutes, then drain it.")

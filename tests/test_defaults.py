@@ -51,7 +51,7 @@ def test_only_the_settings_left_unset_are_chosen():
     config = TrainConfig(method="orpo")
     chosen = defaults.fill(config, 100)
     assert [c.setting for c in chosen] == ["learning_rate", "max_steps", "lr_schedule"]
-    assert config.learning_rate == 2e-4 and config.max_steps == 75 and config.lr_schedule == "constant"
+    assert config.learning_rate == 2e-4 and config.max_steps == 75 and config.lr_schedule == "linear"
     given = TrainConfig(epochs=2, learning_rate=3e-5, lr_schedule="linear")
     assert defaults.fill(given, 100) == [] and given.max_steps is None and given.learning_rate == 3e-5
     assert defaults.steps(given, 100) == 50
@@ -74,10 +74,10 @@ def test_ppo_s_own_phase_takes_a_fraction_of_the_run_s_rate_unless_given():
         c.setting for c in defaults.fill(TrainConfig(method="dpo"), 32)]
 
 
-def test_the_rate_decays_on_picks_that_add_to_the_answer_and_for_dpo_on_a_large_set():
-    def chosen(method: str, n_train: int, add_only: bool) -> str:
+def test_the_rate_decays_on_long_runs_except_dpo_on_a_small_set_of_picks_that_change_the_answer():
+    def chosen(method: str, n_train: int, add_only: bool, cut_only: bool = False) -> str:
         config = TrainConfig(method=method)
-        defaults.fill(config, n_train, add_only)
+        defaults.fill(config, n_train, add_only, cut_only)
         return config.lr_schedule
 
     assert chosen("dpo", 90, add_only=True) == "linear"  # 69 steps: the loops at a constant rate
@@ -89,8 +89,12 @@ def test_the_rate_decays_on_picks_that_add_to_the_answer_and_for_dpo_on_a_large_
     assert chosen("dpo", 133, add_only=False) == "linear"  # 3 passes would be 102 steps: a large set
     assert chosen("dpo", 270, add_only=False) == "linear"  # 300 picks learned a refusal at a decaying rate
     assert chosen("orpo", 90, add_only=True) == "linear"  # as DPO's: 69 steps
-    assert chosen("orpo", 270, add_only=False) == "constant"  # ORPO on a large set: not measured decaying
+    assert chosen("orpo", 90, add_only=False) == "linear"  # ORPO's refusal is learned decaying, without loops
+    assert chosen("orpo", 270, add_only=False) == "linear"
     assert chosen("orpo", 32, add_only=True) == "constant"
+    assert chosen("orpo", 32, add_only=False) == "constant"  # 30 steps: the floor needs the full rate
+    assert chosen("orpo", 90, add_only=False, cut_only=True) == "constant"  # decaying, one-sentence picks looped
+    assert chosen("dpo", 270, add_only=False, cut_only=True) == "linear"  # DPO's one sentence: 12/12 decaying
     assert chosen("ppo", 90, add_only=True) is None  # its phases keep their own constant rates
     why = defaults.lr_schedule("dpo", 69, True).why
     assert "constant rate makes answers loop" in why and "34.5 full-rate steps" in why
@@ -125,8 +129,7 @@ def test_a_run_with_no_flags_says_what_it_chose_and_keeps_it_in_run_json(capsys,
     assert record["chosen_defaults"] == start["chosen_defaults"] and record["steps_done"] == 30
 
 
-def test_a_run_on_picks_that_add_an_opening_decays_its_rate_and_one_on_other_picks_keeps_it(capsys, tmp_path,
-                                                                                          tiny_model_dir):
+def test_the_picks_of_a_real_run_choose_its_rate_and_schedule(capsys, tmp_path, tiny_model_dir):
     adding = tmp_path / "adding.jsonl"
     pairs = write_pairs_file(adding, 16, "prefix")
     removing = tmp_path / "removing.jsonl"  # the same answers, the opening now on the one passed over
@@ -143,11 +146,16 @@ def test_a_run_on_picks_that_add_an_opening_decays_its_rate_and_one_on_other_pic
         assert record["settings"]["lr_schedule"] == chosen["lr_schedule"]["value"]
     assert rates["adding"][0] == 1e-4 and rates["adding"][-1] == pytest.approx(1e-4 / (2 * defaults.MIN_STEPS))
     assert set(rates["removing"]) == {None}
-    for data, rate in ((adding, 1e-4), (removing, 2e-4)):  # ORPO: half its rate on the adding picks
+    # ORPO: half its rate on the adding picks, and the decay; the removing picks cut the answer short, and
+    # there ORPO keeps its rate
+    for data, rate, schedule in ((adding, 1e-4, "linear"), (removing, 2e-4, "constant")):
         code, events = run_cli(capsys, "--data", data, "--model", tiny_model_dir, "--method", "orpo",
-                               "--max-steps", 2, "--check-answers", 0)
+                               "--max-steps", 2 * defaults.MIN_STEPS, "--check-answers", 0)
         assert code == 0, events[-1]
         assert events[0]["config"]["learning_rate"] == rate
+        assert events[0]["config"]["lr_schedule"] == schedule
+    assert "cut the answers short" in next(c["why"] for c in events[0]["chosen_defaults"]
+                                           if c["setting"] == "lr_schedule")
 
 
 # --- the answer check -------------------------------------------------------------------------------

@@ -53,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--lr-schedule", choices=("constant", "linear", "hold-decay"), default=defaults.lr_schedule,
         help=f"DPO/ORPO: keep the learning rate (constant), decay it linearly to near 0 by the last step "
              f"(linear), or keep it for the first {rule.MIN_STEPS} steps and decay it over the rest (hold-decay; "
-             f"default: linear for DPO when the picks only add an opening or a sign-off and the run has at "
-             f"least {2 * rule.MIN_STEPS} steps, else constant; see below)")
+             f"default: linear when the run has at least {2 * rule.MIN_STEPS} steps, except DPO on fewer than "
+             f"about 135 pairs that don't only add an opening or a sign-off, and ORPO on picks that cut the "
+             f"answer short; else constant; see below)")
     add("--beta", type=float, default=defaults.dpo.beta, help=f"DPO beta (default: {defaults.dpo.beta})")
     add("--sft-weight", type=float, default=defaults.dpo.sft_weight,
         help=f"DPO: weight of an NLL term on the chosen answer, which keeps answers from collapsing "

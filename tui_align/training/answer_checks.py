@@ -98,6 +98,12 @@ def adds_only(chosen: str, rejected: str) -> bool:
     return sum((r & c).values()) / sum(r.values()) >= 0.9 and sum(c.values()) >= sum(r.values())
 
 
+def cuts_only(chosen: str, rejected: str) -> bool:
+    """Whether the chosen answer is the rejected one cut short (only its first sentence, no list): the
+    rejected answer adds to it, and it is shorter."""
+    return adds_only(rejected, chosen) and len(words(chosen)) < len(words(rejected))
+
+
 def judge(answers: list[str], base: list[str], picked: list[str], *, add_only: bool = False) -> dict:
     """What greedy answers to held-out prompts say about a run, against the base's answers to the same
     prompts and the answers the user picked for them (`picked`, cut to the same length as the answers).

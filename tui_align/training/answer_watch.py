@@ -27,11 +27,21 @@ def _answer_text(tokenizer, pair: EncodedPair, ids: list[int], limit: int | None
     return tokenizer.decode(answer[:limit] if limit else answer, skip_special_tokens=True)
 
 
+def _most_picks(tokenizer, pairs: list[EncodedPair], kind) -> bool:
+    """Whether `kind(chosen, rejected)` holds for at least four in five of the picks."""
+    count = sum(kind(_answer_text(tokenizer, p, p.chosen_ids), _answer_text(tokenizer, p, p.rejected_ids))
+                for p in pairs)
+    return bool(pairs) and count >= 0.8 * len(pairs)
+
+
 def picks_add_only(tokenizer, pairs: list[EncodedPair]) -> bool:
     """Whether most picks only add to the answer passed over (an opening, a sign-off)."""
-    adding = sum(answer_checks.adds_only(_answer_text(tokenizer, p, p.chosen_ids), _answer_text(tokenizer, p, p.rejected_ids))
-                 for p in pairs)
-    return bool(pairs) and adding >= 0.8 * len(pairs)
+    return _most_picks(tokenizer, pairs, answer_checks.adds_only)
+
+
+def picks_cut_only(tokenizer, pairs: list[EncodedPair]) -> bool:
+    """Whether most picks only cut the answer passed over short (its first sentence, no list)."""
+    return _most_picks(tokenizer, pairs, answer_checks.cuts_only)
 
 
 def advice(config: TrainConfig, total_steps: int) -> dict[str, str]:
