@@ -148,14 +148,23 @@ def base_answers(models_dir: Path, questions: list[str], cache: Path) -> dict[st
     return known
 
 
-def adapter_answers(models_dir: Path, run_dir: Path, questions: list[str]) -> list[str]:
+def adapter_answers(models_dir: Path, run_dir: Path, questions: list[str]) -> tuple[list[str], list[bool]]:
+    """The adapter's greedy answers, and whether each was cut at MAX_NEW_TOKENS."""
     from peft import PeftModel
 
     from tui_align.model_files import load_transformers, resolve_model
 
     model, tokenizer = load_transformers(resolve_model(None), models_dir, device="cpu")
     model = PeftModel.from_pretrained(model, str(run_dir))
-    return synthetic.greedy_answers(model, tokenizer, [synthetic.user_prompt(q) for q in questions], MAX_NEW_TOKENS)
+    answers = synthetic.greedy_answers(model, tokenizer, [synthetic.user_prompt(q) for q in questions], MAX_NEW_TOKENS)
+    return answers, cut_at_limit(tokenizer, answers)
+
+
+def cut_at_limit(tokenizer, answers: list[str]) -> list[bool]:
+    """Whether each answer ran to MAX_NEW_TOKENS (re-encoded, so within a token or two of the count the
+    model generated). A sign-off can't show in an answer cut before its end: such a miss says the panel's
+    limit is short, not that the trait wasn't learned."""
+    return [len(tokenizer(a, add_special_tokens=False).input_ids) >= MAX_NEW_TOKENS - 2 for a in answers]
 
 
 def run_one(method: str, trait: str, count: int, flags: list[str], models_dir: Path, base: dict[str, str],
@@ -178,7 +187,7 @@ def run_one(method: str, trait: str, count: int, flags: list[str], models_dir: P
     if code != 0:
         return {"method": method, "trait": trait, "pairs": count, "error": events.events[-1]}
     before = [base[q] for q in held_q]
-    after = adapter_answers(models_dir, out, held_q)
+    after, cut = adapter_answers(models_dir, out, held_q)
     targets = [picked(trait, q, base[q])[0] for q in held_q]
     add_only = trait in ("prefix", "signoff")
     record = json.loads((out / "run.json").read_text())
@@ -194,6 +203,7 @@ def run_one(method: str, trait: str, count: int, flags: list[str], models_dir: P
         "rep4_before": round(sum(map(answer_checks.repeated_ngram_fraction, before)) / len(before), 3),
         "rep4_after": round(sum(map(answer_checks.repeated_ngram_fraction, after)) / len(after), 3),
         "longest_repeat": max(map(answer_checks.longest_repeat, after)),
+        **answer_counts(trait, held_q, before, after, cut),
         "length_vs_base": round(answer_checks.length_ratio(after, before), 2),
         "length_vs_picked": round(answer_checks.length_ratio(after, targets), 2),
         "content_f1": round(sum(answer_checks.unigram_f1(without_trait(trait, a), b) for a, b in zip(after, before))
@@ -210,11 +220,43 @@ def run_one(method: str, trait: str, count: int, flags: list[str], models_dir: P
     }
 
 
+def answer_counts(trait: str, questions: list[str], before: list[str], after: list[str], cut: list[bool]) -> dict:
+    """How many answers loop where the base's answer to the same prompt doesn't (the run's own rule: the
+    pooled rep4 is mostly one or two answers, on prompts where the base's already wobbles), how many were
+    cut at the token limit, and how many of those lack the trait."""
+    return {"looping": sum(map(answer_checks.loops, after, before)), "cut": sum(cut),
+            "cut_without_trait": sum(c and not has_trait(trait, q, a) for q, a, c in zip(questions, after, cut))}
+
+
+def rescore(results: Path) -> None:
+    """Give the rows of `results` written before the looping and cut counts existed those counts, from the
+    answers they keep and the cached base answers (the same numbers a run now writes)."""
+    from tui_align.model_files import load_transformers, resolve_model
+
+    models_dir = paths.models_dir(paths.data_home())
+    held_q = [q for q, _ in synthetic.QUESTIONS[-synthetic.EVAL_COUNT:]]
+    before = [json.loads((models_dir / "trait-panel-base-answers.json").read_text())[q] for q in held_q]
+    _, tokenizer = load_transformers(resolve_model(None), models_dir, device="cpu")
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    for row in rows:
+        after = row.get("answers")
+        if not after or "error" in row:
+            continue
+        for key, value in answer_counts(row["trait"], held_q, before, after, cut_at_limit(tokenizer, after)).items():
+            row.setdefault(key, value)
+    results.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def _cut(row: dict) -> str:
+    return f"{row['cut']} ({row['cut_without_trait']})" if "cut" in row else ""
+
+
 def table(lines: list[dict]) -> str:
     """The results as a markdown table, one row per run."""
     rows = ["| method | trait | flags | steps (planned) | lr | trait before → after | rep4 base → after | max run "
-            "| length vs base (vs picked) | content kept F1 | run's own check | run s |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "| looping answers | cut at the limit (of them without the trait) | length vs base (vs picked) "
+            "| content kept F1 | run's own check | run s |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in lines:
         if "error" in r:
             rows.append(f"| {r['method']} | {r['trait']} | {' '.join(r.get('flags', []))} | error: {r['error']} |")
@@ -224,7 +266,8 @@ def table(lines: list[dict]) -> str:
         rows.append(
             f"| {r['method']} | {r['trait']} | {' '.join(r['flags']) or 'none'} | {r['steps']} ({r['planned_steps']}{stopped}) "
             f"| {r['learning_rate']:g} | {r['trait_before']}/{r['of']} → {r['trait_after']}/{r['of']} "
-            f"| {r['rep4_before']:.3f} → {r['rep4_after']:.3f} | {r['longest_repeat']} "
+            f"| {r['rep4_before']:.3f} → {r['rep4_after']:.3f} | {r['longest_repeat']} | {r.get('looping', '')} "
+            f"| {_cut(r)} "
             f"| {r['length_vs_base']:.2f} ({r['length_vs_picked']:.2f}) | {f1} | {r['run_check'] or ''} | {r['seconds']:.0f} |")
     return "\n".join(rows)
 
@@ -237,9 +280,14 @@ def main(argv=None) -> int:
     parser.add_argument("--flags", action="append", default=[], help="a `tui-align train` flag (default: none)")
     parser.add_argument("--json", help="append one JSON line per run here")
     parser.add_argument("--table", metavar="JSONL", help="print the runs in this results file as a table, and stop")
+    parser.add_argument("--rescore", metavar="JSONL", help="add the looping and cut counts to the runs in this "
+                        "results file that lack them, from their stored answers, and stop")
     args = parser.parse_args(argv)
     if args.table:
         print(table([json.loads(line) for line in Path(args.table).read_text().splitlines() if line.strip()]))
+        return 0
+    if args.rescore:
+        rescore(Path(args.rescore))
         return 0
     warnings.simplefilter("ignore")
     from transformers.utils import logging as hf_logging
