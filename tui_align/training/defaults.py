@@ -29,15 +29,15 @@ end or the other: on 36 pairs, 3 epochs at batch 4 are 27 steps, and at lr 5e-5 
     12/12 either way. The decay's summed rate, half the budget, is still the floor's worth of full-rate
     steps, which is what teaches a small set (linear over the floor's 30 steps taught 1 of 12).
   - ORPO on 100 prefix pairs at 1e-4: rep4 0.077 constant, 0.014 decaying, trait 12/12, F1 0.65/0.64.
-  - Picks that change the answer (a topic refusal) keep the constant rate on a small set: on 100 pairs
-    the decay learned no refusal (9/12, the base's own, on both seeds; 12/12 at the constant rate). On
-    300 (100 steps, a third on the topic) it did, 12/12 on two seeds, with rep4 0.026 and 0.008 where
+  - DPO on picks that change the answer (a topic refusal) keeps the constant rate on a small set: on 100
+    pairs the decay learned no refusal (9/12, the base's own, on both seeds; 12/12 at the constant rate).
+    On 300 (100 steps, a third on the topic) it did, 12/12 on two seeds, with rep4 0.026 and 0.008 where
     the constant rate looped (0.100, 0.033): so a large set gets the decay whatever its picks.
-  - ORPO (2e-4) on 100 topic-refusal pairs: 12/12 at either schedule, rep4 0.041 constant against 0.018
-    and 0.003 decaying (two seeds): its summed rate over the decay, at twice DPO's rate, is still what
-    a refusal needs. On 100 picks that cut the answer to its first sentence the decay reached 10 of 12
-    prompts on both seeds, and one answer looped (rep4 0.071, 0.066); constant, 12/12 at 0.020 (seed
-    0): so ORPO keeps the constant rate on cutting picks.
+  - ORPO (2e-4) on 100 topic-refusal pairs: 12/12 at either schedule, rep4 0.041 and 0.056 constant
+    against 0.018 and 0.003 decaying (two seeds each): its summed rate over the decay, at twice DPO's
+    rate, is still what a refusal needs. On 100 picks that cut the answer to its first sentence the decay
+    reached 10 of 12 prompts on both seeds, and one answer looped (rep4 0.071, 0.066); constant, 12/12 and
+    11/12 (0.020, 0.066): so ORPO keeps the constant rate on cutting picks.
   - PPO keeps the constant rate: not measured with a decay.
 
 Torch-free: the Train form and `tui-align train --help` read it.
