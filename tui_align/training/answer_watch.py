@@ -9,6 +9,8 @@ and puts back the adapter of the last check that passed: early stopping on what 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from . import answer_checks, defaults
@@ -27,21 +29,22 @@ def _answer_text(tokenizer, pair: EncodedPair, ids: list[int], limit: int | None
     return tokenizer.decode(answer[:limit] if limit else answer, skip_special_tokens=True)
 
 
-def _most_picks(tokenizer, pairs: list[EncodedPair], kind) -> bool:
-    """Whether `kind(chosen, rejected)` holds for at least four in five of the picks."""
-    count = sum(kind(_answer_text(tokenizer, p, p.chosen_ids), _answer_text(tokenizer, p, p.rejected_ids))
-                for p in pairs)
-    return bool(pairs) and count >= 0.8 * len(pairs)
+@dataclass(frozen=True)
+class PickKind:
+    """What most (four in five) of the training picks do to the answer passed over."""
+
+    add_only: bool  # only add to it (an opening, a sign-off)
+    cut_only: bool  # only cut it short (its first sentence, no list)
 
 
-def picks_add_only(tokenizer, pairs: list[EncodedPair]) -> bool:
-    """Whether most picks only add to the answer passed over (an opening, a sign-off)."""
-    return _most_picks(tokenizer, pairs, answer_checks.adds_only)
+def read_picks(tokenizer, pairs: list[EncodedPair]) -> PickKind:
+    """The PickKind of `pairs`, each pair's answers decoded once."""
+    texts = [(_answer_text(tokenizer, p, p.chosen_ids), _answer_text(tokenizer, p, p.rejected_ids)) for p in pairs]
 
+    def most(kind) -> bool:
+        return bool(texts) and sum(kind(chosen, rejected) for chosen, rejected in texts) >= 0.8 * len(texts)
 
-def picks_cut_only(tokenizer, pairs: list[EncodedPair]) -> bool:
-    """Whether most picks only cut the answer passed over short (its first sentence, no list)."""
-    return _most_picks(tokenizer, pairs, answer_checks.cuts_only)
+    return PickKind(add_only=most(answer_checks.adds_only), cut_only=most(answer_checks.cuts_only))
 
 
 def advice(config: TrainConfig, total_steps: int) -> dict[str, str]:
@@ -60,13 +63,13 @@ def advice(config: TrainConfig, total_steps: int) -> dict[str, str]:
 class AnswerWatch:
     """Checks a run's answers; keeps the adapter of the last check that passed, to fall back on."""
 
-    def __init__(self, model, tokenizer, train: list[EncodedPair], held_out: list[EncodedPair], config: TrainConfig,
+    def __init__(self, model, tokenizer, picks: PickKind, held_out: list[EncodedPair], config: TrainConfig,
                  emit: EventSink, total_steps: int):
         self.model, self.tokenizer, self.emit = model, tokenizer, emit
         checked = held_out[: config.check_answers]
         self.prompts = [p.prompt_ids for p in checked]
         self.picked = [_answer_text(tokenizer, p, p.chosen_ids, MAX_NEW_TOKENS) for p in checked]
-        self.add_only = picks_add_only(tokenizer, train)
+        self.add_only = picks.add_only
         self.advice = advice(config, total_steps)
         self.base: list[str] = []
         self.last: dict | None = None  # the latest check, with its step

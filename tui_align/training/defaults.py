@@ -155,7 +155,7 @@ def is_large_set(n_train: int, batch_size: int) -> bool:
 def fill(config, n_train: int, add_only: bool = False, cut_only: bool = False) -> list[Choice]:
     """Give `config` the rule's values for the settings left unset (None); returns what was chosen.
     `add_only`, `cut_only`: whether the training picks only add to the answers passed over, or only cut
-    them short (answer_watch.picks_add_only, picks_cut_only).
+    them short (answer_watch.read_picks).
 
     After this the config is concrete: run.json keeps the numbers, so a resumed run trains the same.
     """

@@ -18,7 +18,7 @@ from typing import Callable
 from ..errors import UserError, log_traceback
 from ..pairs import Pair
 from . import cancel, defaults, memory_fit, methods, placement, precision_probe, quantization
-from .answer_watch import AnswerWatch, picks_add_only, picks_cut_only
+from .answer_watch import AnswerWatch, read_picks
 from .config import TrainConfig
 from .events import EventSink
 from .failures import classify
@@ -196,8 +196,8 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
     if len(train) < config.batch_size:
         notes.append(f"only {len(train)} training pairs: batch size lowered from {config.batch_size} to {len(train)}")
         config.batch_size = len(train)
-    chosen = defaults.fill(config, len(train), picks_add_only(tokenizer, train),
-                           cut_only=picks_cut_only(tokenizer, train)) if not options.resume else []
+    picks = read_picks(tokenizer, train)
+    chosen = defaults.fill(config, len(train), picks.add_only, picks.cut_only) if not options.resume else []
 
     if run_dir is None:
         run_dir = new_run_dir(options.adapters_dir, config.method, options.out)
@@ -258,7 +258,7 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
         emit("defaults", message=defaults.describe(chosen), chosen=[c.as_dict() for c in chosen])
     for note in notes:
         emit("note", message=note)
-    watch = AnswerWatch(model, tokenizer, train, held_out, config, emit, total)
+    watch = AnswerWatch(model, tokenizer, picks, held_out, config, emit, total)
     if watch.enabled:
         emit("baseline", prompts=len(watch.prompts),
              message=f"writing the base model's answers to {len(watch.prompts)} held-out prompts, to check the run's against")
