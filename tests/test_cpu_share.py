@@ -193,12 +193,15 @@ def store(store):
     return store
 
 
-# A child that records the signals it gets and steps when the gate lets it.
+# A child that records the signals it gets and steps when the gate lets it. Each record is one os.write: the two
+# signals can come microseconds apart, and a buffered file's write, interrupted by the second handler writing to
+# it (a buffered write runs pending handlers while it holds its lock), raises "reentrant call" and loses that
+# record: the likely reason two full runs waited 20 s for a "back" the child never wrote, where alone it passed.
 CHILD_RECORDS_SIGNALS = """
-    import json, signal, sys
-    record = open(sys.argv[0] + ".signals", "a", buffering=1)
-    signal.signal(signal.SIGUSR1, lambda *_: record.write("lend\\n"))
-    signal.signal(signal.SIGUSR2, lambda *_: record.write("back\\n"))
+    import json, os, signal, sys
+    record = os.open(sys.argv[0] + ".signals", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    signal.signal(signal.SIGUSR1, lambda *_: os.write(record, b"lend\\n"))
+    signal.signal(signal.SIGUSR2, lambda *_: os.write(record, b"back\\n"))
     def say(**e): print(json.dumps(e), flush=True)
     say(event="start", config={"method": "dpo"}, total_steps=3, run_dir="RUN", lends_cores=True)
     with open(sys.argv[0] + ".gate", "rb", buffering=0) as gate:

@@ -245,15 +245,19 @@ def test_4bit_computes_in_the_placements_precision():
 
 def test_bitsandbytes_log_lines_go_to_our_log_once_and_never_to_stderr(tmp_path):
     """Its import logs that optional CPU kernels are missing (on a CPU with AVX512-BF16), and LLM.int8 logs a cast
-    on every matmul: on stderr they would garble the app's screen and the training progress."""
+    on every matmul; there, the import also asks `kernels` (which transformers 5.25 installs) for a hub kernel, and
+    that logs its offline publisher check. On stderr they would garble the app's screen and the training progress."""
     script = ("import logging, tui_align.errors as e; from pathlib import Path; e.start_log(Path(r'%s'));"
               "import peft.tuners.lora;"
               "[logging.getLogger('bitsandbytes.autograd._functions').warning('MatMul8bitLt: cast from %%s', 'f32')"
+              " for _ in range(3)];"
+              "[logging.getLogger('kernels._internals.hf_hub').warning('Skipping a check for %%s', 'a kernel')"
               " for _ in range(3)]") % (tmp_path / "log.txt")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stderr == "", done.stderr
     log = (tmp_path / "log.txt").read_text()
     assert log.count("MatMul8bitLt: cast from f32") == 1
+    assert log.count("Skipping a check for a kernel") == 1
 
 
 def test_a_gguf_converts_straight_into_the_training_dtype(smol_tokenizer, tmp_path, monkeypatch):

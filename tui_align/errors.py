@@ -21,7 +21,9 @@ log.addHandler(logging.NullHandler())
 class _OnceIntoOurLog(logging.Handler):
     """Passes each distinct message of a library's logger on to ours once: bitsandbytes logs on import that
     its optional CPU kernels are missing (peft imports it wherever it is installed), and LLM.int8 logs a
-    cast on every matmul. On stderr those lines would garble the app's screen and the training progress."""
+    cast on every matmul. Since transformers 5.25 installs `kernels`, bitsandbytes' import asks it for a CPU
+    kernel from the hub, and it logs that it can't check the publisher offline. On stderr those lines would
+    garble the app's screen and the training progress."""
 
     def __init__(self):
         super().__init__()
@@ -33,9 +35,9 @@ class _OnceIntoOurLog(logging.Handler):
             log.handle(record)
 
 
-_bitsandbytes = logging.getLogger("bitsandbytes")
-_bitsandbytes.propagate = False
-_bitsandbytes.addHandler(_OnceIntoOurLog())
+for _library in ("bitsandbytes", "kernels"):
+    logging.getLogger(_library).propagate = False
+    logging.getLogger(_library).addHandler(_OnceIntoOurLog())
 
 LOG_BYTES = 1_000_000  # per file; with LOG_BACKUPS old files, a few MB at most
 LOG_BACKUPS = 2
