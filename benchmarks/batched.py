@@ -1,6 +1,9 @@
 """N candidates in one batch against one answer, side by side in one run, on the default model.
 
-    python benchmarks/batched.py [--quick] [--engines llamacpp,hf] [--max-tokens 128] [--reps 2] [--json FILE]
+    python benchmarks/batched.py [--quick] [--engines llamacpp,hf] [--max-tokens 128] [--reps 2] [--model GGUF]
+                                 [--json FILE]
+
+--model: another GGUF than the default model, such as a bigger stand-in from stand_in_model.py (llama.cpp only).
 
 Per engine, one worker process loads the app's engine (load_backend) and, for every prompt and repetition:
 - answers it once per seed s, s+1, .. s+N-1, one at a time (stream_chat: what a single answer costs, and what
@@ -71,7 +74,8 @@ def time_single(backend, messages, settings, ids: list | None = None) -> dict:
 
 def engine_before(backend):
     """The llama.cpp engine as it was before batching: a plain Llama (one sequence, no flash attention) with
-    our engine's model, context size and threads; fn(messages, settings, ids) -> seconds per token."""
+    our engine's model and context size, answering on the threads our engine's last answer chose (cpu_share:
+    the free cores); fn(messages, settings) -> seconds per token."""
     from llama_cpp import Llama
 
     from generation import _count_llama_tokens
@@ -83,6 +87,10 @@ def engine_before(backend):
     _count_llama_tokens(llama, ids)
 
     def answer(messages, settings) -> float:
+        import llama_cpp
+
+        threads = backend._threads.threads  # what our engine's last answer ran on: N = 1 compares engines, not threads
+        llama_cpp.llama_set_n_threads(llama.ctx, threads, threads)
         llama.reset()
         ids.clear()
         started = time.perf_counter()
@@ -107,15 +115,15 @@ def time_batch(backend, messages, settings_list) -> dict:
     return {"seconds": time.perf_counter() - started, "every_first_s": every_first, "texts": texts}
 
 
-def measure(engine: str, max_tokens: int, reps: int, prompts, home: str | None) -> dict:
+def measure(engine: str, max_tokens: int, reps: int, prompts, home: str | None, model: str | None = None) -> dict:
     from tui_align import paths
     from tui_align.backends import SamplingSettings, load_backend
     from tui_align.model_files import resolve_model
 
     if engine == "hf":
         quiet_hf()
-    backend = load_backend(resolve_model(None), engine, paths.models_dir(paths.data_home(home)))
-    before, ours_ids, n1 = None, None, []
+    backend = load_backend(resolve_model(model), engine, paths.models_dir(paths.data_home(home)))
+    before, ours_ids, n1, threads = None, None, [], []
     if engine == "llamacpp":
         from generation import _count_llama_tokens
 
@@ -138,6 +146,7 @@ def measure(engine: str, max_tokens: int, reps: int, prompts, home: str | None) 
                         for i in range(max(COUNTS)):
                             sample["singles"].append(time_single(backend, _messages(prompt),
                                                                  base.for_candidate(i), ours_ids))
+                            threads.append(getattr(getattr(backend, "_threads", None), "threads", None))
                         if before is not None:  # N = 1 against the engine before batching, back to back
                             ours = sample["singles"][0]
                             n1.append({"ours_s_per_token": ours["seconds"] / max(1, ours["tokens"]),
@@ -157,7 +166,9 @@ def measure(engine: str, max_tokens: int, reps: int, prompts, home: str | None) 
         backend.close()
         if before is not None:
             before.close()
-    return {"engine": engine, "max_tokens": max_tokens, "reps": reps, "samples": summarize_samples(samples),
+    return {"engine": engine, "model": model or "default", "max_tokens": max_tokens, "reps": reps,
+            "threads": sorted(set(threads), key=str),  # what the single answers ran on (cpu_share: the free cores)
+            "samples": summarize_samples(samples),
             "greedy": exact, "n1": n1, "peak_rss_mib": peak_rss_mib()}
 
 
@@ -201,7 +212,7 @@ def collect(args) -> Section:
     quick = getattr(args, "quick", False)
     max_tokens = getattr(args, "max_tokens", None) or (16 if quick else 128)
     reps = getattr(args, "reps", None) or (1 if quick else 2)
-    prompts = PROMPTS[:1] if quick else PROMPTS
+    prompts = PROMPTS[:1] if quick else PROMPTS[:getattr(args, "prompts", None) or len(PROMPTS)]
     engines = [e for e in (getattr(args, "engines", None) or "llamacpp").split(",") if e]
     rows, results, failures = [], {}, []
     for engine in engines:
@@ -209,6 +220,8 @@ def collect(args) -> Section:
                        "--prompt-count", str(len(prompts))]
         if getattr(args, "home", None):
             worker_args += ["--home", args.home]
+        if getattr(args, "model", None):
+            worker_args += ["--model", args.model]
         try:
             result = run_worker(Path(__file__), worker_args)
         except RuntimeError as exc:
@@ -226,7 +239,8 @@ def collect(args) -> Section:
         equal = sum(g["equal"] for g in result["greedy"])
         total = sum(g["of"] for g in result["greedy"])
         notes.append(f"{engine}: greedy, {max(COUNTS)} candidates per prompt: {equal} of {total} token for token "
-                     f"the single greedy answer; peak RSS {result['peak_rss_mib']:.0f} MiB.")
+                     f"the single greedy answer; peak RSS {result['peak_rss_mib']:.0f} MiB"
+                     + (f"; threads {result['threads']}" if any(result.get("threads") or []) else "") + ".")
         if result.get("n1"):
             change = statistics.median(p["ours_s_per_token"] / p["before_s_per_token"] - 1 for p in result["n1"])
             notes.append(f"{engine}: N = 1, seconds per token against the engine before batching (a plain Llama: "
@@ -236,6 +250,7 @@ def collect(args) -> Section:
     return Section(title=TITLE, columns=["engine", "N", "x one answer", "x longest", "x sequential", "first tokens",
                                          "target", "seeds reproduce"],
                    rows=rows, notes=notes, data={"max_tokens": max_tokens, "reps": reps, "prompts": list(prompts),
+                                                 "model": getattr(args, "model", None) or "default",
                                                  "results": results})
 
 
@@ -246,6 +261,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, help="new tokens per answer (default 128; --quick 16)")
     parser.add_argument("--reps", type=int, help="repetitions of every prompt (default 2; --quick 1)")
     parser.add_argument("--home", help="data folder whose models/cache holds the converted model (transformers)")
+    parser.add_argument("--prompts", type=int, help=f"the first N of the {len(PROMPTS)} prompts (default all)")
+    parser.add_argument("--model", help="a GGUF to measure instead of the default model (llama.cpp engine)")
     parser.add_argument("--json", help="write the section as JSON here")
     parser.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
     parser.add_argument("--prompt-count", type=int, default=len(PROMPTS), help=argparse.SUPPRESS)
@@ -255,7 +272,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
-        report(measure(args.worker, args.max_tokens, args.reps, PROMPTS[:args.prompt_count], args.home))
+        report(measure(args.worker, args.max_tokens, args.reps, PROMPTS[:args.prompt_count], args.home, args.model))
         return 0
     started = time.perf_counter()
     return finish_standalone(collect(args), args.json, started)

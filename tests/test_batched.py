@@ -175,6 +175,25 @@ def test_transformers_greedy_candidates_are_the_single_answer_token_for_token(hf
         assert texts == [answer] * 3 and reasons == [reason] * 3, prompt
 
 
+def test_transformers_candidates_evaluate_the_prompt_once(hf, monkeypatch):
+    """N candidates cost one prompt: its tokens pass through the model in one row, and every step after
+    that is one token per row (generate over N copies evaluated the prompt N times)."""
+    passes = []
+    inner = hf.model.forward
+
+    def recording(*args, **kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        passes.append(tuple(ids.shape))
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(hf.model, "forward", recording)
+    prompt_tokens = hf.count_tokens(ask("Tell me a joke."))
+    batched(hf, ask("Tell me a joke."), [SamplingSettings(temperature=0.9, max_tokens=6, seed=1).for_candidate(i)
+                                         for i in range(4)])
+    assert passes[0] == (1, prompt_tokens - 1)
+    assert passes[1:] and all(shape == (4, 1) for shape in passes[1:]), passes
+
+
 def test_transformers_sampled_candidates_are_their_seeds_single_answers(hf):
     settings = [SamplingSettings(temperature=0.9, max_tokens=24, seed=5).for_candidate(i) for i in range(3)]
     texts, reasons, chunks = batched(hf, ask("Tell me a joke."), settings)

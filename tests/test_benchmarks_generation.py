@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # a
 
 import batched  # noqa: E402
 import generation  # noqa: E402
+import stand_in_model  # noqa: E402
 import user_loop  # noqa: E402
 
 from conftest import settle  # noqa: E402
@@ -124,3 +125,29 @@ def test_batched_benchmark_runs_on_the_default_model():
     counts = result["samples"][0]["counts"]
     assert counts["2"]["seeds_reproduce"] == 2 and counts["4"]["seeds_reproduce"] == 4
     assert result["greedy"] == [{"prompt": 0, "equal": 4, "of": 4}]
+
+
+def test_a_stand_in_model_has_the_shape_asked_for_and_answers_through_the_engine(tmp_path, monkeypatch):
+    """A small stand-in shape, quantized by llama.cpp to Q4_1: the engine loads it with the default model's
+    template and vocabulary, and its noise answers run to the token limit."""
+    import gguf
+
+    from tui_align.backends import SamplingSettings, load_backend
+    from tui_align.model_files import resolve_model
+
+    monkeypatch.setitem(stand_in_model.SHAPES, "tiny", dict(hidden=64, layers=2, ffn=128, heads=4, kv_heads=2))
+    path = stand_in_model.write_stand_in("tiny", tmp_path / "tiny.Q4_1.gguf")
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny.Q4_1.gguf"]  # the float16 file went with its folder
+    reader = gguf.GGUFReader(str(path))
+    assert int(reader.fields["llama.embedding_length"].contents()) == 64
+    assert int(reader.fields["llama.block_count"].contents()) == 2
+    assert reader.fields["tokenizer.chat_template"].contents() == gguf.GGUFReader(
+        str(stand_in_model.default_gguf())).fields["tokenizer.chat_template"].contents()
+    assert {t.tensor_type.name for t in reader.tensors if t.name.endswith("ffn_up.weight")} == {"Q4_1"}
+    backend = load_backend(resolve_model(str(path)), "llamacpp", tmp_path / "models")
+    try:
+        text = "".join(backend.stream_chat([{"role": "user", "content": "Hi"}], SamplingSettings(0.8, 0.95, 12, 1),
+                                           lambda: False))
+    finally:
+        backend.close()
+    assert text

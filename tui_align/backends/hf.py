@@ -143,7 +143,7 @@ class TransformersBackend(Backend):
                 if adapter_names is None and self.adapter_enabled and self.adapter_name is not None:
                     self.model.set_adapter(self.adapter_name)  # another view over this model may have switched
                 with torch.inference_mode(), adapter_off, self._free_cores(torch):
-                    self.model.generate(**kwargs)
+                    self.model.generate(**kwargs, **prompt_cache(self.model, inputs, count, adapter_names))
             except BaseException as exc:  # reported on the consumer's thread below
                 failure.append(exc)
                 streamer.end()
@@ -233,3 +233,27 @@ def load_extra_adapter(peft_model, adapter_path: str | Path, name: str) -> None:
 
 def _adapter_error(adapter_path: str | Path, exc: Exception) -> UserError:
     return UserError(f"Can't load the adapter {Path(adapter_path).name}: {report(exc, typed=False)[:200]}")
+
+
+def prompt_cache(model, inputs: dict, count: int, adapter_names: list[str] | None) -> dict:
+    """generate's cache argument: the prompt but its last token, evaluated once and repeated for the
+    `count` rows, so N candidates cost one prompt (generate over N copies evaluated it N times: every
+    column's first token came 2.4x as late as one answer's at N = 4). One answer goes the same way, so a
+    candidate stays token for token its single answer. In a mixed batch (`adapter_names`) each row's
+    prompt passes through its own adapter and is evaluated per row. {} for a one-token prompt."""
+    from transformers.generation import utils as generation_utils
+
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    if ids.shape[1] < 2:
+        return {}
+    if adapter_names is None:
+        out = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], use_cache=True, logits_to_keep=1)
+    else:
+        out = model(input_ids=ids[:, :-1].repeat(count, 1), attention_mask=mask[:, :-1].repeat(count, 1),
+                    use_cache=True, logits_to_keep=1, adapter_names=adapter_names)
+    cache = getattr(out, "cache", None) or out.past_key_values  # transformers 5.25 renamed it
+    if adapter_names is None and count > 1:
+        cache.batch_repeat_interleave(count)
+    # 5.25 renamed generate's past_key_values to cache (the old name warns); earlier ones know only the old
+    name = "cache" if "cache" in getattr(generation_utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
+    return {name: cache}
