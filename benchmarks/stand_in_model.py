@@ -3,6 +3,7 @@ template on the body of SmolLM2-360M or -1.7B, quantized by llama.cpp's own quan
 Q4_1.
 
     python benchmarks/stand_in_model.py --shape 1.7b --out ~/stand-ins/smollm2-1.7b-random.Q4_1.gguf
+    python benchmarks/stand_in_model.py --from-default --type Q4_K_M --out ~/stand-ins/smollm2-135m.Q4_K_M.gguf
 
 Why: decoding speed depends on the shapes and the quantization, not on what the weights say. A speed that
 holds for the 135M default model (compute-bound on one CPU thread: batching N candidates saves little there)
@@ -96,13 +97,14 @@ def write_f16(shape: dict, path: Path, seed: int = 0) -> Path:
     return path
 
 
-def quantize(source: Path, target: Path, file_type: str = "Q4_1") -> Path:
-    """llama.cpp's quantizer, as `llama-quantize source target Q4_1` runs it."""
+def quantize(source: Path, target: Path, file_type: str = "Q4_1", requantize: bool = False) -> Path:
+    """llama.cpp's quantizer, as `llama-quantize [--allow-requantize] source target Q4_1` runs it."""
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{file_type}")
     params.nthread = 0  # every core
+    params.allow_requantize = requantize
     failed = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params)
     if failed:
         raise RuntimeError(f"llama_model_quantize failed ({failed}) on {source}")
@@ -119,11 +121,17 @@ def write_stand_in(shape_name: str, out: Path, file_type: str = "Q4_1") -> Path:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="1.7b")
+    parser.add_argument("--from-default", action="store_true",
+                        help="no stand-in: the real default model requantized to --type (its answers make sense)")
     parser.add_argument("--out", required=True, help="the GGUF to write")
     parser.add_argument("--type", default="Q4_1", help="llama.cpp file type (default Q4_1, as the default model)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    path = write_stand_in(args.shape, Path(args.out).expanduser(), args.type)
+    out = Path(args.out).expanduser()
+    if args.from_default:
+        path = quantize(default_gguf(), out, args.type, requantize=True)
+    else:
+        path = write_stand_in(args.shape, out, args.type)
     print(f"{path}: {path.stat().st_size / 2**20:.0f} MiB in {time.perf_counter() - started:.0f} s")
     return 0
 
