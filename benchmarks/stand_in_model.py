@@ -23,6 +23,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tiny_families: the small models' writer
+
+from tiny_families import tokenizer_fields  # noqa: E402
 
 # SmolLM2's published configs: the same vocabulary and template as the default 135M model, llama layout,
 # tied embeddings.
@@ -40,22 +43,11 @@ def default_gguf() -> Path:
     return Path(resolve_model(None).location)
 
 
-def copied_fields(reader) -> list:
-    """(name, contents, type, sub_type) of the default model's tokenizer fields, its template among them."""
-    import gguf
-
-    out = []
-    for item in reader.fields.values():
-        if item.name.startswith("tokenizer."):
-            sub = item.types[-1] if item.types[0] == gguf.GGUFValueType.ARRAY else None
-            out.append((item.name, item.contents(), item.types[0], sub))
-    return out
-
-
 def write_f16(shape: dict, path: Path, seed: int = 0) -> Path:
     import gguf
 
-    reader = gguf.GGUFReader(str(default_gguf()))
+    source = default_gguf()
+    reader = gguf.GGUFReader(str(source))
     vocab = int(reader.fields["llama.vocab_size"].contents())
     head_dim = shape["hidden"] // shape["heads"]
     writer = gguf.GGUFWriter(str(path), "llama")
@@ -71,7 +63,7 @@ def write_f16(shape: dict, path: Path, seed: int = 0) -> Path:
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_vocab_size(vocab)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    for name, contents, value_type, sub_type in copied_fields(reader):
+    for name, contents, value_type, sub_type in tokenizer_fields(source):  # the template among them
         writer.add_key_value(name, contents, value_type, sub_type=sub_type)
 
     rng = np.random.default_rng(seed)
