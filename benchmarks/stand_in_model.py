@@ -46,9 +46,8 @@ def default_gguf() -> Path:
 def write_f16(shape: dict, path: Path, seed: int = 0) -> Path:
     import gguf
 
-    source = default_gguf()
-    reader = gguf.GGUFReader(str(source))
-    vocab = int(reader.fields["llama.vocab_size"].contents())
+    fields = tokenizer_fields(default_gguf())  # the template among them
+    vocab = len(next(contents for name, contents, *_ in fields if name == "tokenizer.ggml.tokens"))
     head_dim = shape["hidden"] // shape["heads"]
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_name(f"random stand-in, SmolLM2 shape {shape}")
@@ -63,7 +62,7 @@ def write_f16(shape: dict, path: Path, seed: int = 0) -> Path:
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_vocab_size(vocab)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    for name, contents, value_type, sub_type in tokenizer_fields(source):  # the template among them
+    for name, contents, value_type, sub_type in fields:
         writer.add_key_value(name, contents, value_type, sub_type=sub_type)
 
     rng = np.random.default_rng(seed)

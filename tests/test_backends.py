@@ -96,7 +96,7 @@ def test_transformers_answers_on_the_threads_chosen_for_each_answer(tiny_llama, 
 
     backend = TransformersBackend(ModelRef("folder", "tiny"), None, device="cpu", model=tiny_llama, tokenizer=smol_tokenizer)
     asked, during = [], []
-    monkeypatch.setattr(backend._threads, "choose", lambda lent=0: asked.append(lent) or 1 + lent)
+    monkeypatch.setattr(backend._threads, "choose", lambda lent=0, rows=1: asked.append((lent, rows)) or 1 + lent)
     generate = tiny_llama.generate
     monkeypatch.setattr(tiny_llama, "generate", lambda **kw: during.append(torch.get_num_threads()) or generate(**kw))
     before = torch.get_num_threads()
@@ -106,7 +106,7 @@ def test_transformers_answers_on_the_threads_chosen_for_each_answer(tiny_llama, 
                                                lambda: False))  # a view: the same meter
     backend.lent_cores = 0  # the run took its core back
     backend.chat(ask("Hi"), SamplingSettings(temperature=0.0, max_tokens=4))
-    assert asked == [1, 1, 0] and during == [2, 2, 1]
+    assert asked == [(1, 1), (1, 2), (0, 1)] and during == [2, 2, 1]
     assert torch.get_num_threads() == before
 
 

@@ -28,6 +28,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 # A window shorter than this says too little (the kernel counts CPU time in 10 ms ticks): keep the last choice.
 MIN_WINDOW_S = 0.3
@@ -46,9 +47,14 @@ def usable_cores() -> int:
     """Physical cores this process may run on: hyperthread siblings count once (llama.cpp's own default).
     Read once: the app asks before every answer, and the topology doesn't change while it runs."""
     try:
-        cpus = sorted(os.sched_getaffinity(0))
+        cpus = os.sched_getaffinity(0)
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
+    return max(1, physical_cores(cpus))
+
+
+def physical_cores(cpus) -> int:
+    """How many physical cores the logical CPUs `cpus` (Linux numbers) sit on."""
     cores = set()
     for cpu in cpus:
         topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
@@ -56,7 +62,7 @@ def usable_cores() -> int:
             cores.add((topology / "physical_package_id").read_text().strip() + ":" + (topology / "core_id").read_text().strip())
         except OSError:
             cores.add(str(cpu))
-    return max(1, len(cores))
+    return len(cores)
 
 
 def chat_share(cores: int) -> int:
@@ -158,24 +164,30 @@ class ThreadChooser:
         self.meter = CpuMeter(cores)
         self.fixed = fixed_threads()
         self.threads = self.fixed or free_threads(self.meter.cores, None)
+        self.ceiling: Callable[[int], int] | None = None
 
-    def choose(self, lent: int = 0) -> int:
+    def limit(self, ceiling: Callable[[int], int] | None) -> None:
+        """Never more than `ceiling(rows)` threads for a step of `rows` sequences, however many cores are
+        free: more were measured no faster on this machine (thread_probe.py). A fixed count still wins."""
+        self.ceiling = ceiling
+
+    def choose(self, lent: int = 0, rows: int = 1) -> int:
         if self.fixed:
             return self.fixed
         busy = self.meter.busy_elsewhere()
         if busy is not None or lent:
             self.threads = free_threads(self.meter.cores, busy, lent)
-        return self.threads
+        return min(self.threads, self.ceiling(rows)) if self.ceiling else self.threads
 
     def done(self) -> None:
         """The answer ended: the next window starts now, so it doesn't count our own answer."""
         self.meter.mark()
 
     @contextmanager
-    def answering(self, lent: int, apply):
-        """One answer on the count chosen now: `apply(threads)` gives it to the engine, and the next
-        window starts when the answer ends."""
-        threads = self.choose(lent)
+    def answering(self, lent: int, apply, rows: int = 1):
+        """One answer (or `rows` candidates in one batch) on the count chosen now: `apply(threads)` gives it
+        to the engine, and the next window starts when the answer ends."""
+        threads = self.choose(lent, rows)
         apply(threads)
         try:
             yield threads

@@ -34,12 +34,12 @@ def load_backend(ref: ModelRef, engine: str | None, models_dir: Path, *, adapter
             raise ValueError("llama.cpp loads an adapter as a GGUF LoRA: pass gguf_lora")
         from .llamacpp import LlamaCppBackend
 
-        return LlamaCppBackend(ref.location, lora_path=gguf_lora)
+        return LlamaCppBackend(ref.location, lora_path=gguf_lora, probe_cache=models_dir / "cache")
     if gguf_lora is not None and adapter_dir is None:
         raise ValueError("transformers loads an adapter as a peft folder: pass adapter_dir")
     from .hf import TransformersBackend
 
-    return TransformersBackend(ref, models_dir, adapter_path=adapter_dir)
+    return TransformersBackend(ref, models_dir, adapter_path=adapter_dir, probe_cache=models_dir / "cache")
 
 
 def stream_side_by_side(backends, messages, settings: SamplingSettings, should_stop) -> Iterator[Chunk]:

@@ -12,6 +12,8 @@ StopCheck = Callable[[], bool]
 
 #: Why an answer ended: the model wrote its end-of-answer token, it reached max_tokens, or it was asked to stop.
 FINISH_REASONS = ("eos", "length", "stopped")
+#: The most candidates the app asks for at once (settings_text.MAX_CANDIDATES, which backends/ can't import).
+MOST_CANDIDATES = 4
 
 
 @dataclass

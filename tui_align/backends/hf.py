@@ -8,11 +8,12 @@ import threading
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from .. import machine_cache, thread_probe
 from ..cpu_share import ThreadChooser
-from ..errors import UserError, report
+from ..errors import UserError, log, report
 from ..model_files import ModelRef, load_transformers
 from ..pairs import Message
-from .base import Backend, Chunk, SamplingSettings, StopCheck
+from .base import MOST_CANDIDATES, Backend, Chunk, SamplingSettings, StopCheck
 
 
 def pick_device() -> str:
@@ -26,8 +27,10 @@ class TransformersBackend(Backend):
     batches_candidates = True
 
     def __init__(self, ref: ModelRef, models_dir: Path, *, device: str | None = None, model=None, tokenizer=None,
-                 adapter_path: str | Path | None = None):
-        """Load `ref` (and a peft adapter on top), or wrap an already loaded (model, tokenizer) pair."""
+                 adapter_path: str | Path | None = None, probe_cache: Path | None = None):
+        """Load `ref` (and a peft adapter on top), or wrap an already loaded (model, tokenizer) pair.
+        `probe_cache`: where the most threads worth giving an answer on this CPU are measured once per
+        model (thread_probe.py); None keeps every free core, unmeasured."""
         self.device = device or pick_device()
         if model is None:
             model, tokenizer = load_transformers(ref, models_dir, device=self.device)
@@ -42,6 +45,31 @@ class TransformersBackend(Backend):
         # On the CPU, each answer's torch threads are the cores free before it (cpu_share.py), as for
         # llama.cpp; the views over this model share the one meter.
         self._threads = ThreadChooser() if self.device == "cpu" else None
+        #: What the thread probe measured and chose (thread_probe.Ceiling), or None: every free core.
+        self.thread_ceiling = self._limit_threads(probe_cache) if probe_cache is not None else None
+
+    def _limit_threads(self, cache_dir: Path) -> thread_probe.Ceiling | None:
+        """Measure (or read) the most torch threads worth giving an answer here, and keep answers to them.
+        CPU only (on a card the threads only feed it), and not with the count fixed in the environment."""
+        import torch
+
+        from .hf_batch import DecodeTimer
+
+        if self._threads is None or self._threads.fixed:
+            return None
+        cores = self._threads.meter.cores
+        size = sum(p.numel() for p in self.model.parameters())
+        key = (f"{machine_cache.cpu_model()}|{cores} cores|torch {torch.__version__}|{self.model_id} "
+               f"{size} parameters {self.model.dtype}")
+        timer = DecodeTimer(self.model, self.tokenizer)
+        try:
+            ceiling = thread_probe.probe(timer, cores, key, cache_dir, batch_rows=MOST_CANDIDATES)
+        finally:
+            timer.close()
+        if ceiling is not None:
+            self._threads.limit(ceiling.threads)
+            log.info("%s: %s%s", self.model_id, ceiling.describe(), " (cached)" if ceiling.cached else "")
+        return ceiling
 
     def base_view(self) -> "TransformersBackend":
         """A second backend over the same weights that answers with the adapter switched off."""
@@ -142,7 +170,7 @@ class TransformersBackend(Backend):
             try:
                 if adapter_names is None and self.adapter_enabled and self.adapter_name is not None:
                     self.model.set_adapter(self.adapter_name)  # another view over this model may have switched
-                with torch.inference_mode(), adapter_off, self._free_cores(torch):
+                with torch.inference_mode(), adapter_off, self._free_cores(torch, count):
                     self.model.generate(**kwargs, **prompt_cache(self.model, inputs, count, adapter_names))
             except BaseException as exc:  # reported on the consumer's thread below
                 failure.append(exc)
@@ -164,7 +192,7 @@ class TransformersBackend(Backend):
                 yield Chunk(row, finished="stopped" if stopped else "length")
 
     @contextlib.contextmanager
-    def _free_cores(self, torch):
+    def _free_cores(self, torch, rows: int):
         """Generate on the cores free now. Set on the thread that generates: with OpenMP a count set on
         another thread doesn't reach the running one (checked: the app's thread keeps its 2 while the
         worker's is 1), yet threads started later copy it, so it is put back when the answer ends."""
@@ -173,7 +201,7 @@ class TransformersBackend(Backend):
             return
         before = torch.get_num_threads()
         try:
-            with self._threads.answering(self.lent_cores, torch.set_num_threads) as threads:
+            with self._threads.answering(self.lent_cores, torch.set_num_threads, rows) as threads:
                 yield threads
         finally:
             torch.set_num_threads(before)
@@ -241,7 +269,7 @@ def prompt_cache(model, inputs: dict, count: int, adapter_names: list[str] | Non
     column's first token came 2.4x as late as one answer's at N = 4). One answer goes the same way, so a
     candidate stays token for token its single answer. In a mixed batch (`adapter_names`) each row's
     prompt passes through its own adapter and is evaluated per row. {} for a one-token prompt."""
-    from transformers.generation import utils as generation_utils
+    from .hf_batch import cache_argument, cache_of
 
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     if ids.shape[1] < 2:
@@ -251,9 +279,7 @@ def prompt_cache(model, inputs: dict, count: int, adapter_names: list[str] | Non
     else:
         out = model(input_ids=ids[:, :-1].repeat(count, 1), attention_mask=mask[:, :-1].repeat(count, 1),
                     use_cache=True, logits_to_keep=1, adapter_names=adapter_names)
-    cache = getattr(out, "cache", None) or out.past_key_values  # transformers 5.25 renamed it
+    cache = cache_of(out)
     if adapter_names is None and count > 1:
         cache.batch_repeat_interleave(count)
-    # 5.25 renamed generate's past_key_values to cache (the old name warns); earlier ones know only the old
-    name = "cache" if "cache" in getattr(generation_utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
-    return {name: cache}
+    return {cache_argument(): cache}

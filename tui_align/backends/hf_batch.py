@@ -75,3 +75,57 @@ class BatchStreamer(BaseStreamer):
     def _end_row(self, row: int, reason: str) -> None:
         self.reasons[row] = reason
         self.queue.put(Chunk(row, finished=reason))
+
+
+def cache_of(output):
+    """The KV cache a forward returned (transformers 5.25 renamed the output's past_key_values to cache)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+def cache_argument() -> str:
+    """The name forward and generate take a KV cache by: 5.25 renamed past_key_values to cache (the old
+    name warns); earlier versions know only the old one."""
+    from transformers.generation import utils as generation_utils
+
+    return "cache" if "cache" in getattr(generation_utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
+
+
+class DecodeTimer:
+    """thread_probe's Decode over a transformers model on the CPU: one step of `rows` sequences, a token
+    each, continuing a short prompt's cache (one per batch size), on the calling thread's torch threads.
+    `close()` puts that thread's count back."""
+
+    PROMPT = "The weather today is"
+    STEPS_PER_CACHE = 64  # then the prompt again: a step's cost grows with the cache, and the counts compare alike
+
+    def __init__(self, model, tokenizer):
+        import torch
+
+        self.model, self.tokenizer = model, tokenizer
+        self.caches: dict[int, tuple] = {}  # rows -> (cache, the token fed each step, steps so far)
+        self.threads_before = torch.get_num_threads()
+
+    def __call__(self, threads: int, rows: int) -> float:
+        import time
+
+        import torch
+
+        torch.set_num_threads(threads)
+        with torch.inference_mode():
+            cache, token, steps = self.caches.get(rows, (None, None, 0))
+            if cache is None or steps >= self.STEPS_PER_CACHE:
+                prompt = self.tokenizer(self.PROMPT, return_tensors="pt")["input_ids"].to(self.model.device)
+                prompt = prompt.repeat(rows, 1)
+                cache, token, steps = cache_of(self.model(input_ids=prompt, use_cache=True, logits_to_keep=1)), prompt[:, -1:], 0
+            started = time.perf_counter()
+            output = self.model(input_ids=token, use_cache=True, logits_to_keep=1, **{cache_argument(): cache})
+            seconds = time.perf_counter() - started
+        self.caches[rows] = (cache_of(output), token, steps + 1)
+        return seconds
+
+    def close(self) -> None:
+        import torch
+
+        self.caches.clear()
+        torch.set_num_threads(self.threads_before)

@@ -205,3 +205,63 @@ def _eval_prompt(llama, prompt: list[int]) -> None:
         llama.reset()
         llama._ctx.kv_cache_clear()
     llama.eval(prompt[llama.n_tokens:])
+
+
+class DecodeTimer:
+    """thread_probe's Decode over `llama`'s context: one step of `rows` sequences (up to `max_rows`), a
+    token each after a short shared prompt, as answers and candidates decode. It starts on its first call
+    (a cached probe never calls it); `close()` leaves the context empty, as loaded."""
+
+    PROMPT = b"The weather today is"
+
+    def __init__(self, llama, max_rows: int):
+        self.llama, self.max_rows = llama, max_rows
+        self.batch = None
+        self.positions: list[int] = []
+        self.token = 0
+
+    def __call__(self, threads: int, rows: int) -> float:
+        import time
+
+        import llama_cpp
+
+        llama = self.llama
+        if self.batch is None or sum(self.positions) + self.max_rows >= llama.n_ctx() - 1:
+            self._start()
+        batch = self.batch.batch
+        batch.n_tokens = rows
+        for seq in range(rows):
+            batch.token[seq] = self.token
+            batch.pos[seq] = self.positions[seq]
+            batch.n_seq_id[seq] = 1
+            batch.seq_id[seq][0] = seq
+            batch.logits[seq] = True
+            self.positions[seq] += 1
+        llama_cpp.llama_set_n_threads(llama.ctx, threads, threads)
+        started = time.perf_counter()
+        if llama_cpp.llama_decode(llama.ctx, batch) != 0:
+            raise RuntimeError("llama.cpp could not decode the thread probe's batch")
+        llama_cpp.llama_synchronize(llama.ctx)
+        return time.perf_counter() - started
+
+    def _start(self) -> None:
+        """The prompt as sequence 0, its cells shared with the other sequences."""
+        import llama_cpp
+        from llama_cpp import _internals as internals
+
+        self.close()
+        llama = self.llama
+        prompt = llama.tokenize(self.PROMPT, add_bos=True)
+        llama.eval(prompt)
+        for seq in range(1, self.max_rows):
+            llama_cpp.llama_memory_seq_cp(llama._ctx.memory, 0, seq, 0, len(prompt))
+        self.positions = [len(prompt)] * self.max_rows
+        self.token = prompt[-1]
+        self.batch = internals.LlamaBatch(n_tokens=self.max_rows, embd=0, n_seq_max=1, verbose=False)
+
+    def close(self) -> None:
+        if self.batch is not None:
+            self.batch.close()
+            self.batch = None
+        self.llama.reset()
+        self.llama._ctx.kv_cache_clear()

@@ -7,17 +7,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from .. import machine_cache, thread_probe
 from ..cpu_share import ThreadChooser
-from ..errors import UserError
+from ..errors import UserError, log
 from ..model_files import check_gguf
 from ..pairs import Message
 from . import llama_batch
-from .base import Backend, Chunk, SamplingSettings, StopCheck
+from .base import MOST_CANDIDATES, Backend, Chunk, SamplingSettings, StopCheck
 
 DEFAULT_CONTEXT = 4096
-# Sequences the context holds: the most candidates the app asks for (settings_text.MAX_CANDIDATES, which
-# backends/ can't import). More sequences cost nothing until used: the KV cache is one unified pool.
-MAX_SEQUENCES = 4
+# Sequences the context holds: the most candidates the app asks for. More sequences cost nothing until
+# used: the KV cache is one unified pool.
+MAX_SEQUENCES = MOST_CANDIDATES
 # create_chat_completion's finish_reason in our words.
 FINISH = {"stop": "eos", "length": "length"}
 
@@ -26,7 +27,9 @@ class LlamaCppBackend(Backend):
     engine = "llamacpp"
 
     def __init__(self, gguf_path: str | Path, *, lora_path: str | Path | None = None, n_ctx: int = DEFAULT_CONTEXT,
-                 n_gpu_layers: int = 0):
+                 n_gpu_layers: int = 0, probe_cache: Path | None = None):
+        """`probe_cache`: the data folder's cache, where the most threads worth giving an answer on this
+        machine are measured once per model (thread_probe.py); None keeps every free core, unmeasured."""
         try:
             from llama_cpp import Llama
         except ImportError as exc:
@@ -55,12 +58,35 @@ class LlamaCppBackend(Backend):
         self.batches_candidates = self._formatter is not None
         self.model_id = path.name if lora_path is None else f"{path.name}+{Path(lora_path).parent.name}"
         self.path = path
+        #: What the thread probe measured and chose (thread_probe.Ceiling), or None: every free core.
+        self.thread_ceiling = self._limit_threads(n_gpu_layers, probe_cache) if probe_cache is not None else None
+
+    def _limit_threads(self, n_gpu_layers: int, cache_dir: Path) -> thread_probe.Ceiling | None:
+        """Measure (or read) the most threads worth giving an answer, and keep answers to them. Not on a
+        GPU (the card decodes; CPU threads only feed it) nor with the count fixed in the environment."""
+        import llama_cpp
+
+        if n_gpu_layers or self._threads.fixed:
+            return None
+        cores = self._threads.meter.cores
+        key = (f"{machine_cache.cpu_model()}|{cores} cores|llama.cpp {llama_cpp.__version__}|"
+               f"{self.path.name} {self.path.stat().st_size}")
+        timer = llama_batch.DecodeTimer(self._llama, MAX_SEQUENCES)
+        try:
+            ceiling = thread_probe.probe(timer, cores, key, cache_dir, batch_rows=MAX_SEQUENCES)
+        finally:
+            timer.close()
+        if ceiling is None:
+            return None
+        self._threads.limit(ceiling.threads)
+        log.info("%s: %s%s", self.path.name, ceiling.describe(), " (cached)" if ceiling.cached else "")
+        return ceiling
 
     def stream_chat(
         self, messages: list[Message], settings: SamplingSettings, should_stop: StopCheck | None = None
     ) -> Iterator[str]:
         seed = settings.seed if settings.seed is not None else random.randrange(2**31)
-        with self._free_cores():
+        with self._free_cores(rows=1):
             return (yield from self._stream_chat(messages, settings, seed, should_stop))
 
     def _stream_chat(self, messages, settings: SamplingSettings, seed: int, should_stop: StopCheck | None):
@@ -97,21 +123,22 @@ class LlamaCppBackend(Backend):
             return
         seeds = [s.seed if s.seed is not None else random.randrange(2**31) for s in settings_list]
         try:
-            with self._free_cores():
+            with self._free_cores(rows=len(settings_list)):
                 yield from llama_batch.stream_batch(self._llama, self._formatter, messages, settings_list, seeds,
                                                     should_stop)
         except ValueError as exc:  # tokenizing or evaluating a prompt that does not fit
             raise UserError(f"llama.cpp: {exc}") from exc
 
     @contextmanager
-    def _free_cores(self):
-        """Generate on the cores free now (cpu_share.py); the window to the next answer starts at its end."""
+    def _free_cores(self, rows: int):
+        """Generate `rows` sequences a step on the cores free now (cpu_share.py), no more than the probe
+        found worth it; the window to the next answer starts at its end."""
         import llama_cpp
 
         def apply(threads: int) -> None:  # prompt and generation alike
             llama_cpp.llama_set_n_threads(self._llama.ctx, threads, threads)
 
-        with self._threads.answering(self.lent_cores, apply) as threads:
+        with self._threads.answering(self.lent_cores, apply, rows) as threads:
             yield threads
 
     def count_tokens(self, messages: list[Message]) -> int | None:

@@ -14,12 +14,12 @@ event: "float32: 188 vs 109 GFLOP/s in bf16 on this CPU".
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from .. import machine_cache
 
 CACHE_FILE = "precision-probe.json"
 ROWS = 256  # tokens per timed call: a slice of a training pass
@@ -66,18 +66,8 @@ def machine_key(device: str, shapes: tuple[int, int]) -> str:
     if device == "cuda":
         chip = torch.cuda.get_device_name(0)
     else:
-        chip = _cpu_model()
+        chip = machine_cache.cpu_model()
     return f"{device}|{chip}|{os.cpu_count()} cores|torch {torch.__version__}|{torch.get_num_threads()} threads|{shapes[0]}x{shapes[1]}"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def measure(device: str, shapes: tuple[int, int]) -> dict:
@@ -130,27 +120,9 @@ def probe(device: str, shapes: tuple[int, int], cache_dir: Path | None) -> Measu
     """The measurement for this machine and these shapes: from the cache, else measured and cached."""
     key = machine_key(device, shapes)
     cache_file = cache_dir / CACHE_FILE if cache_dir is not None else None
-    known = _read(cache_file)
-    if key in known and isinstance(known[key], dict) and "float32" in known[key]:
-        return Measured(device, known[key], cached=True)
+    known = machine_cache.read(cache_file).get(key)
+    if isinstance(known, dict) and "float32" in known:
+        return Measured(device, known, cached=True)
     gflops = measure(device, shapes)
-    if cache_file is not None:
-        known[key] = gflops
-        try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(known, indent=1))
-            os.replace(tmp, cache_file)
-        except OSError:
-            pass  # a read-only data folder measures again next time; nothing else depends on the cache
+    machine_cache.remember(cache_file, key, gflops)
     return Measured(device, gflops)
-
-
-def _read(cache_file: Path | None) -> dict:
-    if cache_file is None:
-        return {}
-    try:
-        data = json.loads(cache_file.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

@@ -1,0 +1,49 @@
+"""Measurements of the machine at hand, kept in the data folder so they are taken once, not at every start.
+
+One JSON file per kind of measurement (models/cache/<name>.json), a dict from a key that names what the
+figure depends on (the CPU, the core count, the library version, the model) to the figure. A missing,
+unreadable or read-only cache only means measuring again: nothing else depends on it.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+from .atomic import write_text
+
+
+def cpu_model() -> str:
+    """The CPU's model name ("AMD EPYC 7B13"), as /proc/cpuinfo gives it where there is one."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def read(cache_file: Path | None) -> dict:
+    """Every entry of `cache_file` ({} when there is none, or it isn't a JSON object)."""
+    if cache_file is None:
+        return {}
+    try:
+        data = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def remember(cache_file: Path | None, key: str, value) -> None:
+    """Add (or replace) one entry; the file is written whole (atomic.py), so a reader never sees half of it."""
+    if cache_file is None:
+        return
+    known = read(cache_file)
+    known[key] = value
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        write_text(cache_file, json.dumps(known, indent=1))
+    except OSError:
+        pass  # a read-only data folder measures again next time
