@@ -114,6 +114,14 @@ def quiet_hf() -> None:
     hf_logging.set_verbosity_error()
 
 
+def standalone(collect, parser, argv=None) -> int:
+    """A part run on its own: `parser`'s arguments and --json, then `collect(args)`'s table, saved as JSON."""
+    parser.add_argument("--json", help="write the section as JSON here")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    return finish_standalone(collect(args), args.json, started)
+
+
 def finish_standalone(section: Section, json_path: str | None, started: float) -> int:
     """What a part does when run on its own: print its table, save it as JSON; 1 when a contender failed."""
     section.data["machine"] = machine_info()

@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import Section, finish_standalone  # noqa: E402
+from common import Section, standalone  # noqa: E402
 
 TITLE = "CPU threads: chosen from the free cores vs a fixed half"
 PROMPT = [{"role": "user", "content": "Write a long poem about the sea."}]
@@ -211,10 +211,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="one repetition, 12-s windows")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--window", type=float, default=30.0, help="seconds of chat per window")
-    parser.add_argument("--json", help="write the section as JSON here")
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    return finish_standalone(collect(args), args.json, started)
+    return standalone(collect, parser, argv)
 
 
 if __name__ == "__main__":

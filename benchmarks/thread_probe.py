@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import Section, finish_standalone  # noqa: E402
+from common import Section, standalone  # noqa: E402
 
 TITLE = "Chat threads: the probe's choice against whole answers at each count"
 PROMPT = [{"role": "user", "content": "Write a long poem about the sea."}]
@@ -34,17 +34,26 @@ def collect(args) -> Section:
     from tui_align.backends.llamacpp import LlamaCppBackend
     from tui_align.paths import default_model_path
 
-    with tempfile.TemporaryDirectory() as cache:
+    probe_s = []
+    real_probe = thread_probe.probe
+
+    def timed_probe(*args, **kwargs):
         started = time.perf_counter()
+        try:
+            return real_probe(*args, **kwargs)
+        finally:
+            probe_s.append(time.perf_counter() - started)
+
+    thread_probe.probe = timed_probe
+    with tempfile.TemporaryDirectory() as cache:
+        LlamaCppBackend(default_model_path()).close()  # the file's pages into memory, as for any later load
         backend = LlamaCppBackend(default_model_path(), probe_cache=Path(cache))
-        with_probe = time.perf_counter() - started
+        LlamaCppBackend(default_model_path(), probe_cache=Path(cache)).close()  # the same machine and model: cached
+    thread_probe.probe = real_probe
     try:
         ceiling = backend.thread_ceiling
         if ceiling is None:
             return Section(TITLE, ["count"], [], notes=["failed: the probe measured nothing (one core, or a busy machine)"])
-        started = time.perf_counter()
-        LlamaCppBackend(default_model_path()).close()
-        plain_load = time.perf_counter() - started
         counts = sorted(ceiling.rates[1], reverse=True)
         settings = [SamplingSettings(temperature=0.0, top_p=1.0, max_tokens=MAX_TOKENS, seed=i) for i in range(4)]
         seconds: dict[int, dict[int, list[float]]] = {rows: {count: [] for count in counts} for rows in (1, 4)}
@@ -70,23 +79,20 @@ def collect(args) -> Section:
         rows_out += [[what, count, ceiling.rates[rows][count], round(medians[count], 3),
                       round(medians[count] / fastest, 3), "chosen" if count == chosen else ""] for count in counts]
     notes = [f"{cpu_share.usable_cores()} usable cores; probe: {ceiling.describe()}",
-             f"load with the probe {with_probe:.2f} s against {plain_load:.2f} s without: the probe costs "
-             f"{with_probe - plain_load:.2f} s, once per machine and model",
+             f"the probe took {probe_s[0]:.2f} s on the first load (once per machine and model), "
+             f"{probe_s[1] * 1000:.1f} ms from the cache on the next",
              f"{MAX_TOKENS}-token greedy answers, cold prompt cache, medians of {args.reps}"]
     notes += [f"{'one answer' if rows == 1 else f'{rows} candidates'}: the probe's count is "
               + ("within" if ok else "NOT within") + " 5% of the fastest" for rows, ok in right.items()]
     return Section(title=TITLE, columns=["what", "threads", "probe tokens/s", "s", "vs fastest", ""], rows=rows_out,
                    notes=notes, data={"rates": ceiling.rates, "chosen": {r: ceiling.threads(r) for r in (1, 4)},
-                                      "seconds": seconds, "probe_s": with_probe - plain_load, "probe_right": right})
+                                      "seconds": seconds, "probe_s": probe_s, "probe_right": right})
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--json", help="write the section as JSON here")
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    return finish_standalone(collect(args), args.json, started)
+    return standalone(collect, parser, argv)
 
 
 if __name__ == "__main__":

@@ -61,13 +61,13 @@ def test_llamacpp_answers_on_the_threads_chosen_for_each_answer(llama, monkeypat
 
     seen = []
     chooser = llama._threads
-    monkeypatch.setattr(chooser, "choose", lambda lent=0: seen.append(lent) or 1 + lent)
+    monkeypatch.setattr(chooser, "choose", lambda lent=0, rows=1: seen.append((lent, rows)) or 1 + lent)
     llama.lent_cores = 1  # as the app sets it while its training run lends a core
     try:
         llama.chat(ask("Hi"), SamplingSettings(temperature=0.0, max_tokens=4))
         assert (llama_cpp.llama_n_threads(llama._llama.ctx), llama_cpp.llama_n_threads_batch(llama._llama.ctx)) == (2, 2)
         list(llama.stream_candidates(ask("Hi"), [SamplingSettings(max_tokens=4, seed=s) for s in (1, 2)], lambda: False))
-        assert seen == [1, 1]
+        assert seen == [(1, 1), (1, 2)]
     finally:
         llama.lent_cores = 0
 

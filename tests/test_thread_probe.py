@@ -65,15 +65,23 @@ def test_a_probe_measures_answers_and_batches_once_then_reads_the_cache(tmp_path
     assert set(json.loads((tmp_path / thread_probe.CACHE_FILE).read_text())) == {"machine|model", "machine|other model"}
 
 
-def test_a_busy_machine_or_a_single_core_measures_nothing_worth_keeping(tmp_path):
+def test_a_busy_machine_a_slow_probe_or_a_single_core_measure_nothing_worth_keeping(tmp_path, monkeypatch):
     rates = {1: {2: 50.0, 1: 49.0}, 4: {2: 80.0, 1: 49.0}}
-    assert thread_probe.probe(FakeDecoder(rates), 2, "k", tmp_path, 4, busy_elsewhere=lambda: 1.0) is None
+    decoder = FakeDecoder(rates)
+    assert thread_probe.probe(decoder, 2, "k", tmp_path, 4, busy_elsewhere=lambda: 1.0) is None
+    assert decoder.calls == []  # busy before it started: nothing spent
+    readings = iter([0.0, 1.0])  # idle before, busy by the end
+    assert thread_probe.probe(decoder, 2, "k", tmp_path, 4, busy_elsewhere=lambda: next(readings)) is None
+    assert decoder.calls
     assert not (tmp_path / thread_probe.CACHE_FILE).exists()  # the next load measures again
     assert thread_probe.probe(FakeDecoder(rates), 1, "k", tmp_path, 4) is None
     for damaged in ('{"k": {"two": "fast"}}', '{"k": {"1": 3}}', '{"k": {"1": {"2": 50.0}}}', '[1, 2]'):
         (tmp_path / thread_probe.CACHE_FILE).write_text(damaged)  # damaged, or measured for one size only
         again = thread_probe.probe(FakeDecoder(rates), 2, "k", tmp_path, 4, busy_elsewhere=lambda: 0.0)
         assert not again.cached and again.threads(4) == 2, damaged
+    monkeypatch.setattr(thread_probe, "BUDGET_S", 0.0)
+    assert thread_probe.probe(FakeDecoder(rates), 2, "slow", tmp_path, 4, busy_elsewhere=lambda: 0.0) is None
+    assert "slow" not in json.loads((tmp_path / thread_probe.CACHE_FILE).read_text())
 
 
 def test_the_chooser_never_goes_over_the_ceiling_but_a_fixed_count_wins(monkeypatch):
@@ -174,3 +182,12 @@ def test_the_transformers_engine_measures_once_and_keeps_to_the_ceiling(tiny_lla
     assert cached.chat(messages, short) == expected
     list(cached.stream_candidates(messages, [short, short], lambda: False))
     assert during == [1, 2]
+
+
+def test_a_slow_model_is_timed_one_step_a_count_in_one_round():
+    fast = FakeDecoder({1: {2: 128.0, 1: 64.0}})  # 8 and 16 ms a step: until TIME_EACH_S, both rounds
+    thread_probe.measure(fast, [2, 1])
+    assert len(fast.calls) == 2 + 2 * (7 + 4)
+    slow = FakeDecoder({1: {2: 4.0, 1: 2.5}})  # a 7B model on a laptop: 0.25-0.4 s a token
+    assert thread_probe.measure(slow, [2, 1]) == pytest.approx({2: 4.0, 1: 2.5})
+    assert len(slow.calls) == 2 + 2  # a warm-up and one timed step a count

@@ -18,19 +18,27 @@ only on an idle machine: a probe beside a busy process measures the other proces
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from . import machine_cache
-from .cpu_share import CpuMeter, physical_cores
+from .cpu_share import CpuMeter, ThreadChooser, physical_cores
+from .errors import log
 
 CACHE_FILE = "thread-probe.json"
 MARGIN = 0.95  # a count within 5% of the fastest is as fast: fewer threads leave cores to everything else
 MIN_STEPS = 2  # per count and round, after one warm-up step per count
 TIME_EACH_S = 0.05  # ... or more, until this long has passed: one token of a small model is ~10 ms
 ROUNDS = 2  # down the counts, then up again: a machine that speeds up or slows down mid-probe favours none
+# A step this long (a 7B model: 0.1-0.5 s a token on a laptop) is a steady figure on its own: one step a
+# count and one round, so a big model's probe stays a few seconds.
+LONG_STEP_S = 0.1
 BUSY_CORES = 0.5  # other processes busier than this over the probe: its figures say little about the answers
+# A probe that runs longer gives up and measures again at the next load: on a machine busier than it
+# looked, a step on a taken core waits on it (answers 40x as slow were seen, docs/benchmarks.md §10).
+BUDGET_S = 10.0
 
 # One decoding step of `rows` sequences (a token each) on `threads` threads; returns the seconds it took.
 Decode = Callable[[int, int], float]
@@ -80,19 +88,33 @@ def fewest_fast(rates: dict[int, float]) -> int:
     return min(count for count, rate in rates.items() if rate >= MARGIN * best)
 
 
-def measure(decode: Decode, counts: list[int], rows: int = 1) -> dict[int, float]:
+class OverBudget(Exception):
+    """The probe ran past its deadline."""
+
+
+def measure(decode: Decode, counts: list[int], rows: int = 1, deadline: float = float("inf")) -> dict[int, float]:
     """Tokens per second at each count, `rows` sequences a step: the best of ROUNDS timings, each of at
-    least MIN_STEPS steps and TIME_EACH_S seconds."""
+    least MIN_STEPS steps and TIME_EACH_S seconds. OverBudget once time.monotonic() passes `deadline`."""
+
+    def step(count: int) -> float:
+        if time.monotonic() > deadline:
+            raise OverBudget
+        return decode(count, rows)
+
     best: dict[int, float] = {}
     for count in counts:
-        decode(count, rows)  # warm-up: the first step on a new count pays for starting its threads
+        step(count)  # warm-up: the first step on a new count pays for starting its threads
     for round_ in range(ROUNDS):
+        slow = True
         for count in counts if round_ % 2 == 0 else counts[::-1]:
             steps, seconds = 0, 0.0
-            while steps < MIN_STEPS or seconds < TIME_EACH_S:
-                seconds += decode(count, rows)
+            while (steps < MIN_STEPS or seconds < TIME_EACH_S) and seconds < LONG_STEP_S:
+                seconds += step(count)
                 steps += 1
+            slow = slow and seconds / steps >= LONG_STEP_S
             best[count] = max(best.get(count, 0.0), rows * steps / max(seconds, 1e-9))
+        if slow:
+            break
     return best
 
 
@@ -121,8 +143,9 @@ def probe(decode: Decode, cores: int, key: str, cache_dir: Path | None, batch_ro
           busy_elsewhere: Callable[[], float | None] | None = None) -> Ceiling | None:
     """The ceilings for this machine and model, for one answer and for `batch_rows` candidates: cached,
     else measured (and cached). None with a single core, or when other processes kept the machine busy
-    over the probe (the next load measures again); `busy_elsewhere` says how many cores they kept busy
-    (by default a CpuMeter started with the probe)."""
+    before or over the probe, or it ran past BUDGET_S (the next load measures again). `busy_elsewhere`
+    says how many cores other processes kept busy (a CpuMeter started with the probe by default; one
+    started before the model loaded tells a busy machine before the probe spends anything)."""
     if cores < 2:
         return None
     cache_file = cache_dir / CACHE_FILE if cache_dir is not None else None
@@ -137,11 +160,43 @@ def probe(decode: Decode, cores: int, key: str, cache_dir: Path | None, batch_ro
         except (AttributeError, TypeError, ValueError):
             pass  # a damaged entry: measure again
     busy_elsewhere = busy_elsewhere or CpuMeter(cores).busy_elsewhere
+
+    def busy() -> bool:
+        cores_busy = busy_elsewhere()
+        return cores_busy is not None and cores_busy > BUSY_CORES
+
+    if busy():
+        return None
     counts = candidate_counts(cores, performance_cores())
-    rates = {rows: measure(decode, counts, rows) for rows in sizes}
-    busy = busy_elsewhere()
-    if busy is not None and busy > BUSY_CORES:
+    deadline = time.monotonic() + BUDGET_S
+    try:
+        rates = {rows: measure(decode, counts, rows, deadline) for rows in sizes}
+    except OverBudget:
+        return None
+    if busy():
         return None
     machine_cache.remember(cache_file, key, {str(rows): {str(count): round(rate, 1) for count, rate in by_count.items()}
                                              for rows, by_count in rates.items()})
     return Ceiling(rates)
+
+
+def hold_to_measured(chooser: ThreadChooser, make_timer, engine_and_model: str, cache_dir: Path,
+                     batch_rows: int) -> Ceiling | None:
+    """Hold an engine's `chooser` to the ceilings probed (or cached) for this machine and
+    `engine_and_model` ("llama.cpp 0.3.36|model.gguf 98 MB"), timing with `make_timer()` (a Decode with a
+    close()); the log says what was measured. None, and every free core as before, when the count is
+    fixed in the environment or nothing was measured."""
+    if chooser.fixed:
+        return None
+    cores = chooser.meter.cores
+    key = f"{machine_cache.cpu_model()}|{cores} cores|{engine_and_model}"
+    timer = make_timer()
+    try:
+        # the chooser's meter started before the model loaded: a busy machine shows before the probe runs
+        ceiling = probe(timer, cores, key, cache_dir, batch_rows, busy_elsewhere=chooser.meter.busy_elsewhere)
+    finally:
+        timer.close()
+    if ceiling is not None:
+        chooser.limit(ceiling.threads)
+        log.info("%s: %s%s", engine_and_model, ceiling.describe(), " (cached)" if ceiling.cached else "")
+    return ceiling

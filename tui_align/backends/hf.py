@@ -8,9 +8,9 @@ import threading
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from .. import machine_cache, thread_probe
+from .. import thread_probe
 from ..cpu_share import ThreadChooser
-from ..errors import UserError, log, report
+from ..errors import UserError, report
 from ..model_files import ModelRef, load_transformers
 from ..pairs import Message
 from .base import MOST_CANDIDATES, Backend, Chunk, SamplingSettings, StopCheck
@@ -49,27 +49,18 @@ class TransformersBackend(Backend):
         self.thread_ceiling = self._limit_threads(probe_cache) if probe_cache is not None else None
 
     def _limit_threads(self, cache_dir: Path) -> thread_probe.Ceiling | None:
-        """Measure (or read) the most torch threads worth giving an answer here, and keep answers to them.
-        CPU only (on a card the threads only feed it), and not with the count fixed in the environment."""
+        """The most torch threads worth giving an answer here (thread_probe.py); CPU only, where the
+        threads do the work."""
         import torch
 
         from .hf_batch import DecodeTimer
 
-        if self._threads is None or self._threads.fixed:
+        if self._threads is None:
             return None
-        cores = self._threads.meter.cores
         size = sum(p.numel() for p in self.model.parameters())
-        key = (f"{machine_cache.cpu_model()}|{cores} cores|torch {torch.__version__}|{self.model_id} "
-               f"{size} parameters {self.model.dtype}")
-        timer = DecodeTimer(self.model, self.tokenizer)
-        try:
-            ceiling = thread_probe.probe(timer, cores, key, cache_dir, batch_rows=MOST_CANDIDATES)
-        finally:
-            timer.close()
-        if ceiling is not None:
-            self._threads.limit(ceiling.threads)
-            log.info("%s: %s%s", self.model_id, ceiling.describe(), " (cached)" if ceiling.cached else "")
-        return ceiling
+        model = f"torch {torch.__version__}|{self.model_id} {size} parameters {self.model.dtype}"
+        return thread_probe.hold_to_measured(self._threads, lambda: DecodeTimer(self.model, self.tokenizer), model,
+                                             cache_dir, MOST_CANDIDATES)
 
     def base_view(self) -> "TransformersBackend":
         """A second backend over the same weights that answers with the adapter switched off."""

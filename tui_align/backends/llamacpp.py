@@ -7,9 +7,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from .. import machine_cache, thread_probe
+from .. import thread_probe
 from ..cpu_share import ThreadChooser
-from ..errors import UserError, log
+from ..errors import UserError
 from ..model_files import check_gguf
 from ..pairs import Message
 from . import llama_batch
@@ -62,25 +62,15 @@ class LlamaCppBackend(Backend):
         self.thread_ceiling = self._limit_threads(n_gpu_layers, probe_cache) if probe_cache is not None else None
 
     def _limit_threads(self, n_gpu_layers: int, cache_dir: Path) -> thread_probe.Ceiling | None:
-        """Measure (or read) the most threads worth giving an answer, and keep answers to them. Not on a
-        GPU (the card decodes; CPU threads only feed it) nor with the count fixed in the environment."""
+        """The most threads worth giving an answer here (thread_probe.py); not on a GPU, where the card
+        decodes and CPU threads only feed it."""
         import llama_cpp
 
-        if n_gpu_layers or self._threads.fixed:
+        if n_gpu_layers:
             return None
-        cores = self._threads.meter.cores
-        key = (f"{machine_cache.cpu_model()}|{cores} cores|llama.cpp {llama_cpp.__version__}|"
-               f"{self.path.name} {self.path.stat().st_size}")
-        timer = llama_batch.DecodeTimer(self._llama, MAX_SEQUENCES)
-        try:
-            ceiling = thread_probe.probe(timer, cores, key, cache_dir, batch_rows=MAX_SEQUENCES)
-        finally:
-            timer.close()
-        if ceiling is None:
-            return None
-        self._threads.limit(ceiling.threads)
-        log.info("%s: %s%s", self.path.name, ceiling.describe(), " (cached)" if ceiling.cached else "")
-        return ceiling
+        model = f"llama.cpp {llama_cpp.__version__}|{self.path.name} {self.path.stat().st_size} bytes"
+        return thread_probe.hold_to_measured(self._threads, lambda: llama_batch.DecodeTimer(self._llama, MAX_SEQUENCES),
+                                             model, cache_dir, MAX_SEQUENCES)
 
     def stream_chat(
         self, messages: list[Message], settings: SamplingSettings, should_stop: StopCheck | None = None
