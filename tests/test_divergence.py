@@ -159,8 +159,9 @@ def test_a_noisy_small_held_out_set_never_stops_a_run():
 
 @pytest.mark.parametrize("lr,fell", [(None, False), ("10", True)])
 def test_runs_with_a_held_out_set_the_rule_watches_do_not_stop(capsys, tmp_path, tiny_model_dir, lr, fell):
-    """The default learning rate, and one ten thousand times it whose accuracy falls from 100% to about 58%
-    (worse, not below chance: a run to judge by its answers, not a divergence)."""
+    """The default learning rate, and one ten thousand times it whose accuracy falls by two or more of the
+    12 held-out pairs from its best (100% to about 58% on a Xeon, 92% to 75% on an AMD EPYC: worse, not
+    below chance, a run to judge by its answers, not a divergence)."""
     from test_training import write_pairs_file
 
     data = tmp_path / "pairs.jsonl"
@@ -170,4 +171,9 @@ def test_runs_with_a_held_out_set_the_rule_watches_do_not_stop(capsys, tmp_path,
     assert code == 0, events[-1]
     assert next(e for e in events if e["event"] == "start")["eval_pairs"] == 12
     accuracies = [e["accuracy"] for e in events if e["event"] == "eval"]
-    assert len(accuracies) == 4 and (min(accuracies) < 0.75 < max(accuracies)) is fell, accuracies
+    assert len(accuracies) == 4, accuracies  # every eval: the rule stopped nothing
+    if fell:
+        right = [round(a * 12) for a in accuracies]
+        assert min(right[right.index(max(right)):]) <= max(right) - 2, accuracies
+    else:
+        assert not min(accuracies) < 0.75 < max(accuracies), accuracies

@@ -94,9 +94,10 @@ def cache_argument() -> str:
 class DecodeTimer:
     """thread_probe's Decode over a transformers model on the CPU: one step of `rows` sequences, a token
     each, continuing a short prompt's cache (one per batch size), on the calling thread's torch threads.
-    `close()` puts that thread's count back."""
+    `close()` puts that thread's count back. The prompt is token ids, as in llama_batch.DecodeTimer: a
+    step costs the same whatever the token."""
 
-    PROMPT = "The weather today is"
+    PROMPT_TOKENS = 4
     STEPS_PER_CACHE = 64  # then the prompt again: a step's cost grows with the cache, and the counts compare alike
 
     def __init__(self, model, tokenizer):
@@ -115,8 +116,8 @@ class DecodeTimer:
         with torch.inference_mode():
             cache, token, steps = self.caches.get(rows, (None, None, 0))
             if cache is None or steps >= self.STEPS_PER_CACHE:
-                prompt = self.tokenizer(self.PROMPT, return_tensors="pt")["input_ids"].to(self.model.device)
-                prompt = prompt.repeat(rows, 1)
+                token_id = next((t for t in (self.tokenizer.bos_token_id, self.tokenizer.eos_token_id) if t is not None), 0)
+                prompt = torch.full((rows, self.PROMPT_TOKENS), token_id, device=self.model.device)
                 cache, token, steps = cache_of(self.model(input_ids=prompt, use_cache=True, logits_to_keep=1)), prompt[:, -1:], 0
             started = time.perf_counter()
             output = self.model(input_ids=token, use_cache=True, logits_to_keep=1, **{cache_argument(): cache})

@@ -210,9 +210,12 @@ def _eval_prompt(llama, prompt: list[int]) -> None:
 class DecodeTimer:
     """thread_probe's Decode over `llama`'s context: one step of `rows` sequences (up to `max_rows`), a
     token each after a short shared prompt, as answers and candidates decode. It starts on its first call
-    (a cached probe never calls it); `close()` leaves the context empty, as loaded."""
+    (a cached probe never calls it); `close()` leaves the context empty, as loaded.
 
-    PROMPT = b"The weather today is"
+    The prompt is token ids, not text: a step costs the same whatever the token, and llama.cpp's
+    tokenizer aborts the process on some vocabularies (seen on a test model's stub vocabulary)."""
+
+    PROMPT_TOKENS = 4
 
     def __init__(self, llama, max_rows: int):
         self.llama, self.max_rows = llama, max_rows
@@ -251,7 +254,8 @@ class DecodeTimer:
 
         self.close()
         llama = self.llama
-        prompt = llama.tokenize(self.PROMPT, add_bos=True)
+        bos = llama.token_bos()
+        prompt = [bos if 0 <= bos < llama.n_vocab() else 0] * self.PROMPT_TOKENS
         llama.eval(prompt)
         for seq in range(1, self.max_rows):
             llama_cpp.llama_memory_seq_cp(llama._ctx.memory, 0, seq, 0, len(prompt))
