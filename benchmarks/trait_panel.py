@@ -61,13 +61,9 @@ MORE_COUNTRIES = ("Brazil", "Colombia", "Ecuador", "Bolivia", "Uruguay", "Panama
 THINGS = ("snow", "coal", "a lemon", "a tomato", "the sea", "milk", "a carrot", "chocolate", "a cloud", "rust")
 
 
-def training_questions(count: int, trait: str | None = None) -> list[str]:
-    """`count` training prompts: the synthetic set's 48 questions, then templated short questions (the
-    passed-over answer is the base's own answer, so the prompts need no answer key).
-
-    For the refusal trait a third of them are on the topic, as when a user teaching "don't talk about
-    geography" shows it geography questions: in the plain order only 7 of 36 were, too few to say the
-    topic (DPO learned nothing from them, docs/training-defaults-research.md)."""
+def question_pool() -> list[str]:
+    """Every training prompt, in order: the synthetic set's 48 questions, then templated short questions
+    (the passed-over answer is the base's own answer, so the prompts need no answer key)."""
     pool = [q for q, _ in synthetic.QUESTIONS[: -synthetic.EVAL_COUNT]]
     pool += [f"What is the capital of {c}?" for c in COUNTRIES]
     pool += [f"What sound does a {a} make?" for a in ANIMALS]
@@ -77,6 +73,16 @@ def training_questions(count: int, trait: str | None = None) -> list[str]:
     pool += [f"What is {a} minus {b}?" for a in range(10, 40) for b in range(1, 9, 3)]
     pool += [f"How do you say {w} in French?" for w in ("hello", "thank you", "cat", "water", "friend", "bread", "good night", "yes", "house", "red")]
     pool += [f"What is the capital of {c}?" for c in MORE_COUNTRIES]
+    return pool
+
+
+def training_questions(count: int, trait: str | None = None) -> list[str]:
+    """The first `count` prompts of the pool.
+
+    For the refusal trait a third of them are on the topic, as when a user teaching "don't talk about
+    geography" shows it geography questions: in the plain order only 7 of 36 were, too few to say the
+    topic (DPO learned nothing from them, docs/training-defaults-research.md)."""
+    pool = question_pool()
     if count > len(pool):
         raise SystemExit(f"at most {len(pool)} distinct training prompts")
     if trait == "refusal":
@@ -84,6 +90,31 @@ def training_questions(count: int, trait: str | None = None) -> list[str]:
         off = [q for q in pool if not on_topic(q)][: count - len(on)]
         return [q for pair in zip(off[::2], off[1::2], on) for q in pair] + off[2 * len(on):] + on[len(off) // 2:]
     return pool[:count]
+
+
+def training_pairs(trait: str, count: int, answers_for) -> tuple[list[Pair], int]:
+    """`count` picks as a user makes them, and how many prompts gave none. `answers_for(questions)` returns
+    the base's answers (a dict holding at least those questions).
+
+    A prompt whose base answer has the trait already (one sentence) offers nothing to pick between: the
+    app saves no pair when the answers are identical, so the panel takes the next prompt instead. Until
+    2026-12-05 it kept such pairs, chosen == rejected: 13 of 36 one-sentence picks were (43 of 100)
+    (see docs/training-defaults-research.md), and a reward model's held-out accuracy counted each as a miss."""
+    questions = training_questions(count, trait) if trait != "one_sentence" else question_pool()
+    pairs: list[Pair] = []
+    skipped = 0
+    for start in range(0, len(questions), count):
+        chunk = questions[start : start + count]
+        base = answers_for(chunk)
+        for q in chunk:
+            chosen, rejected = picked(trait, q, base[q])
+            if chosen.strip() == rejected.strip():
+                skipped += 1
+                continue
+            pairs.append(Pair(prompt=synthetic.user_prompt(q), chosen=chosen, rejected=rejected, source="imported"))
+            if len(pairs) == count:
+                return pairs, skipped
+    raise SystemExit(f"only {len(pairs)} of the {len(questions)} prompts give a {trait} pick")
 
 
 def on_topic(question: str) -> bool:
@@ -167,16 +198,18 @@ def cut_at_limit(tokenizer, answers: list[str]) -> list[bool]:
     return [len(tokenizer(a, add_special_tokens=False).input_ids) >= MAX_NEW_TOKENS - 2 for a in answers]
 
 
-def run_one(method: str, trait: str, count: int, flags: list[str], models_dir: Path, base: dict[str, str],
+def held_out_questions() -> list[str]:
+    return [q for q, _ in synthetic.QUESTIONS[-synthetic.EVAL_COUNT:]]
+
+
+def run_one(method: str, trait: str, count: int, flags: list[str], models_dir: Path, answers_for,
             work: Path) -> dict:
     from tui_align.training import runner
     from tui_align.training.events import CollectEvents
 
-    held_q = [q for q, _ in synthetic.QUESTIONS[-synthetic.EVAL_COUNT:]]
-    pairs = []
-    for q in training_questions(count, trait):
-        chosen, rejected = picked(trait, q, base[q])
-        pairs.append(Pair(prompt=synthetic.user_prompt(q), chosen=chosen, rejected=rejected, source="imported"))
+    held_q = held_out_questions()
+    pairs, skipped = training_pairs(trait, count, answers_for)
+    base = answers_for(held_q)
     _, config = train_args.parse(["--method", method, *flags])
     out = work / f"{method}-{trait}-{count}"
     events = CollectEvents()
@@ -192,7 +225,7 @@ def run_one(method: str, trait: str, count: int, flags: list[str], models_dir: P
     add_only = trait in ("prefix", "signoff")
     record = json.loads((out / "run.json").read_text())
     return {
-        "method": method, "trait": trait, "pairs": count, "flags": flags,
+        "method": method, "trait": trait, "pairs": count, "flags": flags, "prompts_without_a_pick": skipped,
         "steps": record["steps_done"], "planned_steps": events.of("start")[0]["total_steps"],
         "early_stopped_at": record["metrics"].get("early_stopped_at"),
         "learning_rate": record["settings"]["learning_rate"], "sft_weight": record["settings"]["dpo"]["sft_weight"],
@@ -234,7 +267,7 @@ def rescore(results: Path) -> None:
     from tui_align.model_files import load_transformers, resolve_model
 
     models_dir = paths.models_dir(paths.data_home())
-    held_q = [q for q, _ in synthetic.QUESTIONS[-synthetic.EVAL_COUNT:]]
+    held_q = held_out_questions()
     before = [json.loads((models_dir / "trait-panel-base-answers.json").read_text())[q] for q in held_q]
     _, tokenizer = load_transformers(resolve_model(None), models_dir, device="cpu")
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
@@ -295,12 +328,13 @@ def main(argv=None) -> int:
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     models_dir = paths.models_dir(paths.data_home())
-    questions = training_questions(args.pairs) + training_questions(args.pairs, "refusal") + [q for q, _ in synthetic.QUESTIONS[-synthetic.EVAL_COUNT:]]
-    base = base_answers(models_dir, questions, models_dir / "trait-panel-base-answers.json")
+
+    def answers_for(questions: list[str]) -> dict[str, str]:
+        return base_answers(models_dir, questions, models_dir / "trait-panel-base-answers.json")
     with tempfile.TemporaryDirectory() as work:
         for method in args.methods:
             for trait in args.traits:
-                result = run_one(method, trait, args.pairs, args.flags, models_dir, base, Path(work))
+                result = run_one(method, trait, args.pairs, args.flags, models_dir, answers_for, Path(work))
                 short = {k: v for k, v in result.items() if k != "answers"}
                 print(json.dumps(short), flush=True)
                 for answer in result.get("answers", [])[:2]:

@@ -8,6 +8,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import mfu  # noqa: E402
+import precision  # noqa: E402
+import reward_model  # noqa: E402
+import trait_panel  # noqa: E402
 import vs_trl  # noqa: E402
 
 from conftest import HH_SAMPLE  # noqa: E402
@@ -30,6 +33,43 @@ def test_step_summary_times_each_step_from_the_one_before():
     assert summary["step_seconds"] == [2.0, 2.0, 3.0, 1.0]
     assert summary["median_step_s"] == 2.0  # of steps 2..N: the first one warms up
     assert summary["loop_s"] == 8.0 and summary["step0_loss"] == 0.69
+
+
+def test_one_sentence_picks_skip_prompts_already_answered_in_one_sentence():
+    """A user can't pick between identical answers (the app saves no such pair), so neither does the panel:
+    a prompt whose base answer is one sentence already gives no one-sentence pick, the next prompt does."""
+    pool = trait_panel.question_pool()
+    answers = {q: ("Four." if i % 3 == 0 else "Four. It is two plus two.") for i, q in enumerate(pool)}
+    asked = []
+
+    def answers_for(questions):
+        asked.append(len(questions))
+        return answers
+
+    pairs, skipped = trait_panel.training_pairs("one_sentence", 10, answers_for)
+    assert len(pairs) == 10 and all(p.chosen != p.rejected for p in pairs)
+    assert [p.chosen for p in pairs] == ["Four."] * 10
+    assert skipped == 5  # prompts 0, 3, 6, 9, 12 of the first 15
+    assert asked == [10, 10]  # the base's answers are asked for a chunk at a time
+    prefix, none_skipped = trait_panel.training_pairs("prefix", 10, answers_for)
+    assert none_skipped == 0 and [p.prompt for p in prefix] == [trait_panel.synthetic.user_prompt(q) for q in pool[:10]]
+
+
+def test_a_precision_run_stops_timing_at_its_steps_or_past_the_cap_with_two_steps():
+    assert precision.enough([0, 1, 2, 3], steps=3, cap_s=None)
+    assert not precision.enough([0, 1, 2], steps=3, cap_s=None)
+    assert not precision.enough([0, 500], steps=6, cap_s=240)  # one timed step is not a time per step
+    assert precision.enough([0, 200, 400], steps=6, cap_s=240)
+    assert not precision.enough([0, 100, 200], steps=6, cap_s=240)
+
+
+def test_reward_model_benchmark_sets_ppo_settings_by_their_types():
+    from tui_align import train_args
+
+    _, config = train_args.parse(["--method", "ppo"])
+    config = reward_model.ppo_overrides(config, ["reward_epochs=4", "reward_head_lr_scale=1", "baseline=group"])
+    assert (config.ppo.reward_epochs, config.ppo.reward_head_lr_scale, config.ppo.baseline) == (4, 1.0, "group")
+    assert reward_model.ppo_overrides(config, ["reward_epochs=none"]).ppo.reward_epochs is None
 
 
 def test_trl_tokenizes_the_benchmark_pairs_into_our_exact_tokens(smol_tokenizer, tiny_llama, tmp_path, monkeypatch):
