@@ -19,15 +19,14 @@ import json
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hh_accuracy import wilson_interval  # noqa: E402
-from tui_align import paths, train_args  # noqa: E402
-from trait_panel import TRAITS, base_answers, training_pairs  # noqa: E402
+from tui_align import train_args  # noqa: E402
+from trait_panel import TRAITS, append_line, quiet_setup, training_pairs  # noqa: E402
 
 
 def ppo_overrides(config, settings: list[str]):
@@ -91,24 +90,13 @@ def main(argv=None) -> int:
                         help="a PPO setting (config.PPOSettings), e.g. reward_head_lr_scale=1")
     parser.add_argument("--json", help="append one JSON line per run here")
     args = parser.parse_args(argv)
-    warnings.simplefilter("ignore")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    models_dir = paths.models_dir(paths.data_home())
-
-    def answers_for(questions: list[str]) -> dict[str, str]:
-        return base_answers(models_dir, questions, models_dir / "trait-panel-base-answers.json")
-
+    models_dir, answers_for = quiet_setup()
     with tempfile.TemporaryDirectory() as work:
         for trait in args.traits:
             result = run_one(trait, args.pairs, args.held_out, args.flags, args.settings, models_dir, answers_for,
                              Path(work))
             print(json.dumps(result), flush=True)
-            if args.json:
-                with open(args.json, "a") as fh:
-                    fh.write(json.dumps(result) + "\n")
+            append_line(args.json, result)
     return 0
 
 

@@ -322,6 +322,22 @@ def main(argv=None) -> int:
     if args.rescore:
         rescore(Path(args.rescore))
         return 0
+    models_dir, answers_for = quiet_setup()
+    with tempfile.TemporaryDirectory() as work:
+        for method in args.methods:
+            for trait in args.traits:
+                result = run_one(method, trait, args.pairs, args.flags, models_dir, answers_for, Path(work))
+                short = {k: v for k, v in result.items() if k != "answers"}
+                print(json.dumps(short), flush=True)
+                for answer in result.get("answers", [])[:2]:
+                    print(f"   {answer[:150]!r}", flush=True)
+                append_line(args.json, result)
+    return 0
+
+
+def quiet_setup():
+    """(models folder, answers_for) for a panel run: warnings and transformers' progress bars off, the
+    base's answers from (and into) the models folder's cache."""
     warnings.simplefilter("ignore")
     from transformers.utils import logging as hf_logging
 
@@ -331,18 +347,14 @@ def main(argv=None) -> int:
 
     def answers_for(questions: list[str]) -> dict[str, str]:
         return base_answers(models_dir, questions, models_dir / "trait-panel-base-answers.json")
-    with tempfile.TemporaryDirectory() as work:
-        for method in args.methods:
-            for trait in args.traits:
-                result = run_one(method, trait, args.pairs, args.flags, models_dir, answers_for, Path(work))
-                short = {k: v for k, v in result.items() if k != "answers"}
-                print(json.dumps(short), flush=True)
-                for answer in result.get("answers", [])[:2]:
-                    print(f"   {answer[:150]!r}", flush=True)
-                if args.json:
-                    with open(args.json, "a") as fh:
-                        fh.write(json.dumps(result) + "\n")
-    return 0
+
+    return models_dir, answers_for
+
+
+def append_line(path: str | None, result: dict) -> None:
+    if path:
+        with open(path, "a") as fh:
+            fh.write(json.dumps(result) + "\n")
 
 
 if __name__ == "__main__":
