@@ -14,7 +14,6 @@ reward phase ends: the reward model's held-out accuracy and margin are its own e
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import tempfile
@@ -26,23 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hh_accuracy import wilson_interval  # noqa: E402
 from tui_align import train_args  # noqa: E402
-from trait_panel import TRAITS, append_line, quiet_setup, training_pairs  # noqa: E402
-
-
-def ppo_overrides(config, settings: list[str]):
-    """The run's config with `key=value` PPO settings (config.PPOSettings' fields) put in."""
-    changes = {}
-    fields = {f.name: f for f in dataclasses.fields(config.ppo)}
-    for item in settings:
-        key, _, value = item.partition("=")
-        if key not in fields:
-            raise SystemExit(f"--set {item}: no PPO setting {key!r} (one of {', '.join(fields)})")
-        current = getattr(config.ppo, key)
-        changes[key] = value if isinstance(current, str) else (None if value == "none" else float(value))
-        if isinstance(current, int) and not isinstance(current, bool) and changes[key] is not None:
-            changes[key] = int(changes[key])
-    config.ppo = dataclasses.replace(config.ppo, **changes)
-    return config
+from trait_panel import TRAITS, append_line, ppo_overrides, quiet_setup, training_pairs  # noqa: E402
 
 
 def run_one(trait: str, count: int, held_out: int, flags: list[str], settings: list[str], models_dir: Path,

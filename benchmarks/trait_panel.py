@@ -22,6 +22,8 @@ base's answer; add-only traits).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import re
 import sys
@@ -29,6 +31,8 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -191,6 +195,58 @@ def adapter_answers(models_dir: Path, run_dir: Path, questions: list[str]) -> tu
     return answers, cut_at_limit(tokenizer, answers)
 
 
+SAMPLED_PER_QUESTION = 4  # sampled answers per held-out question in the panel's own reward measure
+
+
+@torch.no_grad()
+def sampled_rewards(models_dir: Path, run_dir: Path, questions: list[str], seed: int = 0) -> dict:
+    """The PPO run's reward model's mean score of answers sampled as PPO samples them, to the panel's held-out
+    questions, from the base, the warm start (the run's frozen copy of it) and the final policy: each
+    SAMPLED_PER_QUESTION times, the same seed for each. The run's own measure has only its 4 held-out
+    prompts at 36 picks (its eval split), 8 answers: too few to tell a gain of a quarter from noise."""
+    from peft import PeftModel
+
+    from tui_align.model_files import load_transformers, resolve_model
+    from tui_align.training import sft_reference
+    from tui_align.training.data import encode_pairs
+    from tui_align.training.reward import active_adapter, load_reward_model
+    from tui_align.training.rollouts import answer_tail, generate_rollouts, score_rollout, stop_token_ids
+    from tui_align.training.run_folder import config_from_dict
+
+    record = json.loads((run_dir / "run.json").read_text())
+    config = config_from_dict(record["settings"])
+    model, tokenizer = load_transformers(resolve_model(None), models_dir, device="cpu")
+    model = PeftModel.from_pretrained(model, str(run_dir))
+    head = load_reward_model(model, run_dir / "reward")
+    if not sft_reference.load(model, run_dir):
+        raise SystemExit(f"{run_dir} kept no copy of its warm start")
+    encoded, _ = encode_pairs(tokenizer, [Pair(prompt=synthetic.user_prompt(q), chosen="Yes.", rejected="No.")
+                                          for q in questions], 512)
+    tail = answer_tail(encoded, stop_token_ids(model, tokenizer))
+    rows = [e.prompt_ids for e in encoded for _ in range(SAMPLED_PER_QUESTION)]
+    roles = {"base": model.disable_adapter, "warm_start": lambda: active_adapter(model, sft_reference.SFT_REFERENCE),
+             "policy": contextlib.nullcontext}
+    scores = {}
+    for role, context in roles.items():
+        torch.manual_seed(seed)
+        role_scores = []
+        for i in range(0, len(rows), config.batch_size):
+            with context():
+                rollout = generate_rollouts(model, tokenizer, rows[i : i + config.batch_size], config)
+            role_scores.append(score_rollout(model, head, rollout, tail, tokenizer.pad_token_id))
+        scores[role] = torch.cat(role_scores)
+    return {role: {"mean": round(s.mean().item(), 3), "sem": round((s.std() / len(s) ** 0.5).item(), 3),
+                   "n": len(s)} for role, s in scores.items()} | {
+        "policy_minus_warm_start": paired(scores["policy"], scores["warm_start"], SAMPLED_PER_QUESTION)}
+
+
+def paired(a, b, per_question: int) -> dict:
+    """Mean of a - b over questions (each question's samples averaged first), with its standard error:
+    both sides answered the same questions, so the questions' own spread cancels."""
+    diffs = (a.view(-1, per_question).mean(-1) - b.view(-1, per_question).mean(-1))
+    return {"mean": round(diffs.mean().item(), 3), "sem": round((diffs.std() / len(diffs) ** 0.5).item(), 3)}
+
+
 def cut_at_limit(tokenizer, answers: list[str]) -> list[bool]:
     """Whether each answer ran to MAX_NEW_TOKENS (re-encoded, so within a token or two of the count the
     model generated). A sign-off can't show in an answer cut before its end: such a miss says the panel's
@@ -198,12 +254,28 @@ def cut_at_limit(tokenizer, answers: list[str]) -> list[bool]:
     return [len(tokenizer(a, add_special_tokens=False).input_ids) >= MAX_NEW_TOKENS - 2 for a in answers]
 
 
+def ppo_overrides(config, settings: list[str]):
+    """The run's config with `key=value` PPO settings (config.PPOSettings' fields) put in."""
+    changes = {}
+    fields = {f.name: f for f in dataclasses.fields(config.ppo)}
+    for item in settings:
+        key, _, value = item.partition("=")
+        if key not in fields:
+            raise SystemExit(f"--set {item}: no PPO setting {key!r} (one of {', '.join(fields)})")
+        current = getattr(config.ppo, key)
+        changes[key] = value if isinstance(current, str) else (None if value == "none" else float(value))
+        if isinstance(current, int) and not isinstance(current, bool) and changes[key] is not None:
+            changes[key] = int(changes[key])
+    config.ppo = dataclasses.replace(config.ppo, **changes)
+    return config
+
+
 def held_out_questions() -> list[str]:
     return [q for q, _ in synthetic.QUESTIONS[-synthetic.EVAL_COUNT:]]
 
 
 def run_one(method: str, trait: str, count: int, flags: list[str], models_dir: Path, answers_for,
-            work: Path) -> dict:
+            work: Path, settings: list[str] = ()) -> dict:
     from tui_align.training import runner
     from tui_align.training.events import CollectEvents
 
@@ -211,6 +283,7 @@ def run_one(method: str, trait: str, count: int, flags: list[str], models_dir: P
     pairs, skipped = training_pairs(trait, count, answers_for)
     base = answers_for(held_q)
     _, config = train_args.parse(["--method", method, *flags])
+    config = ppo_overrides(config, list(settings))
     out = work / f"{method}-{trait}-{count}"
     events = CollectEvents()
     started = time.monotonic()
@@ -221,11 +294,13 @@ def run_one(method: str, trait: str, count: int, flags: list[str], models_dir: P
         return {"method": method, "trait": trait, "pairs": count, "error": events.events[-1]}
     before = [base[q] for q in held_q]
     after, cut = adapter_answers(models_dir, out, held_q)
+    panel_rewards = sampled_rewards(models_dir, out, held_q) if method == "ppo" else None
     targets = [picked(trait, q, base[q])[0] for q in held_q]
     add_only = trait in ("prefix", "signoff")
     record = json.loads((out / "run.json").read_text())
     return {
-        "method": method, "trait": trait, "pairs": count, "flags": flags, "prompts_without_a_pick": skipped,
+        "method": method, "trait": trait, "pairs": count, "flags": flags, "settings": list(settings),
+        "prompts_without_a_pick": skipped,
         "steps": record["steps_done"], "planned_steps": events.of("start")[0]["total_steps"],
         "early_stopped_at": record["metrics"].get("early_stopped_at"),
         "learning_rate": record["settings"]["learning_rate"], "sft_weight": record["settings"]["dpo"]["sft_weight"],
@@ -244,8 +319,11 @@ def run_one(method: str, trait: str, count: int, flags: list[str], models_dir: P
         "run_check": record.get("answer_check", {}).get("verdict"),
         # PPO: the reward model's score of greedy answers to held-out prompts after each phase, and the KL
         "rewards": {k: v for k, v in record["metrics"].items() if "reward" in k or k == "kl"} if method == "ppo" else None,
-        # PPO phase, per step: the mean score of the sampled rollouts and their KL to the base
-        "ppo_steps": [(e["step"], round(e["reward"], 3), round(e["kl"], 3)) for e in events.of("step")
+        # PPO: the reward model's score of sampled answers to the panel's 12 held-out questions, by role
+        "sampled_rewards": panel_rewards,
+        # PPO phase, per step: the mean score of the sampled rollouts, their KL to the reference, the value loss
+        "ppo_steps": [(e["step"], round(e["reward"], 3), round(e["kl"], 3), round(e["value_loss"], 4))
+                      for e in events.of("step")
                       if e.get("phase") == "ppo"] if method == "ppo" else None,
         "checks": [{k: e.get(k) for k in ("step", "verdict", "repeating", "length_ratio", "longest_repeat", "example")}
                    for e in events.of("answers")],
@@ -311,6 +389,8 @@ def main(argv=None) -> int:
     parser.add_argument("--traits", nargs="+", default=list(TRAITS), choices=TRAITS)
     parser.add_argument("--pairs", type=int, default=36)
     parser.add_argument("--flags", action="append", default=[], help="a `tui-align train` flag (default: none)")
+    parser.add_argument("--set", action="append", default=[], dest="settings", metavar="KEY=VALUE",
+                        help="a PPO setting (config.PPOSettings) with no flag of its own, e.g. gae_lambda=1")
     parser.add_argument("--json", help="append one JSON line per run here")
     parser.add_argument("--table", metavar="JSONL", help="print the runs in this results file as a table, and stop")
     parser.add_argument("--rescore", metavar="JSONL", help="add the looping and cut counts to the runs in this "
@@ -326,7 +406,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as work:
         for method in args.methods:
             for trait in args.traits:
-                result = run_one(method, trait, args.pairs, args.flags, models_dir, answers_for, Path(work))
+                result = run_one(method, trait, args.pairs, args.flags, models_dir, answers_for, Path(work), args.settings)
                 short = {k: v for k, v in result.items() if k != "answers"}
                 print(json.dumps(short), flush=True)
                 for answer in result.get("answers", [])[:2]:

@@ -9,7 +9,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import mfu  # noqa: E402
 import precision  # noqa: E402
-import reward_model  # noqa: E402
 import trait_panel  # noqa: E402
 import vs_trl  # noqa: E402
 
@@ -67,9 +66,9 @@ def test_reward_model_benchmark_sets_ppo_settings_by_their_types():
     from tui_align import train_args
 
     _, config = train_args.parse(["--method", "ppo"])
-    config = reward_model.ppo_overrides(config, ["reward_epochs=4", "reward_head_lr_scale=1", "baseline=group"])
+    config = trait_panel.ppo_overrides(config, ["reward_epochs=4", "reward_head_lr_scale=1", "baseline=group"])
     assert (config.ppo.reward_epochs, config.ppo.reward_head_lr_scale, config.ppo.baseline) == (4, 1.0, "group")
-    assert reward_model.ppo_overrides(config, ["reward_epochs=none"]).ppo.reward_epochs is None
+    assert trait_panel.ppo_overrides(config, ["reward_epochs=none"]).ppo.reward_epochs is None
 
 
 def test_trl_tokenizes_the_benchmark_pairs_into_our_exact_tokens(smol_tokenizer, tiny_llama, tmp_path, monkeypatch):

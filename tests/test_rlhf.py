@@ -320,6 +320,21 @@ def test_the_ppo_phase_takes_its_own_learning_rate(smol_tokenizer, monkeypatch):
     assert rates[1:] == [1e-2, pytest.approx(1e-2 * defaults.PPO_PHASE_SCALE)]
 
 
+def test_the_value_head_starts_at_zero_and_learns_at_its_own_rate(smol_tokenizer):
+    """A random value head on real states gives each token a value larger than the whole reward, and GAE
+    (lambda < 1) feeds the values of the states an answer leads to into its advantages: the head starts at
+    zero, and learns at value_head_lr_scale times PPO's rate since the adapter's rate would barely move it."""
+    model = with_lora(build_tiny_llama(smol_tokenizer, seed=0))
+    config = TrainConfig(method="ppo")
+    value_head = ppo._value_head(model, config, None, resuming=False)
+    assert not value_head.weight.any() and not value_head.bias.any()
+    groups = ppo.ppo_optimizer_for(model, value_head, 3e-5, config).param_groups
+    assert [g["lr"] for g in groups] == [3e-5, pytest.approx(3e-4)]
+    assert groups[1]["params"] == list(value_head.parameters())
+    config.ppo.value_init = "random"
+    assert ppo._value_head(model, config, None, resuming=False).weight.abs().min() > 0
+
+
 # --- through the runner ------------------------------------------------------------------------------------
 
 

@@ -55,6 +55,13 @@ class PPOSettings:
     # updates chase a noisy reward on 4 rollouts a step, and at the warm start's 1e-4 the sampled reward
     # rose for 10-15 steps and then fell as the KL grew (docs/training-defaults-research.md).
     learning_rate: float | None = None
+    # The value head starts at zero and learns at value_head_lr_scale times PPO's rate. A random head on the
+    # default model's states gives values of 1.8 +- 1.7 per token, larger than the whole unit-scale reward,
+    # and at PPO's 3e-5 it barely moves in a run; through GAE's lambda < 1 the values of the states an answer
+    # leads to then enter each token's advantage: PPO chased a random direction of the hidden states as
+    # much as the reward (docs/training-defaults-research.md). "random" restores the old start.
+    value_init: str = "zero"
+    value_head_lr_scale: float = 10.0
     max_new_tokens: int = 48
     ppo_epochs: int = 2  # passes over each batch of rollouts
     clip: float = 0.2

@@ -108,7 +108,12 @@ def _reward_model(job: Job, reward_dir: Path | None, n_total: int):
 
 
 def _value_head(model, config: TrainConfig, run_dir: Path | None, resuming: bool) -> nn.Linear:
+    """PPO's critic: zero at the start (config.ppo.value_init "zero"), so until it learns the advantages are
+    the whitened rewards-to-go rather than a random head's values; the saved head when resuming."""
     value_head = scalar_head(model, seed=config.seed + 1)
+    if config.ppo.value_init == "zero":
+        with torch.no_grad():
+            value_head.weight.zero_()
     saved = run_dir / VALUE_HEAD_FILE if run_dir is not None else None
     if resuming and saved is not None and saved.is_file():
         from safetensors.torch import load_file
@@ -193,11 +198,13 @@ def train_ppo(job: Job) -> dict:
     resuming = start_step > n_before_ppo
     use_copy = _reference(job, n_sft, resuming, run_dir)
     value_head = _value_head(model, config, run_dir, resuming)
-    params = adapter_parameters(model, POLICY_ADAPTER) + list(value_head.parameters())
     ppo_rate = defaults.ppo_lr(config)
-    ppo_optimizer = torch.optim.AdamW(params, lr=ppo_rate, weight_decay=0.0)
+    ppo_optimizer = ppo_optimizer_for(model, value_head, ppo_rate, config)
     if resuming and job.optimizer_state is not None:
-        ppo_optimizer.load_state_dict(job.optimizer_state)
+        try:
+            ppo_optimizer.load_state_dict(job.optimizer_state)
+        except ValueError:  # saved by a version whose optimizer had one group
+            emit("note", message="the saved PPO optimizer state does not fit this version; it starts afresh")
 
     def take_step(step: int, batch_rows: list[list[int]]) -> tuple[dict, int]:
         stats = _ppo_update(model, tokenizer, head, value_head, ppo_optimizer, batch_rows, tail, job.pad_id, config,
@@ -224,6 +231,16 @@ def train_ppo(job: Job) -> dict:
     if run_dir is not None:
         save_value_head(value_head, run_dir)
     return metrics
+
+
+def ppo_optimizer_for(model, value_head: nn.Linear, rate: float, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the policy adapter at PPO's rate and the value head at value_head_lr_scale times it: the
+    head has a few hundred weights and starts from nothing, and at the adapter's rate Adam would move each
+    by at most 3e-5 a step (the reward head's reason for its own scale)."""
+    return torch.optim.AdamW([
+        {"params": adapter_parameters(model, POLICY_ADAPTER), "lr": rate},
+        {"params": list(value_head.parameters()), "lr": rate * config.ppo.value_head_lr_scale},
+    ], lr=rate, weight_decay=0.0)
 
 
 def _reference(job: Job, n_sft: int, resuming: bool, run_dir: Path | None) -> bool:
