@@ -377,10 +377,12 @@ PINNED_PPO = {
     ],
     # sampled rollouts and greedy decoding amplify rounding, so these get a looser tolerance. Re-pinned
     # when the PPO phase took 0.3x the run's rate (3e-3 here): after its one step the tiny random model's
-    # greedy answers fall back to the base's own (the same score to the last digit; at 1e-2 it was 3.2345)
+    # greedy answers fell back to the base's own (at 1e-2 it was 3.2345). Re-pinned again when the value head
+    # started at zero (issue 11): the one step's advantages are then the whitened rewards-to-go, not a random
+    # head's values, and the greedy answers keep much of the warm start's reward
     "metrics": {"reward_accuracy": 1.0, "reward_margin": 0.45835018157958984,
                 "mean_reward_before": -0.07828330993652344, "mean_reward_after_sft": 7.441612243652344,
-                "kl": 0.0, "mean_reward_after": -0.07828330993652344},
+                "kl": 0.0, "mean_reward_after": 4.252519130706787},
 }
 
 
