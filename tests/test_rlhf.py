@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tui_align.pairs import Pair
+from tui_align.training import config as config_module
 from tui_align.training import defaults, lora, losses, ppo, reward, rollouts, runner, synthetic
 from tui_align.training.config import TrainConfig
 from tui_align.training.data import encode_pairs, preference_batch
@@ -336,6 +337,23 @@ def test_the_value_head_starts_at_zero_and_learns_at_its_own_rate(smol_tokenizer
 
 
 # --- through the runner ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, value", [("value_init", "Zero"), ("baseline", "rloo"), ("reference", "SFT")])
+def test_a_misspelt_ppo_choice_is_refused_before_loading(tmp_path, name, value):
+    """ppo.py tests for one name and takes anything else as the other, so a misspelt value_init would
+    quietly train with a random value head: the run refuses it in one line, before the model loads."""
+    config = TrainConfig(method="ppo", device="cpu")
+    setattr(config.ppo, name, value)
+    options = runner.RunOptions(config=config, models_dir=tmp_path / "models", adapters_dir=tmp_path / "adapters",
+                                pairs=synthetic.trait_pairs(4, "prefix"), model=str(tmp_path / "no-such-model"))
+    events = CollectEvents()
+    assert runner.run(options, events) == 1
+    [error] = events.events
+    assert error["kind"] == "data" and error["message"] == f"PPO setting {name} is {value!r}: choose " + \
+        " or ".join(config_module.PPO_CHOICES[name]) + "."
+    assert not (tmp_path / "adapters").exists()
+
 
 
 def test_ppo_run_cancels_and_resumes_through_the_runner(tiny_model_dir, tmp_path):

@@ -12,7 +12,7 @@ import math
 
 from .errors import ArgumentParser, UsageError
 from .training import defaults as rule
-from .training.config import TrainConfig
+from .training.config import PPO_CHOICES, TrainConfig
 from .training.rules import MEMORY_MODES, METHODS, MIN_MAX_LENGTH, PRECISIONS, QUANTIZATIONS
 
 
@@ -62,13 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
              f"(RPO; default: {defaults.dpo.sft_weight:g}; 0 = plain DPO)")
     add("--lam", type=float, default=defaults.orpo.lam, help=f"ORPO lambda (default: {defaults.orpo.lam})")
     add("--kl-coef", type=float, default=defaults.ppo.kl_coef, help=f"PPO: weight of the per-token KL penalty (default: {defaults.ppo.kl_coef})")
-    add("--ppo-baseline", choices=("value", "group"), default=defaults.ppo.baseline,
+    add("--ppo-baseline", choices=PPO_CHOICES["baseline"], default=defaults.ppo.baseline,
         help=f"PPO: advantages from a learned value head (value) or from the other answers to the same prompt, "
              f"{defaults.ppo.group_size} per prompt (group; default: {defaults.ppo.baseline})")
     add("--ppo-lr", type=float, metavar="LR",
         help=f"PPO: the learning rate of the PPO phase (default: {rule.PPO_PHASE_SCALE:g}× the run's --lr, so "
              f"{rule.PPO_PHASE_SCALE * rule.LEARNING_RATES['ppo']:g} with no flags)")
-    add("--ppo-reference", choices=("sft", "base"), default=defaults.ppo.reference,
+    add("--ppo-reference", choices=PPO_CHOICES["reference"], default=defaults.ppo.reference,
         help="PPO: the KL penalty keeps the policy near its warm start (sft) or near the base model (base; "
              f"default: {defaults.ppo.reference})")
     add("--sft-epochs", type=int, default=defaults.ppo.sft_epochs,

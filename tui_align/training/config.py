@@ -74,6 +74,19 @@ class PPOSettings:
     missing_eos_penalty: float = 1.0  # an answer cut off by max_new_tokens scores at most -this (scores are unit-scale)
 
 
+# The settings that name one of a few behaviours. The code tests for one name and takes anything else as the
+# other, so a misspelt value would quietly run the other behaviour; check_choices refuses it before loading.
+PPO_CHOICES = {"baseline": ("value", "group"), "reference": ("sft", "base"), "value_init": ("zero", "random")}
+
+
+def check_choices(config: TrainConfig) -> None:
+    """Raise ValueError, in one line, for a PPO setting whose value is none of its names."""
+    for name, allowed in PPO_CHOICES.items():
+        value = getattr(config.ppo, name)
+        if value not in allowed:
+            raise ValueError(f"PPO setting {name} is {value!r}: choose {' or '.join(allowed)}.")
+
+
 @dataclass
 class TrainConfig:
     method: str = "dpo"  # dpo | orpo | ppo

@@ -19,7 +19,7 @@ from ..errors import UserError, log_traceback
 from ..pairs import Pair
 from . import cancel, defaults, memory_fit, methods, placement, precision_probe, quantization
 from .answer_watch import AnswerWatch, read_picks
-from .config import TrainConfig
+from .config import TrainConfig, check_choices
 from .events import EventSink
 from .failures import classify
 from .job import Job
@@ -159,6 +159,10 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
         model_spec = options.model
         run_dir = None
     method = methods.get(config.method)
+    try:
+        check_choices(config)
+    except ValueError as exc:
+        raise RunError(str(exc), kind="data") from None
 
     where = placement.pick_device(config.device, config.precision)
     probe_cache = options.models_dir / "cache"
