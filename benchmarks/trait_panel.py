@@ -210,7 +210,8 @@ def sampled_rewards(models_dir: Path, run_dir: Path, questions: list[str], seed:
     from tui_align.training import sft_reference
     from tui_align.training.data import encode_pairs
     from tui_align.training.reward import active_adapter, load_reward_model
-    from tui_align.training.rollouts import answer_tail, generate_rollouts, score_rollout, stop_token_ids
+    from tui_align.training.ppo import answer_scores
+    from tui_align.training.rollouts import answer_tail, stop_token_ids
     from tui_align.training.run_folder import config_from_dict
 
     record = json.loads((run_dir / "run.json").read_text())
@@ -226,15 +227,8 @@ def sampled_rewards(models_dir: Path, run_dir: Path, questions: list[str], seed:
     rows = [e.prompt_ids for e in encoded for _ in range(SAMPLED_PER_QUESTION)]
     roles = {"base": model.disable_adapter, "warm_start": lambda: active_adapter(model, sft_reference.SFT_REFERENCE),
              "policy": contextlib.nullcontext}
-    scores = {}
-    for role, context in roles.items():
-        torch.manual_seed(seed)
-        role_scores = []
-        for i in range(0, len(rows), config.batch_size):
-            with context():
-                rollout = generate_rollouts(model, tokenizer, rows[i : i + config.batch_size], config)
-            role_scores.append(score_rollout(model, head, rollout, tail, tokenizer.pad_token_id))
-        scores[role] = torch.cat(role_scores)
+    scores = {role: answer_scores(model, tokenizer, head, rows, tail, config, greedy=False, seed=seed, generating=context)
+              for role, context in roles.items()}
     return {role: {"mean": round(s.mean().item(), 3), "sem": round((s.std() / len(s) ** 0.5).item(), 3),
                    "n": len(s)} for role, s in scores.items()} | {
         "policy_minus_warm_start": paired(scores["policy"], scores["warm_start"], SAMPLED_PER_QUESTION)}

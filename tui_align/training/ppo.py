@@ -17,8 +17,10 @@ one), estimate advantages with GAE, then a few epochs of the clipped policy + va
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
+from typing import Callable, ContextManager
 
 import torch
 from torch import nn
@@ -72,13 +74,23 @@ def greedy_reward(model, tokenizer, head, prompts: list[list[int]], tail, config
     if not prompts:
         return float("nan")
     rows = [p for p in prompts for _ in range(SAMPLES_PER_PROMPT)] if sampled else prompts
+    return answer_scores(model, tokenizer, head, rows, tail, config, greedy=not sampled, seed=config.seed + 7).mean().item()
+
+
+@torch.no_grad()
+def answer_scores(model, tokenizer, head, rows: list[list[int]], tail, config: TrainConfig, *, greedy: bool,
+                  seed: int, generating: Callable[[], ContextManager] = contextlib.nullcontext) -> torch.Tensor:
+    """The reward model's score of one answer to each prompt row, generated in batches of the run's size
+    from `seed` (the caller's random state is left as it was) inside `generating()`: the adapter set that
+    answers, for instance the base with the adapters off. Scoring is outside it, with the reward adapter."""
     scores = []
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed + 7)
+        torch.manual_seed(seed)
         for i in range(0, len(rows), config.batch_size):
-            rollout = generate_rollouts(model, tokenizer, rows[i : i + config.batch_size], config, greedy=not sampled)
+            with generating():
+                rollout = generate_rollouts(model, tokenizer, rows[i : i + config.batch_size], config, greedy=greedy)
             scores.append(score_rollout(model, head, rollout, tail, tokenizer.pad_token_id))
-    return torch.cat(scores).mean().item()
+    return torch.cat(scores)
 
 
 def save_value_head(value_head: nn.Linear, folder: Path) -> None:
