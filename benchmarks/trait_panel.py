@@ -203,13 +203,16 @@ def sampled_rewards(models_dir: Path, run_dir: Path, questions: list[str], seed:
     """The PPO run's reward model's mean score of answers sampled as PPO samples them, to the panel's held-out
     questions, from the base, the warm start (the run's frozen copy of it) and the final policy: each
     SAMPLED_PER_QUESTION times, the same seed for each. The run's own measure has only its 4 held-out
-    prompts at 36 picks (its eval split), 8 answers: too few to tell a gain of a quarter from noise."""
+    prompts at 36 picks (its eval split), 8 answers: too few to tell a gain of a quarter from noise.
+    "shaped": the same answers scored as PPO's objective scores them, a cut answer at most -penalty
+    (losses.cut_off_scores): the reward model never saw a cut answer and rates a long one highly."""
     from peft import PeftModel
 
     from tui_align.model_files import load_transformers, resolve_model
     from tui_align.training import sft_reference
     from tui_align.training.data import encode_pairs
     from tui_align.training.reward import active_adapter, load_reward_model
+    from tui_align.training.losses import cut_off_scores
     from tui_align.training.ppo import answer_scores
     from tui_align.training.rollouts import answer_tail, stop_token_ids
     from tui_align.training.run_folder import config_from_dict
@@ -227,8 +230,16 @@ def sampled_rewards(models_dir: Path, run_dir: Path, questions: list[str], seed:
     rows = [e.prompt_ids for e in encoded for _ in range(SAMPLED_PER_QUESTION)]
     roles = {"base": model.disable_adapter, "warm_start": lambda: active_adapter(model, sft_reference.SFT_REFERENCE),
              "policy": contextlib.nullcontext}
-    scores = {role: answer_scores(model, tokenizer, head, rows, tail, config, greedy=False, seed=seed, generating=context)
-              for role, context in roles.items()}
+    scores, shaped = {}, {}
+    for role, context in roles.items():
+        scores[role], finished = answer_scores(model, tokenizer, head, rows, tail, config, greedy=False, seed=seed,
+                                               generating=context)
+        shaped[role] = cut_off_scores(scores[role], finished, config.ppo.missing_eos_penalty)
+    return summary(scores) | {"shaped": summary(shaped)}
+
+
+def summary(scores: dict) -> dict:
+    """Each role's mean score with its standard error, and the paired difference policy - warm start."""
     return {role: {"mean": round(s.mean().item(), 3), "sem": round((s.std() / len(s) ** 0.5).item(), 3),
                    "n": len(s)} for role, s in scores.items()} | {
         "policy_minus_warm_start": paired(scores["policy"], scores["warm_start"], SAMPLED_PER_QUESTION)}

@@ -70,27 +70,34 @@ SAMPLES_PER_PROMPT = 2  # sampled answers per held-out prompt in the sampled mea
 def greedy_reward(model, tokenizer, head, prompts: list[list[int]], tail, config: TrainConfig,
                   sampled: bool = False) -> float:
     """Mean reward-model score of the policy's answers to `prompts`: greedy, or SAMPLES_PER_PROMPT
-    sampled each as PPO samples them (what PPO optimises), from a fixed seed so phases compare alike."""
+    sampled each as PPO samples them, from a fixed seed so phases compare alike. Scored as PPO's
+    objective scores them: an answer cut at max_new_tokens counts -missing_eos_penalty or less, since the
+    reward model never saw a cut answer and rates long ones highly (a run that taught the policy to finish
+    its answers showed a falling reward before)."""
     if not prompts:
         return float("nan")
     rows = [p for p in prompts for _ in range(SAMPLES_PER_PROMPT)] if sampled else prompts
-    return answer_scores(model, tokenizer, head, rows, tail, config, greedy=not sampled, seed=config.seed + 7).mean().item()
+    scores, finished = answer_scores(model, tokenizer, head, rows, tail, config, greedy=not sampled, seed=config.seed + 7)
+    return losses.cut_off_scores(scores, finished, config.ppo.missing_eos_penalty).mean().item()
 
 
 @torch.no_grad()
 def answer_scores(model, tokenizer, head, rows: list[list[int]], tail, config: TrainConfig, *, greedy: bool,
-                  seed: int, generating: Callable[[], ContextManager] = contextlib.nullcontext) -> torch.Tensor:
-    """The reward model's score of one answer to each prompt row, generated in batches of the run's size
+                  seed: int, generating: Callable[[], ContextManager] = contextlib.nullcontext
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reward model's score of one answer to each prompt row and whether the answer ended within
+    max_new_tokens (PPO caps a cut answer's score: losses.cut_off_scores), generated in batches of the run's size
     from `seed` (the caller's random state is left as it was) inside `generating()`: the adapter set that
     answers, for instance the base with the adapters off. Scoring is outside it, with the reward adapter."""
-    scores = []
+    scores, finished = [], []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for i in range(0, len(rows), config.batch_size):
             with generating():
                 rollout = generate_rollouts(model, tokenizer, rows[i : i + config.batch_size], config, greedy=greedy)
             scores.append(score_rollout(model, head, rollout, tail, tokenizer.pad_token_id))
-    return torch.cat(scores)
+            finished.append(rollout.finished)
+    return torch.cat(scores), torch.cat(finished)
 
 
 def save_value_head(value_head: nn.Linear, folder: Path) -> None:
@@ -314,7 +321,7 @@ def _ppo_update(model, tokenizer, head, value_head, optimizer, prompt_rows, tail
     return {
         "loss": loss.item(),
         "kl": (kl.sum(-1)).mean().item(),
-        "reward": scores.mean().item(),
+        "reward": shaped_scores.mean().item(),  # what PPO maximises: a cut answer counts -penalty or less
         "value_loss": value_loss.item(),
         "clip_fraction": float(clip_fraction),
         "response_length": mask.sum(-1).mean().item(),
