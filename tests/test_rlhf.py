@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from tui_align.pairs import Pair
-from tui_align.training import config as config_module
 from tui_align.training import defaults, lora, losses, ppo, reward, rollouts, runner, synthetic
-from tui_align.training.config import TrainConfig
+from tui_align.training.config import PPO_CHOICES, TrainConfig
 from tui_align.training.data import encode_pairs, preference_batch
 from tui_align.training.events import CollectEvents
 from tui_align.training.job import Job
@@ -351,9 +350,8 @@ def test_a_misspelt_ppo_choice_is_refused_before_loading(tmp_path, name, value):
     assert runner.run(options, events) == 1
     [error] = events.events
     assert error["kind"] == "data" and error["message"] == f"PPO setting {name} is {value!r}: choose " + \
-        " or ".join(config_module.PPO_CHOICES[name]) + "."
+        " or ".join(PPO_CHOICES[name]) + "."
     assert not (tmp_path / "adapters").exists()
-
 
 
 def test_ppo_run_cancels_and_resumes_through_the_runner(tiny_model_dir, tmp_path):
