@@ -67,7 +67,7 @@ SAMPLES_PER_PROMPT = 2  # sampled answers per held-out prompt in the sampled mea
 
 
 @torch.no_grad()
-def greedy_reward(model, tokenizer, head, prompts: list[list[int]], tail, config: TrainConfig,
+def mean_answer_reward(model, tokenizer, head, prompts: list[list[int]], tail, config: TrainConfig,
                   sampled: bool = False) -> float:
     """Mean reward-model score of the policy's answers to `prompts`: greedy, or SAMPLES_PER_PROMPT
     sampled each as PPO samples them, from a fixed seed so phases compare alike. Scored as PPO's
@@ -192,9 +192,9 @@ def train_ppo(job: Job) -> dict:
 
     def measure(name: str, step: int) -> None:
         with cancel.interruptible():
-            metrics[name] = greedy_reward(model, tokenizer, head, eval_prompts, tail, config)
+            metrics[name] = mean_answer_reward(model, tokenizer, head, eval_prompts, tail, config)
             sampled = name.replace("mean_reward", "mean_sampled_reward")
-            metrics[sampled] = greedy_reward(model, tokenizer, head, eval_prompts, tail, config, sampled=True)
+            metrics[sampled] = mean_answer_reward(model, tokenizer, head, eval_prompts, tail, config, sampled=True)
         emit("eval", phase="policy", step=step, reward=metrics[name], sampled_reward=metrics[sampled])
 
     emit("phase", name="reward_model")
