@@ -16,7 +16,6 @@ torch, not a datasheet number.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path

@@ -159,7 +159,7 @@ def worker_ours(opts) -> dict:
     """Our DPO / reward / ORPO loop, called as the runner calls it (no run folder: that is I/O, not training)."""
     import torch
 
-    from tui_align.training import methods, preference, reward
+    from tui_align.training import methods, reward
     from tui_align.training.config import TrainConfig
     from tui_align.training.job import Job
     from tui_align.training.lora import attach_lora
@@ -183,6 +183,8 @@ def worker_ours(opts) -> dict:
     config.ppo.reward_learning_rate = opts.lr
     config.gradient_checkpointing = opts.variant == "ours-ckpt"
     config.precision = precision
+    if opts.pass_tokens is not None:
+        config.pass_tokens = opts.pass_tokens
     model = attach_lora(model, config, None)
     load_s = time.monotonic() - started
 
@@ -207,7 +209,7 @@ def worker_ours(opts) -> dict:
     total_s = time.monotonic() - t0
     return {
         "contender": "tui-align" + (" (gradient_checkpointing)" if config.gradient_checkpointing else "")
-        + f" ({placement.label})",
+        + f" ({placement.label})" + ("" if opts.pass_tokens is None else f" (passes of {config.pass_tokens} tokens)"),
         "variant": opts.variant,
         "bf16": placement.cpu_autocast or placement.dtype == torch.bfloat16,
         "load_s": round(load_s, 2),
@@ -460,7 +462,7 @@ def _worker_args(args, contest: str, variant: str) -> list[str]:
         "--worker", "trl" if variant in ("default", "fast") else "ours", "--contest", contest, "--variant", variant,
         "--pairs", str(args.pairs), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
         "--beta", str(args.beta), "--lr", str(args.lr), "--device", args.device, "--fast-bf16", args.fast_bf16,
-    ]
+    ] + ([] if args.pass_tokens is None else ["--pass-tokens", str(args.pass_tokens)])
 
 
 def _trl_has_orpo() -> str | None:
@@ -549,6 +551,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--fast-bf16", default="auto", choices=("auto", "on", "off"),
                         help="bf16 autocast in TRL's fast variant (auto: where the hardware has bf16 arithmetic)")
+    parser.add_argument("--pass-tokens", type=int, help="our side's tokens per forward pass (default: the app's)")
     parser.add_argument("--quick", action="store_true", help="16 pairs, batch 4, max length 128: a smoke test")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
