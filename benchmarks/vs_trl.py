@@ -487,6 +487,8 @@ def collect(args) -> Section:
             notes.append(f"TRL ORPO: not in the installed TRL ({missing_orpo}).")
         else:
             variants += ["default", "fast"]
+        if args.variants:
+            variants = [v for v in variants if v in args.variants.split(",")]
         results = {}
         for variant in variants:
             try:
@@ -551,6 +553,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--fast-bf16", default="auto", choices=("auto", "on", "off"),
                         help="bf16 autocast in TRL's fast variant (auto: where the hardware has bf16 arithmetic)")
+    parser.add_argument("--variants", help="comma-separated contenders to run (ours,ours-ckpt,ours-fp32,default,fast); "
+                        "default: all")
     parser.add_argument("--pass-tokens", type=int, help="our side's tokens per forward pass (default: the app's)")
     parser.add_argument("--quick", action="store_true", help="16 pairs, batch 4, max length 128: a smoke test")
     parser.add_argument("--json", help="write the results here")
