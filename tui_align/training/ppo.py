@@ -68,7 +68,7 @@ SAMPLES_PER_PROMPT = 2  # sampled answers per held-out prompt in the sampled mea
 
 @torch.no_grad()
 def mean_answer_reward(model, tokenizer, head, prompts: list[list[int]], tail, config: TrainConfig,
-                  sampled: bool = False) -> float:
+                       sampled: bool = False) -> float:
     """Mean reward-model score of the policy's answers to `prompts`: greedy, or SAMPLES_PER_PROMPT
     sampled each as PPO samples them, from a fixed seed so phases compare alike. Scored as PPO's
     objective scores them: an answer cut at max_new_tokens counts -missing_eos_penalty or less, since the
