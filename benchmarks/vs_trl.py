@@ -457,6 +457,9 @@ WORKERS = {"ours": worker_ours, "trl": worker_trl, "dpo-check": worker_dpo_check
 # --- the driver ---------------------------------------------------------------------------------------
 
 
+VARIANTS = ("ours", "ours-ckpt", "ours-fp32", "default", "fast")  # ours, then TRL's two
+
+
 def _worker_args(args, contest: str, variant: str) -> list[str]:
     return [
         "--worker", "trl" if variant in ("default", "fast") else "ours", "--contest", contest, "--variant", variant,
@@ -553,8 +556,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--fast-bf16", default="auto", choices=("auto", "on", "off"),
                         help="bf16 autocast in TRL's fast variant (auto: where the hardware has bf16 arithmetic)")
-    parser.add_argument("--variants", help="comma-separated contenders to run (ours,ours-ckpt,ours-fp32,default,fast); "
-                        "default: all")
+    parser.add_argument("--variants", help=f"comma-separated contenders to run ({','.join(VARIANTS)}); default: all")
     parser.add_argument("--pass-tokens", type=int, help="our side's tokens per forward pass (default: the app's)")
     parser.add_argument("--quick", action="store_true", help="16 pairs, batch 4, max length 128: a smoke test")
     parser.add_argument("--json", help="write the results here")
@@ -562,6 +564,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--contest", choices=CONTESTS, help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    unknown = set((args.variants or "").split(",")) - {"", *VARIANTS}
+    if unknown:  # a misspelt name would otherwise quietly run nothing
+        parser.error(f"--variants: unknown {', '.join(sorted(unknown))}; choose from {','.join(VARIANTS)}")
     if args.quick:
         args.pairs, args.batch_size, args.max_length = 16, 4, 128
     return args
