@@ -192,8 +192,9 @@ def test_transformers_greedy_candidates_are_the_single_answer_token_for_token(hf
 
 
 def test_transformers_candidates_evaluate_the_prompt_once(hf, monkeypatch):
-    """N candidates cost one prompt: its tokens pass through the model in one row, and every step after
-    that is one token per row (generate over N copies evaluated the prompt N times)."""
+    """N candidates cost one prompt: all its tokens pass through the model in one row, which gives every
+    column its first token, and every step after that is one token per row (generate over N copies
+    evaluated the prompt N times; then the prompt's last token passed in a step of N rows)."""
     passes = []
     inner = hf.model.forward
 
@@ -206,8 +207,8 @@ def test_transformers_candidates_evaluate_the_prompt_once(hf, monkeypatch):
     prompt_tokens = hf.count_tokens(ask("Tell me a joke."))
     batched(hf, ask("Tell me a joke."), [SamplingSettings(temperature=0.9, max_tokens=6, seed=1).for_candidate(i)
                                          for i in range(4)])
-    assert passes[0] == (1, prompt_tokens - 1)
-    assert passes[1:] and all(shape == (4, 1) for shape in passes[1:]), passes
+    assert passes[0] == (1, prompt_tokens)
+    assert len(passes) == 6 and all(shape == (4, 1) for shape in passes[1:]), passes  # 6 tokens, 5 steps
 
 
 def test_transformers_sampled_candidates_are_their_seeds_single_answers(hf):

@@ -14,6 +14,7 @@ from ..errors import UserError, report
 from ..model_files import ModelRef, load_transformers
 from ..pairs import Message
 from .base import MOST_CANDIDATES, Backend, Chunk, SamplingSettings, StopCheck
+from .cpu_linear import few_rows_fast
 
 
 def pick_device() -> str:
@@ -34,6 +35,8 @@ class TransformersBackend(Backend):
         self.device = device or pick_device()
         if model is None:
             model, tokenizer = load_transformers(ref, models_dir, device=self.device)
+        if self.device == "cpu":
+            few_rows_fast(model)  # a step of N candidates at about one answer's cost
         if adapter_path is not None:
             model = attach_adapter(model, adapter_path)
         self.model, self.tokenizer = model, tokenizer
@@ -112,12 +115,13 @@ class TransformersBackend(Backend):
 
     def _generate(self, messages: list[Message], settings_list: Sequence[SamplingSettings],
                   should_stop: StopCheck, adapter_names: list[str] | None = None) -> Iterator[Chunk]:
-        """One generate over len(settings_list) copies of the prompt; `adapter_names` (peft's mixed batch)
-        picks each row's adapter, else every row answers as this view does."""
+        """len(settings_list) answers to one prompt: the prompt evaluated once gives each its first token
+        (first_tokens), then one generate over that many rows; `adapter_names` (peft's mixed batch) picks
+        each row's adapter, else every row answers as this view does."""
         import torch
         from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-        from .hf_batch import BatchStreamer, seeded_draw
+        from .hf_batch import BatchStreamer, cache_argument, first_tokens, seeded_draw
 
         try:
             inputs = self.tokenizer.apply_chat_template(
@@ -132,24 +136,17 @@ class TransformersBackend(Backend):
 
         class _StopWhenAsked(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):
-                return stop_event.is_set() or bool(should_stop())
+                return stop_event.is_set() or bool(should_stop()) or streamer.all_ended
 
         settings = settings_list[0]
-        kwargs = dict(
-            **batch,
-            max_new_tokens=max(s.max_tokens for s in settings_list),
-            do_sample=False,  # greedy, or the one token seeded_draw left
-            streamer=streamer,
-            stopping_criteria=StoppingCriteriaList([_StopWhenAsked()]),
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
+        common = dict(pad_token_id=self.tokenizer.pad_token_id)
         if adapter_names is not None:
-            kwargs["adapter_names"] = adapter_names
+            common["adapter_names"] = adapter_names
+        draw = None  # greedy
         if settings.temperature > 0:
             seeds = [s.seed if s.seed is not None else random.randrange(2**31) for s in settings_list]
             top_k = getattr(self.model.generation_config, "top_k", None) or 0  # what do_sample=True would apply
-            kwargs["logits_processor"] = LogitsProcessorList(
-                [seeded_draw(seeds, settings.temperature, settings.top_p, top_k, self.model.device)])
+            draw = seeded_draw(seeds, settings.temperature, settings.top_p, top_k, self.model.device)
         failure: list[BaseException] = []
 
         def generate() -> None:
@@ -162,7 +159,22 @@ class TransformersBackend(Backend):
                 if adapter_names is None and self.adapter_enabled and self.adapter_name is not None:
                     self.model.set_adapter(self.adapter_name)  # another view over this model may have switched
                 with torch.inference_mode(), adapter_off, self._free_cores(torch, count):
-                    self.model.generate(**kwargs, **prompt_cache(self.model, inputs, count, adapter_names))
+                    # One answer goes the same way, so a candidate stays token for token its single answer.
+                    first, cache = first_tokens(self.model, inputs if adapter_names is None else batch, count,
+                                                draw, **common)
+                    streamer.take(first)
+                    if streamer.all_ended or stop_event.is_set() or should_stop():
+                        streamer.end()
+                        return
+                    self.model.generate(
+                        input_ids=torch.cat([batch["input_ids"], first[:, None]], dim=1),
+                        attention_mask=torch.cat([batch["attention_mask"], torch.ones_like(first)[:, None]], dim=1),
+                        max_new_tokens=max(s.max_tokens for s in settings_list) - 1,
+                        do_sample=False,  # greedy, or the one token draw left
+                        logits_processor=LogitsProcessorList([draw] if draw is not None else []),
+                        streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([_StopWhenAsked()]),
+                        **common, **{cache_argument(): cache})
             except BaseException as exc:  # reported on the consumer's thread below
                 failure.append(exc)
                 streamer.end()
@@ -252,25 +264,3 @@ def load_extra_adapter(peft_model, adapter_path: str | Path, name: str) -> None:
 
 def _adapter_error(adapter_path: str | Path, exc: Exception) -> UserError:
     return UserError(f"Can't load the adapter {Path(adapter_path).name}: {report(exc, typed=False)[:200]}")
-
-
-def prompt_cache(model, inputs: dict, count: int, adapter_names: list[str] | None) -> dict:
-    """generate's cache argument: the prompt but its last token, evaluated once and repeated for the
-    `count` rows, so N candidates cost one prompt (generate over N copies evaluated it N times: every
-    column's first token came 2.4x as late as one answer's at N = 4). One answer goes the same way, so a
-    candidate stays token for token its single answer. In a mixed batch (`adapter_names`) each row's
-    prompt passes through its own adapter and is evaluated per row. {} for a one-token prompt."""
-    from .hf_batch import cache_argument, cache_of
-
-    ids, mask = inputs["input_ids"], inputs["attention_mask"]
-    if ids.shape[1] < 2:
-        return {}
-    if adapter_names is None:
-        out = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], use_cache=True, logits_to_keep=1)
-    else:
-        out = model(input_ids=ids[:, :-1].repeat(count, 1), attention_mask=mask[:, :-1].repeat(count, 1),
-                    use_cache=True, logits_to_keep=1, adapter_names=adapter_names)
-    cache = cache_of(out)
-    if adapter_names is None and count > 1:
-        cache.batch_repeat_interleave(count)
-    return {cache_argument(): cache}

@@ -54,6 +54,10 @@ class BatchStreamer(BaseStreamer):
         if not self._prompt_seen:  # generate hands the prompt over first
             self._prompt_seen = True
             return
+        self.take(value)
+
+    def take(self, value) -> None:
+        """One step's token for each row (a tensor of N), whether generate or first_tokens drew it."""
         for row, token in enumerate(value.reshape(-1).tolist()):
             if self.reasons[row] is not None:
                 continue
@@ -72,9 +76,31 @@ class BatchStreamer(BaseStreamer):
     def end(self) -> None:
         self.queue.put(None)
 
+    @property
+    def all_ended(self) -> bool:
+        return all(reason is not None for reason in self.reasons)
+
     def _end_row(self, row: int, reason: str) -> None:
         self.reasons[row] = reason
         self.queue.put(Chunk(row, finished=reason))
+
+
+def first_tokens(model, prompt: dict, rows: int, draw, **generate_kwargs):
+    """The prompt through the model once, and each of `rows` answers' first token drawn from its last
+    position: (tokens, one per row; the prompt's KV cache for `rows` rows). `prompt` has one row (then its
+    cache is repeated for all) or `rows` rows (a mixed batch: each row through its own adapter). Sampling
+    the first tokens here, not in a step of N rows, puts every column's first token at one answer's cost;
+    generate's own logits processors (a model's repetition penalty, say) still shape them, as they do each
+    later token. `draw`: seeded_draw's processor, or None for greedy."""
+    output = model.generate(**prompt, max_new_tokens=1, do_sample=False, return_dict_in_generate=True,
+                            output_scores=True, **generate_kwargs)
+    scores, cache = output.scores[0], cache_of(output)
+    if scores.shape[0] != rows:
+        scores = scores.expand(rows, -1)
+        cache.batch_repeat_interleave(rows)
+    if draw is not None:
+        scores = draw(prompt["input_ids"].expand(rows, -1), scores)
+    return scores.argmax(dim=-1), cache
 
 
 def cache_of(output):
