@@ -15,22 +15,27 @@ def seeded_draw(seeds: Sequence[int], temperature: float, top_p: float, top_k: i
     """A logits processor that samples every row with its own generator and leaves only the drawn token:
     generate(do_sample=False) then takes it. generate's own sampling draws all rows from one global
     generator, so a row's tokens would depend on the others; here row i with seed s is what one answer
-    with seed s draws. The warpers are transformers' own, in generate's order."""
+    with seed s draws. The warpers are transformers' own, in generate's order. With top-k they see only the
+    k best scores (ties at the k-th aside, what TopKLogitsWarper keeps): top-p's sort of the whole
+    vocabulary took 35 of the 38 ms a 4-row draw cost, a quarter of a decoding step on the CPU."""
     import torch
-    from transformers import (LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
-                              TopPLogitsWarper)
+    from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
     warpers = LogitsProcessorList([TemperatureLogitsWarper(temperature)])
-    if top_k:
-        warpers.append(TopKLogitsWarper(top_k))
     if top_p < 1.0:
         warpers.append(TopPLogitsWarper(top_p))
     generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
 
     class SeededDraw(LogitsProcessor):
         def __call__(self, input_ids, scores):
-            probs = torch.softmax(warpers(input_ids, scores), dim=-1)
+            if top_k and top_k < scores.shape[-1]:
+                best, tokens = torch.topk(scores, top_k, dim=-1)
+            else:
+                best, tokens = scores, None
+            probs = torch.softmax(warpers(input_ids, best), dim=-1)
             drawn = torch.cat([torch.multinomial(probs[row], 1, generator=g) for row, g in enumerate(generators)])
+            if tokens is not None:
+                drawn = tokens.gather(1, drawn[:, None])[:, 0]
             chosen = torch.full_like(scores, float("-inf"))
             return chosen.scatter_(1, drawn[:, None], 0.0)
 
