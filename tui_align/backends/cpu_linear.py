@@ -3,7 +3,7 @@
 A decoding step of N candidates multiplies N rows by every weight matrix. torch's CPU matmul (MKL) takes
 x @ W.T for 2-8 rows at nearly N times one row's cost, while W @ x.T, the same product with the weight as
 the left operand, costs about one row's (measured on the AMD EPYC, float32, 1-2 threads: a 1536x576 layer
-at 4 rows 0.99 against 0.60 ms, the 49152x576 output layer 47.4 against 12.0 ms; docs/benchmarks.md §3).
+at 4 rows 0.99 against 0.60 ms, the 49152x576 output layer 47.4 against 12.0 ms; docs/benchmarks.md §3b).
 Only those row counts take the other order; one row, a prompt and training keep torch's own."""
 
 from __future__ import annotations
