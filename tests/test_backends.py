@@ -106,7 +106,7 @@ def test_transformers_answers_on_the_threads_chosen_for_each_answer(tiny_llama, 
                                                lambda: False))  # a view: the same meter
     backend.lent_cores = 0  # the run took its core back
     backend.chat(ask("Hi"), SamplingSettings(temperature=0.0, max_tokens=4))
-    assert asked == [(1, 1), (1, 2), (0, 1)] and during == [2, 2, 1]
+    assert asked == [(1, 1), (1, 2), (0, 1)] and during == [2, 2, 2, 2, 1, 1]  # each: first tokens, then the rest
     assert torch.get_num_threads() == before
 
 
