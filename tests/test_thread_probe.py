@@ -181,7 +181,7 @@ def test_the_transformers_engine_measures_once_and_keeps_to_the_ceiling(tiny_lla
     assert cached.thread_ceiling.cached
     assert cached.chat(messages, short) == expected
     list(cached.stream_candidates(messages, [short, short], lambda: False))
-    assert during == [1, 2]
+    assert during == [1, 1, 2, 2]  # each answer: its first tokens, then the rest
 
 
 def test_a_slow_model_is_timed_one_step_a_count_in_one_round():
