@@ -61,7 +61,8 @@ class TransformersBackend(Backend):
         if self._threads is None:
             return None
         size = sum(p.numel() for p in self.model.parameters())
-        model = f"torch {torch.__version__}|{self.model_id} {size} parameters {self.model.dtype}"
+        # "few-row product": steps of several rows cost less since cpu_linear, so older measures are stale.
+        model = f"torch {torch.__version__}|{self.model_id} {size} parameters {self.model.dtype} few-row product"
         return thread_probe.hold_to_measured(self._threads, lambda: DecodeTimer(self.model, self.tokenizer), model,
                                              cache_dir, MOST_CANDIDATES)
 
