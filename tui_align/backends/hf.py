@@ -135,9 +135,12 @@ class TransformersBackend(Backend):
         streamer = BatchStreamer(self.tokenizer, [s.max_tokens for s in settings_list], self._eos_ids())
         stop_event = threading.Event()
 
+        def finished() -> bool:  # asked to stop, or every row ended
+            return stop_event.is_set() or bool(should_stop()) or streamer.all_ended
+
         class _StopWhenAsked(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):
-                return stop_event.is_set() or bool(should_stop()) or streamer.all_ended
+                return finished()
 
         settings = settings_list[0]
         common = dict(pad_token_id=self.tokenizer.pad_token_id)
@@ -164,7 +167,7 @@ class TransformersBackend(Backend):
                     first, cache = first_tokens(self.model, inputs if adapter_names is None else batch, count,
                                                 draw, **common)
                     streamer.take(first)
-                    if streamer.all_ended or stop_event.is_set() or should_stop():
+                    if finished():
                         streamer.end()
                         return
                     self.model.generate(
