@@ -15,31 +15,70 @@ def seeded_draw(seeds: Sequence[int], temperature: float, top_p: float, top_k: i
     """A logits processor that samples every row with its own generator and leaves only the drawn token:
     generate(do_sample=False) then takes it. generate's own sampling draws all rows from one global
     generator, so a row's tokens would depend on the others; here row i with seed s is what one answer
-    with seed s draws. The warpers are transformers' own, in generate's order. With top-k they see only the
-    k best scores (ties at the k-th aside, what TopKLogitsWarper keeps): top-p's sort of the whole
-    vocabulary took 35 of the 38 ms a 4-row draw cost, a quarter of a decoding step on the CPU."""
+    with seed s draws, from the distribution `nucleus` gives."""
     import torch
-    from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+    from transformers import LogitsProcessor
 
-    warpers = LogitsProcessorList([TemperatureLogitsWarper(temperature)])
-    if top_p < 1.0:
-        warpers.append(TopPLogitsWarper(top_p))
     generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
 
     class SeededDraw(LogitsProcessor):
         def __call__(self, input_ids, scores):
-            if top_k and top_k < scores.shape[-1]:
-                best, tokens = torch.topk(scores, top_k, dim=-1)
-            else:
-                best, tokens = scores, None
-            probs = torch.softmax(warpers(input_ids, best), dim=-1)
-            drawn = torch.cat([torch.multinomial(probs[row], 1, generator=g) for row, g in enumerate(generators)])
-            if tokens is not None:
-                drawn = tokens.gather(1, drawn[:, None])[:, 0]
+            drawn = []
+            for (tokens, probs), generator in zip(nucleus(scores, temperature, top_p, top_k), generators):
+                pick = torch.multinomial(probs, 1, generator=generator)
+                drawn.append(pick if tokens is None else tokens[pick])
             chosen = torch.full_like(scores, float("-inf"))
-            return chosen.scatter_(1, drawn[:, None], 0.0)
+            return chosen.scatter_(1, torch.cat(drawn)[:, None], 0.0)
 
     return SeededDraw()
+
+
+#: How many of a row's best tokens nucleus looks at first; a row whose top-p needs more sorts them all.
+NUCLEUS_FIRST_LOOK = 64
+
+
+def nucleus(scores, temperature: float, top_p: float, top_k: int) -> list:
+    """Each row's distribution after temperature, top-k and top-p, as transformers' warpers define it (in
+    generate's order; top-p over the top-k renormalised): per row (tokens, probs), the tokens it may pick
+    in token order and their probabilities, or (None, probs over the whole vocabulary). Why not the warpers themselves:
+    with no top-k (transformers 5's default) top-p sorts the whole vocabulary, per row and step; for the
+    default model's 49,152 tokens that was 23 of a 4-row step's 165 ms, and drawing from all of them 7 ms
+    more. A row's top-p mass almost always lies in its few best tokens, so they are looked at first.
+    Each row's result depends on that row alone, so a row draws alike in any batch."""
+    import torch
+
+    scaled = scores / temperature
+    vocab = scaled.shape[-1]
+    if top_k and top_k < vocab:  # the top-k, renormalised, are all top-p sees
+        best, tokens = torch.topk(scaled, top_k, dim=-1)
+        rows = list(zip(tokens, torch.softmax(best, dim=-1)))
+    elif top_p >= 1.0:
+        return [(None, probs) for probs in torch.softmax(scaled, dim=-1)]
+    else:
+        full = torch.softmax(scaled, dim=-1)
+        probs, tokens = torch.topk(full, min(NUCLEUS_FIRST_LOOK, vocab), dim=-1)
+        enough = probs.sum(dim=-1) >= top_p  # then every token past these has top_p above it: cut
+        rows = []
+        for row in range(full.shape[0]):
+            if enough[row]:
+                rows.append((tokens[row], probs[row]))
+            else:  # a flat row: its nucleus reaches past the first look
+                row_probs, row_tokens = torch.sort(full[row], descending=True)
+                rows.append((row_tokens, row_probs))
+    kept = []
+    for tokens, probs in rows:
+        if top_p < 1.0:
+            above = probs.cumsum(dim=-1) - probs  # the mass of the tokens ranked above each one
+            # TopPLogitsWarper's rule, cut where the mass at and below is <= 1 - top_p; the best token has
+            # nothing above it, so it stays (the warper's min_tokens_to_keep) for any top_p in (0, 1].
+            keep = above < top_p
+            tokens, probs = tokens[keep], probs[keep]
+            probs = probs / probs.sum()
+        # In token order, as the vocabulary is: ranked, two tokens of (nearly) equal probability trade places
+        # on a difference of 1e-7 (a row alone against in a batch), and the same draw picks the other one.
+        order = tokens.argsort()
+        kept.append((tokens[order], probs[order]))
+    return kept
 
 
 class BatchStreamer(BaseStreamer):
