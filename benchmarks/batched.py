@@ -59,9 +59,26 @@ def cold(backend) -> None:
         llama.reset()  # the next evaluation drops every cell from position 0 on
 
 
+def as_after_reading(backend) -> None:
+    """Wait as a user reading the last answer would, long enough for the engine to see which cores are free
+    (cpu_share.MIN_WINDOW_S). Back to back, each answer kept the last one's thread count, and the first
+    kept the guess made before anything was measured (half the cores): until 2026-12-05 every batch here
+    ran on that, 1 thread of 2, where the app gives a batch the free cores up to its measured ceiling."""
+    from tui_align.cpu_share import MIN_WINDOW_S
+
+    cold(backend)
+    time.sleep(MIN_WINDOW_S + 0.05)
+
+
+def ran_on(backend) -> int | None:
+    """The threads the engine's last answer ran on (None: an engine without a chooser)."""
+    chooser = getattr(backend, "_threads", None)
+    return chooser.last if chooser is not None else None
+
+
 def time_single(backend, messages, settings, ids: list | None = None) -> dict:
     """One answer; `ids`, when given, is the list the engine's Llama.generate fills (its token count)."""
-    cold(backend)
+    as_after_reading(backend)
     if ids is not None:
         ids.clear()
     started, first, text = time.perf_counter(), None, ""
@@ -69,7 +86,7 @@ def time_single(backend, messages, settings, ids: list | None = None) -> dict:
         first = first if first is not None else time.perf_counter() - started
         text += piece
     return {"seconds": time.perf_counter() - started, "first_s": first, "text": text,
-            "tokens": len(ids) if ids is not None else None}
+            "tokens": len(ids) if ids is not None else None, "threads": ran_on(backend)}
 
 
 def engine_before(backend):
@@ -89,7 +106,7 @@ def engine_before(backend):
     def answer(messages, settings) -> float:
         import llama_cpp
 
-        threads = backend._threads.threads  # what our engine's last answer ran on: N = 1 compares engines, not threads
+        threads = ran_on(backend)  # what our engine's last answer ran on: N = 1 compares engines, not threads
         llama_cpp.llama_set_n_threads(llama.ctx, threads, threads)
         llama.reset()
         ids.clear()
@@ -104,7 +121,7 @@ def engine_before(backend):
 
 
 def time_batch(backend, messages, settings_list) -> dict:
-    cold(backend)
+    as_after_reading(backend)
     started, firsts = time.perf_counter(), {}
     texts = [""] * len(settings_list)
     for chunk in backend.stream_candidates(messages, settings_list, lambda: False):
@@ -112,7 +129,8 @@ def time_batch(backend, messages, settings_list) -> dict:
             firsts.setdefault(chunk.slot, time.perf_counter() - started)
             texts[chunk.slot] += chunk.text
     every_first = max(firsts.values()) if len(firsts) == len(settings_list) else None
-    return {"seconds": time.perf_counter() - started, "every_first_s": every_first, "texts": texts}
+    return {"seconds": time.perf_counter() - started, "every_first_s": every_first, "texts": texts,
+            "threads": ran_on(backend)}
 
 
 def measure(engine: str, max_tokens: int, reps: int, prompts, home: str | None, model: str | None = None) -> dict:
@@ -123,7 +141,7 @@ def measure(engine: str, max_tokens: int, reps: int, prompts, home: str | None, 
     if engine == "hf":
         quiet_hf()
     backend = load_backend(resolve_model(model), engine, paths.models_dir(paths.data_home(home)))
-    before, ours_ids, n1, threads = None, None, [], []
+    before, ours_ids, n1 = None, None, []
     if engine == "llamacpp":
         from generation import _count_llama_tokens
 
@@ -146,7 +164,6 @@ def measure(engine: str, max_tokens: int, reps: int, prompts, home: str | None, 
                         for i in range(max(COUNTS)):
                             sample["singles"].append(time_single(backend, _messages(prompt),
                                                                  base.for_candidate(i), ours_ids))
-                            threads.append(getattr(getattr(backend, "_threads", None), "threads", None))
                         if before is not None:  # N = 1 against the engine before batching, back to back
                             ours = sample["singles"][0]
                             n1.append({"ours_s_per_token": ours["seconds"] / max(1, ours["tokens"]),
@@ -167,9 +184,19 @@ def measure(engine: str, max_tokens: int, reps: int, prompts, home: str | None, 
         if before is not None:
             before.close()
     return {"engine": engine, "model": model or "default", "max_tokens": max_tokens, "reps": reps,
-            "threads": sorted(set(threads), key=str),  # what the single answers ran on (cpu_share: the free cores)
-            "samples": summarize_samples(samples),
+            "threads": threads_used(samples), "samples": summarize_samples(samples),
             "greedy": exact, "n1": n1, "peak_rss_mib": peak_rss_mib()}
+
+
+def threads_used(samples: list[dict]) -> dict[str, list]:
+    """The thread counts the timed answers ran on (cpu_share: the free cores, up to the measured ceiling),
+    one answer's apart from each batch size's."""
+    used: dict[str, set] = {"1": set()}
+    for sample in samples:
+        used["1"].update(s["threads"] for s in sample["singles"])
+        for n, batch in sample["batches"].items():
+            used.setdefault(str(n), set()).add(batch["threads"])
+    return {n: sorted(counts, key=str) for n, counts in used.items()}
 
 
 def summarize_samples(samples: list[dict]) -> list[dict]:
@@ -240,7 +267,7 @@ def collect(args) -> Section:
         total = sum(g["of"] for g in result["greedy"])
         notes.append(f"{engine}: greedy, {max(COUNTS)} candidates per prompt: {equal} of {total} token for token "
                      f"the single greedy answer; peak RSS {result['peak_rss_mib']:.0f} MiB"
-                     + (f"; threads {result['threads']}" if any(result.get("threads") or []) else "") + ".")
+                     + (f"; threads (N: counts) {result['threads']}" if result.get("threads") else "") + ".")
         if result.get("n1"):
             change = statistics.median(p["ours_s_per_token"] / p["before_s_per_token"] - 1 for p in result["n1"])
             notes.append(f"{engine}: N = 1, seconds per token against the engine before batching (a plain Llama: "

@@ -90,6 +90,9 @@ def test_the_chooser_never_goes_over_the_ceiling_but_a_fixed_count_wins(monkeypa
     assert chooser.choose() == 4
     chooser.limit(lambda rows: 2 if rows == 1 else 3)
     assert (chooser.choose(), chooser.choose(rows=4)) == (2, 3)
+    given = []
+    with chooser.answering(0, given.append, rows=4):
+        assert chooser.last == given[0] == 3  # what the answer ran on: the ceiling for its rows
     monkeypatch.setattr(chooser.meter, "busy_elsewhere", lambda: 3.0)
     assert chooser.choose(rows=4) == 1  # fewer free than the ceiling: the free ones
     monkeypatch.setenv(cpu_share.CHAT_THREADS_ENV, "3")

@@ -165,6 +165,7 @@ class ThreadChooser:
         self.fixed = fixed_threads()
         self.threads = self.fixed or free_threads(self.meter.cores, None)
         self.ceiling: Callable[[int], int] | None = None
+        self.last: int | None = None  # what the last answer ran on (the ceiling for its rows applied)
 
     def limit(self, ceiling: Callable[[int], int] | None) -> None:
         """Never more than `ceiling(rows)` threads for a step of `rows` sequences, however many cores are
@@ -187,7 +188,7 @@ class ThreadChooser:
     def answering(self, lent: int, apply, rows: int = 1):
         """One answer (or `rows` candidates in one batch) on the count chosen now: `apply(threads)` gives it
         to the engine, and the next window starts when the answer ends."""
-        threads = self.choose(lent, rows)
+        threads = self.last = self.choose(lent, rows)
         apply(threads)
         try:
             yield threads
