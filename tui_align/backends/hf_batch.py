@@ -57,7 +57,7 @@ def nucleus(scores, temperature: float, top_p: float, top_k: int) -> list:
     else:
         full = torch.softmax(scaled, dim=-1)
         probs, tokens = torch.topk(full, min(NUCLEUS_FIRST_LOOK, vocab), dim=-1)
-        enough = probs.sum(dim=-1) >= top_p  # then every token past these has top_p above it: cut
+        enough = (probs.sum(dim=-1) >= top_p).tolist()  # then every token past these has top_p above it: cut
         rows = []
         for row in range(full.shape[0]):
             if enough[row]:
