@@ -39,12 +39,14 @@ NUCLEUS_FIRST_LOOK = 64
 
 def nucleus(scores, temperature: float, top_p: float, top_k: int) -> list:
     """Each row's distribution after temperature, top-k and top-p, as transformers' warpers define it (in
-    generate's order; top-p over the top-k renormalised): per row (tokens, probs), the tokens it may pick
-    in token order and their probabilities, or (None, probs over the whole vocabulary). Why not the warpers themselves:
-    with no top-k (transformers 5's default) top-p sorts the whole vocabulary, per row and step; for the
-    default model's 49,152 tokens that was 23 of a 4-row step's 165 ms, and drawing from all of them 7 ms
-    more. A row's top-p mass almost always lies in its few best tokens, so they are looked at first.
-    Each row's result depends on that row alone, so a row draws alike in any batch."""
+    generate's order; top-p over the top-k renormalised): per row (tokens, probs), the tokens it may pick,
+    in token order, and their probabilities; or (None, probs over the whole vocabulary).
+
+    Why not the warpers themselves: with no top-k (transformers 5's default) top-p sorts the whole
+    vocabulary, per row and step; for the default model's 49,152 tokens that was 23 of a 4-row step's
+    165 ms, and drawing from all of them 7 ms more. A row's top-p mass almost always lies in its few best
+    tokens, so they are looked at first. Each row's result depends on that row alone, so a row draws
+    alike in any batch."""
     import torch
 
     scaled = scores / temperature
