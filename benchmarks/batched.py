@@ -62,8 +62,9 @@ def cold(backend) -> None:
 def as_after_reading(backend) -> None:
     """Wait as a user reading the last answer would, long enough for the engine to see which cores are free
     (cpu_share.MIN_WINDOW_S). Back to back, each answer kept the last one's thread count, and the first
-    kept the guess made before anything was measured (half the cores): until 2026-12-05 every batch here
-    ran on that, 1 thread of 2, where the app gives a batch the free cores up to its measured ceiling."""
+    kept the guess made before anything was measured (half the cores): until 2026-12-05, whenever the thread
+    probe was cached, every batch here ran on that, 1 thread of 2, where the app gives a batch the free
+    cores up to its measured ceiling."""
     from tui_align.cpu_share import MIN_WINDOW_S
 
     cold(backend)
