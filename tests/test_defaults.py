@@ -53,6 +53,7 @@ def test_only_the_settings_left_unset_are_chosen():
     assert [c.setting for c in chosen] == ["learning_rate", "max_steps", "lr_schedule"]
     assert config.learning_rate == 2e-4 and config.max_steps == 75 and config.lr_schedule == "linear"
     given = TrainConfig(epochs=2, learning_rate=3e-5, lr_schedule="linear")
+    given.dpo.beta = 0.1
     assert defaults.fill(given, 100) == [] and given.max_steps is None and given.learning_rate == 3e-5
     assert defaults.steps(given, 100) == 50
 
@@ -104,14 +105,36 @@ def test_the_rate_decays_on_long_runs_except_dpo_on_a_small_set_of_picks_that_ch
     assert "lr_schedule constant (" in defaults.describe(defaults.fill(TrainConfig(), 90))
 
 
+def test_dpo_s_beta_is_halved_only_on_a_small_set_of_picks_that_change_the_answer():
+    def chosen(n_train: int, add_only: bool, cut_only: bool = False) -> float:
+        config = TrainConfig(method="dpo")
+        defaults.fill(config, n_train, add_only, cut_only)
+        return config.dpo.beta
+
+    assert chosen(90, add_only=False) == defaults.CHANGING_PICKS_BETA  # the 100-pair refusal looped at 0.1
+    assert chosen(90, add_only=False, cut_only=True) == defaults.CHANGING_PICKS_BETA
+    assert chosen(32, add_only=False) == defaults.BETA  # in 30 steps 0.05 did no better on a refusal
+    assert chosen(90, add_only=True) == defaults.BETA  # the 100-pair prefix looped at 0.05
+    assert chosen(32, add_only=True) == defaults.BETA  # at a constant rate too
+    assert chosen(133, add_only=False) == defaults.BETA  # a large set decays its rate instead
+    decaying = TrainConfig(method="dpo", lr_schedule="linear")
+    defaults.fill(decaying, 90)
+    assert decaying.dpo.beta == defaults.BETA  # the schedule given, not the set's size, is what counts
+    assert "dpo.beta" not in [c.setting for c in defaults.fill(TrainConfig(method="orpo"), 90)]
+    given = TrainConfig(method="dpo")
+    given.dpo.beta = 0.3
+    assert "dpo.beta" not in [c.setting for c in defaults.fill(given, 90)] and given.dpo.beta == 0.3
+    assert defaults.dpo_beta(TrainConfig().dpo) == defaults.BETA  # unfilled: the paper's
+
+
 def test_no_flags_means_the_rule_on_the_command_line_and_in_the_form():
     _, config = train_args.parse([])
     assert config.epochs is None and config.learning_rate is None and config.dpo.sft_weight == 1.0
-    assert config.lr_schedule is None
+    assert config.lr_schedule is None and config.dpo.beta is None
     values = form_defaults()
-    assert values["epochs"] == values["lr"] == values["max-steps"] == ""
+    assert values["epochs"] == values["lr"] == values["max-steps"] == values["beta"] == ""
     flags = form_flags("dpo", values)
-    assert "--epochs" not in flags and "--lr" not in flags  # the child chooses them from the pairs
+    assert "--epochs" not in flags and "--lr" not in flags and "--beta" not in flags  # the child chooses them
 
 
 def test_a_run_with_no_flags_says_what_it_chose_and_keeps_it_in_run_json(capsys, tmp_path, tiny_model_dir):
@@ -121,7 +144,7 @@ def test_a_run_with_no_flags_says_what_it_chose_and_keeps_it_in_run_json(capsys,
     assert code == 0, events[-1]
     start = events[0]
     assert start["total_steps"] == defaults.MIN_STEPS and start["config"]["learning_rate"] == 1e-4
-    assert [c["setting"] for c in start["chosen_defaults"]] == ["learning_rate", "max_steps", "lr_schedule"]
+    assert [c["setting"] for c in start["chosen_defaults"]] == ["learning_rate", "max_steps", "lr_schedule", "dpo.beta"]
     said = next(e for e in events if e["event"] == "defaults")
     assert "max_steps 30" in said["message"] and "small sets get at least 30" in said["message"]
     record = json.loads((Path(events[-1]["run_dir"]) / "run.json").read_text())

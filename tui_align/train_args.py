@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
              f"default: linear when the run has at least {2 * rule.MIN_STEPS} steps, except DPO on fewer than "
              f"about 135 pairs that don't only add an opening or a sign-off, and ORPO on picks that cut the "
              f"answer short; else constant; see below)")
-    add("--beta", type=float, default=defaults.dpo.beta, help=f"DPO beta (default: {defaults.dpo.beta})")
+    add("--beta", type=float, help=f"DPO beta (default: {rule.BETA:g}; {rule.CHANGING_PICKS_BETA:g} where the rate stays "
+        f"constant for {2 * rule.MIN_STEPS} steps or more on picks that don't only add an opening or a sign-off: "
+        "about 90 to 135 pairs at batch 4)")
     add("--sft-weight", type=float, default=defaults.dpo.sft_weight,
         help=f"DPO: weight of an NLL term on the chosen answer, which keeps answers from collapsing "
              f"(RPO; default: {defaults.dpo.sft_weight:g}; 0 = plain DPO)")
@@ -116,7 +118,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         (args.batch_size >= 1, "--batch-size must be at least 1"),
         (args.lr is None or args.lr > 0, "--lr must be positive"),
         (args.check_answers >= 0, "--check-answers must not be negative"),
-        (args.beta > 0, "--beta must be positive"),
+        (args.beta is None or args.beta > 0, "--beta must be positive"),
         (args.lam >= 0, "--lam must not be negative"),
         (args.sft_weight >= 0, "--sft-weight must not be negative"),
         (args.kl_coef >= 0, "--kl-coef must not be negative"),

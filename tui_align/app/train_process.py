@@ -44,7 +44,7 @@ class FormField:
     placeholder: str = ""  # what an empty optional field means
 
 
-AUTO = "auto"  # an empty epochs, max steps or learning rate: the run picks it from the pairs (training/defaults.py)
+AUTO = "auto"  # an empty epochs, max steps, learning rate or beta: the run picks it from the pairs (training/defaults.py)
 
 
 FIELDS = (
@@ -52,7 +52,7 @@ FIELDS = (
     FormField("max-steps", "max steps", optional=True, placeholder=AUTO),
     FormField("batch-size", "batch size"),
     FormField("lr", "learning rate", optional=True, placeholder=AUTO),
-    FormField("beta", "beta (dpo)"),
+    FormField("beta", "beta (dpo)", optional=True, placeholder=AUTO),
     FormField("lam", "lambda (orpo)"),
     FormField("lora-rank", "LoRA rank"),
     FormField("max-length", "max length"),

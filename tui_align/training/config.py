@@ -17,7 +17,7 @@ class LoraSettings:
 
 @dataclass
 class DPOSettings:
-    beta: float = 0.1  # DPO paper's default strength of the implicit KL constraint
+    beta: float | None = None  # the implicit KL constraint's strength; None: chosen from the picks (defaults.py)
     # The NLL term on the chosen answer (RPO, arXiv:2404.19733); 0 = plain DPO. On by default: plain DPO
     # pushes the rejected answer down, and when the user's pick only adds to an answer (an opening, a
     # sign-off) the rejected one is the very content they want kept; plain DPO then collapses into

@@ -39,6 +39,14 @@ end or the other: on 36 pairs, 3 epochs at batch 4 are 27 steps, and at lr 5e-5 
     reached 10 of 12 prompts on both seeds, and one answer looped (rep4 0.071, 0.066); constant, 12/12 and
     11/12 (0.020, 0.066): so ORPO keeps the constant rate on cutting picks.
   - PPO keeps the constant rate: not measured with a decay.
+- **DPO's beta**: the paper's 0.1, except CHANGING_PICKS_BETA (0.05) where DPO runs at a constant rate for at
+  least twice the floor on picks that change the answers (the one case above that keeps the constant rate
+  past the floor). There the 100-pair refusal, the last no-flag cell whose answers looped, went from rep4
+  0.050 and 0.058 (two seeds; the base's 0.020) to 0.007 and 0.034, no looping answer, 12/12 either way;
+  on 100 picks that cut the answers to one sentence 0.05 changed nothing (12/12, rep4 0.000, length 0.45
+  of the base's against 0.44). Not on add-only picks: the 100-pair prefix at 0.05 looped on one answer
+  (0.071; 0.009 at 0.1). Not on the floor's 30 steps, where it did no better: on 36 refusal picks neither
+  beta taught the refusal (9/12, the base's) and at each one answer looped (0.075, 0.065).
 
 Torch-free: the Train form and `tui-align train --help` read it.
 """
@@ -58,6 +66,11 @@ LEARNING_RATES = {"dpo": 1e-4, "orpo": 2e-4, "ppo": 1e-4}
 # answers looped and the sign-off reached 10 of 12 prompts; a topic refusal needs the full rate.
 ADD_ONLY_RATES = {"orpo": 1e-4}
 PPO_PHASE_SCALE = 0.3  # the PPO phase's rate against the run's: a smaller step keeps the KL bounded
+BETA = 0.1  # DPO paper's strength of the implicit KL constraint
+# DPO on a small set of picks that change the answers keeps the constant rate (lr_schedule), and there a
+# topic refusal's answers looped at BETA; half of it gives the NLL term more say against pushing the
+# passed-over answers down.
+CHANGING_PICKS_BETA = 0.05
 
 
 @dataclass(frozen=True)
@@ -146,6 +159,22 @@ def lr_schedule(method: str, steps: int, add_only: bool, large_set: bool = False
                   f"full-rate steps' worth")
 
 
+def beta(add_only: bool, schedule: str, steps: int) -> Choice:
+    """DPO's beta when --beta is not given, for a run of `steps` optimizer steps at the learning-rate
+    `schedule`, on picks that only add to the answers (`add_only`) or not."""
+    if add_only:
+        return Choice("dpo.beta", BETA, f"the DPO paper's {BETA:g}: the picks only add to the answers, and "
+                      f"at {CHANGING_PICKS_BETA:g} such answers looped")
+    if schedule != "constant":
+        return Choice("dpo.beta", BETA, f"the DPO paper's {BETA:g}: the rate decays")
+    if steps < 2 * MIN_STEPS:
+        return Choice("dpo.beta", BETA, f"the DPO paper's {BETA:g}: in {steps} steps {CHANGING_PICKS_BETA:g} "
+                      f"did no better")
+    return Choice("dpo.beta", CHANGING_PICKS_BETA,
+                  f"half the DPO paper's {BETA:g}: over {steps} steps at a constant rate on picks that change "
+                  f"the answers, the answers looped at {BETA:g}")
+
+
 def is_large_set(n_train: int, batch_size: int) -> bool:
     """Whether EPOCHS passes over `n_train` pairs would be more than LARGE_SET_STEPS: the step budget
     then gives fewer passes, and every kind of pick gets the decaying rate."""
@@ -173,6 +202,9 @@ def fill(config, n_train: int, add_only: bool = False, cut_only: bool = False) -
         chosen.append(lr_schedule(config.method, steps(config, n_train), add_only,
                                   is_large_set(n_train, config.batch_size), cut_only))
         config.lr_schedule = chosen[-1].value
+    if config.method == "dpo" and config.dpo.beta is None:
+        chosen.append(beta(add_only, config.lr_schedule, steps(config, n_train)))
+        config.dpo.beta = chosen[-1].value
     return chosen
 
 
@@ -198,6 +230,11 @@ def lr(config) -> float:
     if config.learning_rate is not None:
         return config.learning_rate
     return learning_rate(config.method, config.lora.rank, config.lora.alpha).value
+
+
+def dpo_beta(settings) -> float:
+    """DPOSettings' beta when given (--beta, or filled in by the rule), else BETA."""
+    return BETA if settings.beta is None else settings.beta
 
 
 def ppo_lr(config) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from . import defaults
 from .config import DPOSettings
 from .losses import dpo_loss
 from .preference import PairLogps, PairLoss
@@ -13,7 +14,7 @@ from .preference import PairLogps, PairLoss
 def terms(policy: PairLogps, reference: PairLogps, settings: DPOSettings) -> tuple[torch.Tensor, ...]:
     """(losses, chosen_rewards, rejected_rewards), each (B,)."""
     losses, chosen_rewards, rejected_rewards = dpo_loss(policy.chosen, policy.rejected, reference.chosen,
-                                                        reference.rejected, settings.beta)
+                                                        reference.rejected, defaults.dpo_beta(settings))
     if settings.sft_weight:
         # DPO + NLL (RPO, Pang et al. 2024, arXiv:2404.19733, Eq. 2): plain DPO can lower the chosen
         # answer's likelihood along with the rejected one's (and with it the end-of-turn after it);
