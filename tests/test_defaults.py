@@ -152,13 +152,13 @@ def test_a_run_with_no_flags_says_what_it_chose_and_keeps_it_in_run_json(capsys,
     assert record["chosen_defaults"] == start["chosen_defaults"] and record["steps_done"] == 30
 
 
-def test_the_picks_of_a_real_run_choose_its_rate_and_schedule(capsys, tmp_path, tiny_model_dir):
+def test_the_picks_of_a_real_run_choose_its_rate_schedule_and_beta(capsys, tmp_path, tiny_model_dir):
     adding = tmp_path / "adding.jsonl"
     pairs = write_pairs_file(adding, 16, "prefix")
     removing = tmp_path / "removing.jsonl"  # the same answers, the opening now on the one passed over
     removing.write_text("".join(json.dumps({"prompt": p.prompt[-1]["content"], "chosen": p.rejected,
                                             "rejected": p.chosen}) + "\n" for p in pairs))
-    rates = {}
+    rates, betas = {}, {}
     for data in (adding, removing):
         code, events = run_cli(capsys, "--data", data, "--model", tiny_model_dir, "--max-steps", 2 * defaults.MIN_STEPS,
                                "--check-answers", 0)
@@ -167,6 +167,9 @@ def test_the_picks_of_a_real_run_choose_its_rate_and_schedule(capsys, tmp_path, 
         rates[data.stem] = [e.get("lr") for e in events if e["event"] == "step"]  # a constant rate isn't sent
         record = json.loads((Path(events[-1]["run_dir"]) / "run.json").read_text())
         assert record["settings"]["lr_schedule"] == chosen["lr_schedule"]["value"]
+        betas[data.stem] = record["settings"]["dpo"]["beta"]
+        assert betas[data.stem] == chosen["dpo.beta"]["value"]
+    assert betas == {"adding": defaults.BETA, "removing": defaults.CHANGING_PICKS_BETA}
     assert rates["adding"][0] == 1e-4 and rates["adding"][-1] == pytest.approx(1e-4 / (2 * defaults.MIN_STEPS))
     assert set(rates["removing"]) == {None}
     # ORPO: half its rate on the adding picks, and the decay; the removing picks cut the answer short, and
