@@ -28,6 +28,18 @@ def test_small_sets_get_the_step_floor_and_big_ones_fewer_passes():
     assert "1.5 passes" in defaults.step_budget(270, 4).why and "one pass" in defaults.step_budget(450, 4).why
 
 
+def test_dpo_on_picks_that_change_the_answers_gets_twice_the_step_floor():
+    changing = defaults.step_budget(32, 4, changing_dpo=True)
+    assert changing.value == defaults.CHANGING_PICKS_MIN_STEPS == 2 * defaults.MIN_STEPS
+    assert "picks that change the answers" in changing.why and "7.5 passes" in changing.why
+    assert defaults.step_budget(90, 4, changing_dpo=True).value == 3 * 23  # three passes are more already
+    assert defaults.step_budget(450, 4, changing_dpo=True).value == 113
+    for method, add_only, steps in (("dpo", False, 60), ("dpo", True, 30), ("orpo", False, 30), ("ppo", False, 30)):
+        config = TrainConfig(method=method)
+        defaults.fill(config, 32, add_only=add_only)
+        assert config.max_steps == steps, (method, add_only)
+
+
 def test_the_learning_rate_is_per_method_and_keeps_the_step_size_for_another_lora_scale():
     assert defaults.learning_rate("dpo", 16, 32).value == 1e-4
     assert defaults.learning_rate("orpo", 8, 16).value == 2e-4  # same alpha / rank
@@ -113,7 +125,10 @@ def test_dpo_s_beta_is_halved_only_on_a_small_set_of_picks_that_change_the_answe
 
     assert chosen(90, add_only=False) == defaults.CHANGING_PICKS_BETA  # the 100-pair refusal looped at 0.1
     assert chosen(90, add_only=False, cut_only=True) == defaults.CHANGING_PICKS_BETA
-    assert chosen(32, add_only=False) == defaults.BETA  # in 30 steps 0.05 did no better on a refusal
+    assert chosen(32, add_only=False) == defaults.CHANGING_PICKS_BETA  # 60 steps: DPO's floor on such picks
+    short = TrainConfig(method="dpo", max_steps=defaults.MIN_STEPS)
+    defaults.fill(short, 32)
+    assert short.dpo.beta == defaults.BETA  # in 30 steps 0.05 did no better on a refusal
     assert chosen(90, add_only=True) == defaults.BETA  # the 100-pair prefix looped at 0.05
     assert chosen(32, add_only=True) == defaults.BETA  # at a constant rate too
     assert chosen(133, add_only=False) == defaults.BETA  # a large set decays its rate instead
@@ -159,11 +174,11 @@ def test_the_picks_of_a_real_run_choose_its_rate_schedule_and_beta(capsys, tmp_p
     removing.write_text("".join(json.dumps({"prompt": p.prompt[-1]["content"], "chosen": p.rejected,
                                             "rejected": p.chosen}) + "\n" for p in pairs))
     rates, betas = {}, {}
-    for data in (adding, removing):
-        code, events = run_cli(capsys, "--data", data, "--model", tiny_model_dir, "--max-steps", 2 * defaults.MIN_STEPS,
-                               "--check-answers", 0)
+    for data, flags in ((adding, ["--max-steps", 2 * defaults.MIN_STEPS]), (removing, [])):
+        code, events = run_cli(capsys, "--data", data, "--model", tiny_model_dir, *flags, "--check-answers", 0)
         assert code == 0, events[-1]
         chosen = {c["setting"]: c for c in events[0]["chosen_defaults"]}
+        assert events[0]["total_steps"] == 2 * defaults.MIN_STEPS  # the removing picks: DPO's floor on them
         rates[data.stem] = [e.get("lr") for e in events if e["event"] == "step"]  # a constant rate isn't sent
         record = json.loads((Path(events[-1]["run_dir"]) / "run.json").read_text())
         assert record["settings"]["lr_schedule"] == chosen["lr_schedule"]["value"]

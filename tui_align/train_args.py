@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tui-align train",
         description="Train a LoRA adapter (DPO, ORPO, or reward model + PPO) on preference pairs.",
         epilog=("With no --epochs, --max-steps or --lr the run picks them from the data: "
-                f"{rule.EPOCHS} passes over the training pairs, at least {rule.MIN_STEPS} optimizer steps and, "
+                f"{rule.EPOCHS} passes over the training pairs, at least {rule.MIN_STEPS} optimizer steps "
+                f"({rule.CHANGING_PICKS_MIN_STEPS} for DPO on picks that don't only add an opening or a sign-off) and, "
                 f"past {rule.LARGE_SET_STEPS}, fewer passes (at least one), and the method's learning rate "
                 "scaled for the LoRA's alpha/rank; the start says what it chose. At every eval it checks greedy answers to held-out "
                 "prompts against the base model's, stops a run whose answers start to repeat or shrink, "
@@ -58,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
              f"answer short; else constant; see below)")
     add("--beta", type=float, help=f"DPO beta (default: {rule.BETA:g}; {rule.CHANGING_PICKS_BETA:g} where the rate stays "
         f"constant for {2 * rule.MIN_STEPS} steps or more on picks that don't only add an opening or a sign-off: "
-        "about 90 to 135 pairs at batch 4)")
+        "up to about 135 pairs at batch 4)")
     add("--sft-weight", type=float, default=defaults.dpo.sft_weight,
         help=f"DPO: weight of an NLL term on the chosen answer, which keeps answers from collapsing "
              f"(RPO; default: {defaults.dpo.sft_weight:g}; 0 = plain DPO)")
