@@ -269,7 +269,8 @@ def ppo_overrides(config, settings: list[str]):
             raise SystemExit(f"--set {item}: no PPO setting {key!r} (one of {', '.join(fields)})")
         current = getattr(config.ppo, key)
         changes[key] = value if isinstance(current, str) else (None if value == "none" else float(value))
-        if isinstance(current, int) and not isinstance(current, bool) and changes[key] is not None:
+        whole = isinstance(current, int) or str(fields[key].type).startswith("int")  # a count, None = the rule's
+        if whole and not isinstance(current, bool) and changes[key] is not None:
             changes[key] = int(changes[key])
     config.ppo = dataclasses.replace(config.ppo, **changes)
     return config

@@ -12,7 +12,7 @@ import torch
 from tui_align.pairs import Pair
 from tui_align.training import defaults, lora, losses, ppo, reward, rollouts, runner, synthetic
 from tui_align.training.config import PPO_CHOICES, TrainConfig
-from tui_align.training.data import encode_pairs, preference_batch
+from tui_align.training.data import encode_pairs, preference_batch, split_held_out
 from tui_align.training.events import CollectEvents
 from tui_align.training.job import Job
 from tui_align.train_command import run_options
@@ -387,3 +387,47 @@ def test_ppo_run_cancels_and_resumes_through_the_runner(tiny_model_dir, tmp_path
     assert second.of("step")[-1]["step"] == second.of("start")[0]["total_steps"]
     assert (out / "adapter_model.safetensors").is_file()
     assert json.loads((out / "run.json").read_text())["status"] == "completed"
+
+
+def test_ppo_s_rollouts_are_as_long_as_most_picked_answers():
+    assert defaults.rollout_limit([20] * 2 + [70] * 18).value == 70
+    assert defaults.rollout_limit([70] * 2 + [20] * 18).value == defaults.ROLLOUT_TOKENS  # 90% fit in 20
+    assert defaults.rollout_limit([500] * 10).value == defaults.MAX_ROLLOUT_TOKENS
+    assert defaults.rollout_limit([]).value == defaults.ROLLOUT_TOKENS
+    assert "cut answer scores low" in defaults.rollout_limit([70] * 10).why
+    config = TrainConfig(method="ppo")
+    assert defaults.rollout_tokens(config.ppo) == defaults.ROLLOUT_TOKENS  # unfilled
+    defaults.fill(config, 20, answer_tokens=[90] * 20)
+    assert config.ppo.max_new_tokens == 90
+    given = TrainConfig(method="ppo")
+    given.ppo.max_new_tokens = 16
+    assert "ppo.max_new_tokens" not in [c.setting for c in defaults.fill(given, 20, answer_tokens=[90] * 20)]
+    assert given.ppo.max_new_tokens == 16
+    dpo = TrainConfig(method="dpo")
+    defaults.fill(dpo, 20, answer_tokens=[90] * 20)
+    assert dpo.ppo.max_new_tokens is None
+
+
+def test_a_ppo_run_takes_its_rollout_limit_from_the_picked_answers(smol_tokenizer, tiny_model_dir, tmp_path):
+    """From the answers as tokenised, said at the start and in the run's settings; the memory plan, made before
+    any tokenizer loads, plans for at least that many from the answers' text."""
+    from tui_align.training import memory_fit
+
+    words = "one two three four five six seven eight nine ten".split()
+    pairs = [Pair(synthetic.user_prompt(f"Count to {n}?"), " ".join(words[: n % 10 + 1]) * (n % 7 + 3), "No.")
+             for n in range(20)]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p.prompt[-1]["content"], "chosen": p.chosen,
+                                        "rejected": p.rejected}) + "\n" for p in pairs))
+    config = TrainConfig(method="ppo", eval_fraction=0.2)
+    events = CollectEvents()
+    assert runner.run(run_options(config, data=str(data), model=str(tiny_model_dir), out=str(tmp_path / "run")),
+                      events, lambda: bool(events.of("start"))) == runner.EXIT_CANCELLED
+    chosen = {c["setting"]: c["value"] for c in events.of("start")[0]["chosen_defaults"]}
+    train, _ = split_held_out(pairs, 0.2, config.seed)
+    encoded, _ = encode_pairs(smol_tokenizer, train, config.max_length)
+    expected = defaults.rollout_limit([len(e.chosen_ids) - e.prompt_len for e in encoded]).value
+    assert defaults.ROLLOUT_TOKENS < expected < defaults.MAX_ROLLOUT_TOKENS  # the answers, not a bound, decide
+    assert chosen["ppo.max_new_tokens"] == expected
+    assert events.of("start")[0]["config"]["ppo"]["max_new_tokens"] == expected  # run.json's settings
+    assert memory_fit.workload(TrainConfig(method="ppo"), pairs).max_new_tokens >= expected

@@ -62,7 +62,10 @@ class PPOSettings:
     # much as the reward (docs/training-defaults-research.md). "random" restores the old start.
     value_init: str = "zero"
     value_head_lr_scale: float = 10.0
-    max_new_tokens: int = 48
+    # The rollouts' length limit; None: defaults.rollout_limit, from the picked answers' lengths. A cut answer
+    # scores at most -missing_eos_penalty, so a limit shorter than the answers the user picked teaches PPO
+    # to end its answers early.
+    max_new_tokens: int | None = None
     ppo_epochs: int = 2  # passes over each batch of rollouts
     clip: float = 0.2
     value_clip: float = 0.2

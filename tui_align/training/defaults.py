@@ -26,6 +26,11 @@ end or the other: on 36 pairs, 3 epochs at batch 4 are 27 steps, and at lr 5e-5 
   fell while the KL to the warm start climbed to 3.2–3.5 nats; at 0.3× the sampled reward gained as much
   over the warm start (+0.45 and +0.24 on two seeds of the refusal panel, against +0.19 and +0.47) with
   the KL at most 1.3 nats in any step (docs/training-defaults-research.md).
+- **PPO's rollout limit** (max_new_tokens): as long as ROLLOUT_QUANTILE of the picked answers, from
+  ROLLOUT_TOKENS to MAX_ROLLOUT_TOKENS. PPO scores a cut answer at most -1, so a limit shorter than the
+  answers the user picked pays PPO to end answers early: on the 36-pick refusal panel (picked answers up to
+  98 tokens; the rule gives 98) a fixed 48 left off-topic answers 0.35 and 0.42 of the base's length (two
+  seeds), 96 left them 0.78 and 0.51, the refusal learned (12/12) either way.
 - **The rate's schedule** (DPO and ORPO): linear decay where the budget is at least twice the floor,
   constant below that; except that DPO keeps the constant rate on a small set (three passes no more than
   LARGE_SET_STEPS) whose picks don't only add to the answers, and ORPO on picks that cut them short.
@@ -71,6 +76,10 @@ LEARNING_RATES = {"dpo": 1e-4, "orpo": 2e-4, "ppo": 1e-4}
 # answers looped and the sign-off reached 10 of 12 prompts; a topic refusal needs the full rate.
 ADD_ONLY_RATES = {"orpo": 1e-4}
 PPO_PHASE_SCALE = 0.3  # the PPO phase's rate against the run's: a smaller step keeps the KL bounded
+# PPO's rollout limit: as long as ROLLOUT_QUANTILE of the picked answers, within these bounds (tokens).
+ROLLOUT_TOKENS = 48
+MAX_ROLLOUT_TOKENS = 128  # each token of the limit is sampled, scored and trained on in every PPO step
+ROLLOUT_QUANTILE = 0.9
 BETA = 0.1  # DPO paper's strength of the implicit KL constraint
 # DPO on a small set of picks that change the answers keeps the constant rate (lr_schedule), and there a
 # topic refusal's answers looped at BETA; half of it gives the NLL term more say against pushing the
@@ -195,10 +204,11 @@ def is_large_set(n_train: int, batch_size: int) -> bool:
     return EPOCHS * steps_per_epoch(n_train, batch_size) > LARGE_SET_STEPS
 
 
-def fill(config, n_train: int, add_only: bool = False, cut_only: bool = False) -> list[Choice]:
+def fill(config, n_train: int, add_only: bool = False, cut_only: bool = False,
+         answer_tokens: list[int] = ()) -> list[Choice]:
     """Give `config` the rule's values for the settings left unset (None); returns what was chosen.
     `add_only`, `cut_only`: whether the training picks only add to the answers passed over, or only cut
-    them short (answer_watch.read_picks).
+    them short (answer_watch.read_picks); `answer_tokens`: the picked answers' lengths in tokens.
 
     After this the config is concrete: run.json keeps the numbers, so a resumed run trains the same.
     """
@@ -212,6 +222,9 @@ def fill(config, n_train: int, add_only: bool = False, cut_only: bool = False) -
     if config.method == "ppo" and config.ppo.learning_rate is None:
         chosen.append(ppo_phase_rate(config.learning_rate))
         config.ppo.learning_rate = chosen[-1].value
+    if config.method == "ppo" and config.ppo.max_new_tokens is None:
+        chosen.append(rollout_limit(answer_tokens))
+        config.ppo.max_new_tokens = chosen[-1].value
     if config.lr_schedule is None and config.method != "ppo":  # PPO's phases have their own steps
         chosen.append(lr_schedule(config.method, steps(config, n_train), add_only,
                                   is_large_set(n_train, config.batch_size), cut_only))
@@ -220,6 +233,30 @@ def fill(config, n_train: int, add_only: bool = False, cut_only: bool = False) -
         chosen.append(beta(add_only, config.lr_schedule, steps(config, n_train)))
         config.dpo.beta = chosen[-1].value
     return chosen
+
+
+def rollout_limit(answer_tokens: list[int]) -> Choice:
+    """PPO's max_new_tokens when not given: as long as ROLLOUT_QUANTILE of the picked answers (their lengths
+    in tokens), at least ROLLOUT_TOKENS and at most MAX_ROLLOUT_TOKENS."""
+    if not answer_tokens:
+        return Choice("ppo.max_new_tokens", ROLLOUT_TOKENS, "no picked answers to measure")
+    ordered = sorted(answer_tokens)
+    covering = ordered[min(len(ordered) - 1, math.ceil(ROLLOUT_QUANTILE * len(ordered)) - 1)]
+    value = min(MAX_ROLLOUT_TOKENS, max(ROLLOUT_TOKENS, covering))
+    share = f"{ROLLOUT_QUANTILE:.0%} of the picked answers"
+    if value == covering:
+        why = f"{share} fit in {value} tokens: a cut answer scores low, so a shorter limit teaches short answers"
+    elif value == ROLLOUT_TOKENS:
+        why = f"{share} fit in {covering} tokens; at least {ROLLOUT_TOKENS}"
+    else:
+        why = (f"{share} fit in {covering} tokens; at most {MAX_ROLLOUT_TOKENS}, since every step samples "
+               f"and trains on that many")
+    return Choice("ppo.max_new_tokens", value, why)
+
+
+def rollout_tokens(settings) -> int:
+    """PPOSettings' max_new_tokens when given (or filled in by the rule), else ROLLOUT_TOKENS."""
+    return ROLLOUT_TOKENS if settings.max_new_tokens is None else settings.max_new_tokens
 
 
 def ppo_phase_rate(run_rate: float) -> Choice:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from . import memory_plan, memory_probe
+from . import defaults, memory_plan, memory_probe
 from .config import TrainConfig
 from .memory_plan import Plan, Settings
 from .model_shape import ModelShape, read_shape
@@ -19,8 +19,11 @@ def requested_settings(config: TrainConfig, device: str, precision: str) -> Sett
 def workload(config: TrainConfig, pairs) -> memory_plan.Workload:
     group = config.ppo.group_size if config.ppo.baseline == "group" else 1
     rows = max(1, config.batch_size // group) * group
+    rollout = config.ppo.max_new_tokens
+    if rollout is None:  # the rule's limit from the answers' estimated lengths, which err high
+        rollout = defaults.rollout_limit([memory_plan.text_tokens(p.chosen) for p in pairs]).value
     return memory_plan.workload_from_pairs(pairs, config.method, min(config.batch_size, max(1, len(pairs))),
-                                           config.max_length, config.lora.rank, config.ppo.max_new_tokens, rows)
+                                           config.max_length, config.lora.rank, rollout, rows)
 
 
 def plan_for(config: TrainConfig, shape: ModelShape, pairs, device: str, precision: str, free: int | None) -> Plan:

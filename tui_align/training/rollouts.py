@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from transformers import GenerationConfig
 
-from . import losses
+from . import defaults, losses
 from .config import TrainConfig
 from .data import EncodedPair, prompt_batch
 from .reward import final_hidden_states, reward_scores
@@ -89,7 +89,7 @@ def generate_rollouts(model, tokenizer, prompt_rows: list[list[int]], config: Tr
     sampling = {"temperature": config.ppo.temperature, "top_k": 0, "top_p": 1.0} if not greedy else {}
     settings = GenerationConfig(
         do_sample=not greedy,
-        max_new_tokens=config.ppo.max_new_tokens,
+        max_new_tokens=defaults.rollout_tokens(config.ppo),
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=stop_ids,
         **sampling,
