@@ -241,7 +241,7 @@ def rollout_limit(answer_tokens: list[int]) -> Choice:
     if not answer_tokens:
         return Choice("ppo.max_new_tokens", ROLLOUT_TOKENS, "no picked answers to measure")
     ordered = sorted(answer_tokens)
-    covering = ordered[min(len(ordered) - 1, math.ceil(ROLLOUT_QUANTILE * len(ordered)) - 1)]
+    covering = ordered[math.ceil(ROLLOUT_QUANTILE * len(ordered)) - 1]  # nearest rank
     value = min(MAX_ROLLOUT_TOKENS, max(ROLLOUT_TOKENS, covering))
     share = f"{ROLLOUT_QUANTILE:.0%} of the picked answers"
     if value == covering:
