@@ -280,10 +280,37 @@ def held_out_questions() -> list[str]:
     return [q for q, _ in synthetic.QUESTIONS[-synthetic.EVAL_COUNT:]]
 
 
+class TimedEvents:
+    """The run's events, each with the monotonic time it arrived, to say where the run's seconds went."""
+
+    # The work that ends with each kind of event (a progress event's own task says which phase it ends)
+    PARTS = {"step": "steps", "answers": "answer checks", "baseline": "answer checks", "eval": "evals"}
+
+    def __init__(self):
+        from tui_align.training.events import CollectEvents
+
+        self.inner = CollectEvents()
+        self.events, self.of = self.inner.events, self.inner.of
+        self.times: list[float] = []
+
+    def __call__(self, kind: str, /, **fields) -> None:
+        self.inner(kind, **fields)
+        self.times.append(time.monotonic())
+
+    def split(self, started: float) -> dict[str, float]:
+        """Seconds by part (steps, answer checks, evals, the rest): the time before each event is spent on
+        the work that event ends."""
+        parts: dict[str, float] = {}
+        for event, at, before in zip(self.events, self.times, [started, *self.times]):
+            kind = event.get("task", event["event"]) if event["event"] == "progress" else event["event"]
+            part = self.PARTS.get(kind, "loading and the rest")
+            parts[part] = parts.get(part, 0.0) + at - before
+        return {part: round(seconds, 1) for part, seconds in parts.items()}
+
+
 def run_one(method: str, trait: str, count: int, flags: list[str], models_dir: Path, answers_for,
             work: Path, settings: list[str] = ()) -> dict:
     from tui_align.training import runner
-    from tui_align.training.events import CollectEvents
 
     held_q = held_out_questions()
     pairs, skipped = training_pairs(trait, count, answers_for)
@@ -291,7 +318,7 @@ def run_one(method: str, trait: str, count: int, flags: list[str], models_dir: P
     _, config = train_args.parse(["--method", method, *flags])
     config = ppo_overrides(config, list(settings))
     out = work / f"{method}-{trait}-{count}"
-    events = CollectEvents()
+    events = TimedEvents()
     started = time.monotonic()
     options = runner.RunOptions(config=config, models_dir=models_dir, adapters_dir=work, pairs=pairs, out=str(out))
     code = runner.run(options, events)
@@ -310,7 +337,7 @@ def run_one(method: str, trait: str, count: int, flags: list[str], models_dir: P
         "steps": record["steps_done"], "planned_steps": events.of("start")[0]["total_steps"],
         "early_stopped_at": record["metrics"].get("early_stopped_at"),
         "learning_rate": record["settings"]["learning_rate"], "sft_weight": record["settings"]["dpo"]["sft_weight"],
-        "seconds": round(seconds, 1),
+        "seconds": round(seconds, 1), "seconds_by_part": events.split(started),
         "trait_before": sum(has_trait(trait, q, a) for q, a in zip(held_q, before)),
         "trait_after": sum(has_trait(trait, q, a) for q, a in zip(held_q, after)),
         "of": len(held_q),

@@ -54,6 +54,21 @@ def test_one_sentence_picks_skip_prompts_already_answered_in_one_sentence():
     assert none_skipped == 0 and [p.prompt for p in prefix] == [trait_panel.synthetic.user_prompt(q) for q in pool[:10]]
 
 
+def test_the_panel_splits_a_run_s_seconds_by_the_work_each_event_ends(monkeypatch):
+    clock = iter([1.0, 3.0, 4.5, 5.0, 9.0, 9.5, 12.0])
+    monkeypatch.setattr(trait_panel.time, "monotonic", lambda: next(clock))
+    events = trait_panel.TimedEvents()
+    events("start", total_steps=2)  # 0 -> 1: loading
+    events("progress", task="baseline", done=1)  # 1 -> 3: the base's answers
+    events("step", step=1)  # 3 -> 4.5
+    events("eval", step=1)  # 4.5 -> 5
+    events("progress", task="answers", done=1)  # 5 -> 9
+    events("answers", step=1)  # 9 -> 9.5
+    events("step", step=2)  # 9.5 -> 12
+    assert events.split(started=0.0) == {"loading and the rest": 1.0, "answer checks": 6.5, "steps": 4.0, "evals": 0.5}
+    assert [e["event"] for e in events.of("step")] == ["step", "step"]
+
+
 def test_a_precision_run_stops_timing_at_its_steps_or_past_the_cap_with_two_steps():
     assert precision.enough([0, 1, 2, 3], steps=3, cap_s=None)
     assert not precision.enough([0, 1, 2], steps=3, cap_s=None)
