@@ -107,8 +107,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     # Greedy answers to this many held-out prompts, against the base's, at evals a quarter of the run apart
     # and at the end (answer_watch.py): whether the run changed the answers and whether they still hold
-    # together (answer_checks.py). A run
-    # whose answers start to repeat or shrink stops and keeps its last sound adapter. 0 = no check.
+    # together (answer_checks.py). A run whose answers start to repeat or shrink stops and keeps its last
+    # sound adapter. 0 = no check.
     check_answers: int = 8
     checkpoint_every: int = 0  # steps between checkpoints; 0 = only at the end or on cancel
     max_grad_norm: float = 1.0  # gradients are clipped to this total norm, as every peer does; 0 = no clipping
