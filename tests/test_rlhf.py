@@ -107,6 +107,19 @@ def test_rollouts_decode_outside_the_run_s_cpu_bf16_autocast(smol_tokenizer, tin
     assert seen and set(seen) == {torch.float32}
 
 
+def test_the_answer_check_s_greedy_answers_decode_outside_cpu_bf16_autocast_too(smol_tokenizer, tiny_llama):
+    from tui_align.training.generate import greedy_answers
+
+    seen = []
+    hook = tiny_llama.lm_head.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            greedy_answers(tiny_llama, smol_tokenizer, [[1, 9690, 198]], max_new_tokens=2)
+    finally:
+        hook.remove()
+    assert seen and set(seen) == {torch.float32}
+
+
 def test_scoring_with_the_reward_adapter_leaves_the_policy_active_and_trainable(smol_tokenizer, tiny_llama):
     model = with_lora(tiny_llama, rank=4)
     reward.add_reward_adapter(model)

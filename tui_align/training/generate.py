@@ -1,4 +1,5 @@
-"""Greedy answers from a model being trained: what the answer check and the trait benchmarks read."""
+"""Decoding inside a training run: greedy answers for the answer check and the trait benchmarks, and the
+precision every decode of a run uses (PPO's rollouts too)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,18 @@ import torch
 from .data import prompt_batch
 
 
+def decoding():
+    """The context a run decodes in: outside CPU bf16 autocast, which recasts every frozen weight at every
+    token. On the default model greedy answers took 11.7 s under it against 5.8 s without, and a batch of 4
+    decoded at 205 ms a token against 117 (2-core Xeon). Training keeps the run's precision; on CUDA and in
+    float32 runs this changes nothing."""
+    return torch.autocast("cpu", enabled=False)
+
+
 @torch.no_grad()
 def greedy_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 8) -> list[str]:
-    """Greedy answers to templated prompts (token ids), batched with left padding; the model's train/eval
-    mode is left as it was."""
+    """Greedy answers to templated prompts (token ids), batched with left padding, in `decoding()`; the
+    model's train/eval mode is left as it was."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -18,8 +27,9 @@ def greedy_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: i
     try:
         for start in range(0, len(prompts), batch_size):
             batch = {k: v.to(device) for k, v in prompt_batch(prompts[start : start + batch_size], tokenizer.pad_token_id).items()}
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            with decoding():
+                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
             answers.extend(tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True))
     finally:
         model.train(was_training)

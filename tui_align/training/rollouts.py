@@ -15,6 +15,7 @@ from transformers import GenerationConfig
 from . import defaults, losses
 from .config import TrainConfig
 from .data import EncodedPair, prompt_batch
+from .generate import decoding
 from .reward import final_hidden_states, reward_scores
 
 
@@ -98,10 +99,8 @@ def generate_rollouts(model, tokenizer, prompt_rows: list[list[int]], config: Tr
     own = base.generation_config
     base.generation_config = GenerationConfig()
     try:
-        # Outside CPU bf16 autocast, as the answer check decodes: it recasts every frozen weight at every
-        # token, and on the default model a batch of 4 decoded at 205 ms a token under it against 117
-        # without (2-core Xeon). The ratio's old log-probs come from policy_forward, in the run's precision.
-        with torch.autocast("cpu", enabled=False):
+        # The ratio's old log-probs come from policy_forward, in the run's precision; only sampling leaves it.
+        with decoding():
             out = model.generate(input_ids=ids, attention_mask=mask, generation_config=settings)
     finally:
         base.generation_config = own
