@@ -32,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                 f"({rule.CHANGING_PICKS_MIN_STEPS} for DPO on picks that don't only add an opening or a sign-off) and, "
                 f"past {rule.LARGE_SET_STEPS}, fewer passes (at least one), and the method's learning rate "
                 "scaled for the LoRA's alpha/rank; the start says what it chose. At evals a quarter of the run "
-                "apart it checks greedy answers to held-out prompts against the base model's, stops a run whose answers start to repeat or shrink, "
-                "and keeps its last sound adapter. "
+                "apart it checks greedy answers to held-out prompts against the base model's, stops a run "
+                "whose answers start to repeat or shrink, and keeps its last sound adapter. "
                 "Exit codes: 0 completed, 1 failed, 2 bad arguments, 130 cancelled (resume with --resume RUN_DIR)."),
     )
     add = parser.add_argument
