@@ -377,6 +377,39 @@ def test_chunked_head_gradients_under_bf16_autocast_match_full_logits():
     assert (got - want).abs().max() / want.abs().max() < 0.02
 
 
+def test_under_bf16_autocast_the_head_s_products_take_its_weight_in_bf16_cast_once_a_pass():
+    """Autocast cast the whole head (49k x 576 on the default model) again for every chunk, and backward's
+    product for the hidden states' gradient ran in float32, outside autocast: both now run as autocast runs
+    a Linear, in bf16, from one cast of the weight a pass. Watched at the ops torch dispatches (autocast's own
+    casts included), in forward and in backward."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from tui_align.training.head_logps import head_label_logps
+
+    vocab = 500
+    seen = {"products": [], "casts": 0}
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            tensors = [a for a in args if isinstance(a, torch.Tensor)]
+            if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.matmul):
+                seen["products"].append({t.dtype for t in tensors if vocab in t.shape})
+            if func.overloadpacket is torch.ops.aten._to_copy and tensors[0].shape == (vocab, 64):
+                seen["casts"] += 1
+            return func(*args, **(kwargs or {}))
+
+    weight = torch.randn(vocab, 64)
+    hidden = torch.randn(40, 64).requires_grad_()
+    targets = torch.randint(0, vocab, (40,))
+    with Watch():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logps = head_label_logps(hidden, weight, targets, chunk=16)  # 3 chunks
+        torch.autograd.grad(logps.sum(), hidden)
+    assert len(seen["products"]) == 3 + 2 * 3  # forward; backward's recomputed logits and the gradient
+    assert all(dtypes == {torch.bfloat16} for dtypes in seen["products"]), seen["products"]
+    assert seen["casts"] == 2  # one in forward, one in backward
+
+
 def test_leave_one_out_advantages_compare_answers_to_the_same_prompt_only():
     # two prompts, two answers each; the second prompt is "easy" (high scores for both answers)
     rewards = torch.tensor([[0.0, 0.0, 1.0], [0.0, 3.0, 0.0], [0.0, 0.0, 10.0], [0.0, 0.0, 10.0]])
