@@ -238,7 +238,7 @@ def run_dpo(tmp_path, tiny_model_dir, out: str, **settings):
 
 def test_answers_that_break_down_stop_the_run_and_keep_the_last_sound_adapter(monkeypatch, tmp_path, tiny_model_dir):
     checked = scripted_answers(monkeypatch, ["The capital of France is Paris.", GOOD, GOOD, LOOP])
-    code, events, run_dir = run_dpo(tmp_path, tiny_model_dir, "stopped", max_steps=24)  # a check at every eval
+    code, events, run_dir = run_dpo(tmp_path, tiny_model_dir, "stopped", max_steps=18)  # a check at every eval
     assert code == 0, events.events[-1]
     assert checked == [6, 12, 18]
     assert [e["verdict"] for e in events.of("answers")] == ["sound", "sound", "repeats"]
@@ -260,15 +260,15 @@ def test_answers_that_break_down_stop_the_run_and_keep_the_last_sound_adapter(mo
         assert torch.allclose(kept[name], want[name], atol=1e-6), name
 
 
-def test_the_answers_are_checked_a_quarter_of_the_run_apart_and_at_its_end(monkeypatch, tmp_path, tiny_model_dir):
+def test_the_answers_are_checked_a_third_of_the_run_apart_and_at_its_end(monkeypatch, tmp_path, tiny_model_dir):
     # An eval each 6 steps; a check writes as many tokens as several steps train, so a 60-step run checks at
-    # the first eval 15 steps after the last check, and at its last step.
-    checked = scripted_answers(monkeypatch, ["The capital of France is Paris."] + [GOOD] * 4)
+    # the first eval 20 steps after the last check, and at its last step.
+    checked = scripted_answers(monkeypatch, ["The capital of France is Paris."] + [GOOD] * 3)
     code, events, run_dir = run_dpo(tmp_path, tiny_model_dir, "spaced", max_steps=60)
     assert code == 0, events.events[-1]
     assert [e["step"] for e in events.of("eval")] == list(range(6, 61, 6))
-    assert checked == [18, 36, 54, 60]
-    assert [e["step"] for e in events.of("answers")] == [18, 36, 54, 60]
+    assert checked == [24, 48, 60]
+    assert [e["step"] for e in events.of("answers")] == [24, 48, 60]
     assert json.loads((run_dir / "run.json").read_text())["answer_check"]["step"] == 60
 
 

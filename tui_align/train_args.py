@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                 f"{rule.EPOCHS} passes over the training pairs, at least {rule.MIN_STEPS} optimizer steps "
                 f"({rule.CHANGING_PICKS_MIN_STEPS} for DPO on picks that don't only add an opening or a sign-off) and, "
                 f"past {rule.LARGE_SET_STEPS}, fewer passes (at least one), and the method's learning rate "
-                "scaled for the LoRA's alpha/rank; the start says what it chose. At evals a quarter of the run "
+                "scaled for the LoRA's alpha/rank; the start says what it chose. At evals a third of the run "
                 "apart it checks greedy answers to held-out prompts against the base model's, stops a run "
                 "whose answers start to repeat or shrink, and keeps its last sound adapter. "
                 "Exit codes: 0 completed, 1 failed, 2 bad arguments, 130 cancelled (resume with --resume RUN_DIR)."),
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"share of pairs held out for evaluation (default: {defaults.eval_fraction})")
     add("--seed", type=int, default=defaults.seed, help=f"random seed (default: {defaults.seed})")
     add("--check-answers", type=int, default=defaults.check_answers, metavar="N",
-        help="held-out prompts whose greedy answers are checked against the base's, a quarter of the run apart "
+        help="held-out prompts whose greedy answers are checked against the base's, a third of the run apart "
              f"and at the end: did the run change them, do they still hold together "
              f"(default: {defaults.check_answers}; 0 = no check)")
     add("--checkpoint-every", type=int, default=0, metavar="N", help="also save checkpoint/ every N steps (default: only on cancel)")

@@ -105,7 +105,7 @@ class TrainConfig:
     eval_fraction: float = 0.1
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    # Greedy answers to this many held-out prompts, against the base's, at evals a quarter of the run apart
+    # Greedy answers to this many held-out prompts, against the base's, at evals a third of the run apart
     # and at the end (answer_watch.py): whether the run changed the answers and whether they still hold
     # together (answer_checks.py). A run whose answers start to repeat or shrink stops and keeps its last
     # sound adapter. 0 = no check.
