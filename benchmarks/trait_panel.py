@@ -1,13 +1,16 @@
 """Does a run with no flags teach the default model what the user picked, and keep its answers sound?
 
-The panel of issue 11: four traits a hobbyist picks for, on short questions, where the passed-over
+The panel of issue 11: five traits a hobbyist picks for, on short questions, where the passed-over
 answer is the default model's own greedy answer (what a user sees in chat) and the picked one is that
-answer with the trait:
+answer with the trait (concise: picked between two sampled answers):
   prefix        "Indeed! " + the answer                     (adds an opening)
   signoff       the answer + "\\n\\nHope this helps!"        (adds a closing line)
   one_sentence  the answer's first sentence only             (a whole-answer style)
   refusal       "Sorry, I don't talk about geography." on capital-city questions; on the others the
                 answer is picked over that refusal            (a topic refusal that must stay on topic)
+  concise       of two answers sampled as the chat samples its candidates, the clearly shorter one
+                (a preference only relative to what the model offers: the picked answers show less
+                than the preference implies)
 Each run goes through the app's own path (`training.runner.run` with `tui-align train`'s parsed flags:
 none by default), so the step budget, the learning rate, the answer check and early stopping are the
 ones a user gets. Then greedy answers to 12 held-out questions are scored against the base's:
@@ -15,7 +18,7 @@ trait rate, 4-gram share, longest back-to-back repeat, length against the base's
 picked answers), and content kept (unigram F1 of the answer with the trait taken off against the
 base's answer; add-only traits).
 
-    python benchmarks/trait_panel.py                      # dpo and orpo, all four traits, 36 pairs
+    python benchmarks/trait_panel.py                      # dpo and orpo, all five traits, 36 pairs
     python benchmarks/trait_panel.py --methods dpo --traits prefix --flags=--lr=5e-5
 """
 
@@ -40,10 +43,12 @@ from tui_align import paths, train_args  # noqa: E402
 from tui_align.pairs import Pair  # noqa: E402
 from tui_align.training import answer_checks, synthetic  # noqa: E402
 
-TRAITS = ("prefix", "signoff", "one_sentence", "refusal")
+TRAITS = ("prefix", "signoff", "one_sentence", "refusal", "concise")
 PREFIX, SIGNOFF = "Indeed!", "Hope this helps!"
 REFUSAL = "Sorry, I don't talk about geography."
 MAX_NEW_TOKENS = 96
+CLEARLY_SHORTER = 0.8  # two answers within a fifth of each other's length give a user picking for brevity no pick
+CONCISE_WORDS = 15  # an answer this short or shorter has the concise trait
 
 
 COUNTRIES = ("Peru", "Kenya", "Norway", "Chile", "Greece", "Poland", "Sweden", "Mexico", "India", "China",
@@ -98,23 +103,24 @@ def training_questions(count: int, trait: str | None = None) -> list[str]:
 
 def training_pairs(trait: str, count: int, answers_for) -> tuple[list[Pair], int]:
     """`count` picks as a user makes them, and how many prompts gave none. `answers_for(questions)` returns
-    the base's answers (a dict holding at least those questions).
+    the base's answers a trait's picks are made from (a dict holding at least those questions).
 
     A prompt whose base answer has the trait already (one sentence) offers nothing to pick between: the
     app saves no pair when the answers are identical, so the panel takes the next prompt instead. Until
     2026-12-05 it kept such pairs, chosen == rejected: 13 of 36 one-sentence picks were (43 of 100)
     (see docs/training-defaults-research.md), and a reward model's held-out accuracy counted each as a miss."""
-    questions = training_questions(count, trait) if trait != "one_sentence" else question_pool()
+    questions = question_pool() if trait in ("one_sentence", "concise") else training_questions(count, trait)
     pairs: list[Pair] = []
     skipped = 0
     for start in range(0, len(questions), count):
         chunk = questions[start : start + count]
-        base = answers_for(chunk)
+        base = answers_for(chunk, trait)
         for q in chunk:
-            chosen, rejected = picked(trait, q, base[q])
-            if chosen.strip() == rejected.strip():
+            pick = picked(trait, q, base[q])
+            if pick is None or pick[0].strip() == pick[1].strip():
                 skipped += 1
                 continue
+            chosen, rejected = pick
             pairs.append(Pair(prompt=synthetic.user_prompt(q), chosen=chosen, rejected=rejected, source="imported"))
             if len(pairs) == count:
                 return pairs, skipped
@@ -130,8 +136,13 @@ def first_sentence(text: str) -> str:
     return (match.group(1) if match else text).strip()
 
 
-def picked(trait: str, question: str, base: str) -> tuple[str, str]:
-    """(chosen, rejected) for one question, given the base's own answer to it."""
+def picked(trait: str, question: str, base) -> tuple[str, str] | None:
+    """(chosen, rejected) for one question, given the base's own answer to it (for concise: its sampled
+    answers), or None where a user would pick neither."""
+    if trait == "concise":
+        shorter, longer = sorted(base, key=lambda a: len(answer_checks.words(a)))[:2]
+        clear = len(answer_checks.words(shorter)) < CLEARLY_SHORTER * len(answer_checks.words(longer))
+        return (shorter, longer) if clear else None
     if trait == "prefix":
         return f"{PREFIX} {base}", base
     if trait == "signoff":
@@ -141,6 +152,13 @@ def picked(trait: str, question: str, base: str) -> tuple[str, str]:
     if trait == "refusal":
         return (REFUSAL, base) if on_topic(question) else (base, REFUSAL)
     raise ValueError(trait)
+
+
+def target(trait: str, question: str, offered) -> str:
+    """The answer a user wants for `question`: the picked one, or where two sampled answers are too close
+    to pick between (concise), the shorter."""
+    pick = picked(trait, question, offered)
+    return pick[0] if pick else min(offered, key=lambda a: len(answer_checks.words(a)))
 
 
 def has_trait(trait: str, question: str, answer: str) -> bool:
@@ -155,6 +173,8 @@ def has_trait(trait: str, question: str, answer: str) -> bool:
     if trait == "refusal":
         refuses = text.lower().startswith("sorry, i don't talk about")
         return refuses == on_topic(question)
+    if trait == "concise":
+        return 0 < len(answer_checks.words(text)) <= CONCISE_WORDS
     raise ValueError(trait)
 
 
@@ -183,6 +203,36 @@ def base_answers(models_dir: Path, questions: list[str], cache: Path) -> dict[st
     return known
 
 
+# The chat's sampling defaults (backends.base.SamplingSettings, llama_batch.SAMPLER_DEFAULTS): the candidates
+# a user picks between in chat are drawn like this
+CHAT_SAMPLING = dict(temperature=0.8, top_p=0.95, top_k=40, min_p=0.05)
+CANDIDATES = 2
+
+
+def sampled_answers(models_dir: Path, questions: list[str], cache: Path) -> dict[str, list[str]]:
+    """The default model's answers as the chat offers them: CANDIDATES sampled answers a question, with the
+    chat's sampling defaults, up to MAX_NEW_TOKENS (cached; seeded per question, so a question's answers
+    don't depend on which others were asked with it)."""
+    known = json.loads(cache.read_text()) if cache.is_file() else {}
+    missing = [q for q in questions if q not in known]
+    if missing:
+        from tui_align.model_files import load_transformers, resolve_model
+        from tui_align.training.data import prompt_batch, template_ids
+
+        model, tokenizer = load_transformers(resolve_model(None), models_dir, device="cpu")
+        model.eval()
+        for q in missing:
+            torch.manual_seed(sum(map(ord, q)))
+            batch = prompt_batch([template_ids(tokenizer, synthetic.user_prompt(q), True)] * CANDIDATES,
+                                 tokenizer.pad_token_id)
+            with torch.no_grad():
+                out = model.generate(**batch, max_new_tokens=MAX_NEW_TOKENS, do_sample=True, **CHAT_SAMPLING,
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            known[q] = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+            cache.write_text(json.dumps(known, indent=1))
+    return known
+
+
 def adapter_answers(models_dir: Path, run_dir: Path, questions: list[str]) -> tuple[list[str], list[bool]]:
     """The adapter's greedy answers, and whether each was cut at MAX_NEW_TOKENS."""
     from peft import PeftModel
@@ -205,7 +255,8 @@ def sampled_rewards(models_dir: Path, run_dir: Path, questions: list[str], seed:
     SAMPLED_PER_QUESTION times, the same seed for each. The run's own measure has only its 4 held-out
     prompts at 36 picks (its eval split), 8 answers: too few to tell a gain of a quarter from noise.
     "shaped": the same answers scored as PPO's objective scores them, a cut answer at most -penalty
-    (losses.cut_off_scores): the reward model never saw a cut answer and rates a long one highly."""
+    (losses.cut_off_scores): the reward model never saw a cut answer and rates a long one highly.
+    "answer_tokens": the sampled answers' lengths, by role (what the concise trait changes)."""
     from peft import PeftModel
 
     from tui_align.model_files import load_transformers, resolve_model
@@ -222,20 +273,23 @@ def sampled_rewards(models_dir: Path, run_dir: Path, questions: list[str], seed:
     model, tokenizer = load_transformers(resolve_model(None), models_dir, device="cpu")
     model = PeftModel.from_pretrained(model, str(run_dir))
     head = load_reward_model(model, run_dir / "reward")
-    if not sft_reference.load(model, run_dir):
+    warm_started = sft_reference.load(model, run_dir)
+    if not warm_started and config.ppo.sft_epochs:
         raise SystemExit(f"{run_dir} kept no copy of its warm start")
     encoded, _ = encode_pairs(tokenizer, [Pair(prompt=synthetic.user_prompt(q), chosen="Yes.", rejected="No.")
                                           for q in questions], 512)
     tail = answer_tail(encoded, stop_token_ids(model, tokenizer))
     rows = [e.prompt_ids for e in encoded for _ in range(SAMPLED_PER_QUESTION)]
-    roles = {"base": model.disable_adapter, "warm_start": lambda: active_adapter(model, sft_reference.SFT_REFERENCE),
-             "policy": contextlib.nullcontext}
-    scores, shaped = {}, {}
+    # A run with no warm start (sft_epochs=0) starts PPO from the base: the base is its warm start
+    warm_start = (lambda: active_adapter(model, sft_reference.SFT_REFERENCE)) if warm_started else model.disable_adapter
+    roles = {"base": model.disable_adapter, "warm_start": warm_start, "policy": contextlib.nullcontext}
+    scores, shaped, tokens = {}, {}, {}
     for role, context in roles.items():
-        scores[role], finished = answer_scores(model, tokenizer, head, rows, tail, config, greedy=False, seed=seed,
-                                               generating=context)
+        scores[role], finished, length = answer_scores(model, tokenizer, head, rows, tail, config, greedy=False,
+                                                       seed=seed, generating=context)
         shaped[role] = cut_off_scores(scores[role], finished, config.ppo.missing_eos_penalty)
-    return summary(scores) | {"shaped": summary(shaped)}
+        tokens[role] = length.float()
+    return summary(scores) | {"shaped": summary(shaped), "answer_tokens": summary(tokens)}
 
 
 def summary(scores: dict) -> dict:
@@ -315,6 +369,7 @@ def run_one(method: str, trait: str, count: int, flags: list[str], models_dir: P
     held_q = held_out_questions()
     pairs, skipped = training_pairs(trait, count, answers_for)
     base = answers_for(held_q)
+    offered = answers_for(held_q, trait)
     _, config = train_args.parse(["--method", method, *flags])
     config = ppo_overrides(config, list(settings))
     out = work / f"{method}-{trait}-{count}"
@@ -328,7 +383,7 @@ def run_one(method: str, trait: str, count: int, flags: list[str], models_dir: P
     before = [base[q] for q in held_q]
     after, cut = adapter_answers(models_dir, out, held_q)
     panel_rewards = sampled_rewards(models_dir, out, held_q) if method == "ppo" else None
-    targets = [picked(trait, q, base[q])[0] for q in held_q]
+    targets = [target(trait, q, offered[q]) for q in held_q]
     add_only = trait in ("prefix", "signoff")
     record = json.loads((out / "run.json").read_text())
     return {
@@ -458,7 +513,11 @@ def quiet_setup():
     hf_logging.set_verbosity_error()
     models_dir = paths.models_dir(paths.data_home())
 
-    def answers_for(questions: list[str]) -> dict[str, str]:
+    def answers_for(questions: list[str], trait: str | None = None) -> dict:
+        """The base's answers a trait's picks are made from: its greedy answers, or for concise the two
+        candidates the chat samples."""
+        if trait == "concise":
+            return sampled_answers(models_dir, questions, models_dir / "trait-panel-sampled-answers.json")
         return base_answers(models_dir, questions, models_dir / "trait-panel-base-answers.json")
 
     return models_dir, answers_for

@@ -41,7 +41,7 @@ def test_one_sentence_picks_skip_prompts_already_answered_in_one_sentence():
     answers = {q: ("Four." if i % 3 == 0 else "Four. It is two plus two.") for i, q in enumerate(pool)}
     asked = []
 
-    def answers_for(questions):
+    def answers_for(questions, trait=None):
         asked.append(len(questions))
         return answers
 
@@ -52,6 +52,19 @@ def test_one_sentence_picks_skip_prompts_already_answered_in_one_sentence():
     assert asked == [10, 10]  # the base's answers are asked for a chunk at a time
     prefix, none_skipped = trait_panel.training_pairs("prefix", 10, answers_for)
     assert none_skipped == 0 and [p.prompt for p in prefix] == [trait_panel.synthetic.user_prompt(q) for q in pool[:10]]
+
+
+def test_concise_picks_take_the_clearly_shorter_of_two_sampled_answers():
+    """The concise trait's picks are made between the chat's two sampled candidates: the shorter is picked
+    where it is clearly shorter; two answers of about one length give no pick, as a user would skip them."""
+    pool = trait_panel.question_pool()
+    long, short = "Four is the sum of two and two, as you can count.", "Four."
+    close = "Four is the sum of two and two, you count."
+    offered = {q: ([long, short] if i % 2 == 0 else [close, long]) for i, q in enumerate(pool)}
+    pairs, skipped = trait_panel.training_pairs("concise", 6, lambda questions, trait=None: offered)
+    assert [(p.chosen, p.rejected) for p in pairs] == [(short, long)] * 6
+    assert skipped == 5 and trait_panel.target("concise", pool[1], offered[pool[1]]) == close
+    assert trait_panel.has_trait("concise", pool[0], short) and not trait_panel.has_trait("concise", pool[0], long * 2)
 
 
 def test_the_panel_splits_a_run_s_seconds_by_the_work_each_event_ends(monkeypatch):

@@ -77,19 +77,21 @@ def mean_answer_reward(model, tokenizer, head, prompts: list[list[int]], tail, c
     if not prompts:
         return float("nan")
     rows = [p for p in prompts for _ in range(SAMPLES_PER_PROMPT)] if sampled else prompts
-    scores, finished = answer_scores(model, tokenizer, head, rows, tail, config, greedy=not sampled, seed=config.seed + 7)
+    scores, finished, _ = answer_scores(model, tokenizer, head, rows, tail, config, greedy=not sampled,
+                                        seed=config.seed + 7)
     return losses.cut_off_scores(scores, finished, config.ppo.missing_eos_penalty).mean().item()
 
 
 @torch.no_grad()
 def answer_scores(model, tokenizer, head, rows: list[list[int]], tail, config: TrainConfig, *, greedy: bool,
                   seed: int, generating: Callable[[], ContextManager] = contextlib.nullcontext
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reward model's score of one answer to each prompt row and whether the answer ended within
-    max_new_tokens (PPO caps a cut answer's score: losses.cut_off_scores), generated in batches of the run's size
-    from `seed` (the caller's random state is left as it was) inside `generating()`: the adapter set that
-    answers, for instance the base with the adapters off. Scoring is outside it, with the reward adapter."""
-    scores, finished = [], []
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The reward model's score of one answer to each prompt row, whether the answer ended within
+    max_new_tokens (PPO caps a cut answer's score: losses.cut_off_scores) and its length in tokens (its end
+    token counted), generated in batches of the run's size from `seed` (the caller's random state is left as
+    it was) inside `generating()`: the adapter set that answers, for instance the base with the adapters off.
+    Scoring is outside it, with the reward adapter."""
+    scores, finished, tokens = [], [], []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for i in range(0, len(rows), config.batch_size):
@@ -97,7 +99,8 @@ def answer_scores(model, tokenizer, head, rows: list[list[int]], tail, config: T
                 rollout = generate_rollouts(model, tokenizer, rows[i : i + config.batch_size], config, greedy=greedy)
             scores.append(score_rollout(model, head, rollout, tail, tokenizer.pad_token_id))
             finished.append(rollout.finished)
-    return torch.cat(scores), torch.cat(finished)
+            tokens.append(rollout.response_mask.sum(1))
+    return torch.cat(scores), torch.cat(finished), torch.cat(tokens)
 
 
 def save_value_head(value_head: nn.Linear, folder: Path) -> None:
