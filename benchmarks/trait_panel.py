@@ -280,11 +280,14 @@ def sampled_rewards(models_dir: Path, run_dir: Path, questions: list[str], seed:
                                           for q in questions], 512)
     tail = answer_tail(encoded, stop_token_ids(model, tokenizer))
     rows = [e.prompt_ids for e in encoded for _ in range(SAMPLED_PER_QUESTION)]
-    # A run with no warm start (sft_epochs=0) starts PPO from the base: the base is its warm start
-    warm_start = (lambda: active_adapter(model, sft_reference.SFT_REFERENCE)) if warm_started else model.disable_adapter
+    # A run with no warm start (sft_epochs=0) starts PPO from the base: the base's answers are its warm start's
+    warm_start = (lambda: active_adapter(model, sft_reference.SFT_REFERENCE)) if warm_started else None
     roles = {"base": model.disable_adapter, "warm_start": warm_start, "policy": contextlib.nullcontext}
     scores, shaped, tokens = {}, {}, {}
     for role, context in roles.items():
+        if context is None:  # the same seed would sample the base's answers again
+            scores[role], shaped[role], tokens[role] = scores["base"], shaped["base"], tokens["base"]
+            continue
         scores[role], finished, length = answer_scores(model, tokenizer, head, rows, tail, config, greedy=False,
                                                        seed=seed, generating=context)
         shaped[role] = cut_off_scores(scores[role], finished, config.ppo.missing_eos_penalty)
