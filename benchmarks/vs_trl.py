@@ -159,7 +159,7 @@ def worker_ours(opts) -> dict:
     """Our DPO / reward / ORPO loop, called as the runner calls it (no run folder: that is I/O, not training)."""
     import torch
 
-    from tui_align.training import methods, reward
+    from tui_align.training import frozen_bf16, methods, reward
     from tui_align.training.config import TrainConfig
     from tui_align.training.job import Job
     from tui_align.training.lora import attach_lora
@@ -186,6 +186,7 @@ def worker_ours(opts) -> dict:
     if opts.pass_tokens is not None:
         config.pass_tokens = opts.pass_tokens
     model = attach_lora(model, config, None)
+    frozen_bf16.keep_in_bf16(model, placement)  # as the runner does under CPU bf16 autocast
     load_s = time.monotonic() - started
 
     marks: dict = {"ends": [], "losses": []}

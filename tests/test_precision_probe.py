@@ -53,3 +53,20 @@ def test_a_run_says_what_it_measured_and_keeps_it_in_run_json(capsys, pairs_file
     assert said == "cpu, bf16 autocast, chosen by measuring: bf16: 240 vs 60 GFLOP/s in float32 on this CPU"
     record = json.loads((Path(start["run_dir"]) / "run.json").read_text())
     assert record["precision_measured"]["faster"] == "bf16"
+
+
+def test_on_the_cpu_bf16_is_timed_as_a_run_trains_it_bf16_weights_taking_float32_inputs_under_autocast(monkeypatch):
+    import torch
+    import torch.nn.functional as F
+
+    seen, real = set(), F.linear
+
+    def watched(x, weight, *args):
+        seen.add((weight.dtype, x.dtype, torch.is_autocast_enabled("cpu")))
+        return real(x, weight, *args)
+
+    monkeypatch.setattr(F, "linear", watched)
+    monkeypatch.setattr(precision_probe, "TIME_EACH_S", 0.001)
+    assert set(REAL_MEASURE("cpu", (64, 128))) == {"float32", "bf16"}
+    assert seen == {(torch.float32, torch.float32, False), (torch.bfloat16, torch.float32, True)}
+    assert precision_probe.machine_key("cpu", (64, 128)).endswith("|64x128|bf16 weights")  # older timings don't count

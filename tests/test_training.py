@@ -469,12 +469,13 @@ def test_cli_trains_and_writes_a_loadable_adapter(capsys, pairs_file, tiny_model
 
 
 def test_bf16_on_the_cpu_runs_the_loop_under_bf16_autocast(capsys, pairs_file, tiny_model_dir, monkeypatch):
-    autocast_seen = []
+    autocast_seen, base_dtypes = [], set()
     real = forward.batch_logps
 
-    def watched(*args, **kwargs):
+    def watched(model, *args, **kwargs):
         autocast_seen.append(torch.is_autocast_enabled("cpu"))
-        return real(*args, **kwargs)
+        base_dtypes.add(model.get_base_model().model.layers[0].mlp.down_proj.base_layer.weight.dtype)
+        return real(model, *args, **kwargs)
 
     monkeypatch.setattr(forward, "batch_logps", watched)
     common = ("--method", "dpo", "--data", pairs_file, "--model", tiny_model_dir, "--max-steps", 3,
@@ -485,6 +486,7 @@ def test_bf16_on_the_cpu_runs_the_loop_under_bf16_autocast(capsys, pairs_file, t
     said = next(e for e in events if e["event"] == "precision")["message"]  # this test's CPU "measures" bf16 slower
     assert said == "--precision bf16 is the slower one here: float32: 100 vs 50 GFLOP/s in bf16 on this CPU"
     assert autocast_seen and all(autocast_seen)  # the reference pass and every step
+    assert base_dtypes == {torch.bfloat16}  # the frozen base's linears kept in bf16 (frozen_bf16)
     losses = [e["loss"] for e in events if e["event"] == "step"]
     assert losses[0] == pytest.approx(0.6931, abs=1e-3)  # policy and reference round alike at step 0
 

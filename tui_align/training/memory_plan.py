@@ -59,7 +59,7 @@ class Settings:
     """The settings memory depends on, as the plan chooses them."""
 
     device: str  # cpu | cuda
-    precision: str  # float32 | bf16 | autocast (CPU bf16 autocast: float32 weights, bf16 matmuls)
+    precision: str  # float32 | bf16 | autocast (CPU bf16 autocast: bf16 products, float32 elsewhere)
     quantize: str = "none"  # none | 8bit | 4bit
     gradient_checkpointing: bool = False
     pass_tokens: int = 512  # 0: the whole batch in one pass
@@ -236,12 +236,9 @@ def estimate(shape: ModelShape, work: Workload, settings: Settings) -> Estimate:
         # bitsandbytes dequantizes a layer's weight to the compute dtype for its matmul, forward and back
         big = max(a * b for a, b in shape.linear_shapes())
         fixed["weights"] += 2 * big * _sizes(settings)[1]
-    elif settings.precision == "autocast":
-        # autocast casts each frozen weight to bf16 for its matmul, and autograd keeps that copy for the
-        # backward of the matmul's input: a bf16 copy of every linear until backward (of one layer with
-        # checkpointing, which recomputes)
-        kept = shape.layers if not settings.gradient_checkpointing else 1
-        fixed["autocast copies"] = 2.0 * kept * sum(a * b for a, b in shape.linear_shapes())
+    # Under CPU autocast the frozen linears train in bf16 (frozen_bf16: autocast no longer makes a bf16
+    # copy of each for its product and keeps it for backward); they hold float32 at load and while decoding,
+    # which the weights' 4 bytes count.
     if work.method == "ppo":
         phases = {
             "reward_model": _pair_phase(shape, work, settings, head="none"),

@@ -100,7 +100,7 @@ def generate_rollouts(model, tokenizer, prompt_rows: list[list[int]], config: Tr
     base.generation_config = GenerationConfig()
     try:
         # The ratio's old log-probs come from policy_forward, in the run's precision; only sampling leaves it.
-        with decoding():
+        with decoding(model):
             out = model.generate(input_ids=ids, attention_mask=mask, generation_config=settings)
     finally:
         base.generation_config = own

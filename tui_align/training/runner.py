@@ -17,7 +17,7 @@ from typing import Callable
 
 from ..errors import UserError, log_traceback
 from ..pairs import Pair
-from . import cancel, defaults, memory_fit, methods, placement, precision_probe, quantization
+from . import cancel, defaults, frozen_bf16, memory_fit, methods, placement, precision_probe, quantization
 from .answer_watch import AnswerWatch, read_picks
 from .config import TrainConfig, check_choices
 from .events import EventSink
@@ -231,6 +231,7 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
 
     torch.manual_seed(config.seed)  # the LoRA A matrices start random
     model = attach_lora(model, config, checkpoint)
+    frozen_bf16.keep_in_bf16(model, where)
     cancel.check_during_backward(model)
     optimizer_state = None
     if checkpoint is not None and (checkpoint / OPTIMIZER_FILE).is_file():
