@@ -5,11 +5,11 @@ CPU flags don't say it. On one 2-core AMD EPYC bf16 matmuls ran about 4x faster 
 under the bf16 default took 1.65x as long. So `--precision auto` times the operation training repeats,
 a linear layer of the model's own shapes, in each precision a run can use, and picks the faster one.
 
-What is timed is what the run does: on the CPU, float32 weights under bf16 autocast (with its weight
-cache off, each call casts the weight, as precision_context runs it) against plain float32; on CUDA,
-bf16 weights against float32 ones. The result is cached per machine, torch version, thread count and
-shapes in the data folder (a few hundred milliseconds once, nothing after), and said in the start
-event: "float32: 188 vs 109 GFLOP/s in bf16 on this CPU".
+What is timed is what the run does: on the CPU, bf16 weights (frozen_bf16 keeps the frozen base's so)
+taking float32 inputs under bf16 autocast, which casts the inputs at each call, against plain float32; on
+CUDA, bf16 weights against float32 ones. The result is cached per machine, torch version, thread count,
+shapes and what is timed, in the data folder (a few hundred milliseconds once, nothing after), and said in
+the start event: "float32: 188 vs 109 GFLOP/s in bf16 on this CPU".
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ ROWS = 256  # tokens per timed call: a slice of a training pass
 TIME_EACH_S = 0.05  # per precision (both shapes each call), after a warm-up call
 GENERIC_SHAPES = (2048, 8192)  # a GPU is probed before the model loads (its dtype decides how it loads)
 MARGIN = 1.05  # bf16 must beat float32 by this much: its casts and rounding cost a little outside matmuls
+#: What is timed, in the cache key: measurements of float32 weights cast at every call (before frozen_bf16)
+#: don't answer for bf16 weights.
+TIMED = "bf16 weights"
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,8 @@ def machine_key(device: str, shapes: tuple[int, int]) -> str:
         chip = torch.cuda.get_device_name(0)
     else:
         chip = machine_cache.cpu_model()
-    return f"{device}|{chip}|{os.cpu_count()} cores|torch {torch.__version__}|{torch.get_num_threads()} threads|{shapes[0]}x{shapes[1]}"
+    return (f"{device}|{chip}|{os.cpu_count()} cores|torch {torch.__version__}|{torch.get_num_threads()} threads"
+            f"|{shapes[0]}x{shapes[1]}|{TIMED}")
 
 
 def measure(device: str, shapes: tuple[int, int]) -> dict:
@@ -80,15 +84,16 @@ def measure(device: str, shapes: tuple[int, int]) -> dict:
     inputs = [torch.randn(ROWS, hidden, generator=generator), torch.randn(ROWS, intermediate, generator=generator)]
     flops_per_call = sum(2 * ROWS * w.shape[0] * w.shape[1] for w in weights)
     results = {}
+    # name: (weights' dtype, inputs' dtype, under CPU bf16 autocast)
     if device == "cuda":
-        candidates = {"float32": (torch.float32, False)}
+        candidates = {"float32": (torch.float32, torch.float32, False)}
         if torch.cuda.is_bf16_supported():
-            candidates["bf16"] = (torch.bfloat16, False)
-    else:
-        candidates = {"float32": (torch.float32, False), "bf16": (torch.float32, True)}
-    for name, (dtype, autocast) in candidates.items():
+            candidates["bf16"] = (torch.bfloat16, torch.bfloat16, False)
+    else:  # the residual stream stays float32 under autocast: each product casts its input
+        candidates = {"float32": (torch.float32, torch.float32, False), "bf16": (torch.bfloat16, torch.float32, True)}
+    for name, (dtype, input_dtype, autocast) in candidates.items():
         ws = [w.to(device=device, dtype=dtype) for w in weights]
-        xs = [x.to(device=device, dtype=dtype) for x in inputs]
+        xs = [x.to(device=device, dtype=input_dtype) for x in inputs]
         context = (torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False) if autocast
                    else torch.autocast(device, enabled=False))
         with torch.no_grad(), context:
