@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import threading
 from pathlib import Path
@@ -13,8 +14,10 @@ from ..cpu_share import ThreadChooser
 from ..errors import UserError, report
 from ..model_files import ModelRef, load_transformers
 from ..pairs import Message
+from . import cpu_linear
 from .base import MOST_CANDIDATES, Backend, Chunk, SamplingSettings, StopCheck
-from .cpu_linear import few_rows_fast
+
+log = logging.getLogger(__name__)
 
 
 def pick_device() -> str:
@@ -35,8 +38,14 @@ class TransformersBackend(Backend):
         self.device = device or pick_device()
         if model is None:
             model, tokenizer = load_transformers(ref, models_dir, device=self.device)
-        if self.device == "cpu":
-            few_rows_fast(model)  # a step of N candidates at about one answer's cost
+        #: Per weight shape, the row counts whose products take the weight-first order (cpu_linear.py): where
+        #: this CPU runs a step of N candidates at less than N answers' cost that way. Measured once per
+        #: machine and model shapes; without a cache folder, unmeasured and torch's order throughout.
+        self.few_rows: dict[str, list[int]] = {}
+        if self.device == "cpu" and probe_cache is not None:
+            self.few_rows = cpu_linear.probe(model, probe_cache)
+            cpu_linear.few_rows_fast(model, self.few_rows)
+            log.info("%s few-row products: %s", ref.model_id, cpu_linear.describe(self.few_rows))
         if adapter_path is not None:
             model = attach_adapter(model, adapter_path)
         self.model, self.tokenizer = model, tokenizer
@@ -61,8 +70,9 @@ class TransformersBackend(Backend):
         if self._threads is None:
             return None
         size = sum(p.numel() for p in self.model.parameters())
-        # "few-row product": steps of several rows cost less since cpu_linear, so older measures are stale.
-        model = f"torch {torch.__version__}|{self.model_id} {size} parameters {self.model.dtype} few-row product"
+        # The products a step of several rows takes (cpu_linear) set its cost: measures under others are stale.
+        model = (f"torch {torch.__version__}|{self.model_id} {size} parameters {self.model.dtype}"
+                 f"|{cpu_linear.describe(self.few_rows)}")
         return thread_probe.hold_to_measured(self._threads, lambda: DecodeTimer(self.model, self.tokenizer), model,
                                              cache_dir, MOST_CANDIDATES)
 
