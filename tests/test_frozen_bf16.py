@@ -109,3 +109,27 @@ def test_a_ppo_run_trains_on_the_bf16_base_and_decodes_on_float32(smol_tokenizer
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in events.of("step"))
     assert base_layer(model).weight.dtype == torch.bfloat16
     assert dtypes(model)["adapters"] == {torch.float32}
+
+
+def test_with_gradient_checkpointing_the_recomputed_pass_sees_the_same_bf16_base(smol_tokenizer):
+    pairs, _ = data.encode_pairs(smol_tokenizer, synthetic.trait_pairs(4, "prefix"), 96)
+    config = TrainConfig()
+    config.gradient_checkpointing = True
+    grads = []
+    for keep in (False, True):
+        model = lora.attach_lora(build_tiny_llama(smol_tokenizer), config, None)
+        torch.manual_seed(0)
+        randomize_lora_b(model, 0.05)
+        if keep:
+            frozen_bf16.keep_in_bf16(model, AUTOCAST)
+        model.train()  # checkpointing recomputes only in train mode
+        calls = []
+        hook = base_layer(model).register_forward_pre_hook(lambda module, args: calls.append(module.weight.dtype))
+        with precision_context(AUTOCAST):
+            logps, _, _ = forward.batch_logps(model, pairs, smol_tokenizer.pad_token_id)
+            logps.sum().backward()
+        hook.remove()
+        assert len(calls) == 2 and len(set(calls)) == 1  # the forward and its recomputation, on one base
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    assert all(torch.equal(grads[1][n], g) for n, g in grads[0].items())
