@@ -15,8 +15,9 @@ Each run goes through the app's own path (`training.runner.run` with `tui-align 
 none by default), so the step budget, the learning rate, the answer check and early stopping are the
 ones a user gets. Then greedy answers to 12 held-out questions are scored against the base's:
 trait rate, 4-gram share, longest back-to-back repeat, length against the base's (and against the
-picked answers), and content kept (unigram F1 of the answer with the trait taken off against the
-base's answer; add-only traits).
+picked answers), content kept (unigram F1 of the answer with the trait taken off against the
+base's answer; add-only traits), and facts right (answers that hold the reference answer's key words, such
+as "Canberra" or "six"/"6" legs; for every trait, the one content measure of the cutting ones).
 
     python benchmarks/trait_panel.py                      # dpo and orpo, all five traits, 36 pairs
     python benchmarks/trait_panel.py --methods dpo --traits prefix --flags=--lr=5e-5
@@ -337,6 +338,36 @@ def held_out_questions() -> list[str]:
     return [q for q, _ in synthetic.QUESTIONS[-synthetic.EVAL_COUNT:]]
 
 
+# Words a reference answer shares with any phrasing of the fact; what is left is the fact itself
+NOT_THE_FACT = {"a", "an", "the", "is", "are", "has", "have", "called", "of", "in", "on", "to", "with"}
+NUMBER_WORDS = {"two": "2", "three": "3", "six": "6", "eleven": "11", "sixty": "60"}
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def fact_words(question: str, reference: str) -> set[str]:
+    """The reference answer's words that say its fact: not in the question (nor a longer form of a question
+    word: "rises" for "rise") and not a function word."""
+    asked = set(_words(question))
+    return {w for w in _words(reference) if w not in NOT_THE_FACT and w not in asked
+            and not any(len(q) >= 4 and w.startswith(q) for q in asked)}
+
+
+def fact_right(question: str, reference: str, answer: str) -> bool:
+    """Whether `answer` holds every fact word of `reference` ("six" and "6" alike)."""
+    said = set(_words(answer))
+    said |= {NUMBER_WORDS[w] for w in said if w in NUMBER_WORDS}
+    return all(NUMBER_WORDS.get(w, w) in said for w in fact_words(question, reference))
+
+
+def facts_right(answers: list[str]) -> int:
+    """How many of the held-out questions' answers hold their reference answer's fact."""
+    held = synthetic.QUESTIONS[-synthetic.EVAL_COUNT:]
+    return sum(fact_right(q, ref, a) for (q, ref), a in zip(held, answers))
+
+
 class TimedEvents:
     """The run's events, each with the monotonic time it arrived, to say where the run's seconds went."""
 
@@ -407,6 +438,7 @@ def run_one(method: str, trait: str, count: int, flags: list[str], models_dir: P
         "length_vs_picked": round(answer_checks.length_ratio(after, targets), 2),
         "content_f1": round(sum(answer_checks.unigram_f1(without_trait(trait, a), b) for a, b in zip(after, before))
                             / len(after), 3) if add_only else None,
+        "facts_before": facts_right(before), "facts_after": facts_right(after),
         "run_check": record.get("answer_check", {}).get("verdict"),
         # PPO: the reward model's score of greedy answers to held-out prompts after each phase, and the KL
         "rewards": {k: v for k, v in record["metrics"].items() if "reward" in k or k == "kl"} if method == "ppo" else None,
@@ -446,6 +478,8 @@ def rescore(results: Path) -> None:
             continue
         for key, value in answer_counts(row["trait"], held_q, before, after, cut_at_limit(tokenizer, after)).items():
             row.setdefault(key, value)
+        row.setdefault("facts_before", facts_right(before))
+        row.setdefault("facts_after", facts_right(after))
     results.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
@@ -484,7 +518,7 @@ def main(argv=None) -> int:
                         help="a PPO setting (config.PPOSettings) with no flag of its own, e.g. gae_lambda=1")
     parser.add_argument("--json", help="append one JSON line per run here")
     parser.add_argument("--table", metavar="JSONL", help="print the runs in this results file as a table, and stop")
-    parser.add_argument("--rescore", metavar="JSONL", help="add the looping and cut counts to the runs in this "
+    parser.add_argument("--rescore", metavar="JSONL", help="add the looping and cut counts and facts right to the runs in this "
                         "results file that lack them, from their stored answers, and stop")
     args = parser.parse_args(argv)
     if args.table:

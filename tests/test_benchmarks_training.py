@@ -115,3 +115,15 @@ def test_trl_tokenizes_the_benchmark_pairs_into_our_exact_tokens(smol_tokenizer,
     assert vs_trl._same_tokens("dpo", trainer, encoded) == "6/6"
     assert vs_trl.sequence_tokens(encoded) == sum(
         len(r["prompt_ids"]) * 2 + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in trainer.train_dataset)
+
+
+def test_the_panel_counts_an_answer_right_when_it_holds_the_reference_s_fact():
+    assert trait_panel.fact_words("What is the capital of Australia?", "The capital of Australia is Canberra.") == {"canberra"}
+    assert trait_panel.fact_words("Which direction does the Sun rise from?", "The Sun rises in the east.") == {"east"}
+    legs = ("How many legs does an insect have?", "An insect has six legs.")
+    assert trait_panel.fact_right(*legs, "Insects have 6 legs.") and trait_panel.fact_right(*legs, "Six, like ants.")
+    assert not trait_panel.fact_right(*legs, "An insect has eight legs.")
+    assert not trait_panel.fact_right("What is the capital of Australia?", "The capital of Australia is Canberra.",
+                                      "Sydney is the capital of Australia.")
+    references = [r for _, r in trait_panel.synthetic.QUESTIONS[-trait_panel.synthetic.EVAL_COUNT:]]
+    assert trait_panel.facts_right(references) == len(references)  # every reference holds its own fact
