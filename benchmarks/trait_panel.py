@@ -491,20 +491,21 @@ def table(lines: list[dict]) -> str:
     """The results as a markdown table, one row per run."""
     rows = ["| method | trait | flags | steps (planned) | lr | trait before → after | rep4 base → after | max run "
             "| looping answers | cut at the limit (of them without the trait) | length vs base (vs picked) "
-            "| content kept F1 | run's own check | run s |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "| content kept F1 | facts right | run's own check | run s |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in lines:
         if "error" in r:
             rows.append(f"| {r['method']} | {r['trait']} | {' '.join(r.get('flags', []))} | error: {r['error']} |")
             continue
         stopped = f", stopped at {r['early_stopped_at']}" if r.get("early_stopped_at") else ""
         f1 = "" if r["content_f1"] is None else f"{r['content_f1']:.2f}"
+        facts = f"{r['facts_before']} → {r['facts_after']}" if "facts_after" in r else ""
         rows.append(
             f"| {r['method']} | {r['trait']} | {' '.join(r['flags']) or 'none'} | {r['steps']} ({r['planned_steps']}{stopped}) "
             f"| {r['learning_rate']:g} | {r['trait_before']}/{r['of']} → {r['trait_after']}/{r['of']} "
             f"| {r['rep4_before']:.3f} → {r['rep4_after']:.3f} | {r['longest_repeat']} | {r.get('looping', '')} "
             f"| {_cut(r)} "
-            f"| {r['length_vs_base']:.2f} ({r['length_vs_picked']:.2f}) | {f1} | {r['run_check'] or ''} | {r['seconds']:.0f} |")
+            f"| {r['length_vs_base']:.2f} ({r['length_vs_picked']:.2f}) | {f1} | {facts} | {r['run_check'] or ''} | {r['seconds']:.0f} |")
     return "\n".join(rows)
 
 
