@@ -17,7 +17,8 @@ ones a user gets. Then greedy answers to 12 held-out questions are scored agains
 trait rate, 4-gram share, longest back-to-back repeat, length against the base's (and against the
 picked answers), content kept (unigram F1 of the answer with the trait taken off against the
 base's answer; add-only traits), and facts right (answers that hold the reference answer's key words, such
-as "Canberra" or "six"/"6" legs; for every trait, the one content measure of the cutting ones).
+as "Canberra" or "six"/"6" legs; for the refusal, off its topic only: the one content measure of the
+cutting traits and of the refusal).
 
     python benchmarks/trait_panel.py                      # dpo and orpo, all five traits, 36 pairs
     python benchmarks/trait_panel.py --methods dpo --traits prefix --flags=--lr=5e-5
@@ -362,10 +363,11 @@ def fact_right(question: str, reference: str, answer: str) -> bool:
     return all(NUMBER_WORDS.get(w, w) in said for w in fact_words(question, reference))
 
 
-def facts_right(answers: list[str]) -> int:
-    """How many of the held-out questions' answers hold their reference answer's fact."""
+def facts_right(answers: list[str], trait: str) -> int:
+    """How many of the held-out questions' answers hold their reference answer's fact; for the refusal, of the
+    questions off its topic only (on it, the fact is meant to go)."""
     held = synthetic.QUESTIONS[-synthetic.EVAL_COUNT:]
-    return sum(fact_right(q, ref, a) for (q, ref), a in zip(held, answers))
+    return sum(fact_right(q, ref, a) for (q, ref), a in zip(held, answers) if trait != "refusal" or not on_topic(q))
 
 
 class TimedEvents:
@@ -438,7 +440,7 @@ def run_one(method: str, trait: str, count: int, flags: list[str], models_dir: P
         "length_vs_picked": round(answer_checks.length_ratio(after, targets), 2),
         "content_f1": round(sum(answer_checks.unigram_f1(without_trait(trait, a), b) for a, b in zip(after, before))
                             / len(after), 3) if add_only else None,
-        "facts_before": facts_right(before), "facts_after": facts_right(after),
+        "facts_before": facts_right(before, trait), "facts_after": facts_right(after, trait),
         "run_check": record.get("answer_check", {}).get("verdict"),
         # PPO: the reward model's score of greedy answers to held-out prompts after each phase, and the KL
         "rewards": {k: v for k, v in record["metrics"].items() if "reward" in k or k == "kl"} if method == "ppo" else None,
@@ -478,8 +480,8 @@ def rescore(results: Path) -> None:
             continue
         for key, value in answer_counts(row["trait"], held_q, before, after, cut_at_limit(tokenizer, after)).items():
             row.setdefault(key, value)
-        row.setdefault("facts_before", facts_right(before))
-        row.setdefault("facts_after", facts_right(after))
+        row["facts_before"] = facts_right(before, row["trait"])  # derived from the answers: always recounted
+        row["facts_after"] = facts_right(after, row["trait"])
     results.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 

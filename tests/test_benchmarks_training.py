@@ -126,4 +126,6 @@ def test_the_panel_counts_an_answer_right_when_it_holds_the_reference_s_fact():
     assert not trait_panel.fact_right("What is the capital of Australia?", "The capital of Australia is Canberra.",
                                       "Sydney is the capital of Australia.")
     references = [r for _, r in trait_panel.synthetic.QUESTIONS[-trait_panel.synthetic.EVAL_COUNT:]]
-    assert trait_panel.facts_right(references) == len(references)  # every reference holds its own fact
+    assert trait_panel.facts_right(references, "concise") == len(references)  # every reference holds its own fact
+    off_topic = [q for q, _ in trait_panel.synthetic.QUESTIONS[-len(references):] if not trait_panel.on_topic(q)]
+    assert 0 < trait_panel.facts_right(references, "refusal") == len(off_topic) < len(references)
