@@ -335,8 +335,13 @@ def ppo_overrides(config, settings: list[str]):
     return config
 
 
+def held_out() -> list[tuple[str, str]]:
+    """The 12 held-out (question, reference answer) pairs the panel scores every run on."""
+    return synthetic.QUESTIONS[-synthetic.EVAL_COUNT:]
+
+
 def held_out_questions() -> list[str]:
-    return [q for q, _ in synthetic.QUESTIONS[-synthetic.EVAL_COUNT:]]
+    return [q for q, _ in held_out()]
 
 
 # Words a reference answer shares with any phrasing of the fact; what is left is the fact itself
@@ -345,6 +350,7 @@ NUMBER_WORDS = {"two": "2", "three": "3", "six": "6", "eleven": "11", "sixty": "
 
 
 def _words(text: str) -> list[str]:
+    # not answer_checks.words, which keeps "canberra's" whole: here it must hold "canberra"
     return re.findall(r"[a-z0-9]+", text.lower())
 
 
@@ -366,8 +372,8 @@ def fact_right(question: str, reference: str, answer: str) -> bool:
 def facts_right(answers: list[str], trait: str) -> int:
     """How many of the held-out questions' answers hold their reference answer's fact; for the refusal, of the
     questions off its topic only (on it, the fact is meant to go)."""
-    held = synthetic.QUESTIONS[-synthetic.EVAL_COUNT:]
-    return sum(fact_right(q, ref, a) for (q, ref), a in zip(held, answers) if trait != "refusal" or not on_topic(q))
+    return sum(fact_right(q, ref, a) for (q, ref), a in zip(held_out(), answers)
+               if trait != "refusal" or not on_topic(q))
 
 
 class TimedEvents:
