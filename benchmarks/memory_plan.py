@@ -19,6 +19,7 @@ softcapped head, phi3 with its fused projections) at a small but real size.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -61,6 +62,9 @@ CASES = [
     ("smollm2", "dpo", 4, 512, "float32", False, 256, "8bit"),
     ("smollm2", "orpo", 8, 512, "bf16", False, 256, "4bit"),
     ("llama", "dpo", 8, 0, "float32", False, 256, "4bit"),
+    # narrow passes: under CPU autocast these attend eagerly where cpu_attention measured it faster
+    ("smollm2", "dpo", 8, 512, "bf16", False, 128),
+    ("smollm2", "orpo", 4, 0, "bf16", False, 128),
 ]
 COLUMNS = ["model", "method", "batch", "pass", "precision", "ckpt", "len", "quantize", "est GB", "plan GB", "measured GB",
            "est/measured", "plan/measured", "peak phase"]
@@ -148,8 +152,6 @@ def worker(case: list, data: Path, steps: int) -> dict:
                                 max(p.prompt_len for p in encoded), config.lora.rank, config.ppo.max_new_tokens,
                                 work.ppo_rows)
     settings = memory_fit.requested_settings(config, device, plan_precision)
-    est = memory_plan.estimate(shape, real, settings)
-    planned = memory_plan.estimate(shape, work, settings)
     events: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="memory-plan-") as out:
         options = runner.RunOptions(config=config, models_dir=WORK / "models", adapters_dir=Path(out), pairs=pairs,
@@ -159,10 +161,15 @@ def worker(case: list, data: Path, steps: int) -> dict:
         before = rss_bytes()
         code = runner.run(options, lambda kind, **f: events.append({"event": kind, **f}))
         measured = torch.cuda.max_memory_allocated() if device == "cuda" else memory_plan_peak() - before
+    # the widest pass the run attended eagerly in (cpu_attention), as its start event says
+    eager = next((e.get("attention") or {} for e in events if e["event"] == "start"), {}).get("eager_width", 0)
+    settings = dataclasses.replace(settings, eager_width=eager)
+    est = memory_plan.estimate(shape, real, settings)
+    planned = memory_plan.estimate(shape, work, settings)
     errors = [e.get("message") for e in events if e["event"] == "error"]
     steps_seen = [e.get("peak_memory") for e in events if e["event"] == "step"]
     return {"case": case, "exit": code, "error": errors[0] if errors else None, "estimate": est.total,
-            "plan": planned.total, "measured": measured, "parts": est.parts, "phase": est.phase,
+            "plan": planned.total, "measured": measured, "eager_width": eager, "parts": est.parts, "phase": est.phase,
             "pair_tokens": real.pair_tokens, "plan_pair_tokens": work.pair_tokens, "step_events_peak": steps_seen[-1:]}
 
 

@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 from tui_align import paths  # noqa: E402
 from tui_align.model_files import load_transformers, resolve_model  # noqa: E402
-from tui_align.training import answer_checks, data, frozen_bf16, lora, methods, placement as placements, synthetic  # noqa: E402
+from tui_align.training import answer_checks, cpu_attention, data, frozen_bf16, lora, methods, placement as placements, synthetic  # noqa: E402
 from tui_align.training.config import TrainConfig  # noqa: E402
 from tui_align.training.events import CollectEvents  # noqa: E402
 from tui_align.training.job import Job  # noqa: E402
@@ -97,6 +97,8 @@ def run_method(method: str, args, models_dir: Path) -> dict:
     torch.manual_seed(config.seed)
     model = lora.attach_lora(model, config, None)
     frozen_bf16.keep_in_bf16(model, placement)  # as the runner does under CPU bf16 autocast
+    if placement.cpu_autocast:  # and its attention: eager in passes as narrow as cpu_attention measured it faster
+        cpu_attention.eager_up_to(model, cpu_attention.probe(model, torch.bfloat16, models_dir / "cache"))
     events = CollectEvents()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()

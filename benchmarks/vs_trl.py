@@ -159,7 +159,8 @@ def worker_ours(opts) -> dict:
     """Our DPO / reward / ORPO loop, called as the runner calls it (no run folder: that is I/O, not training)."""
     import torch
 
-    from tui_align.training import frozen_bf16, methods, reward
+    from tui_align import paths
+    from tui_align.training import cpu_attention, frozen_bf16, methods, reward
     from tui_align.training.config import TrainConfig
     from tui_align.training.job import Job
     from tui_align.training.lora import attach_lora
@@ -187,6 +188,9 @@ def worker_ours(opts) -> dict:
         config.pass_tokens = opts.pass_tokens
     model = attach_lora(model, config, None)
     frozen_bf16.keep_in_bf16(model, placement)  # as the runner does under CPU bf16 autocast
+    if placement.cpu_autocast:  # and its attention: eager in passes as narrow as cpu_attention measured it faster
+        cpu_attention.eager_up_to(model, cpu_attention.probe(model, torch.bfloat16,
+                                                             paths.models_dir(paths.data_home()) / "cache"))
     load_s = time.monotonic() - started
 
     marks: dict = {"ends": [], "losses": []}

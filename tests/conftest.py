@@ -40,6 +40,15 @@ def float32_unless_asked(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def eager_attention_up_to_256(monkeypatch):
+    """A CPU bf16 run in tests attends eagerly up to 256 tokens whatever this CPU measures (cpu_attention.py),
+    so which path its passes take doesn't depend on the machine CI draws."""
+    from tui_align.training import cpu_attention
+
+    monkeypatch.setattr(cpu_attention, "measure", lambda *args: 256)
+
+
+@pytest.fixture(autouse=True)
 def threads_as_they_are(monkeypatch):
     """`tui-align train` run inside the test process keeps torch's threads (its own process adapts them to
     the free cores, cpu_share.py), so a test's numbers don't depend on what else the machine runs."""

@@ -485,6 +485,11 @@ def test_bf16_on_the_cpu_runs_the_loop_under_bf16_autocast(capsys, pairs_file, t
     assert events[0]["config"]["precision"] == "bf16" and events[0]["precision"] == "cpu, bf16 autocast"
     said = next(e for e in events if e["event"] == "precision")["message"]  # this test's CPU "measures" bf16 slower
     assert said == "--precision bf16 is the slower one here: float32: 100 vs 50 GFLOP/s in bf16 on this CPU"
+    attention = next(e for e in events if e["event"] == "attention")  # conftest: eager measured faster to 256
+    assert attention["eager_width"] == 256 and events[0]["attention"]["eager_width"] == 256
+    assert attention["message"].startswith("eager attention in passes up to 256 tokens wide")
+    record = json.loads((Path(events[0]["run_dir"]) / "run.json").read_text())
+    assert record["attention"]["eager_width"] == 256
     assert autocast_seen and all(autocast_seen)  # the reference pass and every step
     assert base_dtypes == {torch.bfloat16}  # the frozen base's linears kept in bf16 (frozen_bf16)
     losses = [e["loss"] for e in events if e["event"] == "step"]
@@ -495,6 +500,7 @@ def test_bf16_on_the_cpu_runs_the_loop_under_bf16_autocast(capsys, pairs_file, t
     monkeypatch.setattr(forward, "batch_logps", real)
     code, events = run_cli(capsys, *common, "--precision", "float32")
     assert events[0]["precision"] == "cpu, float32"
+    assert events[0]["attention"]["eager_width"] == 0 and not any(e["event"] == "attention" for e in events)
     float32_losses = [e["loss"] for e in events if e["event"] == "step"]
     assert abs(losses[-1] - math.log(2)) > 1e-3
     assert losses[-1] == pytest.approx(float32_losses[-1], abs=0.05)

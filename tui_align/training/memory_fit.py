@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from . import defaults, memory_plan, memory_probe
 from .config import TrainConfig
 from .memory_plan import Plan, Settings
@@ -46,6 +48,18 @@ def fit(config: TrainConfig, kind: str, location: str, pairs, device: str, preci
     if config.quantize == "auto":  # auto becomes the plan's choice; the runner then loads the base so
         config.quantize = plan.settings.quantize
     return plan
+
+
+def eager_width(plan: Plan | None, config: TrainConfig, kind: str, location: str, pairs, width: int) -> int:
+    """`width`, the widest pass cpu_attention would run eagerly in a CPU autocast run, or 0 where the plan's
+    settings with it would outgrow the free memory the plan was made against (it only buys speed)."""
+    if not width or plan is None or plan.free is None:
+        return width
+    shape = read_shape(kind, location)
+    if shape is None:
+        return width
+    settings = replace(plan.settings, precision="autocast", eager_width=width)
+    return width if memory_plan.estimate(shape, workload(config, pairs), settings).total <= plan.free else 0
 
 
 def precision_of(where) -> str:

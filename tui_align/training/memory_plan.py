@@ -63,6 +63,7 @@ class Settings:
     quantize: str = "none"  # none | 8bit | 4bit
     gradient_checkpointing: bool = False
     pass_tokens: int = 512  # 0: the whole batch in one pass
+    eager_width: int = 0  # passes up to this many tokens wide attend eagerly (cpu_attention; 0: none)
 
     def describe(self) -> str:
         """'4-bit base, gradient checkpointing, passes of 256 tokens': what differs from a plain run."""
@@ -157,11 +158,18 @@ def pass_shape(work: Workload, pass_tokens: int) -> tuple[int, int]:
 
 def _attention_extra(shape: ModelShape, settings: Settings, tokens: int, width: int, layers_kept: int) -> float:
     """The additive (rows, 1, T, T) mask of the shared-prompt layout, and, for eager attention, each kept
-    layer's (heads, T, T) weights."""
+    layer's (heads, T, T) weights. A run that attends eagerly only up to `eager_width` tokens (cpu_attention)
+    keeps a float32 softmax and its product's copy of them in passes that narrow: a pass holds about as many
+    tokens whatever its width, so no wider than eager_width bounds them all."""
     _, act, _ = _sizes(settings)
     rows = max(1, math.ceil(tokens / max(width, 1)))
     mask = rows * width * width * act
-    eager = rows * shape.heads * width * width * act * 2 * layers_kept if shape.eager_attention else 0
+    if shape.eager_attention:
+        eager = rows * shape.heads * width * width * act * 2 * layers_kept
+    elif settings.eager_width:
+        eager = tokens * shape.heads * min(width, settings.eager_width) * (4 + act) * layers_kept
+    else:
+        eager = 0
     return mask + eager
 
 
@@ -298,7 +306,9 @@ def smaller_passes(work: Workload, pass_tokens: int) -> list[int]:
 def candidates(work: Workload, requested: Settings, allow_quantize: bool) -> list[Settings]:
     """Settings from cheapest to dearest in speed and quality: smaller passes, then gradient checkpointing,
     then an 8-bit base, then 4-bit; each tier tries its passes from the largest down. A setting the user
-    fixed (checkpointing on, a quantization other than auto) is kept in every tier."""
+    fixed (checkpointing on, a quantization other than auto) is kept in every tier. Eager attention on narrow
+    passes is only speed: the first thing given up, and not taken back in any tier."""
+    requested = replace(requested, eager_width=0)
     quantizations = ["none", "8bit", "4bit"] if allow_quantize else [requested.quantize]
     checkpointing = [True] if requested.gradient_checkpointing else [False, True]
     passes = [requested.pass_tokens, *smaller_passes(work, requested.pass_tokens)]
@@ -318,6 +328,8 @@ def _changes(requested: Settings, chosen: Settings) -> tuple[str, ...]:
         out.append("gradient checkpointing")
     if chosen.pass_tokens != requested.pass_tokens:
         out.append(f"passes of {chosen.pass_tokens} tokens")
+    if requested.eager_width and not chosen.eager_width:
+        out.append("SDPA attention on every pass")
     return tuple(out)
 
 

@@ -17,7 +17,7 @@ from typing import Callable
 
 from ..errors import UserError, log_traceback
 from ..pairs import Pair
-from . import cancel, defaults, frozen_bf16, memory_fit, methods, placement, precision_probe, quantization
+from . import cancel, cpu_attention, defaults, frozen_bf16, memory_fit, methods, placement, precision_probe, quantization
 from .answer_watch import AnswerWatch, read_picks
 from .config import TrainConfig, check_choices
 from .events import EventSink
@@ -130,6 +130,25 @@ def loading_phase(ref, models_dir: Path, dtype=None) -> tuple[str, str]:
     return "loading", f"loading {ref.model_id}"
 
 
+def attention_choice(model, where, memory, config, ref, pairs, cache_dir) -> dict:
+    """How the run attends: under CPU bf16 autocast, eagerly in passes up to the width `cpu_attention`
+    measured it faster at, where the memory plan has room for it; SDPA everywhere else."""
+    if not where.cpu_autocast or cpu_attention.family_eager(model) is None:  # (softcapped families: eager already)
+        return {"eager_width": 0, "measured_width": None, "message": ""}
+    import torch
+
+    measured = cpu_attention.probe(model, torch.bfloat16, cache_dir)
+    width = memory_fit.eager_width(memory, config, ref.kind, ref.location, pairs, measured)
+    if width:
+        message = (f"eager attention in passes up to {width} tokens wide, SDPA beyond: faster there on this CPU "
+                   f"in bf16 (measured forward and backward)")
+    elif measured:
+        message = f"SDPA attention: eager was faster up to {measured} tokens here, but its weights would not fit"
+    else:
+        message = "SDPA attention: eager was not faster on this CPU at any width measured"
+    return {"eager_width": width, "measured_width": measured, "message": message}
+
+
 def _run(options: RunOptions, emit: EventSink, should_stop, started: float, record: dict) -> int:
     import torch
 
@@ -188,6 +207,7 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
         measured = precision_probe.probe("cpu", precision_probe.model_shapes(model.config), probe_cache)
         where, precision_line = placement.settle(where, config.precision, measured)
     quantization.prepare(model, where.quantization)
+    attention = attention_choice(model, where, memory, config, ref, pairs, probe_cache)
 
     notes = []
     train_pairs, held_pairs = split_held_out(pairs, config.eval_fraction, config.seed)
@@ -226,12 +246,14 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
     record.update(_dir=run_dir, settings=config.as_dict(), status="running", device=device,
                   dtype=str(where.dtype).replace("torch.", ""), precision=where.label,
                   precision_measured=measured.as_dict(), quantization=where.quantization.as_dict(),
-                  memory=memory.as_dict() if memory else None)
+                  memory=memory.as_dict() if memory else None, attention=attention)
     write_json(run_dir / RUN_FILE, public(record))
 
     torch.manual_seed(config.seed)  # the LoRA A matrices start random
     model = attach_lora(model, config, checkpoint)
     frozen_bf16.keep_in_bf16(model, where)
+    if attention["eager_width"]:
+        cpu_attention.eager_up_to(model, attention["eager_width"])
     cancel.check_during_backward(model)
     optimizer_state = None
     if checkpoint is not None and (checkpoint / OPTIMIZER_FILE).is_file():
@@ -256,8 +278,11 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
         chosen_defaults=[c.as_dict() for c in chosen],
         precision_measured=measured.as_dict(),
         memory=memory.as_dict() if memory else None,
+        attention=attention,
     )
     emit("precision", message=precision_line, measured=measured.as_dict())
+    if attention["message"]:
+        emit("attention", **attention)
     if memory is not None:
         emit("memory", **memory.as_dict())
     if chosen:

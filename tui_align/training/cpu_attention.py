@@ -1,0 +1,174 @@
+"""Attention for a CPU run's narrow passes: the model family's own eager attention where this CPU runs it
+faster than SDPA, measured.
+
+On a 2-core Xeon with AMX, under bf16 autocast, torch's CPU flash attention took 11.7 ms forward and backward
+for 8 rows of 64 tokens (9 heads, 3 key-value heads, 64 wide) and 22 ms for 128, where the plain product and
+softmax took 3.3 and 5.9 ms; at 512 tokens it was the other way round (62 against 262 ms), and in float32 flash
+was ahead at every width (docs/benchmarks.md §2). A DPO step on the trait panel's
+short picks (48-137 tokens a row) spent a fifth of its time in flash attention's backward. So a run under CPU
+autocast times both, forward and backward, on its model's head shape at a few widths (`measure`, about a
+second, cached per CPU, core count, torch version, thread count and head shape), and passes no wider than
+the widest width eager won at by MARGIN (and at every narrower one) run eager; the rest, and all decoding,
+stay on SDPA.
+
+The choice is made per call from the pass's own shapes, so the policy, the reference and a pass recomputed
+under gradient checkpointing all take the same path. Eager keeps each layer's (rows, heads, T, T) weights for
+backward: the memory plan counts them up to the same width (memory_plan.Settings.eager_width).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import types
+import weakref
+from pathlib import Path
+
+from .. import machine_cache
+
+IMPLEMENTATION = "tui_align_cpu"  # the name the model's config carries while this chooses
+CACHE_FILE = "attention-widths.json"
+WIDTHS = (64, 128, 192, 256, 384)
+ROWS = 4  # the default batch of 4 pairs: a row each in the shared-prompt layout (data.pack_rows)
+MARGIN = 1.05  # eager must beat SDPA by this much at a width to take it
+TIME_EACH_S = 0.03  # per width and implementation, after a warm-up call
+
+_LIMITS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # attention layer -> widest eager width
+
+
+def head_shape(config) -> tuple[int, int, int]:
+    """(heads, key-value heads, head width) of a transformers text config."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    return heads, getattr(text, "num_key_value_heads", None) or heads, head_dim
+
+
+def family_eager(model):
+    """The eager attention function of `model`'s family (its modeling module's `eager_attention_forward`), or
+    None where it has none, or the model doesn't attend through SDPA now (softcapped families run eager anyway)."""
+    config = model.config
+    if getattr(config, "_attn_implementation", None) not in ("sdpa", IMPLEMENTATION):
+        return None
+    layers = _attention_layers(model)
+    return getattr(sys.modules.get(type(layers[0]).__module__), "eager_attention_forward", None) if layers else None
+
+
+def _attention_layers(model) -> list:
+    return [m for m in model.modules() if hasattr(m, "num_key_value_groups") and hasattr(m, "scaling")]
+
+
+def _sdpa():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward
+
+
+def measure(heads: int, kv_heads: int, head_dim: int, eager, dtype) -> int:
+    """The widest of WIDTHS up to which `eager` ran forward and backward at least MARGIN faster than SDPA here,
+    on ROWS rows with an additive float mask as the run's passes have (0: SDPA at every width)."""
+    import torch
+
+    module = types.SimpleNamespace(num_key_value_groups=heads // kv_heads, training=True, is_causal=True)
+    generator = torch.Generator().manual_seed(0)
+    times = {}
+    for width in WIDTHS:
+        q = torch.randn(ROWS, heads, width, head_dim, generator=generator).to(dtype).requires_grad_()
+        k = torch.randn(ROWS, kv_heads, width, head_dim, generator=generator).to(dtype).requires_grad_()
+        v = torch.randn(ROWS, kv_heads, width, head_dim, generator=generator).to(dtype).requires_grad_()
+        mask = torch.full((width, width), torch.finfo(torch.float32).min).triu(1).expand(ROWS, 1, width, width)
+
+        def run(attention):
+            out, _ = attention(module, q, k, v, mask, scaling=head_dim ** -0.5, dropout=0.0)
+            out.float().sum().backward()
+
+        times[width] = (_seconds_per_call(lambda: run(eager)), _seconds_per_call(lambda: run(_sdpa())))
+        if widest_win(times) < width:
+            break  # lost here: the wider widths can't count
+    return widest_win(times)
+
+
+def widest_win(times: dict[int, tuple[float, float]]) -> int:
+    """From {width: (eager s, SDPA s)}: the widest width at which eager won by MARGIN, as at every narrower
+    one (0: none)."""
+    widest = 0
+    for width in sorted(times):
+        eager_s, sdpa_s = times[width]
+        if sdpa_s < MARGIN * eager_s:
+            break
+        widest = width
+    return widest
+
+
+def _seconds_per_call(call) -> float:
+    call()  # warm-up
+    calls, started = 0, time.perf_counter()
+    while True:
+        call()
+        calls += 1
+        elapsed = time.perf_counter() - started
+        if calls >= 2 and elapsed >= TIME_EACH_S:
+            return elapsed / calls
+
+
+def machine_key(shape: tuple[int, int, int], dtype) -> str:
+    import torch
+
+    return (f"{machine_cache.cpu_model()}|{os.cpu_count()} cores|torch {torch.__version__}"
+            f"|{torch.get_num_threads()} threads|{str(dtype).replace('torch.', '')}"
+            f"|heads {shape[0]}/{shape[1]} x {shape[2]}")
+
+
+def probe(model, dtype, cache_dir: Path | None) -> int:
+    """measure() for `model`'s head shape in `dtype` on this machine: from the cache in `cache_dir`, else
+    measured and cached; 0 where the family has no eager attention to take."""
+    eager = family_eager(model)
+    if eager is None:
+        return 0
+    shape = head_shape(model.config)
+    key = machine_key(shape, dtype)
+    cache_file = cache_dir / CACHE_FILE if cache_dir is not None else None
+    known = machine_cache.read(cache_file).get(key)
+    if isinstance(known, int) and known >= 0:
+        return known
+    widest = measure(*shape, eager, dtype)
+    machine_cache.remember(cache_file, key, widest)
+    return widest
+
+
+def _attention(module, query, key, value, attention_mask, **kwargs):
+    """SDPA, or the family's eager attention for a CPU pass no wider than the model's limit that brings its own
+    additive mask (the training layout's; decoding's masks are SDPA's own and stay there)."""
+    limit = _LIMITS.get(module, 0)
+    if (limit and key.shape[-2] <= limit and query.device.type == "cpu" and attention_mask is not None
+            and attention_mask.dim() == 4 and attention_mask.is_floating_point()):
+        eager = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+        if eager is not None:
+            return eager(module, query, key, value, attention_mask, **kwargs)
+    return _sdpa()(module, query, key, value, attention_mask, **kwargs)
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, sdpa_mask
+
+    if IMPLEMENTATION not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
+        AttentionInterface.register(IMPLEMENTATION, _attention)
+        AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
+
+
+def eager_up_to(model, width: int) -> bool:
+    """Let `model` (a transformers model, or peft's around one) attend eagerly in passes up to `width` tokens
+    wide; 0 puts SDPA back everywhere. False, and nothing changed, where its family has no eager to take."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if family_eager(base) is None:
+        return False
+    if width <= 0:
+        base.set_attn_implementation("sdpa")
+        return True
+    _register()
+    for layer in _attention_layers(base):
+        _LIMITS[layer] = width
+    base.set_attn_implementation(IMPLEMENTATION)
+    return True
