@@ -98,7 +98,7 @@ def run_method(method: str, args, models_dir: Path) -> dict:
     model = lora.attach_lora(model, config, None)
     frozen_bf16.keep_in_bf16(model, placement)  # as the runner does under CPU bf16 autocast
     if placement.cpu_autocast:  # and its attention: eager in passes as narrow as cpu_attention measured it faster
-        cpu_attention.eager_up_to(model, cpu_attention.probe(model, torch.bfloat16, models_dir / "cache"))
+        cpu_attention.eager_up_to(model, cpu_attention.probe(model, torch.bfloat16, models_dir / "cache"), torch.bfloat16)
     events = CollectEvents()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()

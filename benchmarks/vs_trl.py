@@ -190,7 +190,8 @@ def worker_ours(opts) -> dict:
     frozen_bf16.keep_in_bf16(model, placement)  # as the runner does under CPU bf16 autocast
     if placement.cpu_autocast:  # and its attention: eager in passes as narrow as cpu_attention measured it faster
         cpu_attention.eager_up_to(model, cpu_attention.probe(model, torch.bfloat16,
-                                                             paths.models_dir(paths.data_home()) / "cache"))
+                                                             paths.models_dir(paths.data_home()) / "cache"),
+                                  torch.bfloat16)
     load_s = time.monotonic() - started
 
     marks: dict = {"ends": [], "losses": []}

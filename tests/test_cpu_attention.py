@@ -64,7 +64,7 @@ def test_eager_narrow_passes_give_sdpa_s_log_probs_and_gradients(family, smol_to
         torch.testing.assert_close(eager_grads[name], grad, rtol=1e-4, atol=1e-5)
 
 
-def test_a_pass_wider_than_the_limit_and_decoding_stay_on_sdpa(smol_tokenizer, monkeypatch):
+def test_a_pass_wider_than_the_limit_a_float32_one_and_decoding_stay_on_sdpa(smol_tokenizer, monkeypatch):
     pairs, _ = data.encode_pairs(smol_tokenizer, synthetic.trait_pairs(4, "prefix"), 96)
     model = lora.attach_lora(build_tiny_llama(smol_tokenizer), TrainConfig(), None)
     calls = eager_calls(model, monkeypatch)
@@ -73,14 +73,37 @@ def test_a_pass_wider_than_the_limit_and_decoding_stay_on_sdpa(smol_tokenizer, m
     with torch.no_grad():
         forward.batch_logps(model, pairs, smol_tokenizer.pad_token_id)
     assert not calls
-    cpu_attention.eager_up_to(model, 4096)
-    greedy_answers(model, smol_tokenizer, [[1, 9690, 198], [1, 4093, 198, 6004]], max_new_tokens=4)
-    assert not calls  # decoding's masks are SDPA's own
+    cpu_attention.eager_up_to(model, 4096, torch.bfloat16)  # as a run under CPU bf16 autocast sets it
+    prompts = [[1, 9690, 198], [1, 4093, 198, 6004]]
+    greedy_answers(model, smol_tokenizer, prompts, max_new_tokens=4)  # decodes in float32, outside autocast
     with torch.no_grad():
+        forward.batch_logps(model, pairs, smol_tokenizer.pad_token_id)  # float32: not the dtype measured
+    assert not calls
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         forward.batch_logps(model, pairs, smol_tokenizer.pad_token_id)
-    assert calls
+    layers = model.get_base_model().config.num_hidden_layers
+    assert len(calls) == layers
+    calls.clear()
+    cpu_attention.eager_up_to(model, 4096)  # any dtype: the prompt's pass goes eager, its cached steps don't
+    greedy_answers(model, smol_tokenizer, prompts, max_new_tokens=4)
+    assert len(calls) == layers and max(calls) == 4  # one batch, left-padded to its longer prompt
     cpu_attention.eager_up_to(model, 0)
     assert model.get_base_model().config._attn_implementation == "sdpa"
+
+
+def test_a_padded_batch_with_sdpa_s_own_mask_attends_the_same_eagerly(smol_tokenizer, monkeypatch):
+    model = build_tiny_llama(smol_tokenizer)
+    ids = torch.tensor([[0, 0, 1, 9690, 198, 30, 31], [1, 4093, 198, 6004, 40, 41, 42]])
+    padded = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1]])
+    calls = eager_calls(model, monkeypatch)
+    with torch.no_grad():
+        sdpa = [model(input_ids=ids, attention_mask=mask).logits for mask in (padded, torch.ones_like(padded))]
+        cpu_attention.eager_up_to(model, 4096)
+        eager = [model(input_ids=ids, attention_mask=mask).logits for mask in (padded, torch.ones_like(padded))]
+    assert len(calls) == 2 * model.config.num_hidden_layers  # a boolean mask, then none (plain causal)
+    real = padded.bool()
+    for a, b in zip(eager, sdpa):
+        torch.testing.assert_close(a[real], b[real], rtol=1e-5, atol=1e-4)  # padding positions may differ
 
 
 def test_with_gradient_checkpointing_the_recomputed_pass_attends_the_same_way(smol_tokenizer, monkeypatch):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import platform
+import time
 from pathlib import Path
 
 from .atomic import write_text
@@ -47,3 +48,16 @@ def remember(cache_file: Path | None, key: str, value) -> None:
         write_text(cache_file, json.dumps(known, indent=1))
     except OSError:
         pass  # a read-only data folder measures again next time
+
+
+def seconds_per_call(call, at_least_s: float, min_calls: int = 2) -> float:
+    """Mean seconds of `call()` over at least `min_calls` calls and `at_least_s` seconds, after a warm-up call
+    (first calls pay for packing weights, paging kernels in)."""
+    call()
+    calls, started = 0, time.perf_counter()
+    while True:
+        call()
+        calls += 1
+        elapsed = time.perf_counter() - started
+        if calls >= min_calls and elapsed >= at_least_s:
+            return elapsed / calls

@@ -14,7 +14,6 @@ One row, a prompt and training keep torch's own order.
 from __future__ import annotations
 
 import os
-import time
 import types
 from pathlib import Path
 
@@ -102,14 +101,7 @@ def _time_orders(weight, x) -> tuple[float, float]:
 
 
 def _seconds_per_call(call) -> float:
-    call()  # warm-up: first calls pay for packing
-    calls, started = 0, time.perf_counter()
-    while True:
-        call()
-        calls += 1
-        elapsed = time.perf_counter() - started
-        if calls >= MIN_CALLS and elapsed >= TIME_EACH_S:
-            return elapsed / calls
+    return machine_cache.seconds_per_call(call, TIME_EACH_S, MIN_CALLS)
 
 
 def machine_key(shapes: list[tuple[int, int]]) -> str:

@@ -8,11 +8,11 @@ was ahead at every width (docs/benchmarks.md §2). A DPO step on the trait panel
 short picks (48-137 tokens a row) spent a fifth of its time in flash attention's backward. So a run under CPU
 autocast times both, forward and backward, on its model's head shape at a few widths (`measure`, about a
 second, cached per CPU, core count, torch version, thread count and head shape), and passes no wider than
-the widest width eager won at by MARGIN (and at every narrower one) run eager; the rest, and all decoding,
-stay on SDPA.
+the widest width eager won at by MARGIN (and at every narrower one) run eager where their products run in bf16;
+the rest stay on SDPA, and so does decoding (outside autocast, in float32; one query a step).
 
-The choice is made per call from the pass's own shapes, so the policy, the reference and a pass recomputed
-under gradient checkpointing all take the same path. Eager keeps each layer's (rows, heads, T, T) weights for
+The choice is made per call from the pass's own shapes and dtype, so the policy, the reference, PPO's old
+log-probs and a pass recomputed under gradient checkpointing all take the same path. Eager keeps each layer's (rows, heads, T, T) weights for
 backward: the memory plan counts them up to the same width (memory_plan.Settings.eager_width).
 """
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 import types
 import weakref
 from pathlib import Path
@@ -34,7 +33,7 @@ ROWS = 4  # the default batch of 4 pairs: a row each in the shared-prompt layout
 MARGIN = 1.05  # eager must beat SDPA by this much at a width to take it
 TIME_EACH_S = 0.03  # per width and implementation, after a warm-up call
 
-_LIMITS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # attention layer -> widest eager width
+_LIMITS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # attention layer -> (widest eager width, dtype)
 
 
 def head_shape(config) -> tuple[int, int, int]:
@@ -102,14 +101,7 @@ def widest_win(times: dict[int, tuple[float, float]]) -> int:
 
 
 def _seconds_per_call(call) -> float:
-    call()  # warm-up
-    calls, started = 0, time.perf_counter()
-    while True:
-        call()
-        calls += 1
-        elapsed = time.perf_counter() - started
-        if calls >= 2 and elapsed >= TIME_EACH_S:
-            return elapsed / calls
+    return machine_cache.seconds_per_call(call, TIME_EACH_S)
 
 
 def machine_key(shape: tuple[int, int, int], dtype) -> str:
@@ -138,15 +130,40 @@ def probe(model, dtype, cache_dir: Path | None) -> int:
 
 
 def _attention(module, query, key, value, attention_mask, **kwargs):
-    """SDPA, or the family's eager attention for a CPU pass no wider than the model's limit that brings its own
-    additive mask (the training layout's; decoding's masks are SDPA's own and stay there)."""
-    limit = _LIMITS.get(module, 0)
-    if (limit and key.shape[-2] <= limit and query.device.type == "cpu" and attention_mask is not None
-            and attention_mask.dim() == 4 and attention_mask.is_floating_point()):
+    """SDPA, or the family's eager attention for a whole CPU pass (as many queries as keys: not a cached
+    decoding step) no wider than the model's limit, computing in the dtype the limit was measured in."""
+    width, dtype = _LIMITS.get(module, (0, None))
+    if (width and key.shape[-2] <= width and query.shape[-2] == key.shape[-2] and query.device.type == "cpu"
+            and (dtype is None or _runs_in(query) == dtype) and getattr(module, "is_causal", True)):
         eager = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
         if eager is not None:
-            return eager(module, query, key, value, attention_mask, **kwargs)
+            return eager(module, query, key, value, _additive(attention_mask, query), **kwargs)
     return _sdpa()(module, query, key, value, attention_mask, **kwargs)
+
+
+def _runs_in(query):
+    """The dtype attention's products run in: autocast's where it is on (rotary embeddings hand the queries
+    over in float32 even then), else the queries' own."""
+    import torch
+
+    if torch.is_autocast_enabled("cpu"):
+        return torch.get_autocast_dtype("cpu")
+    return query.dtype
+
+
+def _additive(mask, query):
+    """The pass's mask as eager adds it to the scores. The training layout brings its own additive mask; a
+    padded batch (the warm start, PPO's rollouts) gets SDPA's: True where a query may attend, or None for
+    plain causal attention."""
+    import torch
+
+    if mask is not None and mask.is_floating_point():
+        return mask
+    low = torch.finfo(torch.float32).min
+    if mask is None:
+        width = query.shape[-2]
+        return torch.full((width, width), low, device=query.device).triu(1)[None, None]
+    return torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, low)
 
 
 def _register() -> None:
@@ -158,9 +175,10 @@ def _register() -> None:
         AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
 
 
-def eager_up_to(model, width: int) -> bool:
+def eager_up_to(model, width: int, dtype=None) -> bool:
     """Let `model` (a transformers model, or peft's around one) attend eagerly in passes up to `width` tokens
-    wide; 0 puts SDPA back everywhere. False, and nothing changed, where its family has no eager to take."""
+    wide whose products run in `dtype` (None: any); 0 puts SDPA back everywhere. False, and nothing changed,
+    where its family has no eager to take."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if family_eager(base) is None:
         return False
@@ -169,6 +187,6 @@ def eager_up_to(model, width: int) -> bool:
         return True
     _register()
     for layer in _attention_layers(base):
-        _LIMITS[layer] = width
+        _LIMITS[layer] = (width, dtype)
     base.set_attn_implementation(IMPLEMENTATION)
     return True

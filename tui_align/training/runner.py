@@ -253,7 +253,7 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
     model = attach_lora(model, config, checkpoint)
     frozen_bf16.keep_in_bf16(model, where)
     if attention["eager_width"]:
-        cpu_attention.eager_up_to(model, attention["eager_width"])
+        cpu_attention.eager_up_to(model, attention["eager_width"], torch.bfloat16)
     cancel.check_during_backward(model)
     optimizer_state = None
     if checkpoint is not None and (checkpoint / OPTIMIZER_FILE).is_file():
