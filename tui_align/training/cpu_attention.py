@@ -3,17 +3,18 @@ faster than SDPA, measured.
 
 On a 2-core Xeon with AMX, under bf16 autocast, torch's CPU flash attention took 11.7 ms forward and backward
 for 8 rows of 64 tokens (9 heads, 3 key-value heads, 64 wide) and 22 ms for 128, where the plain product and
-softmax took 3.3 and 5.9 ms; at 512 tokens it was the other way round (62 against 262 ms), and in float32 flash
-was ahead at every width (docs/benchmarks.md §2). A DPO step on the trait panel's
-short picks (48-137 tokens a row) spent a fifth of its time in flash attention's backward. So a run under CPU
-autocast times both, forward and backward, on its model's head shape at a few widths (`measure`, about a
-second, cached per CPU, core count, torch version, thread count and head shape), and passes no wider than
-the widest width eager won at by MARGIN (and at every narrower one) run eager where their products run in bf16;
-the rest stay on SDPA, and so does decoding (outside autocast, in float32; one query a step).
+softmax took 3.3 and 5.9 ms; at 512 tokens it was the other way round (62 against 262 ms), and in float32
+flash was ahead at every width (docs/benchmarks.md §2). A DPO step on the trait panel's short picks (48-137
+tokens a row) spent a fifth of its time in flash attention's backward. So a run under CPU autocast times
+both, forward and backward, on its model's head shape at a few widths (`measure`, about a second, cached per
+CPU, core count, torch version, thread count and head shape). Passes no wider than the widest width eager won
+at by MARGIN (and at every narrower one) then attend eagerly where their products run in bf16; the rest stay
+on SDPA, and so does decoding (outside autocast, in float32, one query a step).
 
 The choice is made per call from the pass's own shapes and dtype, so the policy, the reference, PPO's old
-log-probs and a pass recomputed under gradient checkpointing all take the same path. Eager keeps each layer's (rows, heads, T, T) weights for
-backward: the memory plan counts them up to the same width (memory_plan.Settings.eager_width).
+log-probs and a pass recomputed under gradient checkpointing all take the same path. Eager keeps each
+layer's (rows, heads, T, T) weights for backward: the memory plan counts them up to the same width
+(memory_plan.Settings.eager_width).
 """
 
 from __future__ import annotations
