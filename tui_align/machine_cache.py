@@ -8,6 +8,7 @@ unreadable or read-only cache only means measuring again: nothing else depends o
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -24,6 +25,25 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def torch_cpu_key() -> str:
+    """What a torch CPU timing depends on besides its shapes: "<CPU>|<n> cores|torch <version>|<n> threads"."""
+    import torch
+
+    return f"{cpu_model()}|{os.cpu_count()} cores|torch {torch.__version__}|{torch.get_num_threads()} threads"
+
+
+def measured_once(cache_dir: Path | None, name: str, key: str, valid, measure) -> tuple[object, bool]:
+    """(figure, whether it came from the cache): the entry `key` of `cache_dir`/`name` where `valid(entry)`
+    says it is one, else `measure()`, remembered there."""
+    cache_file = cache_dir / name if cache_dir is not None else None
+    known = read(cache_file).get(key)
+    if valid(known):
+        return known, True
+    figure = measure()
+    remember(cache_file, key, figure)
+    return figure, False
 
 
 def read(cache_file: Path | None) -> dict:

@@ -13,7 +13,6 @@ One row, a prompt and training keep torch's own order.
 
 from __future__ import annotations
 
-import os
 import types
 from pathlib import Path
 
@@ -105,23 +104,16 @@ def _seconds_per_call(call) -> float:
 
 
 def machine_key(shapes: list[tuple[int, int]]) -> str:
-    import torch
-
-    named = ",".join(shape_key(*s) for s in shapes)
-    return (f"{machine_cache.cpu_model()}|{os.cpu_count()} cores|torch {torch.__version__}"
-            f"|{torch.get_num_threads()} threads|{named}")
+    return f"{machine_cache.torch_cpu_key()}|{','.join(shape_key(*s) for s in shapes)}"
 
 
 def probe(model, cache_dir: Path | None) -> dict[str, list[int]]:
     """measure() for `model`'s shapes on this machine: from the cache in `cache_dir`, else measured and cached."""
     shapes = model_shapes(model)
-    key = machine_key(shapes)
-    cache_file = cache_dir / CACHE_FILE if cache_dir is not None else None
-    known = machine_cache.read(cache_file).get(key)
-    if isinstance(known, dict) and all(isinstance(v, list) for v in known.values()):
-        return known
-    faster = measure(shapes)
-    machine_cache.remember(cache_file, key, faster)
+    faster, _ = machine_cache.measured_once(
+        cache_dir, CACHE_FILE, machine_key(shapes),
+        lambda known: isinstance(known, dict) and all(isinstance(v, list) for v in known.values()),
+        lambda: measure(shapes))
     return faster
 
 

@@ -19,7 +19,6 @@ layer's (rows, heads, T, T) weights for backward: the memory plan counts them up
 
 from __future__ import annotations
 
-import os
 import sys
 import types
 import weakref
@@ -52,7 +51,12 @@ def family_eager(model):
     if getattr(config, "_attn_implementation", None) not in ("sdpa", IMPLEMENTATION):
         return None
     layers = _attention_layers(model)
-    return getattr(sys.modules.get(type(layers[0]).__module__), "eager_attention_forward", None) if layers else None
+    return _eager_of(layers[0]) if layers else None
+
+
+def _eager_of(layer):
+    """The `eager_attention_forward` of the modeling module `layer` comes from (None if it has none)."""
+    return getattr(sys.modules.get(type(layer).__module__), "eager_attention_forward", None)
 
 
 def _attention_layers(model) -> list:
@@ -106,10 +110,7 @@ def _seconds_per_call(call) -> float:
 
 
 def machine_key(shape: tuple[int, int, int], dtype) -> str:
-    import torch
-
-    return (f"{machine_cache.cpu_model()}|{os.cpu_count()} cores|torch {torch.__version__}"
-            f"|{torch.get_num_threads()} threads|{str(dtype).replace('torch.', '')}"
+    return (f"{machine_cache.torch_cpu_key()}|{str(dtype).replace('torch.', '')}"
             f"|heads {shape[0]}/{shape[1]} x {shape[2]}")
 
 
@@ -120,13 +121,9 @@ def probe(model, dtype, cache_dir: Path | None) -> int:
     if eager is None:
         return 0
     shape = head_shape(model.config)
-    key = machine_key(shape, dtype)
-    cache_file = cache_dir / CACHE_FILE if cache_dir is not None else None
-    known = machine_cache.read(cache_file).get(key)
-    if isinstance(known, int) and known >= 0:
-        return known
-    widest = measure(*shape, eager, dtype)
-    machine_cache.remember(cache_file, key, widest)
+    widest, _ = machine_cache.measured_once(cache_dir, CACHE_FILE, machine_key(shape, dtype),
+                                            lambda known: isinstance(known, int) and known >= 0,
+                                            lambda: measure(*shape, eager, dtype))
     return widest
 
 
@@ -136,7 +133,7 @@ def _attention(module, query, key, value, attention_mask, **kwargs):
     width, dtype = _LIMITS.get(module, (0, None))
     if (width and key.shape[-2] <= width and query.shape[-2] == key.shape[-2] and query.device.type == "cpu"
             and (dtype is None or _runs_in(query) == dtype) and getattr(module, "is_causal", True)):
-        eager = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+        eager = _eager_of(module)
         if eager is not None:
             return eager(module, query, key, value, _additive(attention_mask, query), **kwargs)
     return _sdpa()(module, query, key, value, attention_mask, **kwargs)
@@ -168,12 +165,12 @@ def _additive(mask, query):
 
 
 def _register() -> None:
+    """Name `_attention` to transformers, with SDPA's masks (registering again only sets the same entries)."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    if IMPLEMENTATION not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
-        AttentionInterface.register(IMPLEMENTATION, _attention)
-        AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
+    AttentionInterface.register(IMPLEMENTATION, _attention)
+    AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
 
 
 def eager_up_to(model, width: int, dtype=None) -> bool:

@@ -123,11 +123,7 @@ def _calls_per_second(weights, inputs, device: str) -> float:
 
 def probe(device: str, shapes: tuple[int, int], cache_dir: Path | None) -> Measured:
     """The measurement for this machine and these shapes: from the cache, else measured and cached."""
-    key = machine_key(device, shapes)
-    cache_file = cache_dir / CACHE_FILE if cache_dir is not None else None
-    known = machine_cache.read(cache_file).get(key)
-    if isinstance(known, dict) and "float32" in known:
-        return Measured(device, known, cached=True)
-    gflops = measure(device, shapes)
-    machine_cache.remember(cache_file, key, gflops)
-    return Measured(device, gflops)
+    gflops, cached = machine_cache.measured_once(cache_dir, CACHE_FILE, machine_key(device, shapes),
+                                                 lambda known: isinstance(known, dict) and "float32" in known,
+                                                 lambda: measure(device, shapes))
+    return Measured(device, gflops, cached=cached)
