@@ -276,7 +276,7 @@ def sampled_rewards(models_dir: Path, run_dir: Path, questions: list[str], seed:
     model = PeftModel.from_pretrained(model, str(run_dir))
     head = load_reward_model(model, run_dir / "reward")
     warm_started = sft_reference.load(model, run_dir)
-    if not warm_started and config.ppo.sft_epochs:
+    if not warm_started and (config.ppo.sft_steps or config.ppo.sft_epochs):
         raise SystemExit(f"{run_dir} kept no copy of its warm start")
     encoded, _ = encode_pairs(tokenizer, [Pair(prompt=synthetic.user_prompt(q), chosen="Yes.", rejected="No.")
                                           for q in questions], 512)

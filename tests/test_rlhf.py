@@ -436,6 +436,29 @@ def test_ppo_s_rollouts_are_as_long_as_most_picked_answers():
     assert dpo.ppo.max_new_tokens is None
 
 
+def test_ppo_s_warm_start_takes_its_passes_up_to_the_step_budget():
+    from tui_align.training import loop, warm_start
+
+    small, large = TrainConfig(method="ppo"), TrainConfig(method="ppo")
+    defaults.fill(small, 100)
+    defaults.fill(large, 270)  # 300 picks less the held-out share: 3 passes at batch 4 would be 204 steps
+    assert small.ppo.sft_steps == defaults.SFT_EPOCHS * 25 == warm_start.sft_steps(100, small)
+    assert large.ppo.sft_steps == defaults.step_budget(270, 4).value == warm_start.sft_steps(270, large) == 100
+    assert "at most the step budget's 100" in defaults.warm_start_steps(270, 4).why
+    given = TrainConfig(method="ppo")
+    given.ppo.sft_epochs = 4  # --sft-epochs is passes, as it says, whatever the set's size
+    assert "ppo.sft_steps" not in [c.setting for c in defaults.fill(given, 270)]
+    assert warm_start.sft_steps(270, given) == 4 * 68
+    given.ppo.sft_epochs = 0
+    assert warm_start.sft_steps(270, given) == 0
+    # the schedule stops mid-pass, the batches the same as a whole pass's first ones
+    cut = list(loop.shuffled_schedule(list(range(10)), 4, 4, seed=0, first_step=7))
+    whole = list(loop.shuffled_schedule(list(range(10)), 4, 6, seed=0, first_step=7))
+    assert [s for s, _, _ in cut] == [8, 9, 10, 11] and cut == whole[:4]
+    assert sum(len(b) for _, _, b in whole) == 20  # two whole passes of 3 batches
+    assert list(loop.shuffled_schedule([], 4, 5, seed=0)) == []
+
+
 def test_a_ppo_run_takes_its_rollout_limit_from_the_picked_answers(smol_tokenizer, tiny_model_dir, tmp_path):
     """From the answers as tokenised, said at the start and in the run's settings; the memory plan, made before
     any tokenizer loads, plans for at least that many from the answers' text."""

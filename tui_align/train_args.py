@@ -74,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--ppo-reference", choices=PPO_CHOICES["reference"], default=defaults.ppo.reference,
         help="PPO: the KL penalty keeps the policy near its warm start (sft) or near the base model (base; "
              f"default: {defaults.ppo.reference})")
-    add("--sft-epochs", type=int, default=defaults.ppo.sft_epochs,
-        help=f"PPO: supervised passes over the chosen answers before PPO, so it samples what it should reinforce (default: {defaults.ppo.sft_epochs})")
+    add("--sft-epochs", type=int,
+        help=f"PPO: supervised passes over the chosen answers before PPO, so it samples what it should reinforce "
+             f"(default: {rule.SFT_EPOCHS}, at most the step budget's steps; 0 = none)")
     add("--lora-rank", type=int, default=defaults.lora.rank, help=f"LoRA rank (default: {defaults.lora.rank})")
     add("--lora-alpha", type=int, help="LoRA alpha (default: twice the rank)")
     add("--max-length", type=int, default=defaults.max_length,
@@ -125,7 +126,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         (args.sft_weight >= 0, "--sft-weight must not be negative"),
         (args.kl_coef >= 0, "--kl-coef must not be negative"),
         (args.ppo_lr is None or args.ppo_lr > 0, "--ppo-lr must be positive"),
-        (args.sft_epochs >= 0, "--sft-epochs must not be negative"),
+        (args.sft_epochs is None or args.sft_epochs >= 0, "--sft-epochs must not be negative"),
         (args.lora_rank >= 1, "--lora-rank must be at least 1"),
         (args.lora_alpha is None or args.lora_alpha >= 1, "--lora-alpha must be at least 1"),
         (args.max_length >= MIN_MAX_LENGTH, f"--max-length must be at least {MIN_MAX_LENGTH}"),

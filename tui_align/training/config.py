@@ -32,7 +32,11 @@ class ORPOSettings:
 
 @dataclass
 class PPOSettings:
-    sft_epochs: int = 3  # supervised passes over the chosen answers before PPO: RL only reinforces what it samples
+    # The warm start: supervised passes over the chosen answers before PPO (RL only reinforces what it
+    # samples). None: the rule's (defaults.warm_start_steps, kept in sft_steps): defaults.SFT_EPOCHS passes,
+    # at most the step budget's steps.
+    sft_epochs: int | None = None
+    sft_steps: int | None = None
     # None: two passes over the pairs, at least defaults.MIN_STEPS steps (16 steps on 32 pairs left the
     # reward model at chance on a whole-answer trait); a number: exactly that many passes.
     reward_epochs: int | None = None

@@ -64,9 +64,10 @@ def shuffled_batches(items: list, size: int, generator: torch.Generator | None =
     return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 
-def shuffled_schedule(items: list, batch_size: int, epochs: int, seed: int, *, first_step: int = 0,
+def shuffled_schedule(items: list, batch_size: int, steps: int, seed: int, *, first_step: int = 0,
                       start_step: int = 0) -> Iterator[tuple[int, float, list]]:
-    """(step, epoch, batch) for `epochs` passes in torch-shuffled order, numbered from first_step+1.
+    """(step, epoch, batch) for `steps` batches, pass after pass in torch-shuffled order, numbered from
+    first_step+1.
 
     The order of the reward model and the warm start (they predate `schedule`; keeping it keeps their
     numbers). Steps up to start_step are skipped, their shuffles still drawn, so a resume sees the same
@@ -74,9 +75,11 @@ def shuffled_schedule(items: list, batch_size: int, epochs: int, seed: int, *, f
     """
     generator = torch.Generator().manual_seed(seed)
     per_epoch = steps_per_epoch(len(items), batch_size)
-    step = first_step
-    for _ in range(epochs):
+    last, step = first_step + steps, first_step
+    while items and step < last:
         for batch in shuffled_batches(items, batch_size, generator):
+            if step == last:
+                break
             step += 1
             if step > start_step:
                 yield step, (step - first_step) / per_epoch, batch

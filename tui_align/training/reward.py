@@ -9,7 +9,6 @@ sequence. Trained with the Bradley-Terry loss on chosen vs rejected answers.
 from __future__ import annotations
 
 import copy
-import itertools
 import math
 from contextlib import contextmanager
 from pathlib import Path
@@ -220,8 +219,7 @@ def train_reward_model(job: Job, *, total_steps: int | None = None) -> tuple[nn.
 
     with active_adapter(model, REWARD_ADAPTER):  # inside, only "reward" requires grad; the policy is frozen
         outcome = loop.run_steps(
-            itertools.islice(loop.shuffled_schedule(job.train, config.batch_size, math.ceil(n_steps / per_epoch),
-                                                    config.seed), n_steps),
+            loop.shuffled_schedule(job.train, config.batch_size, n_steps, config.seed),
             loop.accumulating(model, optimizer, config, terms, report), config,
             total=total_steps, emit=job.emit, should_stop=job.should_stop, progress=loop.Progress(0, total_steps),
             tags={"phase": "reward_model"},

@@ -6,8 +6,6 @@ say) would never be rewarded, however well the reward model knows it.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from . import defaults, loop, losses
@@ -19,8 +17,13 @@ from .reward import POLICY_ADAPTER, adapter_parameters
 
 
 def sft_steps(n_train: int, config: TrainConfig) -> int:
-    """Optimizer steps of the supervised warm start on the chosen answers."""
-    return config.ppo.sft_epochs * math.ceil(n_train / max(1, config.batch_size))
+    """Optimizer steps of the supervised warm start on the chosen answers: the rule's (config.ppo.sft_steps,
+    filled by defaults.fill), else --sft-epochs' passes, else the rule's for `n_train`."""
+    if config.ppo.sft_steps is not None:
+        return config.ppo.sft_steps
+    if config.ppo.sft_epochs is not None:
+        return config.ppo.sft_epochs * defaults.steps_per_epoch(n_train, config.batch_size)
+    return defaults.warm_start_steps(n_train, config.batch_size).value
 
 
 def chosen_nll(model, batch: list[EncodedPair], pad_id: int) -> tuple[torch.Tensor, int]:
@@ -45,7 +48,7 @@ def warm_start(job: Job, *, first_step: int, total: int, checkpoint) -> bool:
     optimizer = torch.optim.AdamW(adapter_parameters(model, POLICY_ADAPTER), lr=defaults.lr(config), weight_decay=0.0)
     terms = lambda part: chosen_nll(model, part, job.pad_id)  # noqa: E731
     outcome = loop.run_steps(
-        loop.shuffled_schedule(job.train, config.batch_size, config.ppo.sft_epochs, config.seed,
+        loop.shuffled_schedule(job.train, config.batch_size, n_steps, config.seed,
                                first_step=first_step, start_step=job.start_step),
         loop.accumulating(model, optimizer, config, terms), config,
         total=total, emit=job.emit, should_stop=job.should_stop,
