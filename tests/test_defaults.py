@@ -73,7 +73,8 @@ def test_only_the_settings_left_unset_are_chosen():
 def test_ppo_s_own_phase_takes_a_fraction_of_the_run_s_rate_unless_given():
     config = TrainConfig(method="ppo")
     chosen = defaults.fill(config, 32)
-    assert [c.setting for c in chosen] == ["learning_rate", "max_steps", "ppo.learning_rate", "ppo.max_new_tokens"]
+    assert [c.setting for c in chosen] == ["learning_rate", "max_steps", "ppo.learning_rate", "ppo.sft_steps",
+                                          "ppo.max_new_tokens"]
     assert config.learning_rate == 1e-4 and config.ppo.learning_rate == 3e-5
     assert "0.3× the run's 0.0001" in chosen[2].why
     faster = TrainConfig(method="ppo", learning_rate=2e-4)
