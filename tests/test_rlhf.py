@@ -4,6 +4,7 @@ adapters stay apart, and it all runs on one copy of the base weights."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -361,6 +362,53 @@ def test_the_value_head_starts_at_zero_and_learns_at_its_own_rate(smol_tokenizer
     assert groups[1]["params"] == list(value_head.parameters())
     config.ppo.value_init = "random"
     assert ppo._value_head(model, config, None, resuming=False).weight.abs().min() > 0
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bf16-autocast-checkpointing"])
+def test_ppo_s_first_update_pass_is_the_old_policy_s(autocast, smol_tokenizer, monkeypatch):
+    """A PPO step takes the old policy's log-probs and values from its first update pass instead of a pass
+    of their own: the same weights before any update, so they must equal a separate no-grad pass in eval
+    mode exactly, under CPU bf16 autocast and gradient checkpointing too (the runner's CPU set-up)."""
+    base = build_tiny_llama(smol_tokenizer, seed=0)
+    if autocast:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = with_lora(base)
+    randomize_lora_b(model, 0.05)
+    reward.add_reward_adapter(model)
+    head = reward.scalar_head(model)
+    config = TrainConfig(method="ppo", seed=0)
+    config.ppo.max_new_tokens, config.ppo.value_init = 6, "random"  # values that differ by token
+    value_head = ppo._value_head(model, config, None, resuming=False)
+    optimizer = ppo.ppo_optimizer_for(model, value_head, 1e-2, config)
+    expected, got, passes = {}, {}, []
+    generate, forward, terms = ppo.generate_rollouts, ppo.policy_forward, ppo._old_policy_terms
+
+    def generating(*args, **kwargs):
+        rollout = generate(*args, **kwargs)
+        with torch.no_grad():  # the old policy, scored apart, before the step's first update
+            expected["logps"], expected["values"] = forward(model, value_head, rollout, config.ppo.temperature)
+        return rollout
+
+    def counting(*args, **kwargs):
+        passes.append(torch.is_grad_enabled())
+        return forward(*args, **kwargs)
+
+    def capturing(logps, values, *rest):
+        got["logps"], got["values"] = logps.detach().clone(), values.detach().clone()
+        return terms(logps, values, *rest)
+
+    monkeypatch.setattr(ppo, "generate_rollouts", generating)
+    monkeypatch.setattr(ppo, "policy_forward", counting)
+    monkeypatch.setattr(ppo, "_old_policy_terms", capturing)
+    prompts = [[1, 9690, 198], [1, 4093, 198, 6004]]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        stats = ppo._ppo_update(model, smol_tokenizer, head, value_head, optimizer, prompts,
+                                rollouts.answer_tail([], [EOS]), EOS, config)
+    assert torch.equal(got["logps"], expected["logps"]) and torch.equal(got["values"], expected["values"])
+    assert expected["values"].std() > 0
+    # one reference pass without gradients, then one pass a PPO epoch: no pass for the old policy alone
+    assert passes == [False] + [True] * config.ppo.ppo_epochs
+    assert math.isfinite(stats["loss"])
 
 
 # --- through the runner ------------------------------------------------------------------------------------

@@ -283,6 +283,20 @@ def _reference(job: Job, n_sft: int, resuming: bool, run_dir: Path | None) -> bo
     return True
 
 
+@torch.no_grad()
+def _old_policy_terms(logps, values, ref_logps, shaped_scores, mask, settings) -> tuple[torch.Tensor, ...]:
+    """(old_logps, old_values, kl, advantages, returns) from the old policy's log-probs and values."""
+    old_logps, old_values = logps.detach(), values.detach()
+    kl = losses.per_token_kl(old_logps, ref_logps) * mask
+    rewards = losses.shaped_rewards(shaped_scores, kl, mask, settings.kl_coef)
+    if settings.baseline == "group":
+        advantages = losses.leave_one_out_advantages(rewards, mask, settings.group_size)
+        returns = old_values  # no critic: the value loss is zero
+    else:
+        advantages, returns = losses.gae(rewards, old_values, mask, settings.gamma, settings.gae_lambda)
+    return old_logps, old_values, kl, losses.whiten(advantages, mask), returns
+
+
 def _ppo_update(model, tokenizer, head, value_head, optimizer, prompt_rows, tail, pad_id, config: TrainConfig,
                 sft_copy: bool = False) -> dict:
     """One rollout batch and `ppo_epochs` optimizer steps on it; returns the step's statistics.
@@ -293,22 +307,18 @@ def _ppo_update(model, tokenizer, head, value_head, optimizer, prompt_rows, tail
     with torch.no_grad():
         scores = score_rollout(model, head, rollout, tail, pad_id)
         shaped_scores = losses.cut_off_scores(scores, rollout.finished, settings.missing_eos_penalty)
-        old_logps, old_values = policy_forward(model, value_head, rollout, settings.temperature)
         with sft_reference.reference_of(model, sft_copy):
             ref_logps, _ = policy_forward(model, value_head, rollout, settings.temperature)
-        kl = losses.per_token_kl(old_logps, ref_logps) * mask
-        rewards = losses.shaped_rewards(shaped_scores, kl, mask, settings.kl_coef)
-        if settings.baseline == "group":
-            advantages = losses.leave_one_out_advantages(rewards, mask, settings.group_size)
-            returns = old_values  # no critic: the value loss below is zero
-        else:
-            advantages, returns = losses.gae(rewards, old_values, mask, settings.gamma, settings.gae_lambda)
-        advantages = losses.whiten(advantages, mask)
 
     model.train()
     value_head.train()
-    for _ in range(settings.ppo_epochs):
+    for epoch in range(settings.ppo_epochs):
         logps, values = policy_forward(model, value_head, rollout, settings.temperature)
+        if epoch == 0:
+            # The first pass runs the weights that sampled the rollouts, before any update of this step, so
+            # its log-probs and values are the old policy's: no pass of their own, one forward a step fewer.
+            old_logps, old_values, kl, advantages, returns = _old_policy_terms(logps, values, ref_logps,
+                                                                               shaped_scores, mask, settings)
         policy_loss, clip_fraction = losses.ppo_policy_loss(logps, old_logps, advantages, mask, settings.clip)
         value_loss = (losses.ppo_value_loss(values, old_values, returns, mask, settings.value_clip)
                       if settings.baseline != "group" else values.new_zeros(()))
