@@ -147,11 +147,11 @@ def warm_start_steps(n_train: int, batch_size: int) -> Choice:
     per_epoch = steps_per_epoch(n_train, batch_size)
     passes = SFT_EPOCHS * per_epoch
     budget = step_budget(n_train, batch_size).value
+    passes_said = f"{SFT_EPOCHS} supervised passes over {n_train} picked answers"
     if passes <= budget:
-        return Choice("ppo.sft_steps", passes, f"{SFT_EPOCHS} supervised passes over {n_train} picked answers")
-    return Choice("ppo.sft_steps", budget, f"{SFT_EPOCHS} supervised passes over {n_train} picked answers would be "
-                  f"{passes} steps; at most the step budget's {budget}: on 300 picks 100 steps taught "
-                  f"as much as 204")
+        return Choice("ppo.sft_steps", passes, passes_said)
+    return Choice("ppo.sft_steps", budget, f"{passes_said} would be {passes} steps; at most the step budget's "
+                  f"{budget}: on 300 picks 100 steps taught as much as 204")
 
 
 def learning_rate(method: str, rank: int, alpha: int, add_only: bool = False) -> Choice:
