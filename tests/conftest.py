@@ -36,7 +36,7 @@ def float32_unless_asked(monkeypatch):
     depend on the machine CI draws; the bf16 paths are asked for by name in their own tests."""
     from tui_align.training import precision_probe
 
-    monkeypatch.setattr(precision_probe, "measure", lambda device, shapes: dict(FLOAT32_FASTER))
+    monkeypatch.setattr(precision_probe, "measure", lambda device, shapes, rows=256: dict(FLOAT32_FASTER))
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,6 @@
 """The frozen base's linear weights kept in bf16 under CPU bf16 autocast (training/frozen_bf16.py): the run's
-products and gradients are the ones autocast gave, decoding gets float32 weights back, and nothing trainable
-or exported changes dtype."""
+products and gradients are the ones autocast gave, decoding gets float32 weights back (or stays on the bf16
+base where bf16 decodes faster), and nothing trainable or exported changes dtype."""
 
 from __future__ import annotations
 
@@ -109,6 +109,38 @@ def test_a_ppo_run_trains_on_the_bf16_base_and_decodes_on_float32(smol_tokenizer
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in events.of("step"))
     assert base_layer(model).weight.dtype == torch.bfloat16
     assert dtypes(model)["adapters"] == {torch.float32}
+
+
+def test_where_bf16_decodes_faster_a_ppo_run_samples_on_the_bf16_base_and_gets_its_float32_head_back(
+        smol_tokenizer, tmp_path):
+    model = lora.attach_lora(build_tiny_llama(smol_tokenizer), TrainConfig(), None)
+    config = TrainConfig(method="ppo", batch_size=4, learning_rate=1e-2, max_steps=1, epochs=1, max_length=96)
+    config.ppo.sft_epochs, config.ppo.reward_epochs, config.ppo.max_new_tokens = 1, 1, 8
+    train, _ = data.encode_pairs(smol_tokenizer, synthetic.trait_pairs(8, "prefix"), config.max_length)
+    held_out, _ = data.encode_pairs(smol_tokenizer, synthetic.eval_pairs("prefix")[:4], config.max_length)
+    assert not frozen_bf16.decode_in_bf16(model)  # only a base kept in bf16 decodes in it
+    frozen_bf16.keep_in_bf16(model, AUTOCAST)
+    assert frozen_bf16.decode_in_bf16(model)
+    head = model.get_output_embeddings().weight
+    head_before = head.data.clone()
+    seen, heads = set(), set()
+    hook = base_layer(model).register_forward_pre_hook(
+        lambda module, args: seen.add((module.weight.dtype, torch.is_autocast_enabled("cpu"), torch.is_grad_enabled())))
+    head_hook = model.get_output_embeddings().register_forward_pre_hook(
+        lambda module, args: heads.add((module.weight.dtype, torch.is_grad_enabled())))
+    events = CollectEvents()
+    try:
+        with precision_context(AUTOCAST):
+            methods.get("ppo").train(Job(model, smol_tokenizer, train, held_out, config, events, run_dir=tmp_path / "run"))
+    finally:
+        hook.remove()
+        head_hook.remove()
+    # every pass on the bf16 base under autocast, decodes (no grad) included; the decodes' head a bf16 copy
+    assert {(dtype, autocast) for dtype, autocast, _ in seen} == {(torch.bfloat16, True)}
+    assert (torch.bfloat16, False) in heads
+    assert model.get_output_embeddings().weight is head and head.dtype == torch.float32
+    assert torch.equal(head.data, head_before)  # not rounded through bf16 and back
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in events.of("step"))
 
 
 def test_with_gradient_checkpointing_the_recomputed_pass_sees_the_same_bf16_base(smol_tokenizer):

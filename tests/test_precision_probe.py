@@ -25,7 +25,8 @@ def test_the_probe_times_both_precisions_of_the_default_models_shapes_in_well_un
 
 def test_the_measurement_is_cached_per_machine_and_shapes(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(precision_probe, "measure", lambda device, shapes: calls.append(shapes) or {"float32": 9.0, "bf16": 30.0})
+    monkeypatch.setattr(precision_probe, "measure",
+                        lambda device, shapes, rows=256: calls.append(shapes) or {"float32": 9.0, "bf16": 30.0})
     first = precision_probe.probe("cpu", (64, 128), tmp_path)
     again = precision_probe.probe("cpu", (64, 128), tmp_path)
     assert (first.cached, again.cached, first.faster, again.gflops) == (False, True, "bf16", {"float32": 9.0, "bf16": 30.0})
@@ -34,6 +35,8 @@ def test_the_measurement_is_cached_per_machine_and_shapes(tmp_path, monkeypatch)
     (tmp_path / precision_probe.CACHE_FILE).write_text("{not json")
     assert precision_probe.probe("cpu", (64, 128), tmp_path).cached is False  # a damaged cache is measured over
     assert len(calls) == 3
+    precision_probe.probe("cpu", (64, 128), tmp_path, rows=precision_probe.DECODE_ROWS)  # decoding's: its own
+    assert len(calls) == 4 and precision_probe.probe("cpu", (64, 128), tmp_path, rows=4).cached
 
 
 def test_bf16_must_be_faster_by_a_margin():
@@ -43,7 +46,8 @@ def test_bf16_must_be_faster_by_a_margin():
 
 
 def test_a_run_says_what_it_measured_and_keeps_it_in_run_json(capsys, pairs_file, tiny_model_dir, monkeypatch):
-    monkeypatch.setattr(precision_probe, "measure", lambda device, shapes: {"float32": 60.0, "bf16": 240.0})
+    monkeypatch.setattr(precision_probe, "measure", lambda device, shapes, rows=256:
+                        {"float32": 60.0, "bf16": 240.0} if rows == 256 else {"float32": 30.0, "bf16": 20.0})
     code, events = run_cli(capsys, "--data", pairs_file, "--model", tiny_model_dir, "--max-steps", 1,
                            "--check-answers", 0, "--device", "cpu")
     assert code == 0, events[-1]
@@ -53,6 +57,23 @@ def test_a_run_says_what_it_measured_and_keeps_it_in_run_json(capsys, pairs_file
     assert said == "cpu, bf16 autocast, chosen by measuring: bf16: 240 vs 60 GFLOP/s in float32 on this CPU"
     record = json.loads((Path(start["run_dir"]) / "run.json").read_text())
     assert record["precision_measured"]["faster"] == "bf16"
+    # a few rows a product (decoding) measured apart: here float32 decodes faster, so it decodes in float32
+    assert start["decoding"]["precision"] == record["decoding"]["precision"] == "float32"
+    assert record["decoding"]["message"] == "decodes in float32 (float32: 30 vs 20 GFLOP/s in bf16 on this CPU, 4 rows a product)"
+
+
+def test_where_a_few_rows_run_faster_in_bf16_the_run_decodes_in_bf16(capsys, pairs_file, tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(precision_probe, "measure", lambda device, shapes, rows=256:
+                        {"float32": 60.0, "bf16": 240.0} if rows == 256 else {"float32": 20.0, "bf16": 50.0})
+    code, events = run_cli(capsys, "--data", pairs_file, "--model", tiny_model_dir, "--max-steps", 1,
+                           "--check-answers", 0, "--device", "cpu")
+    assert code == 0, events[-1]
+    said = next(e for e in events if e["event"] == "precision")["decoding"]
+    assert said["precision"] == "bf16" and said["message"].startswith("decodes in bf16 (bf16: 50 vs 20")
+    code, events = run_cli(capsys, "--data", pairs_file, "--model", tiny_model_dir, "--max-steps", 1,
+                           "--check-answers", 0, "--device", "cpu", "--precision", "float32")
+    assert code == 0, events[-1]
+    assert next(e for e in events if e["event"] == "start")["decoding"]["precision"] == "float32"  # no bf16 base
 
 
 def test_on_the_cpu_bf16_is_timed_as_a_run_trains_it_bf16_weights_taking_float32_inputs_under_autocast(monkeypatch):

@@ -23,6 +23,12 @@ from .. import machine_cache
 
 CACHE_FILE = "precision-probe.json"
 ROWS = 256  # tokens per timed call: a slice of a training pass
+#: Decoding's products take one token a row: a batch of PPO's rollouts or of the answer check's prompts. There
+#: they read every weight for a few rows, so memory, not arithmetic, sets the pace, and the faster precision
+#: can differ from training's: on a 2-core Xeon float32 decoded a token faster (against bf16 with the output
+#: layer cast at every token) while bf16 trained faster; on a 2-core EPYC (family 25) bf16 ran these products
+#: 2.4x as fast.
+DECODE_ROWS = 4
 TIME_EACH_S = 0.05  # per precision (both shapes each call), after a warm-up call
 GENERIC_SHAPES = (2048, 8192)  # a GPU is probed before the model loads (its dtype decides how it loads)
 MARGIN = 1.05  # bf16 must beat float32 by this much: its casts and rounding cost a little outside matmuls
@@ -63,7 +69,7 @@ def model_shapes(model_config) -> tuple[int, int]:
     return hidden, intermediate
 
 
-def machine_key(device: str, shapes: tuple[int, int]) -> str:
+def machine_key(device: str, shapes: tuple[int, int], rows: int = ROWS) -> str:
     import torch
 
     if device == "cuda":
@@ -71,18 +77,18 @@ def machine_key(device: str, shapes: tuple[int, int]) -> str:
     else:
         chip = machine_cache.cpu_model()
     return (f"{device}|{chip}|{os.cpu_count()} cores|torch {torch.__version__}|{torch.get_num_threads()} threads"
-            f"|{shapes[0]}x{shapes[1]}|{TIMED}")
+            f"|{shapes[0]}x{shapes[1]}|{TIMED}" + ("" if rows == ROWS else f"|{rows} rows"))
 
 
-def measure(device: str, shapes: tuple[int, int]) -> dict:
-    """GFLOP/s of a linear layer of `shapes` in each precision a run on `device` can train in."""
+def measure(device: str, shapes: tuple[int, int], rows: int = ROWS) -> dict:
+    """GFLOP/s of a linear layer of `shapes` on `rows` tokens in each precision a run on `device` can use."""
     import torch
 
     hidden, intermediate = shapes
     generator = torch.Generator().manual_seed(0)
     weights = [torch.randn(intermediate, hidden, generator=generator), torch.randn(hidden, intermediate, generator=generator)]
-    inputs = [torch.randn(ROWS, hidden, generator=generator), torch.randn(ROWS, intermediate, generator=generator)]
-    flops_per_call = sum(2 * ROWS * w.shape[0] * w.shape[1] for w in weights)
+    inputs = [torch.randn(rows, hidden, generator=generator), torch.randn(rows, intermediate, generator=generator)]
+    flops_per_call = sum(2 * rows * w.shape[0] * w.shape[1] for w in weights)
     results = {}
     # name: (weights' dtype, inputs' dtype, under CPU bf16 autocast)
     if device == "cuda":
@@ -121,9 +127,9 @@ def _calls_per_second(weights, inputs, device: str) -> float:
             return calls / elapsed
 
 
-def probe(device: str, shapes: tuple[int, int], cache_dir: Path | None) -> Measured:
-    """The measurement for this machine and these shapes: from the cache, else measured and cached."""
-    gflops, cached = machine_cache.measured_once(cache_dir, CACHE_FILE, machine_key(device, shapes),
+def probe(device: str, shapes: tuple[int, int], cache_dir: Path | None, rows: int = ROWS) -> Measured:
+    """The measurement for this machine, these shapes and rows: from the cache, else measured and cached."""
+    gflops, cached = machine_cache.measured_once(cache_dir, CACHE_FILE, machine_key(device, shapes, rows),
                                                  lambda known: isinstance(known, dict) and "float32" in known,
-                                                 lambda: measure(device, shapes))
+                                                 lambda: measure(device, shapes, rows))
     return Measured(device, gflops, cached=cached)

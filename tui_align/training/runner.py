@@ -130,6 +130,19 @@ def loading_phase(ref, models_dir: Path, dtype=None) -> tuple[str, str]:
     return "loading", f"loading {ref.model_id}"
 
 
+def _decoding_choice(model, where, measured) -> dict:
+    """The precision the run decodes in (its answer checks, PPO's rollouts) and why, for run.json and the
+    start event: on the CPU, bf16 where the base is kept in bf16 and a batch of a few rows ran faster in it;
+    elsewhere the weights' own (generate.decoding)."""
+    if measured is None:
+        precision = "bf16" if str(where.dtype) == "torch.bfloat16" else "float32"
+        return {"precision": precision, "message": f"decodes in {precision}"}
+    bf16 = measured.faster == "bf16" and frozen_bf16.decode_in_bf16(model)
+    return {"precision": "bf16" if bf16 else "float32", "measured": measured.as_dict(),
+            "message": f"decodes in {'bf16' if bf16 else 'float32'} ({measured.describe()}, "
+                       f"{precision_probe.DECODE_ROWS} rows a product)"}
+
+
 def attention_choice(model, where, memory, config, ref, pairs, cache_dir) -> dict:
     """How the run attends: under CPU bf16 autocast, eagerly in passes up to the width `cpu_attention`
     measured it faster at, where the memory plan has room for it; SDPA everywhere else."""
@@ -203,9 +216,13 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
                                                  quantization_config=where.quantization.loading_config())
     except UserError as exc:
         raise RunError(str(exc), kind="model") from exc
+    decode_measured = None
     if where.device == "cpu":  # float32 weights either way; autocast or not, timed on this model's shapes
-        measured = precision_probe.probe("cpu", precision_probe.model_shapes(model.config), probe_cache)
+        shapes = precision_probe.model_shapes(model.config)
+        measured = precision_probe.probe("cpu", shapes, probe_cache)
         where, precision_line = placement.settle(where, config.precision, measured)
+        if where.cpu_autocast and where.quantization.mode == "none":  # the base kept in bf16 (frozen_bf16)
+            decode_measured = precision_probe.probe("cpu", shapes, probe_cache, rows=precision_probe.DECODE_ROWS)
     quantization.prepare(model, where.quantization)
     attention = attention_choice(model, where, memory, config, ref, pairs, probe_cache)
 
@@ -252,6 +269,7 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
     torch.manual_seed(config.seed)  # the LoRA A matrices start random
     model = attach_lora(model, config, checkpoint)
     frozen_bf16.keep_in_bf16(model, where)
+    decoding = record["decoding"] = _decoding_choice(model, where, decode_measured)
     if attention["eager_width"]:
         cpu_attention.eager_up_to(model, attention["eager_width"], torch.bfloat16)
     cancel.check_during_backward(model)
@@ -279,8 +297,9 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
         precision_measured=measured.as_dict(),
         memory=memory.as_dict() if memory else None,
         attention=attention,
+        decoding=decoding,
     )
-    emit("precision", message=precision_line, measured=measured.as_dict())
+    emit("precision", message=precision_line, measured=measured.as_dict(), decoding=decoding)
     if attention["message"]:
         emit("attention", **attention)
     if memory is not None:
