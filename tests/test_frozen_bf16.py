@@ -88,20 +88,26 @@ def test_decoding_gets_the_same_base_back_in_float32_and_leaves_it_in_bf16(smol_
     assert answers[1] == answers[0]
 
 
-def test_a_ppo_run_trains_on_the_bf16_base_and_decodes_on_float32(smol_tokenizer, tmp_path):
-    model = lora.attach_lora(build_tiny_llama(smol_tokenizer), TrainConfig(), None)
+def one_step_ppo_run(model, tokenizer, tmp_path) -> CollectEvents:
+    """A PPO run of one step a phase on 8 prefix pairs under CPU bf16 autocast; its events."""
     config = TrainConfig(method="ppo", batch_size=4, learning_rate=1e-2, max_steps=1, epochs=1, max_length=96)
     config.ppo.sft_epochs, config.ppo.reward_epochs, config.ppo.max_new_tokens = 1, 1, 8
-    train, _ = data.encode_pairs(smol_tokenizer, synthetic.trait_pairs(8, "prefix"), config.max_length)
-    held_out, _ = data.encode_pairs(smol_tokenizer, synthetic.eval_pairs("prefix")[:4], config.max_length)
+    train, _ = data.encode_pairs(tokenizer, synthetic.trait_pairs(8, "prefix"), config.max_length)
+    held_out, _ = data.encode_pairs(tokenizer, synthetic.eval_pairs("prefix")[:4], config.max_length)
+    events = CollectEvents()
+    with precision_context(AUTOCAST):
+        methods.get("ppo").train(Job(model, tokenizer, train, held_out, config, events, run_dir=tmp_path / "run"))
+    return events
+
+
+def test_a_ppo_run_trains_on_the_bf16_base_and_decodes_on_float32(smol_tokenizer, tmp_path):
+    model = lora.attach_lora(build_tiny_llama(smol_tokenizer), TrainConfig(), None)
     frozen_bf16.keep_in_bf16(model, AUTOCAST)
     seen = set()
     hook = base_layer(model).register_forward_pre_hook(
         lambda module, args: seen.add((module.weight.dtype, torch.is_autocast_enabled("cpu"))))
-    events = CollectEvents()
     try:
-        with precision_context(AUTOCAST):
-            methods.get("ppo").train(Job(model, smol_tokenizer, train, held_out, config, events, run_dir=tmp_path / "run"))
+        events = one_step_ppo_run(model, smol_tokenizer, tmp_path)
     finally:
         hook.remove()
     # steps under autocast on the bf16 base; rollouts and the reward measures' answers in float32 without it
@@ -114,10 +120,6 @@ def test_a_ppo_run_trains_on_the_bf16_base_and_decodes_on_float32(smol_tokenizer
 def test_where_bf16_decodes_faster_a_ppo_run_samples_on_the_bf16_base_and_gets_its_float32_head_back(
         smol_tokenizer, tmp_path):
     model = lora.attach_lora(build_tiny_llama(smol_tokenizer), TrainConfig(), None)
-    config = TrainConfig(method="ppo", batch_size=4, learning_rate=1e-2, max_steps=1, epochs=1, max_length=96)
-    config.ppo.sft_epochs, config.ppo.reward_epochs, config.ppo.max_new_tokens = 1, 1, 8
-    train, _ = data.encode_pairs(smol_tokenizer, synthetic.trait_pairs(8, "prefix"), config.max_length)
-    held_out, _ = data.encode_pairs(smol_tokenizer, synthetic.eval_pairs("prefix")[:4], config.max_length)
     assert not frozen_bf16.decode_in_bf16(model)  # only a base kept in bf16 decodes in it
     frozen_bf16.keep_in_bf16(model, AUTOCAST)
     assert frozen_bf16.decode_in_bf16(model)
@@ -125,18 +127,16 @@ def test_where_bf16_decodes_faster_a_ppo_run_samples_on_the_bf16_base_and_gets_i
     head_before = head.data.clone()
     seen, heads = set(), set()
     hook = base_layer(model).register_forward_pre_hook(
-        lambda module, args: seen.add((module.weight.dtype, torch.is_autocast_enabled("cpu"), torch.is_grad_enabled())))
+        lambda module, args: seen.add((module.weight.dtype, torch.is_autocast_enabled("cpu"))))
     head_hook = model.get_output_embeddings().register_forward_pre_hook(
         lambda module, args: heads.add((module.weight.dtype, torch.is_grad_enabled())))
-    events = CollectEvents()
     try:
-        with precision_context(AUTOCAST):
-            methods.get("ppo").train(Job(model, smol_tokenizer, train, held_out, config, events, run_dir=tmp_path / "run"))
+        events = one_step_ppo_run(model, smol_tokenizer, tmp_path)
     finally:
         hook.remove()
         head_hook.remove()
     # every pass on the bf16 base under autocast, decodes (no grad) included; the decodes' head a bf16 copy
-    assert {(dtype, autocast) for dtype, autocast, _ in seen} == {(torch.bfloat16, True)}
+    assert seen == {(torch.bfloat16, True)}
     assert (torch.bfloat16, False) in heads
     assert model.get_output_embeddings().weight is head and head.dtype == torch.float32
     assert torch.equal(head.data, head_before)  # not rounded through bf16 and back

@@ -45,12 +45,17 @@ def test_bf16_must_be_faster_by_a_margin():
     assert Measured("cuda", {"float32": 100.0}).describe() == "float32 (100 GFLOP/s; no bf16 on this GPU)"
 
 
+def one_step_run(capsys, pairs_file, model_dir, *flags) -> list[dict]:
+    code, events = run_cli(capsys, "--data", pairs_file, "--model", model_dir, "--max-steps", 1,
+                           "--check-answers", 0, "--device", "cpu", *flags)
+    assert code == 0, events[-1]
+    return events
+
+
 def test_a_run_says_what_it_measured_and_keeps_it_in_run_json(capsys, pairs_file, tiny_model_dir, monkeypatch):
     monkeypatch.setattr(precision_probe, "measure", lambda device, shapes, rows=256:
                         {"float32": 60.0, "bf16": 240.0} if rows == 256 else {"float32": 30.0, "bf16": 20.0})
-    code, events = run_cli(capsys, "--data", pairs_file, "--model", tiny_model_dir, "--max-steps", 1,
-                           "--check-answers", 0, "--device", "cpu")
-    assert code == 0, events[-1]
+    events = one_step_run(capsys, pairs_file, tiny_model_dir)
     start = next(e for e in events if e["event"] == "start")
     assert start["precision"] == "cpu, bf16 autocast" and start["precision_measured"]["gflops"] == {"float32": 60.0, "bf16": 240.0}
     said = next(e for e in events if e["event"] == "precision")["message"]
@@ -65,14 +70,10 @@ def test_a_run_says_what_it_measured_and_keeps_it_in_run_json(capsys, pairs_file
 def test_where_a_few_rows_run_faster_in_bf16_the_run_decodes_in_bf16(capsys, pairs_file, tiny_model_dir, monkeypatch):
     monkeypatch.setattr(precision_probe, "measure", lambda device, shapes, rows=256:
                         {"float32": 60.0, "bf16": 240.0} if rows == 256 else {"float32": 20.0, "bf16": 50.0})
-    code, events = run_cli(capsys, "--data", pairs_file, "--model", tiny_model_dir, "--max-steps", 1,
-                           "--check-answers", 0, "--device", "cpu")
-    assert code == 0, events[-1]
+    events = one_step_run(capsys, pairs_file, tiny_model_dir)
     said = next(e for e in events if e["event"] == "precision")["decoding"]
     assert said["precision"] == "bf16" and said["message"].startswith("decodes in bf16 (bf16: 50 vs 20")
-    code, events = run_cli(capsys, "--data", pairs_file, "--model", tiny_model_dir, "--max-steps", 1,
-                           "--check-answers", 0, "--device", "cpu", "--precision", "float32")
-    assert code == 0, events[-1]
+    events = one_step_run(capsys, pairs_file, tiny_model_dir, "--precision", "float32")
     assert next(e for e in events if e["event"] == "start")["decoding"]["precision"] == "float32"  # no bf16 base
 
 
