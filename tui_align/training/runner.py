@@ -130,13 +130,15 @@ def loading_phase(ref, models_dir: Path, dtype=None) -> tuple[str, str]:
     return "loading", f"loading {ref.model_id}"
 
 
-def _decoding_choice(model, where, measured) -> dict:
+def _decoding_choice(model, where, kept_in_bf16: int, cache_dir: Path) -> dict:
     """The precision the run decodes in (its answer checks, PPO's rollouts) and why, for run.json and the
-    start event: on the CPU, bf16 where the base is kept in bf16 and a batch of a few rows ran faster in it;
-    elsewhere the weights' own (generate.decoding)."""
-    if measured is None:
+    start event: where the base is kept in bf16 (frozen_bf16), bf16 if a batch of a few rows runs faster in
+    it on this machine (measured once, cached); elsewhere the weights' own (generate.decoding)."""
+    if not kept_in_bf16:
         precision = "bf16" if str(where.dtype) == "torch.bfloat16" else "float32"
         return {"precision": precision, "message": f"decodes in {precision}"}
+    measured = precision_probe.probe("cpu", precision_probe.model_shapes(model.config), cache_dir,
+                                     rows=precision_probe.DECODE_ROWS)
     bf16 = measured.faster == "bf16" and frozen_bf16.decode_in_bf16(model)
     return {"precision": "bf16" if bf16 else "float32", "measured": measured.as_dict(),
             "message": f"decodes in {'bf16' if bf16 else 'float32'} ({measured.describe()}, "
@@ -216,13 +218,9 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
                                                  quantization_config=where.quantization.loading_config())
     except UserError as exc:
         raise RunError(str(exc), kind="model") from exc
-    decode_measured = None
     if where.device == "cpu":  # float32 weights either way; autocast or not, timed on this model's shapes
-        shapes = precision_probe.model_shapes(model.config)
-        measured = precision_probe.probe("cpu", shapes, probe_cache)
+        measured = precision_probe.probe("cpu", precision_probe.model_shapes(model.config), probe_cache)
         where, precision_line = placement.settle(where, config.precision, measured)
-        if where.cpu_autocast and where.quantization.mode == "none":  # the base kept in bf16 (frozen_bf16)
-            decode_measured = precision_probe.probe("cpu", shapes, probe_cache, rows=precision_probe.DECODE_ROWS)
     quantization.prepare(model, where.quantization)
     attention = attention_choice(model, where, memory, config, ref, pairs, probe_cache)
 
@@ -268,8 +266,8 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
 
     torch.manual_seed(config.seed)  # the LoRA A matrices start random
     model = attach_lora(model, config, checkpoint)
-    frozen_bf16.keep_in_bf16(model, where)
-    decoding = record["decoding"] = _decoding_choice(model, where, decode_measured)
+    kept_in_bf16 = frozen_bf16.keep_in_bf16(model, where)
+    decoding = record["decoding"] = _decoding_choice(model, where, kept_in_bf16, probe_cache)
     if attention["eager_width"]:
         cpu_attention.eager_up_to(model, attention["eager_width"], torch.bfloat16)
     cancel.check_during_backward(model)
