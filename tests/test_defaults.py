@@ -11,7 +11,7 @@ import torch
 from tui_align import train_args
 from tui_align.app.train_process import form_defaults, form_flags
 from tui_align.train_command import run_options
-from tui_align.training import answer_watch, defaults, runner, synthetic
+from tui_align.training import answer_watch, defaults, runner
 from tui_align.training.config import TrainConfig
 from tui_align.training.events import CollectEvents
 
@@ -74,7 +74,7 @@ def test_ppo_s_own_phase_takes_a_fraction_of_the_run_s_rate_unless_given():
     config = TrainConfig(method="ppo")
     chosen = defaults.fill(config, 32)
     assert [c.setting for c in chosen] == ["learning_rate", "max_steps", "ppo.learning_rate", "ppo.sft_steps",
-                                          "ppo.max_new_tokens"]
+                                          "ppo.gae_lambda", "ppo.max_new_tokens"]
     assert config.learning_rate == 1e-4 and config.ppo.learning_rate == 3e-5
     assert "0.3× the run's 0.0001" in chosen[2].why
     faster = TrainConfig(method="ppo", learning_rate=2e-4)

@@ -75,7 +75,8 @@ class PPOSettings:
     value_clip: float = 0.2
     kl_coef: float = 0.05
     gamma: float = 1.0
-    gae_lambda: float = 0.95
+    # GAE's lambda; None: the rule's (defaults.gae_lambda): 1 on picks that only add to the answers, else 0.95.
+    gae_lambda: float | None = None
     value_coef: float = 0.1
     temperature: float = 1.0
     missing_eos_penalty: float = 1.0  # an answer cut off by max_new_tokens scores at most -this (scores are unit-scale)

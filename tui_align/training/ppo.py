@@ -293,7 +293,8 @@ def _old_policy_terms(logps, values, ref_logps, shaped_scores, mask, settings) -
         advantages = losses.leave_one_out_advantages(rewards, mask, settings.group_size)
         returns = old_values  # no critic: the value loss is zero
     else:
-        advantages, returns = losses.gae(rewards, old_values, mask, settings.gamma, settings.gae_lambda)
+        advantages, returns = losses.gae(rewards, old_values, mask, settings.gamma,
+                                         defaults.ppo_gae_lambda(settings))
     return old_logps, old_values, kl, losses.whiten(advantages, mask), returns
 
 
