@@ -379,11 +379,12 @@ PINNED_PPO = {
     # when the PPO phase took 0.3x the run's rate (3e-3 here), and when the value head started at zero
     # (issue 11). Re-pinned again when the rewards PPO reports became the ones it maximises: the tiny random
     # model's greedy answers all run to the token limit, so each counts -1 or less (before: 7.44 after the
-    # warm start, 4.25 after PPO's step). The PPO step's own loss and value loss now pin that step.
+    # warm start, 4.25 after PPO's step). The PPO step's own loss and value loss now pin that step. Re-pinned
+    # when GAE's lambda became 1 on picks that only add to the answers, as these prefix picks do.
     "metrics": {"reward_accuracy": 1.0, "reward_margin": 0.45835018157958984,
                 "mean_reward_before": -1.0782809257507324, "mean_reward_after_sft": -1.0,
-                "kl": 0.0, "mean_reward_after": -1.0,
-                "ppo_step_loss": 0.015639588236808777, "ppo_step_value_loss": 0.30862435698509216},
+                "kl": 0.0, "mean_reward_after": -1.0782828330993652,
+                "ppo_step_loss": 0.03223450109362602, "ppo_step_value_loss": 0.3223450183868408},
 }
 
 
