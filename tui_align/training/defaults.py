@@ -37,10 +37,10 @@ end or the other: on 36 pairs, 3 epochs at batch 4 are 27 steps, and at lr 5e-5 
   token of a 50-token answer -1.5, so each update pushed answers to end sooner whatever the reward said.
   On 36 opening and sign-off picks PPO's greedy answers ended at 0.45 and 0.54 of the base's length
   (content kept 0.59 and 0.58; the sign-off 0.39 on a Xeon); at 1, 0.53 and 0.61 (0.60 both), the trait
-  12 and 11 of 12, and PPO's sampled score over its warm start +0.55 and +0.42 (about four and three standard errors). On picks that
-  cut or replace the answer that push is along what the user picked: a topic refusal at 1 reached 10 and
-  11 of 12 held-out prompts on two seeds (one with rep4 0.054, its off-topic answers running long) against
-  12 and 12 at 0.95.
+  12 and 11 of 12, and PPO's sampled score over its warm start +0.55 and +0.42 (about four and three
+  standard errors). On picks that cut or replace the answer that push is along what the user picked: a
+  topic refusal at 1 reached 10 and 11 of 12 held-out prompts on two seeds (one with rep4 0.054, its
+  off-topic answers running long) against 12 and 12 at 0.95.
 - **The rate's schedule** (DPO and ORPO): linear decay where the budget is at least twice the floor,
   constant below that; except that DPO keeps the constant rate on a small set (three passes no more than
   LARGE_SET_STEPS) whose picks don't only add to the answers, and ORPO on picks that cut them short.
