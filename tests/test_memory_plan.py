@@ -145,6 +145,9 @@ def test_the_estimate_follows_the_loop_batch_passes_checkpointing_and_quantizati
     assert weights["none"] > weights["8bit"] > weights["4bit"]
     ppo = memory_plan.estimate(shape, Workload("ppo", 8, 256, 300, 60), Settings("cuda", "bf16"))
     assert ppo.parts["rollouts"] > 0 and ppo.parts["lora"] > memory_plan.lora_bytes(shape, work)
+    # a step that samples 4 batches at once holds 4 times the rollouts' buffers (and their KV cache)
+    sampled = memory_plan.estimate(shape, Workload("ppo", 8, 256, 300, 60, ppo_minibatches=4), Settings("cuda", "bf16"))
+    assert sampled.parts["rollouts"] == pytest.approx(4 * ppo.parts["rollouts"])
 
 
 def test_the_head_chunk_size_is_the_loops():

@@ -388,11 +388,13 @@ def test_the_value_head_starts_at_zero_and_learns_at_its_own_rate(smol_tokenizer
     assert ppo._value_head(model, config, None, resuming=False).weight.abs().min() > 0
 
 
+@pytest.mark.parametrize("batch_size", [2, 1], ids=["one-update-a-pass", "two-minibatches"])
 @pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bf16-autocast-checkpointing"])
-def test_ppo_s_first_update_pass_is_the_old_policy_s(autocast, smol_tokenizer, monkeypatch):
-    """A PPO step takes the old policy's log-probs and values from its first update pass instead of a pass
-    of their own: the same weights before any update, so they must equal a separate no-grad pass in eval
-    mode exactly, under CPU bf16 autocast and gradient checkpointing too (the runner's CPU set-up)."""
+def test_ppo_s_old_policy_is_the_weights_that_sampled(autocast, batch_size, smol_tokenizer, monkeypatch):
+    """Every update of a PPO step, the second minibatch's too, takes the old policy's log-probs and values
+    from the weights that sampled the rollouts: a no-grad pass before the step's first update, equal to one
+    in eval mode right after sampling, under CPU bf16 autocast and gradient checkpointing too (the runner's
+    CPU set-up). Two rollouts in minibatches of `batch_size`: an update each, every epoch."""
     base = build_tiny_llama(smol_tokenizer, seed=0)
     if autocast:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -400,17 +402,19 @@ def test_ppo_s_first_update_pass_is_the_old_policy_s(autocast, smol_tokenizer, m
     randomize_lora_b(model, 0.05)
     reward.add_reward_adapter(model)
     head = reward.scalar_head(model)
-    config = TrainConfig(method="ppo", seed=0)
+    config = TrainConfig(method="ppo", seed=0, batch_size=batch_size)
     config.ppo.max_new_tokens, config.ppo.value_init = 6, "random"  # values that differ by token
+    config.ppo.minibatches = 2 // batch_size
     value_head = ppo._value_head(model, config, None, resuming=False)
     optimizer = ppo.ppo_optimizer_for(model, value_head, 1e-2, config)
-    expected, got, passes = {}, {}, []
+    expected, got, passes, updates = {}, {}, [], []
     generate, forward, terms = ppo.generate_rollouts, ppo.policy_forward, ppo._old_policy_terms
 
     def generating(*args, **kwargs):
         rollout = generate(*args, **kwargs)
-        with torch.no_grad():  # the old policy, scored apart, before the step's first update
-            expected["logps"], expected["values"] = forward(model, value_head, rollout, config.ppo.temperature)
+        with torch.no_grad():  # the old policy, scored apart, before the step's first update, a minibatch a pass
+            expected["parts"] = [(rows, forward(model, value_head, rollout.select(rows), config.ppo.temperature))
+                                 for rows in (([0, 1],) if batch_size == 2 else ([0], [1]))]
         return rollout
 
     def counting(*args, **kwargs):
@@ -424,15 +428,65 @@ def test_ppo_s_first_update_pass_is_the_old_policy_s(autocast, smol_tokenizer, m
     monkeypatch.setattr(ppo, "generate_rollouts", generating)
     monkeypatch.setattr(ppo, "policy_forward", counting)
     monkeypatch.setattr(ppo, "_old_policy_terms", capturing)
+    step = optimizer.step
+    monkeypatch.setattr(optimizer, "step", lambda: updates.append(1) or step())
     prompts = [[1, 9690, 198], [1, 4093, 198, 6004]]
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         stats = ppo._ppo_update(model, smol_tokenizer, head, value_head, optimizer, prompts,
                                 rollouts.answer_tail([], [EOS]), EOS, config)
-    assert torch.equal(got["logps"], expected["logps"]) and torch.equal(got["values"], expected["values"])
-    assert expected["values"].std() > 0
-    # one reference pass without gradients, then one pass a PPO epoch: no pass for the old policy alone
-    assert passes == [False] + [True] * config.ppo.ppo_epochs
+    for rows, (logps, values) in expected["parts"]:
+        width = logps.shape[1]
+        assert torch.equal(got["logps"][rows, :width], logps) and torch.equal(got["values"][rows, :width], values)
+        assert not got["logps"][rows, width:].any()  # past the minibatch's answers: padding
+    assert got["values"].std() > 0
+    # the reference's pass without gradients, the old policy's too where there are several minibatches (with
+    # one, its first update's pass is the old policy's), then an update a minibatch an epoch
+    minibatches = 2 // batch_size
+    old_passes = [False] * minibatches if minibatches > 1 else []
+    assert passes == [False] * minibatches + old_passes + [True] * config.ppo.ppo_epochs * minibatches
+    assert len(updates) == config.ppo.ppo_epochs * minibatches
     assert math.isfinite(stats["loss"])
+
+
+def test_a_ppo_step_samples_all_its_minibatches_at_once():
+    """The step budget counts PPO's updates of batch_size rollouts; with --ppo-minibatches 4 a step samples
+    4 batches at once, so 32 prompts' 30 updates are 8 steps of 16 answers, two steps an epoch."""
+    config = TrainConfig(method="ppo", max_steps=30)
+    assert ppo.ppo_steps(32, config) == 30 and ppo.sample_rows(config) == config.batch_size == 4
+    config.ppo.minibatches = 4
+    prompts = [[i] for i in range(32)]
+    steps = list(ppo.ppo_schedule(prompts, config, ppo.ppo_steps(32, config), first_step=50, start_step=0))
+    assert [s[0] for s in steps] == list(range(51, 59)) and ppo.sample_rows(config) == 16
+    assert {len(rows) for _, _, rows in steps} == {16}
+    assert sorted(r[0] for _, _, rows in steps[:2] for r in rows) == list(range(32))
+
+
+def test_a_minibatch_of_a_rollout_runs_as_wide_as_its_own_rows(smol_tokenizer):
+    """Rollout.select drops the columns that are padding in all the rows it keeps, the prompts' left padding
+    and the answer positions after the longest of its answers, and changes nothing else: each row's
+    log-probs and values are its whole batch's, cut to its width."""
+    torch.manual_seed(0)
+    model = with_lora(build_tiny_llama(smol_tokenizer, seed=0))
+    randomize_lora_b(model, 0.05)
+    value_head = reward.scalar_head(model)
+    prompts = [[1, 9690, 198], [1, 4093, 198, 6004, 2], [1, 28]]
+    batch = rollouts.prompt_batch(prompts, EOS)
+    answers = torch.tensor([[5, 6, EOS, EOS, EOS], [7, 8, 9, 10, 11], [12, EOS, EOS, EOS, EOS]])
+    response_mask = rollouts.response_mask(answers, [EOS])
+    whole = rollouts.Rollout(prompts, torch.cat([batch["input_ids"], answers], 1),
+                             torch.cat([batch["attention_mask"], response_mask], 1), response_mask,
+                             torch.tensor([True, False, True]))
+    model.eval()
+    with torch.no_grad():
+        logps, values = rollouts.policy_forward(model, value_head, whole, 1.0)
+        for rows, shape in (([0, 2], (2, 3 + 3)), ([2], (1, 2 + 2)), ([2, 1], (2, 5 + 5))):
+            part = whole.select(rows)
+            assert tuple(part.input_ids.shape) == shape and part.prompt_rows == [prompts[i] for i in rows]
+            part_logps, part_values = rollouts.policy_forward(model, value_head, part, 1.0)
+            width = part_logps.shape[1]
+            assert part_logps.shape == part.response_mask.shape and width == shape[1] - part.prompt_len
+            torch.testing.assert_close(part_logps, logps[rows, :width], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(part_values, values[rows, :width], atol=1e-5, rtol=1e-5)
 
 
 # --- through the runner ------------------------------------------------------------------------------------

@@ -693,14 +693,30 @@ def test_resuming_a_completed_run_is_refused(capsys, pairs_file, tiny_model_dir,
     assert code == 1 and "already completed" in events[-1]["message"]
 
 
+def test_a_ppo_run_samples_its_minibatches_together(capsys, pin_pairs_file, tiny_model_dir):
+    """--ppo-minibatches 2 through the CLI: 4 updates of the budget are 2 PPO steps of 8 answers each, the
+    run completes and run.json keeps the setting for a resume."""
+    events = pinned_run(capsys, "ppo", pin_pairs_file, tiny_model_dir, "--max-steps", 4, "--epochs", 1,
+                        "--sft-epochs", 0, "--ppo-minibatches", 2)
+    ppo_steps = [e for e in events if e["event"] == "step" and e["phase"] == "ppo"]
+    assert len(ppo_steps) == 2 and all(math.isfinite(e["loss"]) for e in ppo_steps)
+    assert [e["response_length"] >= 1 for e in ppo_steps] == [True, True]
+    record = json.loads((Path(events[-1]["run_dir"]) / "run.json").read_text())
+    assert record["settings"]["ppo"]["minibatches"] == 2
+
+
 def test_ppo_flags_reach_the_config():
     from tui_align.errors import UserError
     from tui_align.train_command import build_parser, config_from_args
 
-    config = config_from_args(build_parser().parse_args(["--method", "ppo", "--kl-coef", "0.1", "--sft-epochs", "0"]))
-    assert (config.ppo.kl_coef, config.ppo.sft_epochs) == (0.1, 0)
+    config = config_from_args(build_parser().parse_args(["--method", "ppo", "--kl-coef", "0.1", "--sft-epochs", "0",
+                                                         "--ppo-minibatches", "2"]))
+    assert (config.ppo.kl_coef, config.ppo.sft_epochs, config.ppo.minibatches) == (0.1, 0, 2)
     with pytest.raises(UserError, match="--sft-epochs must not be negative"):
         config_from_args(build_parser().parse_args(["--sft-epochs", "-1"]))
+    with pytest.raises(UserError, match="--ppo-minibatches must be at least 1"):
+        config_from_args(build_parser().parse_args(["--ppo-minibatches", "0"]))
+    assert config_from_args(build_parser().parse_args(["--method", "ppo"])).ppo.minibatches == 1
 
 
 # --- the method table and the package's layering ------------------------------------------------------

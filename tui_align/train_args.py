@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--ppo-lr", type=float, metavar="LR",
         help=f"PPO: the learning rate of the PPO phase (default: {rule.PPO_PHASE_SCALE:g}× the run's --lr, so "
              f"{rule.PPO_PHASE_SCALE * rule.LEARNING_RATES['ppo']:g} with no flags)")
+    add("--ppo-minibatches", type=int, default=defaults.ppo.minibatches, metavar="N",
+        help=f"PPO: batches of answers each step samples at once, an update on each (default: "
+             f"{defaults.ppo.minibatches}; the step budget counts the updates)")
     add("--ppo-reference", choices=PPO_CHOICES["reference"], default=defaults.ppo.reference,
         help="PPO: the KL penalty keeps the policy near its warm start (sft) or near the base model (base; "
              f"default: {defaults.ppo.reference})")
@@ -126,6 +129,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         (args.sft_weight >= 0, "--sft-weight must not be negative"),
         (args.kl_coef >= 0, "--kl-coef must not be negative"),
         (args.ppo_lr is None or args.ppo_lr > 0, "--ppo-lr must be positive"),
+        (args.ppo_minibatches >= 1, "--ppo-minibatches must be at least 1"),
         (args.sft_epochs is None or args.sft_epochs >= 0, "--sft-epochs must not be negative"),
         (args.lora_rank >= 1, "--lora-rank must be at least 1"),
         (args.lora_alpha is None or args.lora_alpha >= 1, "--lora-alpha must be at least 1"),
@@ -167,6 +171,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     config.ppo.baseline = args.ppo_baseline
     config.ppo.reference = args.ppo_reference
     config.ppo.learning_rate = args.ppo_lr
+    config.ppo.minibatches = args.ppo_minibatches
     config.lora.rank = args.lora_rank
     config.lora.alpha = args.lora_alpha or 2 * args.lora_rank  # alpha / rank = 2 keeps the default LoRA scale
     return config

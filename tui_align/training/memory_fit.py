@@ -25,7 +25,8 @@ def workload(config: TrainConfig, pairs) -> memory_plan.Workload:
     if rollout is None:  # the rule's limit from the answers' estimated lengths, which err high
         rollout = defaults.rollout_limit([memory_plan.text_tokens(p.chosen) for p in pairs]).value
     return memory_plan.workload_from_pairs(pairs, config.method, min(config.batch_size, max(1, len(pairs))),
-                                           config.max_length, config.lora.rank, rollout, rows)
+                                           config.max_length, config.lora.rank, rollout, rows,
+                                           config.ppo.minibatches)
 
 
 def plan_for(config: TrainConfig, shape: ModelShape, pairs, device: str, precision: str, free: int | None) -> Plan:

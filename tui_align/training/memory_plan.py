@@ -51,7 +51,8 @@ class Workload:
     prompt_tokens: int  # the longest prompt (PPO samples from it)
     lora_rank: int = 16
     max_new_tokens: int = 48  # PPO's sampled answers
-    ppo_rows: int | None = None  # PPO's rows per rollout batch (None: batch_size)
+    ppo_rows: int | None = None  # PPO's rows per update (None: batch_size)
+    ppo_minibatches: int = 1  # updates per rollout batch: a PPO step samples ppo_rows times this at once
 
 
 @dataclass(frozen=True)
@@ -224,13 +225,14 @@ def _pair_phase(shape: ModelShape, work: Workload, settings: Settings, head: str
 
 
 def _ppo_phase(shape: ModelShape, work: Workload, settings: Settings) -> dict[str, float]:
-    """A PPO step: the rollout batch in one forward and backward (no passes), whole logits over the
-    answer positions, and the KV cache of sampling it."""
+    """A PPO step: each update's rows in one forward and backward (no passes), whole logits over the
+    answer positions, and the KV cache of sampling the whole rollout batch (all its updates' rows)."""
     _, act, _ = _sizes(settings)
     rows = work.ppo_rows or work.batch_size
+    sampled = rows * work.ppo_minibatches
     length = work.prompt_tokens + work.max_new_tokens
-    kv_cache = rows * length * shape.layers * 2 * shape.kv_heads * shape.head_dim * act
-    buffers = rows * work.max_new_tokens * 4 * 8 + rows * length * 8 * 2
+    kv_cache = sampled * length * shape.layers * 2 * shape.kv_heads * shape.head_dim * act
+    buffers = sampled * work.max_new_tokens * 4 * 8 + sampled * length * 8 * 2
     training = _forward_backward(shape, settings, rows * length, length)
     logits = _whole_logits(shape, settings, rows * (work.max_new_tokens + 1), extra_copies=1)
     # sampling and training don't overlap: the cache is freed before the update
@@ -368,7 +370,7 @@ def text_tokens(text: str) -> int:
 
 
 def workload_from_pairs(pairs, method: str, batch_size: int, max_length: int, lora_rank: int = 16,
-                        max_new_tokens: int = 48, ppo_rows: int | None = None) -> Workload:
+                        max_new_tokens: int = 48, ppo_rows: int | None = None, ppo_minibatches: int = 1) -> Workload:
     """A Workload from the pairs' text, before any tokenizer is loaded: their longest prompt and pair in
     estimated tokens, cut to what `max_length` truncation leaves (data.encode_pairs). No pairs: the
     longest a pair may be."""
@@ -383,4 +385,5 @@ def workload_from_pairs(pairs, method: str, batch_size: int, max_length: int, lo
         longest_prompt = max(longest_prompt, prompt)
     if not longest_pair:
         longest_pair, longest_prompt = 2 * max_length - TEMPLATE_TOKENS, max_length // 2
-    return Workload(method, batch_size, max_length, longest_pair, longest_prompt, lora_rank, max_new_tokens, ppo_rows)
+    return Workload(method, batch_size, max_length, longest_pair, longest_prompt, lora_rank, max_new_tokens, ppo_rows,
+                    ppo_minibatches)

@@ -51,11 +51,18 @@ EVAL_PROMPTS = 16  # held-out prompts scored before and after PPO; enough to see
 
 
 def ppo_steps(n_prompts: int, config: TrainConfig) -> int:
-    """Rollout batches in the PPO phase: --max-steps when given (it overrides --epochs, as for DPO),
-    else epochs over the prompts. It counts PPO steps only: the reward phase always runs to the end,
-    since PPO against a half-trained reward model would be meaningless."""
+    """Rollout batches in the PPO phase. Its budget, --max-steps when given (it overrides --epochs, as for
+    DPO) else epochs over the prompts, counts updates on batch_size rollouts, as a DPO step is batch_size
+    pairs; a PPO step samples `minibatches` such batches at once, so it takes that many fewer steps (rounded
+    up). The budget counts the PPO phase only: the reward phase always runs to the end, since PPO against a
+    half-trained reward model would be meaningless."""
     per_prompt = config.ppo.group_size if config.ppo.baseline == "group" else config.ppo.rollouts_per_prompt
-    return defaults.steps(config, n_prompts * per_prompt)
+    return math.ceil(defaults.steps(config, n_prompts * per_prompt) / config.ppo.minibatches)
+
+
+def sample_rows(config: TrainConfig) -> int:
+    """Answers sampled at once: a PPO step's rollouts, and the reward measures' batches."""
+    return config.batch_size * config.ppo.minibatches
 
 
 def total_steps(train: list[EncodedPair], config: TrainConfig) -> int:
@@ -94,10 +101,10 @@ def answer_scores(model, tokenizer, head, rows: list[list[int]], tail, config: T
     scores, finished, tokens = [], [], []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for i in range(0, len(rows), config.batch_size):
+        for i in range(0, len(rows), sample_rows(config)):
             with generating():
-                rollout = generate_rollouts(model, tokenizer, rows[i : i + config.batch_size], config, greedy=greedy)
-            scores.append(score_rollout(model, head, rollout, tail, tokenizer.pad_token_id))
+                rollout = generate_rollouts(model, tokenizer, rows[i : i + sample_rows(config)], config, greedy=greedy)
+            scores.append(_scores(model, head, rollout, tail, tokenizer.pad_token_id, config.batch_size))
             finished.append(rollout.finished)
             tokens.append(rollout.response_mask.sum(1))
     return torch.cat(scores), torch.cat(finished), torch.cat(tokens)
@@ -151,7 +158,7 @@ def ppo_schedule(rows: list[list[int]], config: TrainConfig, n_ppo: int, first_s
     With the group baseline a step's rows are batch_size // group_size prompts, each group_size times
     in a row (one group per prompt); `rows` are then the prompts themselves."""
     group = config.ppo.group_size if config.ppo.baseline == "group" else 1
-    per_batch = max(1, config.batch_size // group)
+    per_batch = max(1, config.batch_size // group) * config.ppo.minibatches
     per_epoch = math.ceil(len(rows) / per_batch)
     generator = torch.Generator().manual_seed(config.seed)
     for ppo_step in range(n_ppo):
@@ -298,40 +305,79 @@ def _old_policy_terms(logps, values, ref_logps, shaped_scores, mask, settings) -
     return old_logps, old_values, kl, losses.whiten(advantages, mask), returns
 
 
+def _chunks(rows: int, size: int) -> list[list[int]]:
+    return [list(range(i, min(i + size, rows))) for i in range(0, rows, size)]
+
+
+def _scores(model, head, rollout, tail, pad_id: int, size: int) -> torch.Tensor:
+    """score_rollout in chunks of `size` rows: the reward model's passes stay the size the run's memory
+    plan gave a training batch, however many answers were sampled at once."""
+    return torch.cat([score_rollout(model, head, rollout.select(rows), tail, pad_id)
+                      for rows in _chunks(len(rollout.prompt_rows), size)])
+
+
+def _policy_terms(model, value_head, rollout, temperature: float, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """policy_forward in chunks of `size` rows, without gradients, as the batch's (B,R): each chunk runs as
+    wide as its own answers (Rollout.select), 0 past them."""
+    shape, logps, values = rollout.response_mask.shape, None, None
+    for rows in _chunks(len(rollout.prompt_rows), size):
+        part_logps, part_values = policy_forward(model, value_head, rollout.select(rows), temperature)
+        if logps is None:  # in the pass's own dtypes (values are bf16 under CPU autocast)
+            logps, values = part_logps.new_zeros(shape), part_values.new_zeros(shape)
+        logps[rows, : part_logps.shape[1]], values[rows, : part_values.shape[1]] = part_logps, part_values
+    return logps, values
+
+
 def _ppo_update(model, tokenizer, head, value_head, optimizer, prompt_rows, tail, pad_id, config: TrainConfig,
                 sft_copy: bool = False) -> dict:
-    """One rollout batch and `ppo_epochs` optimizer steps on it; returns the step's statistics.
-    The KL is to the warm start's frozen copy when `sft_copy`, else to the base."""
+    """One rollout batch, then `ppo_epochs` passes over it in minibatches of batch_size rows (shuffled when
+    there are several), an optimizer step each; returns the step's statistics, the last update's loss. The
+    KL is to the warm start's frozen copy when `sft_copy`, else to the base. The advantages are whitened over
+    the whole batch, as its rollouts were sampled together."""
     settings = config.ppo
+    size, rows_in_batch = config.batch_size, len(prompt_rows)
+    minibatches = _chunks(rows_in_batch, size)
     rollout = generate_rollouts(model, tokenizer, prompt_rows, config)
     mask = rollout.response_mask.float()
+    terms = None
     with torch.no_grad():
-        scores = score_rollout(model, head, rollout, tail, pad_id)
+        scores = _scores(model, head, rollout, tail, pad_id, size)
         shaped_scores = losses.cut_off_scores(scores, rollout.finished, settings.missing_eos_penalty)
         with sft_reference.reference_of(model, sft_copy):
-            ref_logps, _ = policy_forward(model, value_head, rollout, settings.temperature)
+            ref_logps, _ = _policy_terms(model, value_head, rollout, settings.temperature, size)
+        if len(minibatches) > 1:  # from the first update on the weights have moved: the old policy's own pass
+            logps, values = _policy_terms(model, value_head, rollout, settings.temperature, size)
+            terms = _old_policy_terms(logps, values, ref_logps, shaped_scores, mask, settings)
 
     model.train()
     value_head.train()
-    for epoch in range(settings.ppo_epochs):
-        logps, values = policy_forward(model, value_head, rollout, settings.temperature)
-        if epoch == 0:
-            # The first pass runs the weights that sampled the rollouts, before any update of this step, so
-            # its log-probs and values are the old policy's: no pass of their own, one forward a step fewer.
-            old_logps, old_values, kl, advantages, returns = _old_policy_terms(logps, values, ref_logps,
-                                                                               shaped_scores, mask, settings)
-        policy_loss, clip_fraction = losses.ppo_policy_loss(logps, old_logps, advantages, mask, settings.clip)
-        value_loss = (losses.ppo_value_loss(values, old_values, returns, mask, settings.value_clip)
-                      if settings.baseline != "group" else values.new_zeros(()))
-        loss = policy_loss + settings.value_coef * value_loss
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"PPO loss is {loss.item()}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = loop.clip_gradients([p for g in optimizer.param_groups for p in g["params"]], config, 0)
-        cancel.protect_rest_of_step()  # from the first update on, the step completes (its weights moved)
-        optimizer.step()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for _ in range(settings.ppo_epochs):
+        order = torch.randperm(rows_in_batch).tolist() if len(minibatches) > 1 else list(range(rows_in_batch))
+        for rows in minibatches:
+            picked = [order[i] for i in rows]
+            logps, values = policy_forward(model, value_head, rollout.select(picked), settings.temperature)
+            index, width = torch.tensor(picked, device=mask.device), logps.shape[1]
+            if terms is None:
+                # One minibatch: its first pass runs the weights that sampled the rollouts, before any update of
+                # this step, so its log-probs and values are the old policy's; no pass of their own.
+                terms = _old_policy_terms(_widened(logps, mask), _widened(values, mask), ref_logps, shaped_scores,
+                                          mask, settings)
+            old_logps, old_values, _, advantages, returns = (t[index, :width] for t in terms)
+            policy_loss, clip_fraction = losses.ppo_policy_loss(logps, old_logps, advantages, mask[index, :width],
+                                                                settings.clip)
+            value_loss = (losses.ppo_value_loss(values, old_values, returns, mask[index, :width], settings.value_clip)
+                          if settings.baseline != "group" else values.new_zeros(()))
+            loss = policy_loss + settings.value_coef * value_loss
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"PPO loss is {loss.item()}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = loop.clip_gradients(params, config, 0)
+            cancel.protect_rest_of_step()  # from the first update on, the step completes (its weights moved)
+            optimizer.step()
     model.eval()
+    kl = terms[2]
     return {
         "loss": loss.item(),
         "kl": (kl.sum(-1)).mean().item(),
@@ -343,3 +389,9 @@ def _ppo_update(model, tokenizer, head, value_head, optimizer, prompt_rows, tail
         "tokens": int(mask.sum().item()),
         "grad_norm": norm,
     }
+
+
+def _widened(terms: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A minibatch's (B,R') terms of all the batch's rows as the batch's (B,R), 0 past R'."""
+    return terms.detach() if terms.shape == mask.shape else torch.cat(
+        [terms.detach(), terms.new_zeros(mask.shape[0], mask.shape[1] - terms.shape[1])], dim=1)

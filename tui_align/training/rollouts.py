@@ -37,6 +37,22 @@ class Rollout:
     def responses(self) -> torch.Tensor:
         return self.input_ids[:, self.prompt_len :]
 
+    def select(self, rows: list[int]) -> "Rollout":
+        """These rows, in this order, without the columns that are padding in all of them: the prompts' left
+        padding and the answer positions after the longest of theirs has ended. The answers keep their first
+        columns, so the selection's (rows, R') terms are the batch's rows cut to [:, :R']; a minibatch then
+        runs as wide as its own longest answer, not the whole batch's."""
+        index = torch.tensor(rows, device=self.input_ids.device)
+        prompt_mask = self.attention_mask[index, : self.prompt_len]
+        drop = int(prompt_mask.any(0).long().argmax()) if prompt_mask.any() else 0
+        response_mask = self.response_mask[index]
+        used = response_mask.any(0)
+        keep = int(used.nonzero().max()) + 1 if used.any() else 1
+        end = self.prompt_len + keep
+        return Rollout(prompt_rows=[self.prompt_rows[i] for i in rows], input_ids=self.input_ids[index, drop:end],
+                       attention_mask=self.attention_mask[index, drop:end], response_mask=response_mask[:, :keep],
+                       finished=self.finished[index])
+
 
 def unique_prompts(pairs: list[EncodedPair]) -> list[list[int]]:
     """Each prompt once, in first-seen order: several picks on one turn are one PPO prompt."""
