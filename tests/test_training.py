@@ -710,13 +710,15 @@ def test_ppo_flags_reach_the_config():
     from tui_align.train_command import build_parser, config_from_args
 
     config = config_from_args(build_parser().parse_args(["--method", "ppo", "--kl-coef", "0.1", "--sft-epochs", "0",
-                                                         "--ppo-minibatches", "2"]))
-    assert (config.ppo.kl_coef, config.ppo.sft_epochs, config.ppo.minibatches) == (0.1, 0, 2)
+                                                         "--ppo-minibatches", "2", "--ppo-epochs", "1"]))
+    assert (config.ppo.kl_coef, config.ppo.sft_epochs, config.ppo.minibatches, config.ppo.ppo_epochs) == (0.1, 0, 2, 1)
     with pytest.raises(UserError, match="--sft-epochs must not be negative"):
         config_from_args(build_parser().parse_args(["--sft-epochs", "-1"]))
-    with pytest.raises(UserError, match="--ppo-minibatches must be at least 1"):
-        config_from_args(build_parser().parse_args(["--ppo-minibatches", "0"]))
+    for flag in ("--ppo-minibatches", "--ppo-epochs"):
+        with pytest.raises(UserError, match=f"{flag} must be at least 1"):
+            config_from_args(build_parser().parse_args([flag, "0"]))
     assert config_from_args(build_parser().parse_args(["--method", "ppo"])).ppo.minibatches == 1
+    assert config_from_args(build_parser().parse_args(["--method", "ppo"])).ppo.ppo_epochs == 2
 
 
 # --- the method table and the package's layering ------------------------------------------------------

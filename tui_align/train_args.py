@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--ppo-minibatches", type=int, default=defaults.ppo.minibatches, metavar="N",
         help=f"PPO: batches of answers each step samples at once, an update on each (default: "
              f"{defaults.ppo.minibatches}; the step budget counts the updates)")
+    add("--ppo-epochs", type=int, default=defaults.ppo.ppo_epochs, metavar="N",
+        help=f"PPO: passes over each step's answers (default: {defaults.ppo.ppo_epochs})")
     add("--ppo-reference", choices=PPO_CHOICES["reference"], default=defaults.ppo.reference,
         help="PPO: the KL penalty keeps the policy near its warm start (sft) or near the base model (base; "
              f"default: {defaults.ppo.reference})")
@@ -130,6 +132,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         (args.kl_coef >= 0, "--kl-coef must not be negative"),
         (args.ppo_lr is None or args.ppo_lr > 0, "--ppo-lr must be positive"),
         (args.ppo_minibatches >= 1, "--ppo-minibatches must be at least 1"),
+        (args.ppo_epochs >= 1, "--ppo-epochs must be at least 1"),
         (args.sft_epochs is None or args.sft_epochs >= 0, "--sft-epochs must not be negative"),
         (args.lora_rank >= 1, "--lora-rank must be at least 1"),
         (args.lora_alpha is None or args.lora_alpha >= 1, "--lora-alpha must be at least 1"),
@@ -172,6 +175,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     config.ppo.reference = args.ppo_reference
     config.ppo.learning_rate = args.ppo_lr
     config.ppo.minibatches = args.ppo_minibatches
+    config.ppo.ppo_epochs = args.ppo_epochs
     config.lora.rank = args.lora_rank
     config.lora.alpha = args.lora_alpha or 2 * args.lora_rank  # alpha / rank = 2 keeps the default LoRA scale
     return config
