@@ -155,8 +155,9 @@ def ppo_schedule(rows: list[list[int]], config: TrainConfig, n_ppo: int, first_s
     """(step, epoch, prompt rows) for PPO's steps first_step+1 .. first_step+n_ppo, skipping those up to
     start_step: each epoch's shuffle is still drawn, so a resume sees the same batches after.
 
-    With the group baseline a step's rows are batch_size // group_size prompts, each group_size times
-    in a row (one group per prompt); `rows` are then the prompts themselves."""
+    A step's rows are `minibatches` batches of batch_size. With the group baseline a batch's rows are
+    batch_size // group_size prompts, each group_size times in a row (one group per prompt); `rows` are then
+    the prompts themselves."""
     group = config.ppo.group_size if config.ppo.baseline == "group" else 1
     per_batch = max(1, config.batch_size // group) * config.ppo.minibatches
     per_epoch = math.ceil(len(rows) / per_batch)
