@@ -99,11 +99,12 @@ def answer_scores(model, tokenizer, head, rows: list[list[int]], tail, config: T
     it was) inside `generating()`: the adapter set that answers, for instance the base with the adapters off.
     Scoring is outside it, with the reward adapter."""
     scores, finished, tokens = [], [], []
+    at_once = sample_rows(config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for i in range(0, len(rows), sample_rows(config)):
+        for i in range(0, len(rows), at_once):
             with generating():
-                rollout = generate_rollouts(model, tokenizer, rows[i : i + sample_rows(config)], config, greedy=greedy)
+                rollout = generate_rollouts(model, tokenizer, rows[i : i + at_once], config, greedy=greedy)
             scores.append(_scores(model, head, rollout, tail, tokenizer.pad_token_id, config.batch_size))
             finished.append(rollout.finished)
             tokens.append(rollout.response_mask.sum(1))
@@ -320,13 +321,20 @@ def _scores(model, head, rollout, tail, pad_id: int, size: int) -> torch.Tensor:
 def _policy_terms(model, value_head, rollout, temperature: float, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """policy_forward in chunks of `size` rows, without gradients, as the batch's (B,R): each chunk runs as
     wide as its own answers (Rollout.select), 0 past them."""
-    shape, logps, values = rollout.response_mask.shape, None, None
-    for rows in _chunks(len(rollout.prompt_rows), size):
-        part_logps, part_values = policy_forward(model, value_head, rollout.select(rows), temperature)
-        if logps is None:  # in the pass's own dtypes (values are bf16 under CPU autocast)
-            logps, values = part_logps.new_zeros(shape), part_values.new_zeros(shape)
-        logps[rows, : part_logps.shape[1]], values[rows, : part_values.shape[1]] = part_logps, part_values
-    return logps, values
+    parts = [(rows, policy_forward(model, value_head, rollout.select(rows), temperature))
+             for rows in _chunks(len(rollout.prompt_rows), size)]
+    shape = rollout.response_mask.shape
+    return (_batch_wide([(rows, terms[0]) for rows, terms in parts], shape),
+            _batch_wide([(rows, terms[1]) for rows, terms in parts], shape))
+
+
+def _batch_wide(parts: list[tuple[list[int], torch.Tensor]], shape) -> torch.Tensor:
+    """Chunks' (rows, R') terms as the batch's (B,R), 0 past each chunk's width, in the terms' own dtype
+    (values are bf16 under CPU autocast)."""
+    out = parts[0][1].new_zeros(shape)
+    for rows, part in parts:
+        out[rows, : part.shape[1]] = part.detach()
+    return out
 
 
 def _ppo_update(model, tokenizer, head, value_head, optimizer, prompt_rows, tail, pad_id, config: TrainConfig,
@@ -362,8 +370,8 @@ def _ppo_update(model, tokenizer, head, value_head, optimizer, prompt_rows, tail
             if terms is None:
                 # One minibatch: its first pass runs the weights that sampled the rollouts, before any update of
                 # this step, so its log-probs and values are the old policy's; no pass of their own.
-                terms = _old_policy_terms(_widened(logps, mask), _widened(values, mask), ref_logps, shaped_scores,
-                                          mask, settings)
+                old_logps, old_values = (_batch_wide([(picked, t)], mask.shape) for t in (logps, values))
+                terms = _old_policy_terms(old_logps, old_values, ref_logps, shaped_scores, mask, settings)
             old_logps, old_values, _, advantages, returns = (t[index, :width] for t in terms)
             policy_loss, clip_fraction = losses.ppo_policy_loss(logps, old_logps, advantages, mask[index, :width],
                                                                 settings.clip)
@@ -391,8 +399,3 @@ def _ppo_update(model, tokenizer, head, value_head, optimizer, prompt_rows, tail
         "grad_norm": norm,
     }
 
-
-def _widened(terms: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """A minibatch's (B,R') terms of all the batch's rows as the batch's (B,R), 0 past R'."""
-    return terms.detach() if terms.shape == mask.shape else torch.cat(
-        [terms.detach(), terms.new_zeros(mask.shape[0], mask.shape[1] - terms.shape[1])], dim=1)
