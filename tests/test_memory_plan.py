@@ -150,6 +150,25 @@ def test_the_estimate_follows_the_loop_batch_passes_checkpointing_and_quantizati
     assert sampled.parts["rollouts"] == pytest.approx(4 * ppo.parts["rollouts"])
 
 
+def test_on_a_cpu_the_plan_holds_the_kv_cache_of_the_reward_measures_batch():
+    """PPO's reward measures decode CPU_MEASURE_ROWS answers at once on a CPU, so the plan holds their KV
+    cache there; on a GPU they decode a step's rollouts at once. Phi-3.5 has a key and value head for every
+    head: its cache outgrows a checkpointed update's activations at 2 rows a step."""
+    assert memory_plan.measure_rows(4, "cpu") == memory_plan.CPU_MEASURE_ROWS == 16
+    assert memory_plan.measure_rows(32, "cpu") == 32 and memory_plan.measure_rows(4, "cuda") == 4
+    shape = shape_from_config(CONFIGS["Phi-3.5-mini"])
+    work = Workload("ppo", 2, 256, 300, 60, max_new_tokens=200)  # 2 rollouts a step
+
+    def ppo_activations(device, precision):
+        return memory_plan._ppo_phase(shape, work, Settings(device, precision, gradient_checkpointing=True))["activations"]
+
+    def kv_cache(rows, value_bytes):
+        return rows * (60 + 200) * shape.layers * 2 * shape.kv_heads * shape.head_dim * value_bytes
+
+    assert ppo_activations("cpu", "float32") == kv_cache(16, 4)
+    assert ppo_activations("cuda", "bf16") == kv_cache(2, 2)
+
+
 def test_the_head_chunk_size_is_the_loops():
     from tui_align.training import head_logps
 

@@ -373,6 +373,37 @@ def test_the_ppo_phase_takes_its_own_learning_rate(smol_tokenizer, monkeypatch):
     assert rates[1:] == [1e-2, pytest.approx(1e-2 * defaults.PPO_PHASE_SCALE)]
 
 
+def test_the_reward_measures_decode_a_cpu_batch_at_once_and_the_before_one_on_the_base(smol_tokenizer, monkeypatch):
+    """On a CPU a decode step of 16 rows costs little more than one of 4, so the measures decode up to
+    memory_plan.CPU_MEASURE_ROWS answers at once; the one before the warm start answers with the adapters off
+    (the base: a fresh policy adapter's answers to the bit, and still the base's on a resumed run)."""
+    calls = []
+    real = ppo.answer_scores
+
+    def recording(model, tokenizer, head, rows, tail, config, *, greedy, seed, generating, at_once=None):
+        with generating():
+            layer = next(m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer"))
+            calls.append((len(rows), at_once, layer.disable_adapters))
+        return real(model, tokenizer, head, rows, tail, config, greedy=greedy, seed=seed, generating=generating,
+                    at_once=at_once)
+
+    monkeypatch.setattr(ppo, "answer_scores", recording)
+    sizes = []
+    real_generate = ppo.generate_rollouts
+    monkeypatch.setattr(ppo, "generate_rollouts", lambda model, tok, rows, *a, **k: sizes.append(len(rows))
+                        or real_generate(model, tok, rows, *a, **k))
+    model = with_lora(build_tiny_llama(smol_tokenizer, seed=0))
+    pairs = [Pair(p.prompt, SIGNED, "OK.") for p in synthetic.trait_pairs(12, "signoff")]
+    train, held_out = encode_pairs(smol_tokenizer, pairs[:6], 128)[0], encode_pairs(smol_tokenizer, pairs[6:], 128)[0]
+    config = TrainConfig(method="ppo", batch_size=2, max_steps=1, learning_rate=1e-2, seed=0)
+    config.ppo.reward_epochs, config.ppo.sft_epochs, config.ppo.max_new_tokens = 1, 1, 8
+    ppo.train_ppo(Job(model, smol_tokenizer, train, held_out, config, CollectEvents()))
+    # before, after the warm start, after PPO: 6 greedy answers, then 12 sampled, each in one batch
+    assert [c[:2] for c in calls] == [(6, 16), (12, 16)] * 3
+    assert [c[2] for c in calls] == [True, True, False, False, False, False]
+    assert sizes.count(12) == 3 and sizes.count(6) == 3 and set(sizes) <= {2, 6, 12}  # PPO's own: 2 a step
+
+
 def test_the_value_head_starts_at_zero_and_learns_at_its_own_rate(smol_tokenizer):
     """A random value head on real states gives each token a value larger than the whole reward, and GAE
     (lambda < 1) feeds the values of the states an answer leads to into its advantages: the head starts at

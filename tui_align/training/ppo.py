@@ -30,6 +30,7 @@ from .config import TrainConfig
 from .data import EncodedPair
 from .divergence import Divergence
 from .job import Job
+from .memory_plan import measure_rows
 from .reward import (
     HEAD_FILE,
     POLICY_ADAPTER,
@@ -75,7 +76,8 @@ SAMPLES_PER_PROMPT = 2  # sampled answers per held-out prompt in the sampled mea
 
 @torch.no_grad()
 def mean_answer_reward(model, tokenizer, head, prompts: list[list[int]], tail, config: TrainConfig,
-                       sampled: bool = False) -> float:
+                       sampled: bool = False,
+                       generating: Callable[[], ContextManager] = contextlib.nullcontext) -> float:
     """Mean reward-model score of the policy's answers to `prompts`: greedy, or SAMPLES_PER_PROMPT
     sampled each as PPO samples them, from a fixed seed so phases compare alike. Scored as PPO's
     objective scores them: an answer cut at max_new_tokens counts -missing_eos_penalty or less, since the
@@ -84,22 +86,23 @@ def mean_answer_reward(model, tokenizer, head, prompts: list[list[int]], tail, c
     if not prompts:
         return float("nan")
     rows = [p for p in prompts for _ in range(SAMPLES_PER_PROMPT)] if sampled else prompts
+    at_once = measure_rows(sample_rows(config), head.weight.device.type)
     scores, finished, _ = answer_scores(model, tokenizer, head, rows, tail, config, greedy=not sampled,
-                                        seed=config.seed + 7)
+                                        seed=config.seed + 7, generating=generating, at_once=at_once)
     return losses.cut_off_scores(scores, finished, config.ppo.missing_eos_penalty).mean().item()
 
 
 @torch.no_grad()
 def answer_scores(model, tokenizer, head, rows: list[list[int]], tail, config: TrainConfig, *, greedy: bool,
-                  seed: int, generating: Callable[[], ContextManager] = contextlib.nullcontext
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  seed: int, generating: Callable[[], ContextManager] = contextlib.nullcontext,
+                  at_once: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The reward model's score of one answer to each prompt row, whether the answer ended within
     max_new_tokens (PPO caps a cut answer's score: losses.cut_off_scores) and its length in tokens (its end
-    token counted), generated in batches of the run's size from `seed` (the caller's random state is left as
-    it was) inside `generating()`: the adapter set that answers, for instance the base with the adapters off.
-    Scoring is outside it, with the reward adapter."""
+    token counted), generated `at_once` at a time (default: a PPO step's rollouts) from `seed` (the caller's
+    random state is left as it was) inside `generating()`: the adapter set that answers, for instance the
+    base with the adapters off. Scoring is outside it, with the reward adapter, in batches of the run's size."""
     scores, finished, tokens = [], [], []
-    at_once = sample_rows(config)
+    at_once = at_once or sample_rows(config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for i in range(0, len(rows), at_once):
@@ -202,11 +205,13 @@ def train_ppo(job: Job) -> dict:
         if job.save_checkpoint is not None:
             job.save_checkpoint(step, optimizer=ppo_optimizer)
 
-    def measure(name: str, step: int) -> None:
+    def measure(name: str, step: int, generating: Callable[[], ContextManager] = contextlib.nullcontext) -> None:
         with cancel.interruptible():
-            metrics[name] = mean_answer_reward(model, tokenizer, head, eval_prompts, tail, config)
+            metrics[name] = mean_answer_reward(model, tokenizer, head, eval_prompts, tail, config,
+                                               generating=generating)
             sampled = name.replace("mean_reward", "mean_sampled_reward")
-            metrics[sampled] = mean_answer_reward(model, tokenizer, head, eval_prompts, tail, config, sampled=True)
+            metrics[sampled] = mean_answer_reward(model, tokenizer, head, eval_prompts, tail, config, sampled=True,
+                                                  generating=generating)
         emit("eval", phase="policy", step=step, reward=metrics[name], sampled_reward=metrics[sampled])
 
     emit("phase", name="reward_model")
@@ -217,7 +222,9 @@ def train_ppo(job: Job) -> dict:
     model.set_adapter(POLICY_ADAPTER)  # the policy trains from here on; the reward adapter is frozen
     if any(p.requires_grad for p in adapter_parameters(model, REWARD_ADAPTER)):
         raise RuntimeError("the reward adapter is still trainable; PPO would change the reward model")
-    measure("mean_reward_before", max(start_step, n_reward))
+    # The base's answers: what a fresh policy adapter (B at zero) gives to the bit, without its layers' cost,
+    # and still the base's when a resumed run's adapter has trained.
+    measure("mean_reward_before", max(start_step, n_reward), generating=model.disable_adapter)
 
     if n_sft:
         emit("phase", name="sft")
