@@ -1,5 +1,5 @@
-"""The lean LoRA forward a run's decodes take (training/lora_decode.py): the adapter's own outputs (to the bit
-in float32), used by every decode of a run, and peft's path wherever the lean one doesn't hold."""
+"""The float32 LoRA forward a run's bf16 decodes take (training/lora_decode.py): the adapter's own outputs (to
+the bit where the decode is float32), and peft's path wherever the lean one doesn't hold."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import pytest
 import torch
 from peft.tuners.lora.layer import Linear as LoraLinear
 
-from tui_align.training import lora, reward
+from tui_align.training import frozen_bf16, lora, reward
 from tui_align.training.config import TrainConfig
 from tui_align.training.generate import greedy_answers
 from tui_align.training.lora_decode import lean_lora
+from tui_align.training.placement import Placement
 
 from conftest import randomize_lora_b
 
@@ -115,10 +116,14 @@ def test_switching_adapters_inside_the_block_takes_the_active_one(adapted):
     assert torch.equal(other, base)
 
 
-def test_the_run_s_greedy_answers_decode_on_the_lean_forward(adapted, smol_tokenizer, monkeypatch):
+def test_a_run_decoding_in_bf16_decodes_on_the_lean_forward_and_one_in_float32_on_peft_s(adapted, smol_tokenizer,
+                                                                                          monkeypatch):
     text = smol_tokenizer.apply_chat_template([{"role": "user", "content": "Hello"}], tokenize=False,
                                               add_generation_prompt=True)
     prompt = smol_tokenizer(text, add_special_tokens=False)["input_ids"]
-    expected = greedy_answers(adapted, smol_tokenizer, [prompt], max_new_tokens=6)
     forbid_peft_path(adapted, monkeypatch)
-    assert greedy_answers(adapted, smol_tokenizer, [prompt], max_new_tokens=6) == expected
+    with pytest.raises(PeftPathTaken):  # a float32 decode: peft's products are float32 already
+        greedy_answers(adapted, smol_tokenizer, [prompt], max_new_tokens=6)
+    frozen_bf16.keep_in_bf16(adapted, Placement("cpu", torch.float32, cpu_autocast=True))
+    assert frozen_bf16.decode_in_bf16(adapted)
+    assert len(greedy_answers(adapted, smol_tokenizer, [prompt], max_new_tokens=6)) == 1

@@ -1,19 +1,19 @@
-"""A leaner LoRA forward while a CPU run decodes (the answer check, PPO's rollouts, the reward measures).
+"""The adapter's layers in float32 while a CPU run decodes in bf16 (generate.decoding: the answer check, PPO's
+rollouts, the reward measures).
 
-A decode step runs every LoRA layer on one token a row, so its cost is per call, not per FLOP: on the default
-model a token step of a batch of 4 took 83-98 ms with the adapter on against 58 with it off (2-core EPYC,
-bf16 autocast). Of each layer's extra time, peft's own bookkeeping (its argument checks, the adapter lookup,
-the dtype round trip) was about a third, and the two rank-r products under autocast most of the rest: oneDNN
-runs a bf16 product this small at 25-31 µs against 9-15 µs for the same product in float32. So while a
-decode runs, each plain LoRA layer computes base(x) + B(A(x)) · scaling with the adapter's float32 weights
-outside autocast: 69-75 ms a token step instead of 83-98.
+A decode step runs every LoRA layer on one token a row, products far too small to gain from bf16: under
+autocast oneDNN ran a rank-16 product of 4 rows at 25-31 µs against 9-15 µs for the same product in float32
+(2-core EPYC, family 25), and the default model's 210 LoRA layers made a token step of 4 rows 82 ms with the
+adapter on against 57 with it off. With the adapter's products in float32, outside autocast, the step takes
+72 ms (0.88x), one of 16 rows 110 against 133 (0.83x); `benchmarks/lora_decode.py`. (peft's own
+bookkeeping is not what costs: the same bf16 products without it were no faster, and in a float32 decode,
+where peft's products already are float32, the lean forward gained nothing: 110.3 against 110.5 ms.)
 
-The answers' distribution is the adapter's as peft computes it: bit for bit when the run decodes in float32
-(the same products in the same order), more exactly than autocast's bf16 when it decodes in bf16 (the
-update's log-probs then differ from the sampler's by bf16 rounding, as they already did: PPO takes them
-from a pass of its own). Anything else takes peft's path: gradients on, a layer in training mode (dropout),
-several active adapters, a variant (DoRA), a merged or disabled adapter, extra arguments, a quantized base
-(its own layer class), a GPU (not measured there).
+The answers' distribution is the adapter's as peft computes it, more exactly (float32 products, then the sum
+in the base's bf16) than autocast's bf16 products; the update's log-probs differ from the sampler's by bf16
+rounding, as they did before (PPO takes them from a pass of its own). Anything else takes peft's path:
+gradients on, a layer in training mode (dropout), several active adapters, a variant (DoRA), a merged or
+disabled adapter, extra arguments, a quantized base (its own layer class), a GPU (not measured there).
 """
 
 from __future__ import annotations
