@@ -38,9 +38,9 @@ CUDA_CONTEXT = int(0.35 * GB)  # cuBLAS workspaces and kernels loaded after the 
 CPU_PER_LAYER = int(0.017 * GB)
 MIN_PASS_TOKENS = 64  # smaller passes cost speed and save little: the weights dominate there
 QUANTIZATIONS = ("none", "8bit", "4bit")
-# PPO's reward measures decode this many answers at once on a CPU, where a decode step costs about the same
-# for 4 rows as for 16 (its time is reading the weights: 71 against 107 ms a token step on the default
-# model, 2-core EPYC), so one batch of 12 answers takes about half the time of three batches of 4. Elsewhere
+# PPO's reward measures decode this many answers at once on a CPU, where a decode step of 16 rows costs
+# about 1.5 of one of 4 (its time is reading the weights: 107 against 71 ms a token step on the default
+# model, 2-core EPYC), so 16 answers at once take about 0.4 of the time of four batches of 4. Elsewhere
 # they decode a step's rollouts at once, as the plan was made for.
 CPU_MEASURE_ROWS = 16
 
