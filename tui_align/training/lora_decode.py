@@ -32,8 +32,11 @@ def lean_lora(model):
 
     covered = []
     for module in model.modules():
-        if type(module) is LoraLinear and "forward" not in module.__dict__ and _plain(module):  # not nested
-            module.forward = _lean_forward(module)
+        if type(module) is not LoraLinear or "forward" in module.__dict__:  # another layer, or nested blocks
+            continue
+        name = _plain_adapter(module)
+        if name is not None:
+            module.forward = _lean_forward(module, name)
             covered.append(module)
     try:
         yield len(covered)
@@ -42,16 +45,18 @@ def lean_lora(model):
             del module.forward  # the instance attribute goes; the class's forward (peft's) is back
 
 
-def _plain(module) -> bool:
+def _plain_adapter(module) -> str | None:
+    """The one plain LoRA adapter `module` runs now, on the CPU; None where peft's path must run."""
     active = [name for name in module.active_adapters if name in module.lora_A]
-    return (len(active) == 1 and active[0] not in module.lora_variant and not module.merged
-            and not module.disable_adapters and module.lora_A[active[0]].weight.device.type == "cpu")
+    if (len(active) == 1 and active[0] not in module.lora_variant and not module.merged
+            and not module.disable_adapters and module.lora_A[active[0]].weight.device.type == "cpu"):
+        return active[0]
+    return None
 
 
-def _lean_forward(module):
+def _lean_forward(module, name: str):
     peft_forward = type(module).forward.__get__(module)
     adapters = list(module.active_adapters)
-    name = next(name for name in adapters if name in module.lora_A)
     base, lora_a, lora_b = module.base_layer, module.lora_A[name].weight, module.lora_B[name].weight
     scaling = module.scaling[name]
 

@@ -314,22 +314,18 @@ def _old_policy_terms(logps, values, ref_logps, shaped_scores, mask, settings) -
     return old_logps, old_values, kl, losses.whiten(advantages, mask), returns
 
 
-def _chunks(rows: int, size: int) -> list[list[int]]:
-    return [list(range(i, min(i + size, rows))) for i in range(0, rows, size)]
-
-
 def _scores(model, head, rollout, tail, pad_id: int, size: int) -> torch.Tensor:
     """score_rollout in chunks of `size` rows: the reward model's passes stay the size the run's memory
     plan gave a training batch, however many answers were sampled at once."""
     return torch.cat([score_rollout(model, head, rollout.select(rows), tail, pad_id)
-                      for rows in _chunks(len(rollout.prompt_rows), size)])
+                      for rows in loop.shuffled_batches(list(range(len(rollout.prompt_rows))), size)])
 
 
 def _policy_terms(model, value_head, rollout, temperature: float, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """policy_forward in chunks of `size` rows, without gradients, as the batch's (B,R): each chunk runs as
     wide as its own answers (Rollout.select), 0 past them."""
     parts = [(rows, policy_forward(model, value_head, rollout.select(rows), temperature))
-             for rows in _chunks(len(rollout.prompt_rows), size)]
+             for rows in loop.shuffled_batches(list(range(len(rollout.prompt_rows))), size)]
     shape = rollout.response_mask.shape
     return (_batch_wide([(rows, terms[0]) for rows, terms in parts], shape),
             _batch_wide([(rows, terms[1]) for rows, terms in parts], shape))
@@ -352,7 +348,7 @@ def _ppo_update(model, tokenizer, head, value_head, optimizer, prompt_rows, tail
     the whole batch, as its rollouts were sampled together."""
     settings = config.ppo
     size, rows_in_batch = config.batch_size, len(prompt_rows)
-    minibatches = _chunks(rows_in_batch, size)
+    several = rows_in_batch > size
     rollout = generate_rollouts(model, tokenizer, prompt_rows, config)
     mask = rollout.response_mask.float()
     terms = None
@@ -361,17 +357,16 @@ def _ppo_update(model, tokenizer, head, value_head, optimizer, prompt_rows, tail
         shaped_scores = losses.cut_off_scores(scores, rollout.finished, settings.missing_eos_penalty)
         with sft_reference.reference_of(model, sft_copy):
             ref_logps, _ = _policy_terms(model, value_head, rollout, settings.temperature, size)
-        if len(minibatches) > 1:  # from the first update on the weights have moved: the old policy's own pass
+        if several:  # from the first update on the weights have moved: the old policy's own pass
             logps, values = _policy_terms(model, value_head, rollout, settings.temperature, size)
             terms = _old_policy_terms(logps, values, ref_logps, shaped_scores, mask, settings)
 
     model.train()
     value_head.train()
     params = [p for g in optimizer.param_groups for p in g["params"]]
+    shuffle = torch.default_generator if several else None  # several minibatches: a new order each epoch
     for _ in range(settings.ppo_epochs):
-        order = torch.randperm(rows_in_batch).tolist() if len(minibatches) > 1 else list(range(rows_in_batch))
-        for rows in minibatches:
-            picked = [order[i] for i in rows]
+        for picked in loop.shuffled_batches(list(range(rows_in_batch)), size, shuffle):
             logps, values = policy_forward(model, value_head, rollout.select(picked), settings.temperature)
             index, width = torch.tensor(picked, device=mask.device), logps.shape[1]
             if terms is None:
@@ -405,4 +400,3 @@ def _ppo_update(model, tokenizer, head, value_head, optimizer, prompt_rows, tail
         "tokens": int(mask.sum().item()),
         "grad_norm": norm,
     }
-
