@@ -12,7 +12,7 @@ import math
 
 from .errors import ArgumentParser, UsageError
 from .training import defaults as rule
-from .training.config import PPO_CHOICES, TrainConfig
+from .training.config import DECODERS, PPO_CHOICES, TrainConfig
 from .training.rules import MEMORY_MODES, METHODS, MIN_MAX_LENGTH, PRECISIONS, QUANTIZATIONS
 
 
@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: estimate the run's peak memory before loading and take the cheapest settings that fit "
              "the free memory (smaller passes, gradient checkpointing, then a quantized base), or refuse the "
              "run with the numbers; off: train as asked (default: auto)")
+    add("--decoder", choices=DECODERS, default=defaults.decoder,
+        help="auto: on a CPU with a GGUF base, llama.cpp decodes the run's answers (PPO's samples, the answer "
+             "check) from a 16-bit copy of the base, made once; transformers: always transformers (default: auto)")
     add("--resume", metavar="RUN_DIR", help="continue a cancelled or failed run with its own settings and pairs")
     add("--jsonl", action="store_true", help="print one JSON event per line on stdout (for the app)")
     return parser
@@ -165,6 +168,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         memory=args.memory,
         pass_tokens=args.pass_tokens,
         check_answers=args.check_answers,
+        decoder=args.decoder,
     )
     config.dpo.beta = args.beta
     config.dpo.sft_weight = args.sft_weight

@@ -157,10 +157,16 @@ def convert_to_gguf_lora(adapter_dir: str | Path, base_gguf: str | Path, out_pat
                          layout: Layout | None = None, converted_for: str | None = None) -> Path:
     """Write the GGUF LoRA for `adapter_dir` on top of `base_gguf`, atomically. `converted_for`: the cache's
     record of what this conversion was made from (lora_cache.py); `layout` is for tests only."""
+    base = read_base(base_gguf)  # first: an unsupported base is the error to name, whatever the adapter
+    config, tensors = load_peft_adapter(adapter_dir)
+    return write_gguf_lora(config, tensors, base, out_path, layout=layout, converted_for=converted_for)
+
+
+def write_gguf_lora(config: dict, tensors: dict[str, np.ndarray], base: BaseGGUF, out_path: str | Path, *,
+                    layout: Layout | None = None, converted_for: str | None = None) -> Path:
+    """The GGUF LoRA of peft's `config` and tensors (by peft's names, float32) on `base`, written atomically."""
     import gguf
 
-    base = read_base(base_gguf)
-    config, tensors = load_peft_adapter(adapter_dir)
     converted, alpha = gguf_lora_tensors(config, tensors, base, layout=layout)
 
     def fill(writer) -> None:

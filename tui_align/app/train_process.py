@@ -297,7 +297,8 @@ def describe_event(event: dict) -> str | None:
         if event.get("finished") and (event.get("elapsed_s") or 0) >= 1.0:
             return f"{event.get('label')}: done in {event['elapsed_s']:.0f} s"
         return None
-    if kind in ("defaults", "baseline", "early_stop", "note", "reference", "precision", "memory", "attention"):
+    if kind in ("defaults", "baseline", "early_stop", "note", "reference", "precision", "decoder", "memory",
+                "attention"):
         label = f"{kind.replace('_', ' ')}: "
         message = str(event.get("message", ""))
         return message if message.startswith(label) else label + message

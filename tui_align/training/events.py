@@ -19,6 +19,8 @@ Event kinds and their fields:
   progress    task ("loading" | "converting" | "tokenising" | "baseline"), label, done, total, elapsed_s,
               eta_s, finished: the stretches before the first step, at least every second (phases.py)
   precision   message, measured: the precision chosen (or forced) and the GFLOP/s measured (precision_probe.py)
+  decoder     engine ("llama.cpp" | "transformers"), message: what decodes the run's answers (gguf_decode.py); also
+              the start event's decoding.engine
   reference   pairs, of, message: how many pairs the reference log-probs are scored for (DPO)
   checkpoint  step, path
   done        run_dir, metrics, seconds, answer_check (the last answers event of the adapter kept)

@@ -7,6 +7,7 @@ import contextlib
 
 import torch
 
+from . import gguf_decode
 from .data import prompt_batch
 from .frozen_bf16 import decodes_in_bf16, float32_while, head_in_bf16
 from .lora_decode import lean_lora
@@ -38,6 +39,11 @@ def greedy_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: i
     model.eval()
     answers: list[str] = []
     try:
+        decoder = gguf_decode.decoder_of(model)
+        answered = None if decoder is None else decoder.answers(model, prompts, max_new_tokens,
+                                                                [tokenizer.eos_token_id], greedy=True)
+        if answered is not None:
+            return tokenizer.batch_decode(answered, skip_special_tokens=True)
         with decoding(model):
             for start in range(0, len(prompts), batch_size):
                 rows = prompt_batch(prompts[start : start + batch_size], tokenizer.pad_token_id)

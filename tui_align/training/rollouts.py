@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from transformers import GenerationConfig
 
-from . import defaults, losses
+from . import defaults, gguf_decode, losses
 from .config import TrainConfig
 from .data import EncodedPair, prompt_batch
 from .generate import decoding
@@ -99,6 +99,12 @@ def generate_rollouts(model, tokenizer, prompt_rows: list[list[int]], config: Tr
     batch = prompt_batch(prompt_rows, tokenizer.pad_token_id)
     device = next(model.parameters()).device
     ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    decoder = gguf_decode.decoder_of(model)
+    answers = None if decoder is None else decoder.answers(
+        model, prompt_rows, defaults.rollout_tokens(config.ppo), stop_ids, greedy=greedy,
+        temperature=config.ppo.temperature)
+    if answers is not None:
+        return _rollout(prompt_rows, ids, mask, answer_batch(answers, tokenizer.pad_token_id).to(device), stop_ids)
     # PPO's ratio divides by the log-probs of the distribution the tokens were really drawn from, so
     # nothing else may shape it: top_k=0 overrides transformers' global top-k of 50, and the model's
     # own generation_config (whose set values fill in whatever we leave unset, a repetition penalty
@@ -120,12 +126,21 @@ def generate_rollouts(model, tokenizer, prompt_rows: list[list[int]], config: Tr
             out = model.generate(input_ids=ids, attention_mask=mask, generation_config=settings)
     finally:
         base.generation_config = own
-    responses = out[:, ids.shape[1] :]
+    return _rollout(prompt_rows, ids, mask, out[:, ids.shape[1] :], stop_ids)
+
+
+def answer_batch(answers: list[list[int]], pad_id: int) -> torch.Tensor:
+    """(B, R) answer tokens padded on the right to the longest, as generate() returns them."""
+    width = max(1, max(len(a) for a in answers))
+    return torch.tensor([a + [pad_id] * (width - len(a)) for a in answers], dtype=torch.long)
+
+
+def _rollout(prompt_rows, ids: torch.Tensor, mask: torch.Tensor, responses: torch.Tensor, stop_ids) -> Rollout:
     resp_mask = response_mask(responses, stop_ids)
-    finished = (torch.isin(responses, torch.tensor(stop_ids, device=device)) & resp_mask.bool()).any(-1)
+    finished = (torch.isin(responses, torch.tensor(stop_ids, device=responses.device)) & resp_mask.bool()).any(-1)
     return Rollout(
         prompt_rows=[list(r) for r in prompt_rows],
-        input_ids=out,
+        input_ids=torch.cat([ids, responses], dim=1),
         attention_mask=torch.cat([mask, resp_mask.to(mask.dtype)], dim=1),
         response_mask=resp_mask,
         finished=finished,

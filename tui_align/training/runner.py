@@ -17,7 +17,8 @@ from typing import Callable
 
 from ..errors import UserError, log_traceback
 from ..pairs import Pair
-from . import cancel, cpu_attention, defaults, frozen_bf16, memory_fit, methods, placement, precision_probe, quantization
+from . import (cancel, cpu_attention, defaults, frozen_bf16, gguf_decode, memory_fit, methods, placement, precision_probe,
+               quantization)
 from .answer_watch import AnswerWatch, read_picks
 from .config import TrainConfig, check_choices
 from .events import EventSink
@@ -85,6 +86,8 @@ def run(options: RunOptions, emit: EventSink, should_stop: Callable[[], bool] = 
         return cancelled_before_training(options, emit, record, started)
     except BaseException as exc:  # every failure becomes one event, never a traceback
         return fail(exc, emit, record)
+    finally:
+        gguf_decode.close_all()
 
 
 def cancelled_before_training(options: RunOptions, emit: EventSink, record: dict, started: float) -> int:
@@ -268,6 +271,9 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
     model = attach_lora(model, config, checkpoint)
     kept_in_bf16 = frozen_bf16.keep_in_bf16(model, where)
     decoding = record["decoding"] = _decoding_choice(model, where, kept_in_bf16, probe_cache)
+    longest_prompt = max(p.prompt_len for p in train + held_out)
+    decoding["engine"] = gguf_decode.for_run(model, config, ref, where, bool(kept_in_bf16), memory,
+                                             options.models_dir, longest_prompt, emit)
     if attention["eager_width"]:
         cpu_attention.eager_up_to(model, attention["eager_width"], torch.bfloat16)
     cancel.check_during_backward(model)
@@ -298,6 +304,7 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
         decoding=decoding,
     )
     emit("precision", message=precision_line, measured=measured.as_dict(), decoding=decoding)
+    emit("decoder", **decoding["engine"])
     if attention["message"]:
         emit("attention", **attention)
     if memory is not None:
