@@ -75,7 +75,7 @@ def speed(args, ref, model, tokenizer, config, prompts) -> dict:
 
     file_type = gguf_decode.copy_type(kept_in_bf16=not args.float32)
     decoder = gguf_decode.GGUFDecoder(copy_of(ref, file_type), Path(ref.location), max(args.rows),
-                                      max(len(p) for p in prompts) + args.tokens + 1)
+                                      max(len(p) for p in prompts) + args.tokens + 1, Path(tempfile.mkdtemp()))
     config.ppo.max_new_tokens = args.tokens
     results = {}
     for rows in args.rows:

@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from tui_align.app.train_process import describe_event
 from tui_align.training import gguf_decode, rollouts, runner, synthetic
 from tui_align.training.config import TrainConfig
 from tui_align.training.data import template_ids
@@ -53,7 +54,7 @@ def tops_of(model, rollout) -> tuple[torch.Tensor, torch.Tensor]:
     return picked[mask], answer.max(-1).values[mask]
 
 
-def test_greedy_answers_follow_the_adapter_in_use(tiny_base, smol_tokenizer):
+def test_greedy_answers_follow_the_adapter_in_use(tiny_base, smol_tokenizer, tmp_path):
     """Every greedy token llama.cpp picks is transformers' top token (to rounding) with the adapter on, and with
     the adapters off (peft's disable_adapter) the base's; the adapter is big enough to change the answers."""
     base_model, path = tiny_base
@@ -61,7 +62,7 @@ def test_greedy_answers_follow_the_adapter_in_use(tiny_base, smol_tokenizer):
     config = TrainConfig(method="ppo")
     config.ppo.max_new_tokens = 16
     rows = prompt_rows(smol_tokenizer)
-    decoder = gguf_decode.GGUFDecoder(path, path, 8, 64)
+    decoder = gguf_decode.GGUFDecoder(path, path, 8, 64, tmp_path)
     gguf_decode.attach(model, decoder)
     try:
         adapted = rollouts.generate_rollouts(model, smol_tokenizer, rows, config, greedy=True)
@@ -78,7 +79,7 @@ def test_greedy_answers_follow_the_adapter_in_use(tiny_base, smol_tokenizer):
     assert not torch.equal(adapted.responses[:, :4], bare.responses[:, :4])
 
 
-def test_sampled_answers_follow_the_policy_s_distribution_and_the_run_s_seed(tiny_base, smol_tokenizer):
+def test_sampled_answers_follow_the_policy_s_distribution_and_the_run_s_seed(tiny_base, smol_tokenizer, tmp_path):
     """The first token of 256 sampled answers falls on transformers' likeliest tokens as often as its softmax at
     the run's temperature says (within 4 standard errors); the same torch seed samples the same answers."""
     base_model, path = tiny_base
@@ -88,7 +89,7 @@ def test_sampled_answers_follow_the_policy_s_distribution_and_the_run_s_seed(tin
     row = prompt_rows(smol_tokenizer)[0]
     with torch.no_grad():
         probs = (model(input_ids=torch.tensor([row])).logits[0, -1].float() / config.ppo.temperature).softmax(-1)
-    decoder = gguf_decode.GGUFDecoder(path, path, 16, 64)
+    decoder = gguf_decode.GGUFDecoder(path, path, 16, 64, tmp_path)
     gguf_decode.attach(model, decoder)
     try:
         torch.manual_seed(5)
@@ -108,7 +109,7 @@ def test_sampled_answers_follow_the_policy_s_distribution_and_the_run_s_seed(tin
         assert abs(seen - p) < 4 * (p * (1 - p) / len(tokens)) ** 0.5 + 1e-3, (token, seen, p)
 
 
-def test_a_decode_llama_cpp_cannot_carry_falls_back_to_transformers(tiny_base, smol_tokenizer):
+def test_a_decode_llama_cpp_cannot_carry_falls_back_to_transformers(tiny_base, smol_tokenizer, tmp_path):
     """Two adapters active at once have no GGUF LoRA form: `answers` says so and transformers decodes."""
     base_model, path = tiny_base
     model = with_adapter(base_model, 0.3)
@@ -116,7 +117,7 @@ def test_a_decode_llama_cpp_cannot_carry_falls_back_to_transformers(tiny_base, s
 
     model.add_adapter("other", LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
     model.base_model.set_adapter(["default", "other"])
-    decoder = gguf_decode.GGUFDecoder(path, path, 4, 64)
+    decoder = gguf_decode.GGUFDecoder(path, path, 4, 64, tmp_path)
     try:
         assert gguf_decode.adapter_in_use(model) == (False, None)
         assert decoder.answers(model, prompt_rows(smol_tokenizer), 4, [2], greedy=True) is None
@@ -156,8 +157,10 @@ def test_a_ppo_run_on_a_quantized_gguf_base_decodes_with_llama_cpp(decoder, smol
         assert said["engine"] == "transformers" and "--decoder transformers" in said["message"] and not copies
         return
     assert said["engine"] == "llama.cpp" and "F16 copy" in said["message"], said
+    assert describe_event(said).startswith("decoder: llama.cpp decodes the run's answers")  # the Train log's line
     assert [str(c) for c in copies] == [said["copy"]]
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["decoding"]["engine"]["engine"] == "llama.cpp"
     assert events.of("answers") and record["status"] == "completed"
-    assert not gguf_decode._DECODERS  # closed with the run
+    assert not gguf_decode._DECODERS  # closed with the run, its adapter file gone
+    assert not (tmp_path / "run" / gguf_decode.GGUFDecoder.ADAPTER_FILE).exists()

@@ -1,15 +1,16 @@
 """A CPU run's answers decoded by llama.cpp: PPO's rollouts, the reward measures and the answer check.
 
 Where the base is a GGUF, llama.cpp decodes the run's answers from a 16-bit copy of it with the adapter as
-it is at that moment written as a GGUF LoRA. On the default model a token step of 4 rows took 18 ms there
-against 72 ms through transformers in bf16, one of 16 rows 42 against 110 (2-core Zen 4 EPYC;
-docs/benchmarks.md §6d), and decoding is most of a PPO run's time.
+it is at that moment written as a GGUF LoRA. On the default model, sampling through PPO's rollouts, a token
+step of 4 rows took 31 ms against 68 through transformers in bf16, one of 16 rows 71 against 110 (2-core Zen 4
+EPYC; docs/benchmarks.md §6d), and decoding was most of a PPO run's time (a no-flag run: 295 s against 560).
 
 The copy is 16-bit, not the base's own type, because llama.cpp's quantized products round each activation
-to 8 bits: on the default model (Q4_1) answers sampled from the Q4_1 file were 0.0041 nats a token from the
-float32 policy's distribution, five times transformers' own bf16 decode (0.0008), while from an F16 copy of
-the same weights they were 0.00001. The copy is BF16 where the run keeps its base in bf16 (frozen_bf16: the
-weights the run trains against are those), else F16; it is made once per base and kept in the models cache.
+to 8 bits: on the default model the shipped Q4_1 file's next-token distributions were 0.0045 nats a token
+from the float32 policy's, four times the run's own bf16 training pass (0.0012), while an F16 copy of the same
+weights was 0.000006 from it and a BF16 copy 0.00026. The copy is BF16 where the run keeps its base in bf16
+(frozen_bf16: the weights the run trains against are those), else F16; it is made once per base and kept in
+the models cache.
 
 PPO's update takes the old policy's log-probs from a pass of its own either way; what llama.cpp changes is
 only which distribution the tokens were drawn from, by the copy's rounding. A decode whose adapters the GGUF
@@ -21,16 +22,16 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import shutil
-import tempfile
-import weakref
 from pathlib import Path
 
 import torch
 
 from .defaults import rollout_tokens
 
-WIDE_TYPES = {"ALL_F32": None, "MOSTLY_F16": None, "MOSTLY_BF16": None}  # decoded from the base as it is
-_DECODERS: "weakref.WeakKeyDictionary[object, GGUFDecoder]" = weakref.WeakKeyDictionary()
+WIDE_TYPES = frozenset({"ALL_F32", "MOSTLY_F16", "MOSTLY_BF16"})  # decoded from the base as it is
+# model -> its decoder. Strong references: a run's model may be gone by the time the run closes its decoders
+# (close_all), and a decoder must still be closed then (its adapter file removed, llama.cpp's memory freed).
+_DECODERS: "dict[object, GGUFDecoder]" = {}
 
 
 def copy_type(kept_in_bf16: bool) -> str:
@@ -97,9 +98,12 @@ def adapter_in_use(model) -> tuple[bool, str | None]:
 
 class GGUFDecoder:
     """llama.cpp over the decode copy, holding up to `max_rows` answers of up to `row_cells` tokens (prompt and
-    answer) at once; larger calls decode in parts. Threads follow torch's at each call."""
+    answer) at once; larger calls decode in parts. Threads follow torch's at each call. The adapter is written
+    into `folder` (the run's), as ADAPTER_FILE, and removed on close."""
 
-    def __init__(self, copy: Path, base_gguf: Path, max_rows: int, row_cells: int):
+    ADAPTER_FILE = "decoding-adapter.gguf"
+
+    def __init__(self, copy: Path, base_gguf: Path, max_rows: int, row_cells: int, folder: Path):
         from llama_cpp import Llama
 
         from ..adapters.gguf_lora import read_base
@@ -112,10 +116,9 @@ class GGUFDecoder:
         self.llama = Llama(model_path=str(copy), n_ctx=self.n_ctx, n_batch=512, n_threads=threads,
                            n_threads_batch=threads, verbose=False)
         llama_batch.share_context(self.llama, max_rows)
-        self._folder = Path(tempfile.mkdtemp(prefix="tui-align-decode-"))
+        self._adapter_path = Path(folder) / self.ADAPTER_FILE
         self._adapter = None  # the llama.cpp adapter set on the context now
         self.failed = False  # a decode failed: transformers decodes the rest of the run
-        self._batch = None
 
     def answers(self, model, rows: list[list[int]], max_new_tokens: int, stop_ids: list[int], *, greedy: bool,
                 temperature: float = 1.0) -> list[list[int]] | None:
@@ -153,7 +156,7 @@ class GGUFDecoder:
 
             state = get_peft_model_state_dict(model, adapter_name=name)
             tensors = {key: value.detach().float().cpu().numpy() for key, value in state.items()}
-            path = write_gguf_lora(model.peft_config[name].to_dict(), tensors, self.base, self._folder / "adapter.gguf")
+            path = write_gguf_lora(model.peft_config[name].to_dict(), tensors, self.base, self._adapter_path)
             new = llama_cpp.llama_adapter_lora_init(self.llama._model.model, str(path).encode())
             if not new:
                 raise RuntimeError("llama.cpp could not load the run's adapter")
@@ -247,7 +250,7 @@ class GGUFDecoder:
             llama_cpp.llama_adapter_lora_free(self._adapter)
             self._adapter = None
         self.llama.close()
-        shutil.rmtree(self._folder, ignore_errors=True)
+        self._adapter_path.unlink(missing_ok=True)
 
 
 def close_all() -> None:
@@ -275,7 +278,8 @@ def copy_bytes(shapes: dict[str, tuple[int, ...]]) -> int:
     return total
 
 
-def for_run(model, config, ref, where, kept_in_bf16: bool, plan, models_dir: Path, longest_prompt: int, emit) -> dict:
+def for_run(model, config, ref, where, kept_in_bf16: bool, plan, models_dir: Path, run_dir: Path, longest_prompt: int,
+            emit) -> dict:
     """Attach a decoder to `model` where llama.cpp can decode the run's answers, and say which engine does, and
     why, for run.json and the start event. Anything that keeps llama.cpp out (not a CPU run, not a GGUF base, a
     quantized base, no room, a copy or a load that fails) leaves transformers decoding, as before."""
@@ -321,7 +325,7 @@ def for_run(model, config, ref, where, kept_in_bf16: bool, plan, models_dir: Pat
                 return transformers("not enough free disk for a 16-bit copy of the base")
             with Phase(emit, "converting", f"making a 16-bit copy of {gguf_path.name} for decoding (once; it is cached after)"):
                 make_decode_copy(gguf_path, copy, file_type)
-        decoder = GGUFDecoder(copy, gguf_path, rows, row_cells)
+        decoder = GGUFDecoder(copy, gguf_path, rows, row_cells, run_dir)
     except (UserError, OSError, RuntimeError, ValueError) as exc:
         from ..errors import report
 

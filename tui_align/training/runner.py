@@ -273,7 +273,7 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
     decoding = record["decoding"] = _decoding_choice(model, where, kept_in_bf16, probe_cache)
     longest_prompt = max(p.prompt_len for p in train + held_out)
     decoding["engine"] = gguf_decode.for_run(model, config, ref, where, bool(kept_in_bf16), memory,
-                                             options.models_dir, longest_prompt, emit)
+                                             options.models_dir, run_dir, longest_prompt, emit)
     if attention["eager_width"]:
         cpu_attention.eager_up_to(model, attention["eager_width"], torch.bfloat16)
     cancel.check_during_backward(model)
