@@ -99,7 +99,7 @@ def generate_rollouts(model, tokenizer, prompt_rows: list[list[int]], config: Tr
     batch = prompt_batch(prompt_rows, tokenizer.pad_token_id)
     device = next(model.parameters()).device
     ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-    decoder = gguf_decode.decoder_of(model)
+    decoder = gguf_decode.decoder_of(model)  # llama.cpp, where the run has one; it samples full distributions too
     answers = None if decoder is None else decoder.answers(
         model, prompt_rows, defaults.rollout_tokens(config.ppo), stop_ids, greedy=greedy,
         temperature=config.ppo.temperature)
