@@ -164,3 +164,41 @@ def test_a_ppo_run_on_a_quantized_gguf_base_decodes_with_llama_cpp(decoder, smol
     assert events.of("answers") and record["status"] == "completed"
     assert not gguf_decode._DECODERS  # closed with the run, its adapter file gone
     assert not (tmp_path / "run" / gguf_decode.GGUFDecoder.ADAPTER_FILE).exists()
+
+
+def test_runs_llama_cpp_can_t_decode_for_keep_transformers_and_say_why(tiny_base, tmp_path):
+    """A GPU run, a folder base, a quantized base, no room beside the run's estimate, --decoder transformers:
+    transformers decodes, each with its reason, and nothing is attached or copied."""
+    from types import SimpleNamespace
+
+    from tui_align.model_files import ModelRef
+    from tui_align.training.placement import Placement
+    from tui_align.training.quantization import Quantization
+
+    _, path = tiny_base
+    model = object()
+    gguf, cpu = ModelRef("gguf", str(path)), Placement("cpu", torch.float32)
+    roomy = SimpleNamespace(free=2**40, estimate=SimpleNamespace(total=0))
+    tight = SimpleNamespace(free=2**30, estimate=SimpleNamespace(total=2**30 - 1000))
+
+    def engine(ref=gguf, where=cpu, plan=roomy, **settings) -> dict:
+        said = gguf_decode.for_run(model, TrainConfig(method="ppo", **settings), ref, where, False, plan,
+                                   tmp_path / "models", tmp_path, 40, CollectEvents())
+        assert said["engine"] == "transformers" and gguf_decode.decoder_of(model) is None
+        return said["message"]
+
+    assert engine(decoder="transformers").endswith("--decoder transformers")
+    assert engine(where=Placement("cuda", torch.bfloat16)).endswith("only on a CPU")
+    assert engine(ref=ModelRef("folder", str(tmp_path))).endswith("the base is not a GGUF file")
+    four_bit = Placement("cpu", torch.float32, quantization=Quantization("4bit"))
+    assert engine(where=four_bit).endswith("a llama.cpp copy would not compute its weights")
+    assert "beside the run's estimate" in engine(plan=tight)
+    assert not (tmp_path / "models").exists()
+    # a float32 base is decoded as it is: no copy
+    said = gguf_decode.for_run(model, TrainConfig(method="ppo"), gguf, cpu, False, roomy, tmp_path / "models",
+                               tmp_path, 40, CollectEvents())
+    try:
+        assert said["engine"] == "llama.cpp" and said["copy"] == str(path) and "from the base" in said["message"]
+        assert gguf_decode.decoder_of(model) is not None and not (tmp_path / "models").exists()
+    finally:
+        gguf_decode.detach(model)
