@@ -4,6 +4,7 @@ decode the base, and a run on a GGUF base says it decodes this way and completes
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -13,7 +14,7 @@ from tui_align.app.train_process import describe_event
 from tui_align.training import gguf_decode, rollouts, runner, synthetic
 from tui_align.training.config import TrainConfig
 from tui_align.training.data import template_ids
-from tui_align.training.events import CollectEvents
+from tui_align.training.events import CollectEvents, HumanEvents
 from tui_align.train_command import run_options
 
 from conftest import randomize_lora_b  # rootdir-relative: tests/ has no __init__.py
@@ -158,6 +159,9 @@ def test_a_ppo_run_on_a_quantized_gguf_base_decodes_with_llama_cpp(decoder, smol
         return
     assert said["engine"] == "llama.cpp" and "F16 copy" in said["message"], said
     assert describe_event(said).startswith("decoder: llama.cpp decodes the run's answers")  # the Train log's line
+    printed = io.StringIO()
+    HumanEvents(printed)("decoder", **{k: v for k, v in said.items() if k not in ("event", "time")})
+    assert printed.getvalue() == said["message"] + "\n"  # `tui-align train`'s line: the message alone
     assert [str(c) for c in copies] == [said["copy"]]
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["decoding"]["engine"]["engine"] == "llama.cpp"

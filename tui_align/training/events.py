@@ -121,7 +121,8 @@ class HumanEvents:
             line = (f"training {fields.get('config', {}).get('method')} on {fields.get('train_pairs')} pairs "
                     f"({fields.get('eval_pairs')} held out) on {fields.get('device')}"
                     + (f", {fields['quantization']}" if fields.get("quantization") else ""))
-        elif kind in ("defaults", "baseline", "early_stop", "reference", "note", "precision", "memory"):
+        elif kind in ("defaults", "baseline", "early_stop", "reference", "note", "precision", "memory", "decoder",
+                      "attention"):
             line = str(fields.get("message"))
         elif kind == "answers":
             line = f"answers at step {fields.get('step')}: {fields.get('message')}"

@@ -109,7 +109,7 @@ class GGUFDecoder:
         from ..adapters.gguf_lora import read_base
         from ..backends import llama_batch
 
-        self.copy, self.max_rows = copy, max_rows
+        self.max_rows = max_rows
         self.base = read_base(base_gguf)  # names the adapter's tensors after the base's (the copy has the same)
         self.n_ctx = max_rows * row_cells
         threads = torch.get_num_threads()
