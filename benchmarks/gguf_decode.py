@@ -18,7 +18,6 @@ base GGUF as shipped (Q4_1), and llama.cpp on F16 and BF16 copies, each with the
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -29,34 +28,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine_info  # noqa: E402
-from benchmarks.lora_decode import QUESTIONS  # noqa: E402
+from benchmarks import lora_decode  # noqa: E402
 
 
 def setup(float32: bool):
-    import torch
+    """lora_decode.py's run-like model, and where its base GGUF is."""
+    from tui_align.model_files import resolve_model
 
-    from tui_align.model_files import load_transformers, resolve_model
-    from tui_align.paths import data_home, models_dir
-    from tui_align.training import frozen_bf16, lora
-    from tui_align.training.config import TrainConfig
-    from tui_align.training.placement import Placement
-
-    ref = resolve_model(None)
-    model, tokenizer = load_transformers(ref, models_dir(data_home()), device="cpu")
-    config = TrainConfig(method="ppo")
-    torch.manual_seed(0)
-    model = lora.attach_lora(model, config, None)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.01)
-    if not float32:
-        frozen_bf16.keep_in_bf16(model, Placement("cpu", torch.float32, cpu_autocast=True))
-        frozen_bf16.decode_in_bf16(model)
-    prompts = [tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
-                                                       add_generation_prompt=True), add_special_tokens=False)["input_ids"]
-               for q in QUESTIONS]
-    return ref, model, tokenizer, config, prompts
+    return (resolve_model(None), *lora_decode.setup(float32))
 
 
 def copy_of(ref, file_type: str) -> Path:
@@ -165,13 +144,7 @@ def fidelity(ref, run_model, tokenizer, prompts) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, nargs="+", default=[4, 16])
-    parser.add_argument("--tokens", type=int, default=48)
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--float32", action="store_true", help="a float32 run: decode in float32, an F16 copy")
-    parser.add_argument("--json")
-    args = parser.parse_args()
+    args = lora_decode.arguments(__doc__, "a float32 run: decode in float32, an F16 copy")
 
     ref, model, tokenizer, config, prompts = setup(args.float32)
     out = {"machine": machine_info(), "decode": "float32" if args.float32 else "bf16", "tokens": args.tokens,

@@ -57,14 +57,19 @@ def setup(float32: bool):
     return model, tokenizer, config, prompts
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(doc: str, float32_help: str) -> argparse.Namespace:
+    """The decode benchmarks' flags (this one's and gguf_decode.py's)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[4, 16])
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--float32", action="store_true", help="decode in float32, outside autocast")
+    parser.add_argument("--float32", action="store_true", help=float32_help)
     parser.add_argument("--json")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = arguments(__doc__, "decode in float32, outside autocast")
 
     import torch
 
