@@ -12,7 +12,7 @@ import torch
 
 from tui_align.app.train_process import describe_event
 from tui_align.training import gguf_decode, rollouts, runner, synthetic
-from tui_align.training.config import TrainConfig
+from tui_align.training.config import TrainConfig, check_choices
 from tui_align.training.data import template_ids
 from tui_align.training.events import CollectEvents, HumanEvents
 from tui_align.train_command import run_options
@@ -192,6 +192,8 @@ def test_runs_llama_cpp_can_t_decode_for_keep_transformers_and_say_why(tiny_base
         return said["message"]
 
     assert engine(decoder="transformers").endswith("--decoder transformers")
+    with pytest.raises(ValueError, match="decoder is 'llamacpp': choose auto or transformers"):
+        check_choices(TrainConfig(decoder="llamacpp"))  # a resumed run.json's misspelling, refused before loading
     assert engine(where=Placement("cuda", torch.bfloat16)).endswith("only on a CPU")
     assert engine(ref=ModelRef("folder", str(tmp_path))).endswith("the base is not a GGUF file")
     four_bit = Placement("cpu", torch.float32, quantization=Quantization("4bit"))

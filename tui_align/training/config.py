@@ -146,8 +146,8 @@ class TrainConfig:
     # quantized base when --quantize is auto); a run that fits in none is refused. off: as asked.
     memory: str = "auto"
     # auto: on a CPU with a GGUF base, llama.cpp decodes the run's answers (PPO's samples, the answer check)
-    # from a 16-bit copy of the base, 2.5-4x faster than transformers (gguf_decode.py); transformers: always
-    # transformers.
+    # from a 16-bit copy of the base, about twice transformers' speed on the default model (gguf_decode.py);
+    # transformers: always transformers.
     decoder: str = "auto"
     lora: LoraSettings = field(default_factory=LoraSettings)
     dpo: DPOSettings = field(default_factory=DPOSettings)
