@@ -50,10 +50,11 @@ def copy_of(ref, file_type: str) -> Path:
 def speed(args, ref, model, tokenizer, config, prompts) -> dict:
     import torch
 
+    from tui_align.adapters.gguf_lora import read_base
     from tui_align.training import gguf_decode, rollouts
 
     file_type = gguf_decode.copy_type(kept_in_bf16=not args.float32)
-    decoder = gguf_decode.GGUFDecoder(copy_of(ref, file_type), Path(ref.location), max(args.rows),
+    decoder = gguf_decode.GGUFDecoder(copy_of(ref, file_type), read_base(ref.location), max(args.rows),
                                       max(len(p) for p in prompts) + args.tokens + 1, Path(tempfile.mkdtemp()))
     config.ppo.max_new_tokens = args.tokens
     results = {}

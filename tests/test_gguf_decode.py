@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 
+from tui_align.adapters.gguf_lora import read_base
 from tui_align.app.train_process import describe_event
 from tui_align.training import gguf_decode, rollouts, runner, synthetic
 from tui_align.training.config import TrainConfig, check_choices
@@ -63,7 +64,7 @@ def test_greedy_answers_follow_the_adapter_in_use(tiny_base, smol_tokenizer, tmp
     config = TrainConfig(method="ppo")
     config.ppo.max_new_tokens = 16
     rows = prompt_rows(smol_tokenizer)
-    decoder = gguf_decode.GGUFDecoder(path, path, 8, 64, tmp_path)
+    decoder = gguf_decode.GGUFDecoder(path, read_base(path), 8, 64, tmp_path)
     gguf_decode.attach(model, decoder)
     try:
         adapted = rollouts.generate_rollouts(model, smol_tokenizer, rows, config, greedy=True)
@@ -90,7 +91,7 @@ def test_sampled_answers_follow_the_policy_s_distribution_and_the_run_s_seed(tin
     row = prompt_rows(smol_tokenizer)[0]
     with torch.no_grad():
         probs = (model(input_ids=torch.tensor([row])).logits[0, -1].float() / config.ppo.temperature).softmax(-1)
-    decoder = gguf_decode.GGUFDecoder(path, path, 16, 64, tmp_path)
+    decoder = gguf_decode.GGUFDecoder(path, read_base(path), 16, 64, tmp_path)
     gguf_decode.attach(model, decoder)
     try:
         torch.manual_seed(5)
@@ -118,7 +119,7 @@ def test_a_decode_llama_cpp_cannot_carry_falls_back_to_transformers(tiny_base, s
 
     model.add_adapter("other", LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
     model.base_model.set_adapter(["default", "other"])
-    decoder = gguf_decode.GGUFDecoder(path, path, 4, 64, tmp_path)
+    decoder = gguf_decode.GGUFDecoder(path, read_base(path), 4, 64, tmp_path)
     try:
         assert gguf_decode.adapter_in_use(model) == (False, None)
         assert decoder.answers(model, prompt_rows(smol_tokenizer), 4, [2], greedy=True) is None

@@ -103,14 +103,15 @@ class GGUFDecoder:
 
     ADAPTER_FILE = "decoding-adapter.gguf"
 
-    def __init__(self, copy: Path, base_gguf: Path, max_rows: int, row_cells: int, folder: Path):
+    def __init__(self, copy: Path, base, max_rows: int, row_cells: int, folder: Path):
+        """`base`: the base GGUF as gguf_lora.read_base reads it, whose tensor names the adapter's take (the
+        copy has the same)."""
         from llama_cpp import Llama
 
-        from ..adapters.gguf_lora import read_base
         from ..backends import llama_batch
 
         self.max_rows = max_rows
-        self.base = read_base(base_gguf)  # names the adapter's tensors after the base's (the copy has the same)
+        self.base = base
         self.n_ctx = max_rows * row_cells
         threads = torch.get_num_threads()
         self.llama = Llama(model_path=str(copy), n_ctx=self.n_ctx, n_batch=512, n_threads=threads,
@@ -259,25 +260,6 @@ def close_all() -> None:
         detach(model)
 
 
-def kv_bytes(base, metadata: dict, cells: int) -> int:
-    """The 16-bit KV cache of `cells` tokens."""
-    arch = base.arch
-    head_dim = int(metadata.get(f"{arch}.attention.key_length",
-                                int(metadata.get(f"{arch}.embedding_length", 0)) // max(1, base.n_head)))
-    return cells * base.n_blocks * 2 * base.n_head_kv * head_dim * 2
-
-
-def copy_bytes(shapes: dict[str, tuple[int, ...]]) -> int:
-    """A 16-bit copy's size, from the base's tensor shapes."""
-    total = 0
-    for shape in shapes.values():
-        count = 1
-        for n in shape:
-            count *= int(n)
-        total += 2 * count
-    return total
-
-
 def for_run(model, config, ref, where, kept_in_bf16: bool, plan, models_dir: Path, run_dir: Path, longest_prompt: int,
             emit) -> dict:
     """Attach a decoder to `model` where llama.cpp can decode the run's answers, and say which engine does, and
@@ -296,36 +278,36 @@ def for_run(model, config, ref, where, kept_in_bf16: bool, plan, models_dir: Pat
         return transformers("the run's base is quantized, a llama.cpp copy would not compute its weights")
     if importlib.util.find_spec("llama_cpp") is None:
         return transformers("llama-cpp-python is not installed")
-    from ..adapters.gguf_header import read_header
     from ..adapters.gguf_lora import read_base
     from ..errors import UserError
     from .answer_watch import MAX_NEW_TOKENS
-    from .memory_plan import CPU_MEASURE_ROWS, measure_rows
+    from .memory_plan import CPU_MEASURE_ROWS, kv_cache_bytes, measure_rows
+    from .model_shape import shape_from_gguf
     from .phases import Phase
     from .ppo import sample_rows
 
     gguf_path = Path(ref.location)
     try:
         base = read_base(gguf_path)
-        metadata = read_header(gguf_path).metadata
     except UserError as exc:
         return transformers(str(exc))
+    shape = shape_from_gguf(gguf_path)
     file_type = copy_type(kept_in_bf16)
     copy = decode_copy_path(gguf_path, models_dir, file_type)
     rows = max(CPU_MEASURE_ROWS, measure_rows(sample_rows(config), "cpu"))
     answer_tokens = max(rollout_tokens(config.ppo), MAX_NEW_TOKENS)
     row_cells = longest_prompt + answer_tokens + 1
-    needed = kv_bytes(base, metadata, rows * row_cells) + (0 if copy == gguf_path else copy_bytes(base.tensor_shapes))
+    copy_bytes = 2 * shape.parameters  # 16 bits a weight
+    needed = kv_cache_bytes(shape, rows * row_cells, 2) + (0 if copy == gguf_path else copy_bytes)
     if plan is not None and plan.free is not None and plan.free - plan.estimate.total < needed:
         return transformers(f"a llama.cpp copy would need {needed / 2**30:.1f} GB beside the run's estimate")
-    made = copy.is_file()
     try:
-        if copy != gguf_path and not made:
-            if shutil.disk_usage(copy.parent if copy.parent.is_dir() else models_dir).free < 2 * copy_bytes(base.tensor_shapes):
+        if copy != gguf_path and not copy.is_file():
+            if shutil.disk_usage(copy.parent if copy.parent.is_dir() else models_dir).free < 2 * copy_bytes:
                 return transformers("not enough free disk for a 16-bit copy of the base")
             with Phase(emit, "converting", f"making a 16-bit copy of {gguf_path.name} for decoding (once; it is cached after)"):
                 make_decode_copy(gguf_path, copy, file_type)
-        decoder = GGUFDecoder(copy, gguf_path, rows, row_cells, run_dir)
+        decoder = GGUFDecoder(copy, base, rows, row_cells, run_dir)
     except (UserError, OSError, RuntimeError, ValueError) as exc:
         from ..errors import report
 

@@ -235,6 +235,11 @@ def measure_rows(sampled: int, device: str) -> int:
     return max(sampled, CPU_MEASURE_ROWS) if device == "cpu" else sampled
 
 
+def kv_cache_bytes(shape: ModelShape, tokens: int, value_bytes: float) -> float:
+    """A KV cache of `tokens` positions: a key and a value per layer and KV head, `value_bytes` each."""
+    return tokens * shape.layers * 2 * shape.kv_heads * shape.head_dim * value_bytes
+
+
 def _ppo_phase(shape: ModelShape, work: Workload, settings: Settings) -> dict[str, float]:
     """A PPO step: each update's rows in one forward and backward (no passes), whole logits over the
     answer positions, and the KV cache of sampling the whole rollout batch (all its updates' rows)."""
@@ -243,7 +248,7 @@ def _ppo_phase(shape: ModelShape, work: Workload, settings: Settings) -> dict[st
     sampled = rows * work.ppo_minibatches
     decoded = measure_rows(sampled, settings.device)
     length = work.prompt_tokens + work.max_new_tokens
-    kv_cache = decoded * length * shape.layers * 2 * shape.kv_heads * shape.head_dim * act
+    kv_cache = kv_cache_bytes(shape, decoded * length, act)
     buffers = sampled * work.max_new_tokens * 4 * 8 + sampled * length * 8 * 2
     training = _forward_backward(shape, settings, rows * length, length)
     logits = _whole_logits(shape, settings, rows * (work.max_new_tokens + 1), extra_copies=1)
