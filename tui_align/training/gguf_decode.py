@@ -76,24 +76,18 @@ def decoder_of(model) -> "GGUFDecoder | None":
 
 def adapter_in_use(model) -> tuple[bool, str | None]:
     """(representable, the adapter the model computes with now): (True, None) with the adapters off (peft's
-    disable_adapter), (True, name) for one plain LoRA adapter, (False, None) for anything else."""
+    disable_adapter), (True, name) for one plain LoRA adapter in every layer, (False, None) for anything else."""
     from peft.tuners.lora.layer import LoraLayer
 
+    from .lora_decode import plain_adapter
+
     layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
-    if not layers:
+    if all(layer.disable_adapters for layer in layers):  # no adapter layers at all: the base as well
         return True, None
-    if all(layer.disable_adapters for layer in layers):
-        return True, None
-    if any(layer.disable_adapters or layer.merged for layer in layers):
-        return False, None
-    active = {name for layer in layers for name in layer.active_adapters if name in layer.lora_A}
-    if len(active) != 1:
-        return False, None
-    (name,) = active
-    config = model.peft_config.get(name)
-    if config is None or getattr(config, "use_dora", False) or any(name in layer.lora_variant for layer in layers):
-        return False, None
-    return True, name
+    names = {plain_adapter(layer) for layer in layers}  # None for a layer running anything else
+    if len(names) == 1 and None not in names:
+        return True, names.pop()
+    return False, None
 
 
 class GGUFDecoder:

@@ -34,7 +34,7 @@ def lean_lora(model):
     for module in model.modules():
         if type(module) is not LoraLinear or "forward" in module.__dict__:  # another layer, or nested blocks
             continue
-        name = _plain_adapter(module)
+        name = plain_adapter(module)
         if name is not None:
             module.forward = _lean_forward(module, name)
             covered.append(module)
@@ -45,7 +45,7 @@ def lean_lora(model):
             del module.forward  # the instance attribute goes; the class's forward (peft's) is back
 
 
-def _plain_adapter(module) -> str | None:
+def plain_adapter(module) -> str | None:
     """The one plain LoRA adapter `module` runs now, on the CPU; None where peft's path must run."""
     active = [name for name in module.active_adapters if name in module.lora_A]
     if (len(active) == 1 and active[0] not in module.lora_variant and not module.merged
