@@ -74,7 +74,7 @@ def test_ppo_s_own_phase_takes_a_fraction_of_the_run_s_rate_unless_given():
     config = TrainConfig(method="ppo")
     chosen = defaults.fill(config, 32)
     assert [c.setting for c in chosen] == ["learning_rate", "max_steps", "ppo.learning_rate", "ppo.sft_steps",
-                                          "ppo.gae_lambda", "ppo.max_new_tokens"]
+                                          "ppo.gae_lambda", "ppo.max_new_tokens", "lr_schedule"]
     assert config.learning_rate == 1e-4 and config.ppo.learning_rate == 3e-5
     assert "0.3× the run's 0.0001" in chosen[2].why
     faster = TrainConfig(method="ppo", learning_rate=2e-4)
@@ -109,7 +109,10 @@ def test_the_rate_decays_on_long_runs_except_dpo_on_a_small_set_of_picks_that_ch
     assert chosen("orpo", 32, add_only=False) == "constant"  # 30 steps: the floor needs the full rate
     assert chosen("orpo", 90, add_only=False, cut_only=True) == "constant"  # decaying, one-sentence picks looped
     assert chosen("dpo", 270, add_only=False, cut_only=True) == "linear"  # DPO's one sentence: 12/12 decaying
-    assert chosen("ppo", 90, add_only=True) is None  # its phases keep their own constant rates
+    # PPO's schedule is its warm start's, constant: decaying over 69 steps (90 answers) looped as often
+    assert chosen("ppo", 90, add_only=True) == chosen("ppo", 32, add_only=False) == "constant"
+    assert "looped as often" in defaults.warm_start_schedule(69).why
+    assert "30 full-rate steps" in defaults.warm_start_schedule(24).why
     why = defaults.lr_schedule("dpo", 69, True).why
     assert "constant rate makes answers loop" in why and "34.5 full-rate steps" in why
     given = TrainConfig(method="dpo", lr_schedule="hold-decay")

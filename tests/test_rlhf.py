@@ -548,7 +548,8 @@ def test_ppo_run_cancels_and_resumes_through_the_runner(tiny_model_dir, tmp_path
     out = tmp_path / "run"
 
     def options(**kw):
-        config = TrainConfig(method="ppo", epochs=2, batch_size=4, learning_rate=1e-3, eval_fraction=0.2)
+        config = TrainConfig(method="ppo", epochs=2, batch_size=4, learning_rate=1e-3, eval_fraction=0.2,
+                             lr_schedule="linear")
         config.ppo.reward_epochs, config.ppo.max_new_tokens = 1, 6
         return run_options(config, data=str(data), model=str(tiny_model_dir), **kw)
 
@@ -557,6 +558,10 @@ def test_ppo_run_cancels_and_resumes_through_the_runner(tiny_model_dir, tmp_path
     assert runner.run(options(out=str(out)), first, stop_in_ppo) == runner.EXIT_CANCELLED, first.events[-1]
     assert [e["name"] for e in first.of("phase")] == ["reward_model", "sft", "ppo"]
     n_before_ppo = len([e for e in first.of("step") if e["phase"] in ("reward_model", "sft")])
+    # --lr-schedule is the warm start's: 3 passes over 10 answers decay from the run's rate; the other phases don't
+    warm = [e["lr"] for e in first.of("step") if e["phase"] == "sft"]
+    assert warm == pytest.approx([1e-3 * (1 - k / 9) for k in range(9)])
+    assert not any("lr" in e for e in first.of("step") if e["phase"] != "sft")
     stopped_at = first.of("step")[-1]["step"]
     assert stopped_at == n_before_ppo + 1 and n_before_ppo > len(first.of("phase"))
     assert (out / "reward" / reward.HEAD_FILE).is_file() and (out / ppo.VALUE_HEAD_FILE).is_file()
@@ -594,20 +599,20 @@ def test_ppo_s_rollouts_are_as_long_as_most_picked_answers():
 
 
 def test_ppo_s_warm_start_takes_its_passes_up_to_the_step_budget():
-    from tui_align.training import loop, warm_start
+    from tui_align.training import loop
 
     small, large = TrainConfig(method="ppo"), TrainConfig(method="ppo")
     defaults.fill(small, 100)
     defaults.fill(large, 270)  # 300 picks less the held-out share: 3 passes at batch 4 would be 204 steps
-    assert small.ppo.sft_steps == defaults.SFT_EPOCHS * 25 == warm_start.sft_steps(100, small)
-    assert large.ppo.sft_steps == defaults.step_budget(270, 4).value == warm_start.sft_steps(270, large) == 100
+    assert small.ppo.sft_steps == defaults.SFT_EPOCHS * 25 == defaults.sft_steps(small, 100)
+    assert large.ppo.sft_steps == defaults.step_budget(270, 4).value == defaults.sft_steps(large, 270) == 100
     assert "at most the step budget's 100" in defaults.warm_start_steps(270, 4).why
     given = TrainConfig(method="ppo")
     given.ppo.sft_epochs = 4  # --sft-epochs is passes, as it says, whatever the set's size
     assert "ppo.sft_steps" not in [c.setting for c in defaults.fill(given, 270)]
-    assert warm_start.sft_steps(270, given) == 4 * 68
+    assert defaults.sft_steps(given, 270) == 4 * 68
     given.ppo.sft_epochs = 0
-    assert warm_start.sft_steps(270, given) == 0
+    assert defaults.sft_steps(given, 270) == 0
     # the schedule stops mid-pass, the batches the same as a whole pass's first ones
     cut = list(loop.shuffled_schedule(list(range(10)), 4, 4, seed=0, first_step=7))
     whole = list(loop.shuffled_schedule(list(range(10)), 4, 6, seed=0, first_step=7))

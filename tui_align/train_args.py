@@ -52,11 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
         ", ".join(f"{m} {v:g}" for m, v in rule.ADD_ONLY_RATES.items()) + " on picks that only add an opening "
         "or a sign-off; see below)")
     add("--lr-schedule", choices=("constant", "linear", "hold-decay"), default=defaults.lr_schedule,
-        help=f"DPO/ORPO: keep the learning rate (constant), decay it linearly to near 0 by the last step "
-             f"(linear), or keep it for the first {rule.MIN_STEPS} steps and decay it over the rest (hold-decay; "
-             f"default: linear when the run has at least {2 * rule.MIN_STEPS} steps, except DPO on fewer than "
-             f"about 135 pairs that don't only add an opening or a sign-off, and ORPO on picks that cut the "
-             f"answer short; else constant; see below)")
+        help=f"DPO/ORPO, and PPO's warm start: keep the learning rate (constant), decay it linearly to near 0 "
+             f"by the last step (linear), or keep it for the first {rule.MIN_STEPS} steps and decay it over the "
+             f"rest (hold-decay; default: linear when the run has at least {2 * rule.MIN_STEPS} steps, except "
+             f"DPO on fewer than about 135 pairs that don't only add an opening or a sign-off, ORPO on picks that "
+             f"cut the answer short, and PPO's warm start; else constant; see below)")
     add("--beta", type=float, help=f"DPO beta (default: {rule.BETA:g}; {rule.CHANGING_PICKS_BETA:g} where the rate stays "
         f"constant for {2 * rule.MIN_STEPS} steps or more on picks that don't only add an opening or a sign-off: "
         "up to about 135 pairs at batch 4)")

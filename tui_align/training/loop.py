@@ -137,9 +137,11 @@ def accumulated_step(optimizer: torch.optim.Optimizer, batch: list[EncodedPair],
     return tuple(torch.cat(column) for column in zip(*outputs)), tokens, norm
 
 
-def scheduled(take_step: TakeStep, optimizer: torch.optim.Optimizer, config: TrainConfig, total: int) -> TakeStep:
+def scheduled(take_step: TakeStep, optimizer: torch.optim.Optimizer, config: TrainConfig, total: int,
+              first_step: int = 0) -> TakeStep:
     """`take_step` with the optimizer's rate set for each step by config.lr_schedule: a pure function of the
-    step, so a resumed run continues the same curve with nothing more saved."""
+    step, so a resumed run continues the same curve with nothing more saved. The schedule's `total` steps
+    are the run's first_step+1 .. first_step+total (a phase numbered after the run's earlier ones)."""
     if config.lr_schedule in (None, "constant"):
         return take_step
     start = defaults.lr(config)  # not the optimizer's own: a resumed one's state holds the decayed rate
@@ -148,7 +150,7 @@ def scheduled(take_step: TakeStep, optimizer: torch.optim.Optimizer, config: Tra
     held = defaults.MIN_STEPS if config.lr_schedule == "hold-decay" else 0
 
     def step_at(step: int, batch):
-        past = max(0, step - 1 - held)
+        past = max(0, step - 1 - first_step - held)
         rate = start * (1 - past / max(1, total - held))  # the start, then down to start/(total-held) at the last
         for group in optimizer.param_groups:
             group["lr"] = rate

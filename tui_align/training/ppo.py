@@ -45,7 +45,7 @@ from .reward import (
     train_reward_model,
 )
 from .rollouts import answer_tail, generate_rollouts, policy_forward, score_rollout, stop_token_ids, unique_prompts
-from .warm_start import sft_steps, warm_start
+from .warm_start import warm_start
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 EVAL_PROMPTS = 16  # held-out prompts scored before and after PPO; enough to see a trend, cheap
@@ -68,7 +68,7 @@ def sample_rows(config: TrainConfig) -> int:
 
 def total_steps(train: list[EncodedPair], config: TrainConfig) -> int:
     """All step events a PPO run emits: reward-model steps, warm-start steps, then PPO steps."""
-    return reward_steps(len(train), config) + sft_steps(len(train), config) + ppo_steps(len(unique_prompts(train)), config)
+    return reward_steps(len(train), config) + defaults.sft_steps(config, len(train)) + ppo_steps(len(unique_prompts(train)), config)
 
 
 SAMPLES_PER_PROMPT = 2  # sampled answers per held-out prompt in the sampled measure
@@ -192,7 +192,7 @@ def train_ppo(job: Job) -> dict:
     reward_dir = run_dir / "reward" if run_dir is not None else None
     prompts = unique_prompts(job.train)
     eval_prompts = unique_prompts(job.held_out)[:EVAL_PROMPTS] or prompts[:EVAL_PROMPTS]
-    n_reward, n_sft = reward_steps(len(job.train), config), sft_steps(len(job.train), config)
+    n_reward, n_sft = reward_steps(len(job.train), config), defaults.sft_steps(config, len(job.train))
     n_ppo = ppo_steps(len(prompts), config)
     n_before_ppo, n_total = n_reward + n_sft, n_reward + n_sft + n_ppo
     tail = answer_tail(job.train, stop_token_ids(model, tokenizer))

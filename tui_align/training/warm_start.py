@@ -9,21 +9,10 @@ from __future__ import annotations
 import torch
 
 from . import defaults, loop, losses
-from .config import TrainConfig
 from .data import EncodedPair, preference_batch
 from .divergence import Divergence
 from .job import Job
 from .reward import POLICY_ADAPTER, adapter_parameters
-
-
-def sft_steps(n_train: int, config: TrainConfig) -> int:
-    """Optimizer steps of the supervised warm start on the chosen answers: the rule's (config.ppo.sft_steps,
-    filled by defaults.fill), else --sft-epochs' passes, else the rule's for `n_train`."""
-    if config.ppo.sft_steps is not None:
-        return config.ppo.sft_steps
-    if config.ppo.sft_epochs is not None:
-        return config.ppo.sft_epochs * defaults.steps_per_epoch(n_train, config.batch_size)
-    return defaults.warm_start_steps(n_train, config.batch_size).value
 
 
 def chosen_nll(model, batch: list[EncodedPair], pad_id: int) -> tuple[torch.Tensor, int]:
@@ -42,7 +31,7 @@ def warm_start(job: Job, *, first_step: int, total: int, checkpoint) -> bool:
     resume); returns True when should_stop() cut it short. `checkpoint(step, optimizer=None)` saves the
     run's checkpoint: the warm start's own optimizer is not kept, a resume starts it afresh."""
     model, config = job.model, job.config
-    n_steps = sft_steps(len(job.train), config)
+    n_steps = defaults.sft_steps(config, len(job.train))
     if n_steps == 0 or job.start_step >= first_step + n_steps:
         return False
     optimizer = torch.optim.AdamW(adapter_parameters(model, POLICY_ADAPTER), lr=defaults.lr(config), weight_decay=0.0)
@@ -50,7 +39,8 @@ def warm_start(job: Job, *, first_step: int, total: int, checkpoint) -> bool:
     outcome = loop.run_steps(
         loop.shuffled_schedule(job.train, config.batch_size, n_steps, config.seed,
                                first_step=first_step, start_step=job.start_step),
-        loop.accumulating(model, optimizer, config, terms), config,
+        loop.scheduled(loop.accumulating(model, optimizer, config, terms), optimizer, config, n_steps,
+                       first_step=first_step), config,
         total=total, emit=job.emit, should_stop=job.should_stop,
         progress=loop.Progress(max(job.start_step, first_step), total), tags={"phase": "sft"},
         save_checkpoint=lambda step, optimizer=None: checkpoint(step),
