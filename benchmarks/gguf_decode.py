@@ -39,12 +39,13 @@ def setup(float32: bool):
 
 
 def copy_of(ref, file_type: str) -> Path:
+    from tui_align.adapters.gguf_header import read_header
     from tui_align.paths import data_home, models_dir
     from tui_align.training import gguf_decode
 
     base = Path(ref.location)
-    return gguf_decode.make_decode_copy(base, gguf_decode.decode_copy_path(base, models_dir(data_home()), file_type),
-                                        file_type)
+    copy = gguf_decode.decode_copy_path(base, read_header(base).metadata, models_dir(data_home()), file_type)
+    return gguf_decode.make_decode_copy(base, copy, file_type)
 
 
 def speed(args, ref, model, tokenizer, config, prompts) -> dict:

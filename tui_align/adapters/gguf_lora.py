@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ class BaseGGUF:
     n_head: int
     n_head_kv: int
     tensor_shapes: dict[str, tuple[int, ...]]  # name -> (rows, cols) as numpy sees them
+    metadata: dict = field(default_factory=dict)  # the header's (arrays left out): what else a caller needs of it
 
 
 def read_base(path: str | Path) -> BaseGGUF:
@@ -40,19 +41,20 @@ def read_base(path: str | Path) -> BaseGGUF:
         header = read_header(path)
     except (OSError, ValueError) as exc:
         raise UserError(f"Can't read the base GGUF {path}: {exc}") from exc
-    field = header.metadata.get
+    value = header.metadata.get
 
-    arch = field("general.architecture")
+    arch = value("general.architecture")
     if arch not in LAYOUTS:
         raise UserError(f"The GGUF converters support {supported()}; {path.name} is {arch!r}.")
-    n_head = int(field(f"{arch}.attention.head_count"))
+    n_head = int(value(f"{arch}.attention.head_count"))
     return BaseGGUF(
         path=path,
         arch=arch,
-        n_blocks=int(field(f"{arch}.block_count")),
+        n_blocks=int(value(f"{arch}.block_count")),
         n_head=n_head,
-        n_head_kv=int(field(f"{arch}.attention.head_count_kv", n_head)),
+        n_head_kv=int(value(f"{arch}.attention.head_count_kv", n_head)),
         tensor_shapes=header.tensor_shapes,
+        metadata=header.metadata,
     )
 
 

@@ -38,13 +38,13 @@ def copy_type(kept_in_bf16: bool) -> str:
     return "MOSTLY_BF16" if kept_in_bf16 else "MOSTLY_F16"
 
 
-def decode_copy_path(gguf_path: Path, models_dir: Path, file_type: str) -> Path:
-    """Where the 16-bit copy of `gguf_path` lives: the base itself when it already is 16 or 32 bits."""
-    from ..adapters.gguf_header import read_header
+def decode_copy_path(gguf_path: Path, metadata: dict, models_dir: Path, file_type: str) -> Path:
+    """Where the 16-bit copy of `gguf_path` (whose header's `metadata` says its file type) lives: the base
+    itself when it already is 16 or 32 bits."""
     from ..adapters.gguf_merge import base_file_type
     from ..model_files import cache_folder_for
 
-    if base_file_type(read_header(gguf_path).metadata) in WIDE_TYPES:
+    if base_file_type(metadata) in WIDE_TYPES:
         return gguf_path
     folder = cache_folder_for(gguf_path, models_dir)  # beside transformers' copy of the same file
     return folder.with_name(f"{folder.name}-{file_type.removeprefix('MOSTLY_').lower()}.gguf")
@@ -276,7 +276,7 @@ def for_run(model, config, ref, where, kept_in_bf16: bool, plan, models_dir: Pat
     from ..errors import UserError
     from .answer_watch import MAX_NEW_TOKENS
     from .memory_plan import CPU_MEASURE_ROWS, kv_cache_bytes, measure_rows
-    from .model_shape import shape_from_gguf
+    from .model_shape import shape_from_header
     from .phases import Phase
     from .ppo import sample_rows
 
@@ -285,9 +285,9 @@ def for_run(model, config, ref, where, kept_in_bf16: bool, plan, models_dir: Pat
         base = read_base(gguf_path)
     except UserError as exc:
         return transformers(str(exc))
-    shape = shape_from_gguf(gguf_path)
+    shape = shape_from_header(base.metadata, base.tensor_shapes)  # the header read once
     file_type = copy_type(kept_in_bf16)
-    copy = decode_copy_path(gguf_path, models_dir, file_type)
+    copy = decode_copy_path(gguf_path, base.metadata, models_dir, file_type)
     rows = max(CPU_MEASURE_ROWS, measure_rows(sample_rows(config), "cpu"))
     answer_tokens = max(rollout_tokens(config.ppo), MAX_NEW_TOKENS)
     row_cells = longest_prompt + answer_tokens + 1

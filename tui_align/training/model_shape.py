@@ -89,7 +89,11 @@ def shape_from_gguf(path: str | Path) -> ModelShape:
     from ..adapters.gguf_header import read_header
 
     header = read_header(path)
-    meta, shapes = header.metadata, header.tensor_shapes
+    return shape_from_header(header.metadata, header.tensor_shapes)
+
+
+def shape_from_header(meta: dict, shapes: dict[str, tuple[int, ...]]) -> ModelShape:
+    """The shape of a GGUF model from its header's metadata and tensor shapes."""
     arch = str(meta.get("general.architecture", "llama"))
 
     def key(name: str, default=None):

@@ -68,7 +68,8 @@ def sample_rows(config: TrainConfig) -> int:
 
 def total_steps(train: list[EncodedPair], config: TrainConfig) -> int:
     """All step events a PPO run emits: reward-model steps, warm-start steps, then PPO steps."""
-    return reward_steps(len(train), config) + defaults.sft_steps(config, len(train)) + ppo_steps(len(unique_prompts(train)), config)
+    return (reward_steps(len(train), config) + defaults.sft_steps(config, len(train))
+            + ppo_steps(len(unique_prompts(train)), config))
 
 
 SAMPLES_PER_PROMPT = 2  # sampled answers per held-out prompt in the sampled measure
