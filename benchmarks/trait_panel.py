@@ -20,8 +20,15 @@ base's answer; add-only traits), and facts right (answers that hold the referenc
 as "Canberra" or "six"/"6" legs; for the refusal, off its topic only: the one content measure of the
 cutting traits and of the refusal).
 
+With `--picks-from sampled` the other four traits' picks are built on the first of the two answers the chat
+samples for a question instead of the greedy answer: the answers a user's picks hold, since the chat offers
+sampled candidates. Trained on, the model's own greedy answer is its mode, which a likelihood term sharpens;
+a sampled answer is a draw from what the model already says. The held-out measures compare with the base's
+greedy answers either way.
+
     python benchmarks/trait_panel.py                      # dpo and orpo, all five traits, 36 pairs
     python benchmarks/trait_panel.py --methods dpo --traits prefix --flags=--lr=5e-5
+    python benchmarks/trait_panel.py --methods orpo --traits prefix --picks-from sampled
 """
 
 from __future__ import annotations
@@ -207,6 +214,7 @@ def base_answers(models_dir: Path, questions: list[str], cache: Path) -> dict[st
 
 # The chat's sampling defaults (backends.base.SamplingSettings, llama_batch.SAMPLER_DEFAULTS): the candidates
 # a user picks between in chat are drawn like this
+PICKS_FROM = ("greedy", "sampled")
 CHAT_SAMPLING = dict(temperature=0.8, top_p=0.95, top_k=40, min_p=0.05)
 CANDIDATES = 2
 
@@ -405,7 +413,7 @@ class TimedEvents:
 
 
 def run_one(method: str, trait: str, count: int, flags: list[str], models_dir: Path, answers_for,
-            work: Path, settings: list[str] = ()) -> dict:
+            work: Path, settings: list[str] = (), picks_from: str = "greedy") -> dict:
     from tui_align.training import runner
 
     held_q = held_out_questions()
@@ -430,6 +438,7 @@ def run_one(method: str, trait: str, count: int, flags: list[str], models_dir: P
     record = json.loads((out / "run.json").read_text())
     return {
         "method": method, "trait": trait, "pairs": count, "flags": flags, "settings": list(settings),
+        "picks_from": picks_from,
         "prompts_without_a_pick": skipped,
         "steps": record["steps_done"], "planned_steps": events.of("start")[0]["total_steps"],
         "early_stopped_at": record["metrics"].get("early_stopped_at"),
@@ -497,6 +506,11 @@ def _cut(row: dict) -> str:
     return f"{row['cut']} ({row['cut_without_trait']})" if "cut" in row else ""
 
 
+def _flags(row: dict) -> str:
+    flags = " ".join(row["flags"]) or "none"
+    return flags + (", picks on sampled answers" if row.get("picks_from") == "sampled" else "")
+
+
 def table(lines: list[dict]) -> str:
     """The results as a markdown table, one row per run."""
     rows = ["| method | trait | flags | steps (planned) | lr | trait before → after | rep4 base → after | max run "
@@ -511,7 +525,7 @@ def table(lines: list[dict]) -> str:
         f1 = "" if r["content_f1"] is None else f"{r['content_f1']:.2f}"
         facts = f"{r['facts_before']} → {r['facts_after']}" if "facts_after" in r else ""
         rows.append(
-            f"| {r['method']} | {r['trait']} | {' '.join(r['flags']) or 'none'} | {r['steps']} ({r['planned_steps']}{stopped}) "
+            f"| {r['method']} | {r['trait']} | {_flags(r)} | {r['steps']} ({r['planned_steps']}{stopped}) "
             f"| {r['learning_rate']:g} | {r['trait_before']}/{r['of']} → {r['trait_after']}/{r['of']} "
             f"| {r['rep4_before']:.3f} → {r['rep4_after']:.3f} | {r['longest_repeat']} | {r.get('looping', '')} "
             f"| {_cut(r)} "
@@ -527,6 +541,8 @@ def main(argv=None) -> int:
     parser.add_argument("--flags", action="append", default=[], help="a `tui-align train` flag (default: none)")
     parser.add_argument("--set", action="append", default=[], dest="settings", metavar="KEY=VALUE",
                         help="a PPO setting (config.PPOSettings) with no flag of its own, e.g. gae_lambda=1")
+    parser.add_argument("--picks-from", choices=PICKS_FROM, default="greedy",
+                        help="the base answer the picks are built on (concise: always the sampled ones)")
     parser.add_argument("--json", help="append one JSON line per run here")
     parser.add_argument("--table", metavar="JSONL", help="print the runs in this results file as a table, and stop")
     parser.add_argument("--rescore", metavar="JSONL", help="add the looping and cut counts and facts right to the runs in this "
@@ -538,11 +554,12 @@ def main(argv=None) -> int:
     if args.rescore:
         rescore(Path(args.rescore))
         return 0
-    models_dir, answers_for = quiet_setup()
+    models_dir, answers_for = quiet_setup(args.picks_from)
     with tempfile.TemporaryDirectory() as work:
         for method in args.methods:
             for trait in args.traits:
-                result = run_one(method, trait, args.pairs, args.flags, models_dir, answers_for, Path(work), args.settings)
+                result = run_one(method, trait, args.pairs, args.flags, models_dir, answers_for, Path(work), args.settings,
+                                 args.picks_from)
                 short = {k: v for k, v in result.items() if k != "answers"}
                 print(json.dumps(short), flush=True)
                 for answer in result.get("answers", [])[:2]:
@@ -551,9 +568,10 @@ def main(argv=None) -> int:
     return 0
 
 
-def quiet_setup():
+def quiet_setup(picks_from: str = "greedy"):
     """(models folder, answers_for) for a panel run: warnings and transformers' progress bars off, the
-    base's answers from (and into) the models folder's cache."""
+    base's answers from (and into) the models folder's cache. `picks_from` (PICKS_FROM): which of the base's
+    answers a trait's picks are built on."""
     warnings.simplefilter("ignore")
     from transformers.utils import logging as hf_logging
 
@@ -562,10 +580,11 @@ def quiet_setup():
     models_dir = paths.models_dir(paths.data_home())
 
     def answers_for(questions: list[str], trait: str | None = None) -> dict:
-        """The base's answers a trait's picks are made from: its greedy answers, or for concise the two
-        candidates the chat samples."""
-        if trait == "concise":
-            return sampled_answers(models_dir, questions, models_dir / "trait-panel-sampled-answers.json")
+        """The base's answers to `questions`: greedy, or with a trait the answers its picks are made from
+        (for concise the two candidates the chat samples, with picks_from "sampled" the first of them)."""
+        if trait is not None and (trait == "concise" or picks_from == "sampled"):
+            sampled = sampled_answers(models_dir, questions, models_dir / "trait-panel-sampled-answers.json")
+            return sampled if trait == "concise" else {q: sampled[q][0] for q in questions}
         return base_answers(models_dir, questions, models_dir / "trait-panel-base-answers.json")
 
     return models_dir, answers_for

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tui_align.training import synthetic
+from tui_align.training.data import EncodedPair
 from tui_align.training.answer_checks import (adds_only, cuts_only, explain, judge, length_ratio, longest_repeat,
                                              repeated_ngram_fraction, unigram_f1, words)
 
@@ -110,3 +111,25 @@ def test_picks_that_cut_the_answer_short_are_told_from_additions_and_rewrites():
     assert not cuts_only("Indeed! The capital is Paris.", "The capital is Paris.")  # adds
     assert not cuts_only("The capital is Paris.", "The capital is Paris.")  # the same answer
     assert not cuts_only("Sorry, I don't talk about cooking.", "Boil the rice for ten minutes, then drain it.")
+
+
+def test_a_set_of_picks_is_read_as_picking_the_shorter_answer_when_four_in_five_do():
+    """A concise pick (the shorter of two different answers) is neither a cut nor an addition; a topic refusal
+    picks the refusal on its topic and the answer over it elsewhere, so it doesn't mostly pick the shorter."""
+    from tui_align.training.answer_watch import read_picks
+
+    class Words:  # a tokenizer whose ids are words
+        def decode(self, ids, skip_special_tokens=True):
+            return " ".join(ids)
+
+    def pair(chosen: str, rejected: str):
+        return EncodedPair(prompt_len=1, chosen_ids=["Q", *chosen.split()], rejected_ids=["Q", *rejected.split()],
+                           prompt_ids=["Q"])
+
+    concise = [pair("Simmer 10 min.", "Rice is a grain; boil it in salted water for about ten minutes.")] * 4
+    concise.append(pair("Rice is a grain; boil it in salted water.", "Boil it."))
+    kind = read_picks(Words(), concise)
+    assert kind.shorter and not kind.cut_only and not kind.add_only
+    refusal = [pair("Sorry, no.", "Paris is the capital of France.")] * 2
+    refusal += [pair("Boil the rice for ten minutes.", "Sorry, no.")] * 3
+    assert not read_picks(Words(), refusal).shorter

@@ -67,6 +67,21 @@ def test_concise_picks_take_the_clearly_shorter_of_two_sampled_answers():
     assert trait_panel.has_trait("concise", pool[0], short) and not trait_panel.has_trait("concise", pool[0], long * 2)
 
 
+def test_picks_from_sampled_builds_the_picks_on_the_first_sampled_answer_and_measures_against_greedy(monkeypatch):
+    """`--picks-from sampled`: a trait's picks hold the first candidate the chat samples; the held-out base
+    answers the panel measures against stay the greedy ones."""
+    questions = ["What is two and two?"]
+    monkeypatch.setattr(trait_panel, "base_answers", lambda models_dir, qs, cache: {q: "Greedy four." for q in qs})
+    monkeypatch.setattr(trait_panel, "sampled_answers",
+                        lambda models_dir, qs, cache: {q: ["Sampled four.", "Other four."] for q in qs})
+    _, answers_for = trait_panel.quiet_setup("sampled")
+    assert answers_for(questions) == {questions[0]: "Greedy four."}
+    assert answers_for(questions, "prefix") == {questions[0]: "Sampled four."}
+    assert answers_for(questions, "concise") == {questions[0]: ["Sampled four.", "Other four."]}
+    _, greedy = trait_panel.quiet_setup()
+    assert greedy(questions, "prefix") == {questions[0]: "Greedy four."}
+
+
 def test_the_panel_splits_a_run_s_seconds_by_the_work_each_event_ends(monkeypatch):
     clock = iter([1.0, 3.0, 4.5, 5.0, 9.0, 9.5, 12.0])
     monkeypatch.setattr(trait_panel.time, "monotonic", lambda: next(clock))

@@ -28,16 +28,20 @@ def test_small_sets_get_the_step_floor_and_big_ones_fewer_passes():
     assert "1.5 passes" in defaults.step_budget(270, 4).why and "one pass" in defaults.step_budget(450, 4).why
 
 
-def test_dpo_on_picks_that_change_the_answers_gets_twice_the_step_floor():
+def test_dpo_on_picks_that_replace_the_answers_gets_twice_the_step_floor():
     changing = defaults.step_budget(32, 4, changing_dpo=True)
     assert changing.value == defaults.CHANGING_PICKS_MIN_STEPS == 2 * defaults.MIN_STEPS
-    assert "picks that change the answers" in changing.why and "7.5 passes" in changing.why
+    assert "picks that replace the answers" in changing.why and "7.5 passes" in changing.why
     assert defaults.step_budget(90, 4, changing_dpo=True).value == 3 * 23  # three passes are more already
     assert defaults.step_budget(450, 4, changing_dpo=True).value == 113
     for method, add_only, steps in (("dpo", False, 60), ("dpo", True, 30), ("orpo", False, 30), ("ppo", False, 30)):
         config = TrainConfig(method=method)
         defaults.fill(config, 32, add_only=add_only)
         assert config.max_steps == steps, (method, add_only)
+    for kind in ({"cut_only": True, "shorter": True}, {"shorter": True}):  # one sentence; the more concise answer
+        shortening = TrainConfig(method="dpo")  # 30 steps taught both, 60 took twice as long
+        defaults.fill(shortening, 32, add_only=False, **kind)
+        assert shortening.max_steps == defaults.MIN_STEPS and shortening.dpo.beta == defaults.BETA, kind
 
 
 def test_the_learning_rate_is_per_method_and_keeps_the_step_size_for_another_lora_scale():
@@ -177,20 +181,26 @@ def test_the_picks_of_a_real_run_choose_its_rate_schedule_and_beta(capsys, tmp_p
     removing = tmp_path / "removing.jsonl"  # the same answers, the opening now on the one passed over
     removing.write_text("".join(json.dumps({"prompt": p.prompt[-1]["content"], "chosen": p.rejected,
                                             "rejected": p.chosen}) + "\n" for p in pairs))
+    replacing = tmp_path / "replacing.jsonl"  # a refusal picked over every other answer, the answer over it elsewhere
+    refusal = "Sorry, not that."
+    replacing.write_text("".join(json.dumps({"prompt": p.prompt[-1]["content"],
+                                             "chosen": refusal if i % 2 else p.rejected,
+                                             "rejected": p.rejected if i % 2 else refusal}) + "\n"
+                                 for i, p in enumerate(pairs)))
     rates, betas = {}, {}
-    for data, flags in ((adding, ["--max-steps", 2 * defaults.MIN_STEPS]), (removing, [])):
+    for data, flags in ((adding, ["--max-steps", 2 * defaults.MIN_STEPS]), (replacing, [])):
         code, events = run_cli(capsys, "--data", data, "--model", tiny_model_dir, *flags, "--check-answers", 0)
         assert code == 0, events[-1]
         chosen = {c["setting"]: c for c in events[0]["chosen_defaults"]}
-        assert events[0]["total_steps"] == 2 * defaults.MIN_STEPS  # the removing picks: DPO's floor on them
+        assert events[0]["total_steps"] == 2 * defaults.MIN_STEPS  # the replacing picks: DPO's floor on them
         rates[data.stem] = [e.get("lr") for e in events if e["event"] == "step"]  # a constant rate isn't sent
         record = json.loads((Path(events[-1]["run_dir"]) / "run.json").read_text())
         assert record["settings"]["lr_schedule"] == chosen["lr_schedule"]["value"]
         betas[data.stem] = record["settings"]["dpo"]["beta"]
         assert betas[data.stem] == chosen["dpo.beta"]["value"]
-    assert betas == {"adding": defaults.BETA, "removing": defaults.CHANGING_PICKS_BETA}
+    assert betas == {"adding": defaults.BETA, "replacing": defaults.CHANGING_PICKS_BETA}
     assert rates["adding"][0] == 1e-4 and rates["adding"][-1] == pytest.approx(1e-4 / (2 * defaults.MIN_STEPS))
-    assert set(rates["removing"]) == {None}
+    assert set(rates["replacing"]) == {None}
     # ORPO: half its rate on the adding picks, and the decay; the removing picks cut the answer short, and
     # there ORPO keeps its rate
     for data, rate, schedule in ((adding, 1e-4, "linear"), (removing, 2e-4, "constant")):

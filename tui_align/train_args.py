@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a LoRA adapter (DPO, ORPO, or reward model + PPO) on preference pairs.",
         epilog=("With no --epochs, --max-steps or --lr the run picks them from the data: "
                 f"{rule.EPOCHS} passes over the training pairs, at least {rule.MIN_STEPS} optimizer steps "
-                f"({rule.CHANGING_PICKS_MIN_STEPS} for DPO on picks that don't only add an opening or a sign-off) and, "
+                f"({rule.CHANGING_PICKS_MIN_STEPS} for DPO on picks that replace the answers, not only add an opening or pick the shorter one) and, "
                 f"past {rule.LARGE_SET_STEPS}, fewer passes (at least one), and the method's learning rate "
                 "scaled for the LoRA's alpha/rank; the start says what it chose. At evals a third of the run "
                 "apart it checks greedy answers to held-out prompts against the base model's, stops a run "

@@ -104,6 +104,11 @@ def cuts_only(chosen: str, rejected: str) -> bool:
     return adds_only(rejected, chosen) and len(words(chosen)) < len(words(rejected))
 
 
+def shorter(chosen: str, rejected: str) -> bool:
+    """Whether the chosen answer has fewer words than the rejected one (a cut, or the more concise of two)."""
+    return len(words(chosen)) < len(words(rejected))
+
+
 def judge(answers: list[str], base: list[str], picked: list[str], *, add_only: bool = False) -> dict:
     """What greedy answers to held-out prompts say about a run, against the base's answers to the same
     prompts and the answers the user picked for them (`picked`, cut to the same length as the answers).

@@ -43,6 +43,7 @@ class PickKind:
 
     add_only: bool  # only add to it (an opening, a sign-off)
     cut_only: bool  # only cut it short (its first sentence, no list)
+    shorter: bool = False  # pick a shorter answer than it: cut short, or the more concise of two answers
 
 
 def read_picks(tokenizer, pairs: list[EncodedPair]) -> PickKind:
@@ -52,7 +53,8 @@ def read_picks(tokenizer, pairs: list[EncodedPair]) -> PickKind:
     def most(kind) -> bool:
         return bool(texts) and sum(kind(chosen, rejected) for chosen, rejected in texts) >= 0.8 * len(texts)
 
-    return PickKind(add_only=most(answer_checks.adds_only), cut_only=most(answer_checks.cuts_only))
+    return PickKind(add_only=most(answer_checks.adds_only), cut_only=most(answer_checks.cuts_only),
+                    shorter=most(answer_checks.shorter))
 
 
 def advice(config: TrainConfig, total_steps: int) -> dict[str, str]:

@@ -10,11 +10,14 @@ end or the other: on 36 pairs, 3 epochs at batch 4 are 27 steps, and at lr 5e-5 
   made 2 of 12 held-out answers loop (rep4 0.100 against the base's 0.020) and 100 steps none (0.002),
   trait 12/12 and content kept either way; what teaches is the steps' summed rate, and 100 steps already
   give three times the floor's. MAX_STEPS bounds it all (a laptop run of hours).
-  DPO on picks that change the answers (not only add to them) has twice the floor, CHANGING_PICKS_MIN_STEPS:
-  on 36 topic-refusal picks the floor's 30 steps taught nothing on two seeds (9 of 12 held-out prompts, the
-  base's own score), twice the rate in those 30 steps didn't either, and 60 steps taught it on both (12/12,
-  rep4 0.026 and 0.001 against the base's 0.020, no looping answer); on 36 picks that cut the answers to one
-  sentence 60 steps kept what 30 gave (12/12, rep4 0.000). ORPO learns that refusal in 30 steps.
+  DPO on picks that replace the answers (neither only add to them nor mostly pick the shorter answer) has
+  twice the floor, CHANGING_PICKS_MIN_STEPS: on 36 topic-refusal picks the floor's 30 steps taught nothing
+  on two seeds (9 of 12 held-out prompts, the base's own score), twice the rate in those 30 steps didn't
+  either, and 60 steps taught it on both (12/12, rep4 0.026 and 0.001 against the base's 0.020, no looping
+  answer). Picks of the shorter answer keep the floor: on 36 picks that cut the answers to their first
+  sentence 30 steps taught it on four runs (12/12, rep4 0.000), and on 36 picks of the more concise of two
+  sampled answers 30 steps did better than 60 (10 of 12 held-out answers of at most 15 words on two seeds,
+  against 8 of 12), each in about 75 s where 60 steps took 150. ORPO learns that refusal in 30 steps.
 - **Learning rate**: per method at the usual LoRA scale alpha / rank = 2 (DPO 1e-4 with its NLL term,
   ORPO 2e-4, PPO 1e-4), and ORPO 1e-4 on add-only picks: on 36 such pairs at 2e-4 the prefix answers
   looped (rep4 0.079) and the sign-off reached 10 of 12 prompts; at 1e-4 0.042 and 12 of 12, content
@@ -130,15 +133,15 @@ def within_budget(steps: int) -> int:
 
 def step_budget(n_train: int, batch_size: int, changing_dpo: bool = False) -> Choice:
     """Optimizer steps for `n_train` pairs at `batch_size` when neither --epochs nor --max-steps is given;
-    `changing_dpo`: a DPO run on picks that change the answers (not only add to them), whose floor is
-    CHANGING_PICKS_MIN_STEPS."""
+    `changing_dpo`: a DPO run on picks that replace the answers (neither only add to them nor mostly pick the
+    shorter answer), whose floor is CHANGING_PICKS_MIN_STEPS."""
     per_epoch = steps_per_epoch(n_train, batch_size)
     epochs_worth = EPOCHS * per_epoch
     floor = CHANGING_PICKS_MIN_STEPS if changing_dpo else MIN_STEPS
     steps = within_budget(max(floor, min(epochs_worth, max(LARGE_SET_STEPS, per_epoch))))
     would_be = f"{EPOCHS} passes over {n_train} pairs would be {epochs_worth} steps"
     if steps == floor and epochs_worth < floor and changing_dpo:
-        why = (f"{would_be}; dpo on picks that change the answers gets at least {floor} "
+        why = (f"{would_be}; dpo on picks that replace the answers gets at least {floor} "
                f"({steps / per_epoch:.1f} passes): in {MIN_STEPS} steps a topic refusal was not learned")
     elif steps == floor and epochs_worth < floor:
         why = f"{would_be}; small sets get at least {MIN_STEPS} ({steps / per_epoch:.1f} passes)"
@@ -257,10 +260,11 @@ def is_large_set(n_train: int, batch_size: int) -> bool:
 
 
 def fill(config, n_train: int, add_only: bool = False, cut_only: bool = False,
-         answer_tokens: list[int] = ()) -> list[Choice]:
+         answer_tokens: list[int] = (), shorter: bool = False) -> list[Choice]:
     """Give `config` the rule's values for the settings left unset (None); returns what was chosen.
-    `add_only`, `cut_only`: whether the training picks only add to the answers passed over, or only cut
-    them short (answer_watch.read_picks); `answer_tokens`: the picked answers' lengths in tokens.
+    `add_only`, `cut_only`, `shorter`: whether the training picks only add to the answers passed over, only
+    cut them short, or pick the shorter answer (answer_watch.read_picks: four picks in five);
+    `answer_tokens`: the picked answers' lengths in tokens.
 
     After this the config is concrete: run.json keeps the numbers, so a resumed run trains the same.
     """
@@ -269,7 +273,8 @@ def fill(config, n_train: int, add_only: bool = False, cut_only: bool = False,
         chosen.append(learning_rate(config.method, config.lora.rank, config.lora.alpha, add_only))
         config.learning_rate = chosen[-1].value
     if config.epochs is None and config.max_steps is None:
-        chosen.append(step_budget(n_train, config.batch_size, config.method == "dpo" and not add_only))
+        replacing = not (add_only or cut_only or shorter)
+        chosen.append(step_budget(n_train, config.batch_size, config.method == "dpo" and replacing))
         config.max_steps = chosen[-1].value
     if config.method == "ppo" and config.ppo.learning_rate is None:
         chosen.append(ppo_phase_rate(config.learning_rate))

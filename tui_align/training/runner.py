@@ -240,7 +240,8 @@ def _run(options: RunOptions, emit: EventSink, should_stop, started: float, reco
         config.batch_size = len(train)
     picks = read_picks(tokenizer, train)
     answer_tokens = [len(p.chosen_ids) - p.prompt_len for p in train]
-    chosen = defaults.fill(config, len(train), picks.add_only, picks.cut_only, answer_tokens) if not options.resume else []
+    chosen = (defaults.fill(config, len(train), picks.add_only, picks.cut_only, answer_tokens, picks.shorter)
+              if not options.resume else [])
 
     if run_dir is None:
         run_dir = new_run_dir(options.adapters_dir, config.method, options.out)

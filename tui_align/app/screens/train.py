@@ -37,7 +37,7 @@ QUANTIZE_TOOLTIP = ("How the frozen base is stored. 4-bit (QLoRA: NF4, double qu
                     "auto: full precision, unless the memory line says the run only fits on a quantized base.")
 
 AUTO_TOOLTIP = (f"Empty: the run picks it from your pairs: {rule.EPOCHS} passes, at least {rule.MIN_STEPS} steps "
-                f"({rule.CHANGING_PICKS_MIN_STEPS} for DPO on picks that change the answers) and fewer passes past "
+                f"({rule.CHANGING_PICKS_MIN_STEPS} for DPO on picks that replace the answers) and fewer passes past "
                 f"{rule.LARGE_SET_STEPS}, and the method's learning rate. "
                 "The log says what it chose.")
 FIELD_TOOLTIPS = {"epochs": AUTO_TOOLTIP, "max-steps": AUTO_TOOLTIP, "lr": AUTO_TOOLTIP}
