@@ -212,9 +212,9 @@ def base_answers(models_dir: Path, questions: list[str], cache: Path) -> dict[st
     return known
 
 
+PICKS_FROM = ("greedy", "sampled")  # the base answer the picks are built on (--picks-from)
 # The chat's sampling defaults (backends.base.SamplingSettings, llama_batch.SAMPLER_DEFAULTS): the candidates
 # a user picks between in chat are drawn like this
-PICKS_FROM = ("greedy", "sampled")
 CHAT_SAMPLING = dict(temperature=0.8, top_p=0.95, top_k=40, min_p=0.05)
 CANDIDATES = 2
 
