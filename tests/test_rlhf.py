@@ -324,6 +324,10 @@ def test_ppo_makes_the_trait_appear(baseline, smol_tokenizer):
     # the group baseline answers each prompt twice a visit, in batches of 6 prompts: twice the steps
     assert len(steps) == ppo.ppo_steps(len(train), config) == (16 if baseline == "value" else 32)
     assert {"loss", "kl", "reward", "value_loss", "clip_fraction", "tokens_per_s", "eta_s"} <= set(steps[0])
+    # the reward model's ETA is to its own last step (its steps cost less than PPO's); PPO's is the run's end
+    reward_steps = [e for e in events.of("step") if e.get("phase") == "reward_model"]
+    assert {e.get("eta_of") for e in reward_steps} == {"reward model"} and reward_steps[-1]["eta_s"] == 0
+    assert all("eta_of" not in e for e in steps)
     assert [e["name"] for e in events.of("phase")] == ["reward_model", "ppo"]
     assert steps[-1]["step"] == steps[-1]["total_steps"] == ppo.total_steps(train, config)
 
@@ -562,6 +566,8 @@ def test_ppo_run_cancels_and_resumes_through_the_runner(tiny_model_dir, tmp_path
     warm = [e["lr"] for e in first.of("step") if e["phase"] == "sft"]
     assert warm == pytest.approx([1e-3 * (1 - k / 9) for k in range(9)])
     assert not any("lr" in e for e in first.of("step") if e["phase"] != "sft")
+    warm_steps = [e for e in first.of("step") if e["phase"] == "sft"]  # the warm start's ETA: to its own end
+    assert {e.get("eta_of") for e in warm_steps} == {"warm start"} and warm_steps[-1]["eta_s"] == 0
     stopped_at = first.of("step")[-1]["step"]
     assert stopped_at == n_before_ppo + 1 and n_before_ppo > len(first.of("phase"))
     assert (out / "reward" / reward.HEAD_FILE).is_file() and (out / ppo.VALUE_HEAD_FILE).is_file()

@@ -12,6 +12,7 @@ from textual.widgets._toast import Toast
 
 from tui_align.app.run_status import run_line, run_method
 from tui_align.app.screens.chat import ChatScreen
+from tui_align.app.screens.train import TrainScreen
 from tui_align.app.train_process import TrainProcess
 from tui_align.app.widgets.status_bar import StatusBar
 from tui_align.training import synthetic
@@ -48,6 +49,26 @@ def status(app) -> str:
 
 def toasts(app) -> list[str]:
     return [str(toast.render()) for toast in app.screen.query(Toast)]
+
+
+def test_a_phase_of_a_longer_run_gives_its_own_eta_and_says_so(monkeypatch, tmp_path):
+    """PPO's reward model steps cost a third of its PPO steps: its rate times the run's remaining steps said
+    half of what was left, so the phase's ETA is to its own last step, named; the last phase's is the run's."""
+    from tui_align.training import loop
+
+    clock = iter([100.0, 104.0, 200.0, 230.0])
+    monkeypatch.setattr(loop.time, "monotonic", lambda: next(clock))
+    reward = loop.Progress(0, 84, phase_end=30, phase="reward model")
+    fields = reward.fields(2, tokens=10)  # 2 steps in 4 s: 28 left of the phase
+    assert fields["eta_s"] == 56.0 and fields["eta_of"] == "reward model"
+    ppo = loop.Progress(54, 84, phase_end=84, phase="ppo")  # the run's last phase: its end is the run's
+    fields = ppo.fields(55, tokens=10)  # 1 step in 30 s, 29 left
+    assert fields["eta_s"] == 870.0 and "eta_of" not in fields
+
+    run = TrainProcess(argv=["python", "-m", "x", "--jsonl", "--method", "ppo"], log_path=tmp_path / "log")
+    run.record_line(json.dumps({"event": "step", "step": 2, "total_steps": 84, "eta_s": 56, "eta_of": "reward model"}))
+    assert run_line(run, "ppo") == "training ppo: step 2/84 · ETA 56s for the reward model (F4)"
+    assert "ETA 56s for the reward model" in TrainScreen.metrics_text(run)
 
 
 def test_the_line_names_the_method_the_step_and_the_eta(tmp_path):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .screens.train import format_seconds
+from .screens.train import eta_text
 from .train_process import TrainProcess
 
 
@@ -34,5 +34,4 @@ def run_line(run: TrainProcess | None, method: str) -> str:
         return f"{what}: cancelling after this step… (F4)"
     if not run.step:
         return f"{what}: starting… (F4)"
-    eta = format_seconds(run.latest.get("eta_s"))
-    return f"{what}: step {run.step}/{run.total_steps or '?'} · ETA {eta} (F4)"
+    return f"{what}: step {run.step}/{run.total_steps or '?'} · {eta_text(run.latest)} (F4)"

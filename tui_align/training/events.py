@@ -10,7 +10,8 @@ Event kinds and their fields:
               length_ratio, repeated_4grams, longest_repeat, example, message (answer_checks.judge)
   early_stop  step, kept_step, message: the answers broke down; the adapter of kept_step is kept
   step        step, total_steps, epoch, loss, grad_norm (before clipping), plus per method: chosen_reward, rejected_reward,
-              accuracy, margin (dpo/orpo/reward); kl, reward, value_loss (ppo); tokens_per_s, eta_s, quantization,
+              accuracy, margin (dpo/orpo/reward); kl, reward, value_loss (ppo); tokens_per_s, eta_s (to the end of
+              the run, or of the phase eta_of names: "reward model", "warm start"), quantization,
               peak_memory (bytes: CUDA max allocated, or the process's peak RSS on the CPU)
   memory      message, fits, free_bytes, estimate_bytes, requested_bytes, phase, parts, changed, settings:
               the memory plan made before loading (memory_plan.py); also the start event's `memory`

@@ -221,7 +221,8 @@ def train_reward_model(job: Job, *, total_steps: int | None = None) -> tuple[nn.
         outcome = loop.run_steps(
             loop.shuffled_schedule(job.train, config.batch_size, n_steps, config.seed),
             loop.accumulating(model, optimizer, config, terms, report), config,
-            total=total_steps, emit=job.emit, should_stop=job.should_stop, progress=loop.Progress(0, total_steps),
+            total=total_steps, emit=job.emit, should_stop=job.should_stop,
+            progress=loop.Progress(0, total_steps, phase_end=n_steps, phase="reward model"),
             tags={"phase": "reward_model"},
             evaluate=(lambda: evaluate_reward_model(model, head, job.held_out, pad_id, config.batch_size))
             if job.held_out else None,

@@ -42,7 +42,9 @@ def warm_start(job: Job, *, first_step: int, total: int, checkpoint) -> bool:
         loop.scheduled(loop.accumulating(model, optimizer, config, terms), optimizer, config, n_steps,
                        first_step=first_step), config,
         total=total, emit=job.emit, should_stop=job.should_stop,
-        progress=loop.Progress(max(job.start_step, first_step), total), tags={"phase": "sft"},
+        progress=loop.Progress(max(job.start_step, first_step), total, phase_end=first_step + n_steps,
+                               phase="warm start"),
+        tags={"phase": "sft"},
         save_checkpoint=lambda step, optimizer=None: checkpoint(step),
         divergence=Divergence(model, defaults.lr(config)),
     )

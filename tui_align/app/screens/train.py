@@ -47,6 +47,12 @@ WARNING_VERDICTS = ("repeats", "too_short", "unchanged")
 STEP_METRICS = ("loss", "accuracy", "margin", "kl", "reward", "value_loss")
 
 
+def eta_text(step_event: dict) -> str:
+    """'ETA 1m 05s', or for one phase of a longer run (PPO's reward model) 'ETA 36s for the reward model'."""
+    phase = step_event.get("eta_of")
+    return f"ETA {format_seconds(step_event.get('eta_s'))}" + (f" for the {phase}" if phase else "")
+
+
 def format_seconds(seconds) -> str:
     """'1h 02m', '3m 05s' or '42s'; '?' when unknown."""
     if not isinstance(seconds, (int, float)) or seconds < 0:
@@ -364,7 +370,7 @@ Quitting the app cancels a running training cleanly; after a restart, resume it 
         lines = [format_metrics(latest, STEP_METRICS)]
         speed = latest.get("tokens_per_s")
         speed_text = f"{speed:.0f} tokens/s" if isinstance(speed, (int, float)) else "? tokens/s"
-        lines.append(f"epoch {latest.get('epoch', '?')}  {speed_text}  ETA {format_seconds(latest.get('eta_s'))}"
+        lines.append(f"epoch {latest.get('epoch', '?')}  {speed_text}  {eta_text(latest)}"
                      + memory_line.peak_text(latest.get("peak_memory"), run.memory.get("estimate_bytes")))
         if run.last_eval:
             lines.append("held out: " + format_metrics(run.last_eval, ("loss", "accuracy", "margin")))
