@@ -101,7 +101,7 @@ def adds_only(chosen: str, rejected: str) -> bool:
 def cuts_only(chosen: str, rejected: str) -> bool:
     """Whether the chosen answer is the rejected one cut short (only its first sentence, no list): the
     rejected answer adds to it, and it is shorter."""
-    return adds_only(rejected, chosen) and len(words(chosen)) < len(words(rejected))
+    return adds_only(rejected, chosen) and shorter(chosen, rejected)
 
 
 def shorter(chosen: str, rejected: str) -> bool:
