@@ -275,7 +275,7 @@ class Progress:
     remaining steps said about half of what was left; the phase's own end is what its rate can tell."""
 
     def __init__(self, start_step: int, total: int, phase_end: int | None = None, phase: str | None = None):
-        self.start_step, self.total = start_step, total
+        self.start_step = start_step
         self.end = phase_end if phase_end is not None and phase_end < total else total
         self.phase = phase if self.end < total else None
         self.started = time.monotonic()
