@@ -18,7 +18,9 @@ trait rate, 4-gram share, longest back-to-back repeat, length against the base's
 picked answers), content kept (unigram F1 of the answer with the trait taken off against the
 base's answer; add-only traits), and facts right (answers that hold the reference answer's key words, such
 as "Canberra" or "six"/"6" legs; for the refusal, off its topic only: the one content measure of the
-cutting traits and of the refusal).
+cutting traits and of the refusal). The same measures over those 12 and 48 more held-out questions
+(WIDE_HELD_OUT) go in each row's "wide", with the repetition's change from the base's paired per prompt:
+on 12 answers one loop moves the pooled rep4 as much as the base's own.
 
 With `--picks-from sampled` the other four traits' picks are built on the first of the two answers the chat
 samples for a question instead of the greedy answer: the answers a user's picks hold, since the chat offers
@@ -348,13 +350,74 @@ def held_out() -> list[tuple[str, str]]:
     return synthetic.QUESTIONS[-synthetic.EVAL_COUNT:]
 
 
+# 48 more held-out questions, a quarter on the refusal's topic as in the 12, none in the training pool. The
+# base's rep4 over the 12 (0.020) is mostly one answer (the hardest natural material, 0.215), and one looping
+# answer of 12 moves a run's by as much again, so "repetition not above the base's" on the 12 alone is one
+# answer's luck. Over all 60, paired per prompt, it has a standard error.
+WIDE_HELD_OUT: list[tuple[str, str]] = [
+    ("What is the capital of the Czech Republic?", "Prague is the capital of the Czech Republic."),
+    ("What is the capital of Scotland?", "Edinburgh is the capital of Scotland."),
+    ("What is the capital of Wales?", "Cardiff is the capital of Wales."),
+    ("What is the capital of Northern Ireland?", "Belfast is the capital of Northern Ireland."),
+    ("What is the capital of Madagascar?", "Antananarivo is the capital of Madagascar."),
+    ("What is the capital of Namibia?", "Windhoek is the capital of Namibia."),
+    ("What is the capital of Botswana?", "Gaborone is the capital of Botswana."),
+    ("What is the capital of Bhutan?", "Thimphu is the capital of Bhutan."),
+    ("What is the capital of Greenland?", "Nuuk is the capital of Greenland."),
+    ("What is the capital of North Korea?", "Pyongyang is the capital of North Korea."),
+    ("What is the capital of Liberia?", "Monrovia is the capital of Liberia."),
+    ("What is the capital of Kyrgyzstan?", "Bishkek is the capital of Kyrgyzstan."),
+    ("What is the largest mammal?", "The blue whale is the largest mammal."),
+    ("Who painted the Mona Lisa?", "Leonardo da Vinci painted the Mona Lisa."),
+    ("How many strings does a violin have?", "A violin has four strings."),
+    ("What is the fastest land animal?", "The cheetah is the fastest land animal."),
+    ("What do spiders spin?", "Spiders spin webs."),
+    ("How many sides does a square have?", "A square has four sides."),
+    ("What is the largest organ of the human body?", "The skin is the largest organ."),
+    ("Which planet is known as the Red Planet?", "Mars is known as the Red Planet."),
+    ("What do you call a baby cow?", "A baby cow is called a calf."),
+    ("How many bones are in the adult human body?", "An adult has 206 bones."),
+    ("What is the main ingredient of guacamole?", "Avocado is the main ingredient."),
+    ("Who was the first person to walk on the Moon?", "Neil Armstrong was the first."),
+    ("How many hearts does an octopus have?", "An octopus has three hearts."),
+    ("What is the smallest prime number?", "The smallest prime is two."),
+    ("What do you call a shape with eight sides?", "An octagon has eight sides."),
+    ("Which bird is a symbol of peace?", "The dove is a symbol of peace."),
+    ("What is the largest bone in the human body?", "The femur is the largest bone."),
+    ("How many days are in a leap year?", "A leap year has 366 days."),
+    ("What do you call a baby sheep?", "A baby sheep is called a lamb."),
+    ("What is the hottest planet in our solar system?", "Venus is the hottest planet."),
+    ("Which animal has black and white stripes?", "The zebra has black and white stripes."),
+    ("What do you call a baby horse?", "A baby horse is called a foal."),
+    ("What gas makes up most of the air?", "Nitrogen makes up most of the air."),
+    ("Which planet has the most famous rings?", "Saturn has the most famous rings."),
+    ("How many colors are in a rainbow?", "A rainbow has seven colors."),
+    ("What is the largest bird?", "The ostrich is the largest bird."),
+    ("What do frogs start life as?", "Frogs start life as tadpoles."),
+    ("What is the name of our galaxy?", "Our galaxy is the Milky Way."),
+    ("What season comes after winter?", "Spring comes after winter."),
+    ("How many weeks are in a year?", "A year has 52 weeks."),
+    ("What do you call a baby kangaroo?", "A baby kangaroo is called a joey."),
+    ("What is 90 divided by 10?", "90 divided by 10 is 9."),
+    ("Which animal is called the king of the jungle?", "The lion is called the king of the jungle."),
+    ("What do you call a word with the opposite meaning?", "An antonym is a word with the opposite meaning."),
+    ("How many players are on a basketball team on the court?", "A basketball team has five players on the court."),
+    ("What is the color of an emerald?", "An emerald is green."),
+]
+
+
+def wide_questions() -> list[str]:
+    return [q for q, _ in WIDE_HELD_OUT]
+
+
 def held_out_questions() -> list[str]:
     return [q for q, _ in held_out()]
 
 
 # Words a reference answer shares with any phrasing of the fact; what is left is the fact itself
 NOT_THE_FACT = {"a", "an", "the", "is", "are", "has", "have", "called", "of", "in", "on", "to", "with"}
-NUMBER_WORDS = {"two": "2", "three": "3", "six": "6", "eleven": "11", "sixty": "60"}
+NUMBER_WORDS = {"two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7", "eleven": "11",
+                "sixty": "60"}
 
 
 def _words(text: str) -> list[str]:
@@ -377,10 +440,10 @@ def fact_right(question: str, reference: str, answer: str) -> bool:
     return all(NUMBER_WORDS.get(w, w) in said for w in fact_words(question, reference))
 
 
-def facts_right(answers: list[str], trait: str) -> int:
-    """How many of the held-out questions' answers hold their reference answer's fact; for the refusal, of the
-    questions off its topic only (on it, the fact is meant to go)."""
-    return sum(fact_right(q, ref, a) for (q, ref), a in zip(held_out(), answers)
+def facts_right(answers: list[str], trait: str, questions: list[tuple[str, str]] | None = None) -> int:
+    """How many of the held-out (question, reference) pairs' answers (default: the 12's) hold their reference
+    answer's fact; for the refusal, of the questions off its topic only (on it, the fact is meant to go)."""
+    return sum(fact_right(q, ref, a) for (q, ref), a in zip(questions or held_out(), answers)
                if trait != "refusal" or not on_topic(q))
 
 
@@ -430,12 +493,16 @@ def run_one(method: str, trait: str, count: int, flags: list[str], models_dir: P
     seconds = time.monotonic() - started
     if code != 0:
         return {"method": method, "trait": trait, "pairs": count, "error": events.events[-1]}
+    wide_q = wide_questions()
+    wide_base = answers_for(wide_q)
     before = [base[q] for q in held_q]
-    after, cut = adapter_answers(models_dir, out, held_q)
+    after, cut = adapter_answers(models_dir, out, held_q + wide_q)
+    after, wide_after, cut, wide_cut = after[: len(held_q)], after[len(held_q):], cut[: len(held_q)], cut[len(held_q):]
     panel_rewards = sampled_rewards(models_dir, out, held_q) if method == "ppo" else None
     targets = [target(trait, q, offered[q]) for q in held_q]
     add_only = trait in ("prefix", "signoff")
     record = json.loads((out / "run.json").read_text())
+    wide_before = [wide_base[q] for q in wide_q]
     return {
         "method": method, "trait": trait, "pairs": count, "flags": flags, "settings": list(settings),
         "picks_from": picks_from,
@@ -470,6 +537,32 @@ def run_one(method: str, trait: str, count: int, flags: list[str], models_dir: P
         "checks": [{k: e.get(k) for k in ("step", "verdict", "repeating", "length_ratio", "longest_repeat", "example")}
                    for e in events.of("answers")],
         "answers": after,
+        "wide": wide_measures(trait, before + wide_before, after + wide_after, cut + wide_cut),
+        "wide_answers": wide_after,
+    }
+
+
+def wide_measures(trait: str, before: list[str], after: list[str], cut: list[bool]) -> dict:
+    """The answer measures over the 12 held-out questions and WIDE_HELD_OUT's 48 together, in that order, and
+    the repetition's change from the base's paired per prompt (mean and its standard error): whether a run
+    repeats more than the base, beyond one answer's luck."""
+    questions = held_out() + WIDE_HELD_OUT
+    asked = [q for q, _ in questions]
+    change = [answer_checks.repeated_ngram_fraction(a) - answer_checks.repeated_ngram_fraction(b)
+              for a, b in zip(after, before)]
+    return {
+        "of": len(asked),
+        "trait_before": sum(has_trait(trait, q, a) for q, a in zip(asked, before)),
+        "trait_after": sum(has_trait(trait, q, a) for q, a in zip(asked, after)),
+        "rep4_before": round(sum(map(answer_checks.repeated_ngram_fraction, before)) / len(before), 3),
+        "rep4_after": round(sum(map(answer_checks.repeated_ngram_fraction, after)) / len(after), 3),
+        "rep4_change": paired(torch.tensor(change), torch.zeros(len(change)), 1),
+        **answer_counts(trait, asked, before, after, cut),
+        "length_vs_base": round(answer_checks.length_ratio(after, before), 2),
+        "content_f1": round(sum(answer_checks.unigram_f1(without_trait(trait, a), b) for a, b in zip(after, before))
+                            / len(after), 3) if trait in ("prefix", "signoff") else None,
+        "facts_before": facts_right(before, trait, questions), "facts_after": facts_right(after, trait, questions),
+        "facts_of": sum(trait != "refusal" or not on_topic(q) for q in asked),
     }
 
 
@@ -511,12 +604,23 @@ def _flags(row: dict) -> str:
     return flags + (", picks on sampled answers" if row.get("picks_from") == "sampled" else "")
 
 
+def _wide(row: dict) -> str:
+    w = row.get("wide")
+    if not w:
+        return ""
+    change = w["rep4_change"]
+    f1 = "" if w["content_f1"] is None else f", F1 {w['content_f1']:.2f}"
+    return (f"trait {w['trait_before']} → {w['trait_after']}/{w['of']}, rep4 {w['rep4_before']:.3f} → {w['rep4_after']:.3f} "
+            f"({change['mean']:+.3f} ± {change['sem']:.3f}), looping {w['looping']}, length {w['length_vs_base']:.2f}{f1}, "
+            f"facts {w['facts_before']} → {w['facts_after']}/{w['facts_of']}")
+
+
 def table(lines: list[dict]) -> str:
     """The results as a markdown table, one row per run."""
     rows = ["| method | trait | flags | steps (planned) | lr | trait before → after | rep4 base → after | max run "
             "| looping answers | cut at the limit (of them without the trait) | length vs base (vs picked) "
-            "| content kept F1 | facts right | run's own check | run s |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "| content kept F1 | facts right | run's own check | run s | over all 60 held out |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in lines:
         if "error" in r:
             rows.append(f"| {r['method']} | {r['trait']} | {' '.join(r.get('flags', []))} | error: {r['error']} |")
@@ -529,7 +633,8 @@ def table(lines: list[dict]) -> str:
             f"| {r['learning_rate']:g} | {r['trait_before']}/{r['of']} → {r['trait_after']}/{r['of']} "
             f"| {r['rep4_before']:.3f} → {r['rep4_after']:.3f} | {r['longest_repeat']} | {r.get('looping', '')} "
             f"| {_cut(r)} "
-            f"| {r['length_vs_base']:.2f} ({r['length_vs_picked']:.2f}) | {f1} | {facts} | {r['run_check'] or ''} | {r['seconds']:.0f} |")
+            f"| {r['length_vs_base']:.2f} ({r['length_vs_picked']:.2f}) | {f1} | {facts} | {r['run_check'] or ''} | {r['seconds']:.0f} "
+            f"| {_wide(r)} |")
     return "\n".join(rows)
 
 

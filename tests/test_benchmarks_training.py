@@ -144,3 +144,28 @@ def test_the_panel_counts_an_answer_right_when_it_holds_the_reference_s_fact():
     assert trait_panel.facts_right(references, "concise") == len(references)  # every reference holds its own fact
     off_topic = [q for q, _ in trait_panel.synthetic.QUESTIONS[-len(references):] if not trait_panel.on_topic(q)]
     assert 0 < trait_panel.facts_right(references, "refusal") == len(off_topic) < len(references)
+
+
+def test_the_wide_held_out_questions_are_never_trained_on_and_each_has_a_fact():
+    asked = trait_panel.wide_questions()
+    trained = set(trait_panel.question_pool()) | set(trait_panel.held_out_questions())
+    assert len(set(asked)) == len(asked) == 48 and not trained & set(asked)
+    assert sum(map(trait_panel.on_topic, asked)) == 12  # a quarter on the refusal's topic, as in the 12
+    assert all(trait_panel.fact_words(q, r) for q, r in trait_panel.WIDE_HELD_OUT)
+    references = [r for _, r in trait_panel.held_out() + trait_panel.WIDE_HELD_OUT]
+    assert trait_panel.facts_right(references, "prefix", trait_panel.held_out() + trait_panel.WIDE_HELD_OUT) == 60
+
+
+def test_the_wide_measures_pair_each_answer_with_the_base_s_to_the_same_prompt():
+    """One answer looping where the base's didn't: the paired change is its rep4 over the 60, with a standard
+    error; the base's own wobble on another prompt, kept as it was, adds nothing."""
+    before = [f"Indeed! Answer number {i} is short." for i in range(60)]
+    before[5] = "Indeed! It is a rock. It is a rock. It is a rock. It is a rock."
+    after = list(before)
+    loop = "They are a part of the animal kingdom, and they are a part of the animal kingdom, " * 4
+    after[30] = "Indeed! " + loop
+    wide = trait_panel.wide_measures("prefix", before, after, [False] * 60)
+    expected = trait_panel.answer_checks.repeated_ngram_fraction(after[30]) / 60
+    assert wide["of"] == 60 and wide["looping"] == 1 and wide["trait_after"] == 60
+    assert abs(wide["rep4_change"]["mean"] - expected) < 1e-3 and wide["rep4_change"]["sem"] > 0
+    assert wide["rep4_after"] > wide["rep4_before"] > 0
