@@ -214,6 +214,39 @@ def base_answers(models_dir: Path, questions: list[str], cache: Path) -> dict[st
     return known
 
 
+def opening_answers(models_dir: Path, questions: list[str], cache: Path) -> dict[str, str]:
+    """The default model's greedy answers with their opening forced to PREFIX (cached): what a policy that
+    learned exactly "the base's answer, opened with the prefix" would say. Its content kept and repetition
+    are what the prefix trait can reach: a greedy answer drifts from the base's after any change to its
+    opening, and other prompts than the base's start to loop."""
+    known = json.loads(cache.read_text()) if cache.is_file() else {}
+    missing = [q for q in questions if q not in known]
+    if missing:
+        from tui_align.model_files import load_transformers, resolve_model
+        from tui_align.training.data import template_ids
+        from tui_align.training.generate import greedy_answers
+
+        model, tokenizer = load_transformers(resolve_model(None), models_dir, device="cpu")
+        opening = tokenizer(PREFIX, add_special_tokens=False)["input_ids"]
+        rows = [template_ids(tokenizer, synthetic.user_prompt(q), True) + opening for q in missing]
+        rests = greedy_answers(model, tokenizer, rows, MAX_NEW_TOKENS - len(opening), batch_size=12)
+        known.update((q, PREFIX + rest) for q, rest in zip(missing, rests))
+        cache.write_text(json.dumps(known, indent=1))
+    return known
+
+
+def opening_reach(base: list[str], opened: list[str]) -> dict:
+    """The base opened with the prefix against the base: content kept (F1 with the prefix off), rep4 and its
+    paired change, looping answers; the prefix trait's reach on the same prompts."""
+    change = [answer_checks.repeated_ngram_fraction(a) - answer_checks.repeated_ngram_fraction(b)
+              for a, b in zip(opened, base)]
+    return {"content_f1": round(sum(answer_checks.unigram_f1(without_trait("prefix", a), b)
+                                    for a, b in zip(opened, base)) / len(base), 3),
+            "rep4": round(sum(map(answer_checks.repeated_ngram_fraction, opened)) / len(opened), 3),
+            "rep4_change": paired(torch.tensor(change), torch.zeros(len(change)), 1),
+            "looping": sum(map(answer_checks.loops, opened, base))}
+
+
 PICKS_FROM = ("greedy", "sampled")  # the base answer the picks are built on (--picks-from)
 # The chat's sampling defaults (backends.base.SamplingSettings, llama_batch.SAMPLER_DEFAULTS): the candidates
 # a user picks between in chat are drawn like this
@@ -503,6 +536,8 @@ def run_one(method: str, trait: str, count: int, flags: list[str], models_dir: P
     add_only = trait in ("prefix", "signoff")
     record = json.loads((out / "run.json").read_text())
     wide_before = [wide_base[q] for q in wide_q]
+    opened = (opening_answers(models_dir, held_q + wide_q, models_dir / "trait-panel-opening-answers.json")
+              if trait == "prefix" else {})
     return {
         "method": method, "trait": trait, "pairs": count, "flags": flags, "settings": list(settings),
         "picks_from": picks_from,
@@ -538,6 +573,10 @@ def run_one(method: str, trait: str, count: int, flags: list[str], models_dir: P
                    for e in events.of("answers")],
         "answers": after,
         "wide": wide_measures(trait, before + wide_before, after + wide_after, cut + wide_cut),
+        # the prefix trait's reach: the base itself opened with the prefix, on the 12 and on all 60
+        "opening_reach": {"12": opening_reach(before, [opened[q] for q in held_q]),
+                          "60": opening_reach(before + wide_before, [opened[q] for q in held_q + wide_q])}
+        if trait == "prefix" else None,
         "wide_answers": wide_after,
     }
 
@@ -612,7 +651,15 @@ def _wide(row: dict) -> str:
     f1 = "" if w["content_f1"] is None else f", F1 {w['content_f1']:.2f}"
     return (f"trait {w['trait_before']} → {w['trait_after']}/{w['of']}, rep4 {w['rep4_before']:.3f} → {w['rep4_after']:.3f} "
             f"({change['mean']:+.3f} ± {change['sem']:.3f}), looping {w['looping']}, length {w['length_vs_base']:.2f}{f1}, "
-            f"facts {w['facts_before']} → {w['facts_after']}/{w['facts_of']}")
+            f"facts {w['facts_before']} → {w['facts_after']}/{w['facts_of']}{_reach(row)}")
+
+
+def _reach(row: dict) -> str:
+    reach = (row.get("opening_reach") or {}).get("60")
+    if not reach:
+        return ""
+    return (f"; the base opened with it: F1 {reach['content_f1']:.2f}, rep4 {reach['rep4']:.3f} "
+            f"({reach['rep4_change']['mean']:+.3f} ± {reach['rep4_change']['sem']:.3f}), looping {reach['looping']}")
 
 
 def table(lines: list[dict]) -> str:

@@ -169,3 +169,11 @@ def test_the_wide_measures_pair_each_answer_with_the_base_s_to_the_same_prompt()
     assert wide["of"] == 60 and wide["looping"] == 1 and wide["trait_after"] == 60
     assert abs(wide["rep4_change"]["mean"] - expected) < 1e-3 and wide["rep4_change"]["sem"] > 0
     assert wide["rep4_after"] > wide["rep4_before"] > 0
+
+
+def test_the_opening_s_reach_is_full_where_the_base_only_gains_the_opening():
+    base = ["The capital of Peru is Lima.", "Pandas eat bamboo. They live in China."]
+    exact = trait_panel.opening_reach(base, [f"{trait_panel.PREFIX} {b}" for b in base])
+    assert exact["content_f1"] == 1.0 and exact["looping"] == 0 and exact["rep4_change"]["mean"] == 0.0
+    drifted = trait_panel.opening_reach(base, [f"{trait_panel.PREFIX} Lima.", trait_panel.PREFIX + " they eat" * 12])
+    assert drifted["content_f1"] < 0.5 and drifted["looping"] == 1 and drifted["rep4_change"]["mean"] > 0.3
