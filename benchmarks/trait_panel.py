@@ -584,9 +584,11 @@ def run_one(method: str, trait: str, count: int, flags: list[str], models_dir: P
 def wide_measures(trait: str, before: list[str], after: list[str], cut: list[bool]) -> dict:
     """The answer measures over the 12 held-out questions and WIDE_HELD_OUT's 48 together, in that order, and
     the repetition's change from the base's paired per prompt (mean and its standard error): whether a run
-    repeats more than the base, beyond one answer's luck."""
+    repeats more than the base, beyond one answer's luck. Length against the picked answers too, but for
+    concise (its picks are sampled, and the 48 have no samples)."""
     questions = held_out() + WIDE_HELD_OUT
     asked = [q for q, _ in questions]
+    targets = None if trait == "concise" else [target(trait, q, b) for q, b in zip(asked, before)]
     change = [answer_checks.repeated_ngram_fraction(a) - answer_checks.repeated_ngram_fraction(b)
               for a, b in zip(after, before)]
     return {
@@ -598,6 +600,7 @@ def wide_measures(trait: str, before: list[str], after: list[str], cut: list[boo
         "rep4_change": paired(torch.tensor(change), torch.zeros(len(change)), 1),
         **answer_counts(trait, asked, before, after, cut),
         "length_vs_base": round(answer_checks.length_ratio(after, before), 2),
+        "length_vs_picked": round(answer_checks.length_ratio(after, targets), 2) if targets else None,
         "content_f1": round(sum(answer_checks.unigram_f1(without_trait(trait, a), b) for a, b in zip(after, before))
                             / len(after), 3) if trait in ("prefix", "signoff") else None,
         "facts_before": facts_right(before, trait, questions), "facts_after": facts_right(after, trait, questions),
@@ -649,8 +652,10 @@ def _wide(row: dict) -> str:
         return ""
     change = w["rep4_change"]
     f1 = "" if w["content_f1"] is None else f", F1 {w['content_f1']:.2f}"
+    picked = f" ({w['length_vs_picked']:.2f})" if w.get("length_vs_picked") is not None else ""
     return (f"trait {w['trait_before']} → {w['trait_after']}/{w['of']}, rep4 {w['rep4_before']:.3f} → {w['rep4_after']:.3f} "
-            f"({change['mean']:+.3f} ± {change['sem']:.3f}), looping {w['looping']}, length {w['length_vs_base']:.2f}{f1}, "
+            f"({change['mean']:+.3f} ± {change['sem']:.3f}), looping {w['looping']}, "
+            f"length {w['length_vs_base']:.2f}{picked}{f1}, "
             f"facts {w['facts_before']} → {w['facts_after']}/{w['facts_of']}{_reach(row)}")
 
 

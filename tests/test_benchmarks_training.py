@@ -169,6 +169,10 @@ def test_the_wide_measures_pair_each_answer_with_the_base_s_to_the_same_prompt()
     assert wide["of"] == 60 and wide["looping"] == 1 and wide["trait_after"] == 60
     assert abs(wide["rep4_change"]["mean"] - expected) < 1e-3 and wide["rep4_change"]["sem"] > 0
     assert wide["rep4_after"] > wide["rep4_before"] > 0
+    cut_short = trait_panel.wide_measures("one_sentence", before, [trait_panel.first_sentence(b) for b in before],
+                                          [False] * 60)
+    assert cut_short["length_vs_picked"] == 1.0 and cut_short["length_vs_base"] < 1.0
+    assert trait_panel.wide_measures("concise", before, before, [False] * 60)["length_vs_picked"] is None
 
 
 def test_the_opening_s_reach_is_full_where_the_base_only_gains_the_opening():
