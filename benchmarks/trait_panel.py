@@ -235,15 +235,25 @@ def opening_answers(models_dir: Path, questions: list[str], cache: Path) -> dict
     return known
 
 
+def content_kept(trait: str, after: list[str], before: list[str]) -> float:
+    """Mean unigram F1 of each answer with the trait taken off against the base's answer to the same prompt."""
+    return round(sum(answer_checks.unigram_f1(without_trait(trait, a), b) for a, b in zip(after, before))
+                 / len(after), 3)
+
+
+def rep4_change(after: list[str], before: list[str]) -> dict:
+    """The 4-gram share's change from the base's, paired per prompt: its mean and standard error."""
+    change = [answer_checks.repeated_ngram_fraction(a) - answer_checks.repeated_ngram_fraction(b)
+              for a, b in zip(after, before)]
+    return paired(torch.tensor(change), torch.zeros(len(change)), 1)
+
+
 def opening_reach(base: list[str], opened: list[str]) -> dict:
     """The base opened with the prefix against the base: content kept (F1 with the prefix off), rep4 and its
     paired change, looping answers; the prefix trait's reach on the same prompts."""
-    change = [answer_checks.repeated_ngram_fraction(a) - answer_checks.repeated_ngram_fraction(b)
-              for a, b in zip(opened, base)]
-    return {"content_f1": round(sum(answer_checks.unigram_f1(without_trait("prefix", a), b)
-                                    for a, b in zip(opened, base)) / len(base), 3),
+    return {"content_f1": content_kept("prefix", opened, base),
             "rep4": round(sum(map(answer_checks.repeated_ngram_fraction, opened)) / len(opened), 3),
-            "rep4_change": paired(torch.tensor(change), torch.zeros(len(change)), 1),
+            "rep4_change": rep4_change(opened, base),
             "looping": sum(map(answer_checks.loops, opened, base))}
 
 
@@ -555,8 +565,7 @@ def run_one(method: str, trait: str, count: int, flags: list[str], models_dir: P
         **answer_counts(trait, held_q, before, after, cut),
         "length_vs_base": round(answer_checks.length_ratio(after, before), 2),
         "length_vs_picked": round(answer_checks.length_ratio(after, targets), 2),
-        "content_f1": round(sum(answer_checks.unigram_f1(without_trait(trait, a), b) for a, b in zip(after, before))
-                            / len(after), 3) if add_only else None,
+        "content_f1": content_kept(trait, after, before) if add_only else None,
         "facts_before": facts_right(before, trait), "facts_after": facts_right(after, trait),
         "run_check": record.get("answer_check", {}).get("verdict"),
         # PPO: the reward model's score of greedy answers to held-out prompts after each phase, and the KL
@@ -589,20 +598,17 @@ def wide_measures(trait: str, before: list[str], after: list[str], cut: list[boo
     questions = held_out() + WIDE_HELD_OUT
     asked = [q for q, _ in questions]
     targets = None if trait == "concise" else [target(trait, q, b) for q, b in zip(asked, before)]
-    change = [answer_checks.repeated_ngram_fraction(a) - answer_checks.repeated_ngram_fraction(b)
-              for a, b in zip(after, before)]
     return {
         "of": len(asked),
         "trait_before": sum(has_trait(trait, q, a) for q, a in zip(asked, before)),
         "trait_after": sum(has_trait(trait, q, a) for q, a in zip(asked, after)),
         "rep4_before": round(sum(map(answer_checks.repeated_ngram_fraction, before)) / len(before), 3),
         "rep4_after": round(sum(map(answer_checks.repeated_ngram_fraction, after)) / len(after), 3),
-        "rep4_change": paired(torch.tensor(change), torch.zeros(len(change)), 1),
+        "rep4_change": rep4_change(after, before),
         **answer_counts(trait, asked, before, after, cut),
         "length_vs_base": round(answer_checks.length_ratio(after, before), 2),
         "length_vs_picked": round(answer_checks.length_ratio(after, targets), 2) if targets else None,
-        "content_f1": round(sum(answer_checks.unigram_f1(without_trait(trait, a), b) for a, b in zip(after, before))
-                            / len(after), 3) if trait in ("prefix", "signoff") else None,
+        "content_f1": content_kept(trait, after, before) if trait in ("prefix", "signoff") else None,
         "facts_before": facts_right(before, trait, questions), "facts_after": facts_right(after, trait, questions),
         "facts_of": sum(trait != "refusal" or not on_topic(q) for q in asked),
     }
