@@ -200,18 +200,24 @@ def without_trait(trait: str, answer: str) -> str:
     return text
 
 
-def base_answers(models_dir: Path, questions: list[str], cache: Path) -> dict[str, str]:
-    """The default model's greedy answers (cached: they never change for a model)."""
+def cached_answers(models_dir: Path, questions: list[str], cache: Path, answer) -> dict:
+    """Answers by question from the JSON file `cache`; the missing ones from `answer(model, tokenizer,
+    questions)` on the default model, loaded only then, and written back. They never change for a model."""
     known = json.loads(cache.read_text()) if cache.is_file() else {}
     missing = [q for q in questions if q not in known]
     if missing:
         from tui_align.model_files import load_transformers, resolve_model
 
         model, tokenizer = load_transformers(resolve_model(None), models_dir, device="cpu")
-        answers = synthetic.greedy_answers(model, tokenizer, [synthetic.user_prompt(q) for q in missing], MAX_NEW_TOKENS)
-        known.update(zip(missing, answers))
+        known.update(zip(missing, answer(model, tokenizer, missing)))
         cache.write_text(json.dumps(known, indent=1))
     return known
+
+
+def base_answers(models_dir: Path, questions: list[str], cache: Path) -> dict[str, str]:
+    """The default model's greedy answers (cached)."""
+    return cached_answers(models_dir, questions, cache, lambda model, tokenizer, missing: synthetic.greedy_answers(
+        model, tokenizer, [synthetic.user_prompt(q) for q in missing], MAX_NEW_TOKENS))
 
 
 def opening_answers(models_dir: Path, questions: list[str], cache: Path) -> dict[str, str]:
@@ -219,20 +225,16 @@ def opening_answers(models_dir: Path, questions: list[str], cache: Path) -> dict
     learned exactly "the base's answer, opened with the prefix" would say. Its content kept and repetition
     are what the prefix trait can reach: a greedy answer drifts from the base's after any change to its
     opening, and other prompts than the base's start to loop."""
-    known = json.loads(cache.read_text()) if cache.is_file() else {}
-    missing = [q for q in questions if q not in known]
-    if missing:
-        from tui_align.model_files import load_transformers, resolve_model
+    def answer(model, tokenizer, missing: list[str]) -> list[str]:
         from tui_align.training.data import template_ids
         from tui_align.training.generate import greedy_answers
 
-        model, tokenizer = load_transformers(resolve_model(None), models_dir, device="cpu")
         opening = tokenizer(PREFIX, add_special_tokens=False)["input_ids"]
         rows = [template_ids(tokenizer, synthetic.user_prompt(q), True) + opening for q in missing]
         rests = greedy_answers(model, tokenizer, rows, MAX_NEW_TOKENS - len(opening), batch_size=12)
-        known.update((q, PREFIX + rest) for q, rest in zip(missing, rests))
-        cache.write_text(json.dumps(known, indent=1))
-    return known
+        return [PREFIX + rest for rest in rests]
+
+    return cached_answers(models_dir, questions, cache, answer)
 
 
 def content_kept(trait: str, after: list[str], before: list[str]) -> float:
@@ -268,14 +270,11 @@ def sampled_answers(models_dir: Path, questions: list[str], cache: Path) -> dict
     """The default model's answers as the chat offers them: CANDIDATES sampled answers a question, with the
     chat's sampling defaults, up to MAX_NEW_TOKENS (cached; seeded per question, so a question's answers
     don't depend on which others were asked with it)."""
-    known = json.loads(cache.read_text()) if cache.is_file() else {}
-    missing = [q for q in questions if q not in known]
-    if missing:
-        from tui_align.model_files import load_transformers, resolve_model
+    def answer(model, tokenizer, missing: list[str]) -> list[list[str]]:
         from tui_align.training.data import prompt_batch, template_ids
 
-        model, tokenizer = load_transformers(resolve_model(None), models_dir, device="cpu")
         model.eval()
+        answers = []
         for q in missing:
             torch.manual_seed(sum(map(ord, q)))
             batch = prompt_batch([template_ids(tokenizer, synthetic.user_prompt(q), True)] * CANDIDATES,
@@ -283,9 +282,10 @@ def sampled_answers(models_dir: Path, questions: list[str], cache: Path) -> dict
             with torch.no_grad():
                 out = model.generate(**batch, max_new_tokens=MAX_NEW_TOKENS, do_sample=True, **CHAT_SAMPLING,
                                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            known[q] = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-            cache.write_text(json.dumps(known, indent=1))
-    return known
+            answers.append(tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True))
+        return answers
+
+    return cached_answers(models_dir, questions, cache, answer)
 
 
 def adapter_answers(models_dir: Path, run_dir: Path, questions: list[str]) -> tuple[list[str], list[bool]]:

@@ -12,7 +12,7 @@ import torch
 from tui_align.pairs import Pair
 from tui_align.training import defaults, lora, losses, ppo, reward, rollouts, runner, synthetic
 from tui_align.training.config import PPO_CHOICES, TrainConfig
-from tui_align.training.data import encode_pairs, preference_batch, split_held_out
+from tui_align.training.data import EncodedPair, encode_pairs, preference_batch, split_held_out
 from tui_align.training.events import CollectEvents
 from tui_align.training.job import Job
 from tui_align.train_command import run_options
@@ -67,6 +67,27 @@ def test_cut_off_answers_score_at_most_minus_the_penalty():
     finished = torch.tensor([True, False, False])
     assert losses.cut_off_scores(scores, finished, 1.0).tolist() == [2.0, -1.0, -4.0]
     assert losses.cut_off_scores(scores, finished, 0.0).tolist() == [2.0, 2.0, -3.0]
+
+
+def test_a_looping_answer_scores_less_by_its_repeats_beyond_the_picks_own():
+    loop = torch.tensor([[5, 6, 7, 8, 5, 6, 7, 8, 5, 6, 7, EOS], [3, 4, 5, 6, 7, 8, 9, EOS, EOS, EOS, EOS, EOS]])
+    mask = torch.ones_like(loop)
+    mask[1, 8:] = 0  # the second answer ends sooner; its padding must not count as repeats
+    shares = losses.repeated_ngram_shares(loop, mask)
+    # nine 4-grams of which five differ; five 4-grams all different
+    assert torch.allclose(shares, torch.tensor([4 / 9, 0.0]))
+    scores = torch.tensor([1.5, 1.5])
+    assert torch.allclose(losses.repetition_penalized(scores, shares, 0.1, 2.0), torch.tensor([1.5 - 2 * (4 / 9 - 0.1), 1.5]))
+    assert torch.equal(losses.repetition_penalized(scores, shares, 0.1, 0.0), scores)
+    assert torch.equal(losses.repetition_penalized(scores, shares, 0.6, 2.0), scores)  # within the picks' own
+
+
+def test_the_repeats_allowed_are_the_chosen_answers_own_not_the_prompts():
+    prompt = [9, 9, 9, 9, 9, 9]  # a repetitive prompt: none of it counts
+    pairs = [EncodedPair(6, prompt + [5, 6, 7, 8, 5, 6, 7, 8, EOS], prompt + [3, EOS], prompt),
+             EncodedPair(6, prompt + [3, 4, 5, 6, 7, EOS], prompt + [5, 6, 7, 8, 5, 6, 7, 8, EOS], prompt)]
+    assert rollouts.picked_repetition(pairs) == pytest.approx((1 / 6 + 0.0) / 2)
+    assert rollouts.picked_repetition([]) == 0.0
 
 
 def test_on_add_only_picks_answers_scored_alike_give_no_token_an_advantage_by_its_place():
@@ -481,6 +502,32 @@ def test_ppo_s_old_policy_is_the_weights_that_sampled(autocast, batch_size, smol
     assert passes == [False] * minibatches + old_passes + [True] * config.ppo.ppo_epochs * minibatches
     assert len(updates) == config.ppo.ppo_epochs * minibatches
     assert math.isfinite(stats["loss"])
+
+
+def test_a_ppo_step_scores_a_looping_rollout_less_than_the_reward_model_does(smol_tokenizer, monkeypatch):
+    """The scores PPO's advantages start from are the reward model's less the repetition term: a looping
+    answer loses penalty * (its share - the allowance), a varied one nothing."""
+    prompts = [[1, 9690, 198], [1, 9690, 198]]
+    answers = torch.tensor([[5, 6, 7, 8, 5, 6, 7, 8, 5, 6, 7, EOS], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, EOS]])
+    batch = rollouts.prompt_batch(prompts, EOS)
+    fixed = rollouts.Rollout(prompts, torch.cat([batch["input_ids"], answers], 1),
+                             torch.cat([batch["attention_mask"], torch.ones_like(answers)], 1),
+                             torch.ones_like(answers), torch.tensor([True, True]))
+    monkeypatch.setattr(ppo, "generate_rollouts", lambda *args, **kwargs: fixed)
+    scored = []
+    terms = ppo._old_policy_terms
+    monkeypatch.setattr(ppo, "_old_policy_terms", lambda *a: scored.append(a[3].clone()) or terms(*a))
+    for penalty in (0.0, 1.5):
+        model = with_lora(build_tiny_llama(smol_tokenizer, seed=0))
+        reward.add_reward_adapter(model)
+        head = reward.scalar_head(model, seed=3)
+        config = TrainConfig(method="ppo", seed=0, batch_size=2)
+        config.ppo.repetition_penalty = penalty
+        value_head = ppo._value_head(model, config, None, resuming=False)
+        optimizer = ppo.ppo_optimizer_for(model, value_head, 1e-3, config)
+        ppo._ppo_update(model, smol_tokenizer, head, value_head, optimizer, prompts,
+                        rollouts.answer_tail([], [EOS]), EOS, config, allowance=0.1)
+    torch.testing.assert_close(scored[0] - scored[1], torch.tensor([1.5 * (4 / 9 - 0.1), 0.0]))
 
 
 def test_a_ppo_step_samples_all_its_minibatches_at_once():

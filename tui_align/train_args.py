@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
              f"{defaults.ppo.minibatches}; the step budget counts the updates)")
     add("--ppo-epochs", type=int, default=defaults.ppo.ppo_epochs, metavar="N",
         help=f"PPO: passes over each step's answers (default: {defaults.ppo.ppo_epochs})")
+    add("--ppo-repetition-penalty", type=float, default=defaults.ppo.repetition_penalty, metavar="X",
+        help="PPO: what an answer's share of repeated 4-grams beyond the picked answers' costs its score "
+             f"(default: {defaults.ppo.repetition_penalty:g}; 0 = none)")
     add("--ppo-reference", choices=PPO_CHOICES["reference"], default=defaults.ppo.reference,
         help="PPO: the KL penalty keeps the policy near its warm start (sft) or near the base model (base; "
              f"default: {defaults.ppo.reference})")
@@ -133,6 +136,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         (args.lam >= 0, "--lam must not be negative"),
         (args.sft_weight >= 0, "--sft-weight must not be negative"),
         (args.kl_coef >= 0, "--kl-coef must not be negative"),
+        (args.ppo_repetition_penalty >= 0, "--ppo-repetition-penalty must not be negative"),
         (args.ppo_lr is None or args.ppo_lr > 0, "--ppo-lr must be positive"),
         (args.ppo_minibatches >= 1, "--ppo-minibatches must be at least 1"),
         (args.ppo_epochs >= 1, "--ppo-epochs must be at least 1"),
@@ -174,6 +178,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     config.dpo.sft_weight = args.sft_weight
     config.orpo.lam = args.lam
     config.ppo.kl_coef = args.kl_coef
+    config.ppo.repetition_penalty = args.ppo_repetition_penalty
     config.ppo.sft_epochs = args.sft_epochs
     config.ppo.baseline = args.ppo_baseline
     config.ppo.reference = args.ppo_reference

@@ -85,6 +85,9 @@ class PPOSettings:
     value_coef: float = 0.1
     temperature: float = 1.0
     missing_eos_penalty: float = 1.0  # an answer cut off by max_new_tokens scores at most -this (scores are unit-scale)
+    # An answer's share of repeated token 4-grams beyond the picked answers' mean share costs this times the
+    # excess (losses.repetition_penalized): the reward model never saw a loop and rates one by its trait.
+    repetition_penalty: float = 1.0
 
 
 # The settings that name one of a few behaviours. The code tests for one name and takes anything else as the

@@ -60,7 +60,7 @@ TABLE: dict[str, Method] = {
         preference_method("orpo", ORPOSettings, orpo.LOSS, reference=False, reports=("nll", "log_odds", *REWARDS)),
         Method("ppo", PPOSettings, f"{PAIRS} (reward model, warm start), then their prompts (PPO)", True,
                # per phase: reward_model reports REWARDS, sft nothing more, ppo these
-               ("kl", "reward", "value_loss", "clip_fraction", "response_length", "finished"),
+               ("kl", "reward", "value_loss", "clip_fraction", "response_length", "finished", "repeats"),
                ppo.train_ppo, ppo.total_steps),
     )
 }

@@ -44,7 +44,8 @@ from .reward import (
     scalar_head,
     train_reward_model,
 )
-from .rollouts import answer_tail, generate_rollouts, policy_forward, score_rollout, stop_token_ids, unique_prompts
+from .rollouts import (answer_tail, generate_rollouts, picked_repetition, policy_forward, score_rollout, stop_token_ids,
+                       unique_prompts)
 from .warm_start import warm_start
 
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -197,6 +198,7 @@ def train_ppo(job: Job) -> dict:
     n_ppo = ppo_steps(len(prompts), config)
     n_before_ppo, n_total = n_reward + n_sft, n_reward + n_sft + n_ppo
     tail = answer_tail(job.train, stop_token_ids(model, tokenizer))
+    allowance = picked_repetition(job.train)
     value_head = None
     ppo_optimizer = None
 
@@ -247,7 +249,7 @@ def train_ppo(job: Job) -> dict:
 
     def take_step(step: int, batch_rows: list[list[int]]) -> tuple[dict, int]:
         stats = _ppo_update(model, tokenizer, head, value_head, ppo_optimizer, batch_rows, tail, job.pad_id, config,
-                            use_copy)
+                            use_copy, allowance)
         tokens = stats.pop("tokens")
         return stats, tokens
 
@@ -342,11 +344,13 @@ def _batch_wide(parts: list[tuple[list[int], torch.Tensor]], shape) -> torch.Ten
 
 
 def _ppo_update(model, tokenizer, head, value_head, optimizer, prompt_rows, tail, pad_id, config: TrainConfig,
-                sft_copy: bool = False) -> dict:
+                sft_copy: bool = False, allowance: float = 0.0) -> dict:
     """One rollout batch, then `ppo_epochs` passes over it in minibatches of batch_size rows (shuffled when
     there are several), an optimizer step each; returns the step's statistics, the last update's loss. The
-    KL is to the warm start's frozen copy when `sft_copy`, else to the base. The advantages are whitened over
-    the whole batch, as its rollouts were sampled together."""
+    KL is to the warm start's frozen copy when `sft_copy`, else to the base. An answer scores the reward
+    model's score, capped when cut off and less a repetition term beyond `allowance` (the picks' own share of
+    repeated 4-grams). The advantages are whitened over the whole batch, as its rollouts were sampled
+    together."""
     settings = config.ppo
     size, rows_in_batch = config.batch_size, len(prompt_rows)
     several = rows_in_batch > size
@@ -355,7 +359,10 @@ def _ppo_update(model, tokenizer, head, value_head, optimizer, prompt_rows, tail
     terms = None
     with torch.no_grad():
         scores = _scores(model, head, rollout, tail, pad_id, size)
-        shaped_scores = losses.cut_off_scores(scores, rollout.finished, settings.missing_eos_penalty)
+        repeats = losses.repeated_ngram_shares(rollout.responses, rollout.response_mask)
+        shaped_scores = losses.repetition_penalized(
+            losses.cut_off_scores(scores, rollout.finished, settings.missing_eos_penalty), repeats, allowance,
+            settings.repetition_penalty)
         with sft_reference.reference_of(model, sft_copy):
             ref_logps, _ = _policy_terms(model, value_head, rollout, settings.temperature, size)
         if several:  # from the first update on the weights have moved: the old policy's own pass
@@ -398,6 +405,7 @@ def _ppo_update(model, tokenizer, head, value_head, optimizer, prompt_rows, tail
         "clip_fraction": float(clip_fraction),
         "response_length": mask.sum(-1).mean().item(),
         "finished": rollout.finished.float().mean().item(),
+        "repeats": repeats.mean().item(),  # the rollouts' share of repeated 4-grams
         "tokens": int(mask.sum().item()),
         "grad_norm": norm,
     }

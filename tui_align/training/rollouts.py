@@ -84,6 +84,15 @@ def answer_tail(pairs: list[EncodedPair], stop_ids: list[int]) -> list[int]:
     return list(ids[stops[-1] + 1 :]) if stops else []
 
 
+def picked_repetition(pairs: list[EncodedPair], n: int = 4) -> float:
+    """The mean share of repeated token n-grams in the chosen answers: how much the user's picks themselves
+    repeat, which PPO's repetition term allows (losses.repetition_penalized)."""
+    if not pairs:
+        return 0.0
+    answers = [torch.tensor([pair.chosen_ids[pair.prompt_len :]]) for pair in pairs]
+    return sum(losses.repeated_ngram_shares(a, torch.ones_like(a), n).item() for a in answers) / len(answers)
+
+
 def response_mask(responses: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:
     """(B,R) 1 up to and including the first stop token, 0 after it."""
     is_stop = torch.isin(responses, torch.tensor(stop_ids, device=responses.device)).long()
