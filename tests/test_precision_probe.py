@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+from tui_align import machine_cache
 from tui_align.training import precision_probe
 from tui_align.training.precision_probe import Measured
 
@@ -37,6 +38,24 @@ def test_the_measurement_is_cached_per_machine_and_shapes(tmp_path, monkeypatch)
     assert len(calls) == 3
     precision_probe.probe("cpu", (64, 128), tmp_path, rows=precision_probe.DECODE_ROWS)  # decoding's: its own
     assert len(calls) == 4 and precision_probe.probe("cpu", (64, 128), tmp_path, rows=4).cached
+
+
+ZEN4 = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\nprocessor\t: 1\n"
+ZEN3 = ZEN4.replace("model\t\t: 17", "model\t\t: 1").replace(" avx512f avx512_bf16", "")
+
+
+def test_a_cpu_of_the_same_name_but_another_model_is_measured_anew(tmp_path, monkeypatch):
+    """A VM names both a Zen 4 and a Zen 3 "AMD EPYC" with as many cores, and bf16 trained 4x faster on
+    one and 5x slower on the other: the key tells them apart by model numbers and instruction sets."""
+    assert machine_cache.describe_cpu(ZEN4) == "AMD EPYC, family 25 model 17, avx2 avx512f avx512_bf16"
+    assert machine_cache.describe_cpu(ZEN3) == "AMD EPYC, family 25 model 1, avx2"
+    assert machine_cache.describe_cpu("processor\t: 0\nFeatures\t: fp asimd\n") is None  # no name: platform's
+    calls = []
+    monkeypatch.setattr(precision_probe, "measure", lambda device, shapes, rows=256: calls.append(1) or {"float32": 9.0})
+    for cpuinfo in (ZEN4, ZEN3, ZEN4):
+        monkeypatch.setattr(machine_cache, "cpu_model", lambda info=cpuinfo: machine_cache.describe_cpu(info))
+        precision_probe.probe("cpu", (64, 128), tmp_path)
+    assert len(calls) == 2
 
 
 def test_bf16_must_be_faster_by_a_margin():

@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"PPO: passes over each step's answers (default: {defaults.ppo.ppo_epochs})")
     add("--ppo-repetition-penalty", type=float, default=defaults.ppo.repetition_penalty, metavar="X",
         help="PPO: what an answer's share of repeated 4-grams beyond the picked answers' costs its score "
-             f"(default: {defaults.ppo.repetition_penalty:g}; 0 = none)")
+             f"(default: {defaults.ppo.repetition_penalty:g}, none: at 1 it did not stop greedy answers looping)")
     add("--ppo-reference", choices=PPO_CHOICES["reference"], default=defaults.ppo.reference,
         help="PPO: the KL penalty keeps the policy near its warm start (sft) or near the base model (base; "
              f"default: {defaults.ppo.reference})")

@@ -209,11 +209,10 @@ def repetition_penalized(scores: torch.Tensor, shares: torch.Tensor, allowance: 
     """(B,) scores less `penalty` times each answer's repeated-n-gram share beyond `allowance` (the share the
     picked answers themselves repeat).
 
-    The reward model learned from a few dozen picks, none of them a loop, so it rates a looping answer by
-    whatever else it has: one that carries the picked trait and then loops scores as high as one that
-    doesn't loop. On 100 opening picks PPO's greedy answers looped on 2-5 of 60 held-out questions on every
-    run (docs/training-defaults-research.md). Scores are unit-scale, so a full loop costs about `penalty`.
-    penalty 0 turns this off."""
+    The reward model learned from a few dozen picks, few if any of them loops, so it may rate a looping
+    answer by whatever else it has: one that carries the picked trait and then loops as high as one that
+    doesn't loop. Scores are unit-scale, so a full loop costs about `penalty`; 0 (PPO's default, config.py
+    says why) turns this off."""
     if not penalty:
         return scores
     return scores - penalty * (shares.to(scores.dtype) - allowance).clamp(min=0.0)
