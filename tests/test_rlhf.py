@@ -525,8 +525,9 @@ def test_a_ppo_step_scores_a_looping_rollout_less_than_the_reward_model_does(smo
         config.ppo.repetition_penalty = penalty
         value_head = ppo._value_head(model, config, None, resuming=False)
         optimizer = ppo.ppo_optimizer_for(model, value_head, 1e-3, config)
-        ppo._ppo_update(model, smol_tokenizer, head, value_head, optimizer, prompts,
-                        rollouts.answer_tail([], [EOS]), EOS, config, allowance=0.1)
+        stats = ppo._ppo_update(model, smol_tokenizer, head, value_head, optimizer, prompts,
+                                rollouts.answer_tail([], [EOS]), EOS, config, allowance=0.1)
+        assert stats["repeats"] == pytest.approx((4 / 9 + 0.0) / 2)  # the step event's, penalty or not
     torch.testing.assert_close(scored[0] - scored[1], torch.tensor([1.5 * (4 / 9 - 0.1), 0.0]))
 
 

@@ -86,7 +86,7 @@ class PPOSettings:
     temperature: float = 1.0
     missing_eos_penalty: float = 1.0  # an answer cut off by max_new_tokens scores at most -this (scores are unit-scale)
     # An answer's share of repeated token 4-grams beyond the picked answers' mean share costs this times the
-    # excess (losses.repetition_penalized): the reward model never saw a loop and rates one by its trait. Off
+    # excess (losses.repetition_penalized): a reward model that saw few loops may rate one by its trait. Off
     # by default: at 1 it left PPO's greedy loops on 100 opening picks as they were (5 of 60 held-out
     # questions, rep4 +0.047 +- 0.020 over the base's either way): the loops are in greedy answers, and PPO
     # only sees its sampled ones (docs/training-defaults-research.md).
