@@ -573,9 +573,9 @@ def run_one(method: str, trait: str, count: int, flags: list[str], models_dir: P
         # PPO: the reward model's score of sampled answers to the panel's 12 held-out questions, by role
         "sampled_rewards": panel_rewards,
         # PPO phase, per step: the mean score of the sampled rollouts, their KL to the reference, the value loss,
-        # their mean length in tokens
+        # their mean length in tokens, their share of repeated 4-grams (whether what PPO samples loops)
         "ppo_steps": [(e["step"], round(e["reward"], 3), round(e["kl"], 3), round(e["value_loss"], 4),
-                       round(e.get("response_length", 0.0), 1))
+                       round(e.get("response_length", 0.0), 1), round(e.get("repeats", 0.0), 3))
                       for e in events.of("step")
                       if e.get("phase") == "ppo"] if method == "ppo" else None,
         "checks": [{k: e.get(k) for k in ("step", "verdict", "repeating", "length_ratio", "longest_repeat", "example")}
