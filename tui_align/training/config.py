@@ -88,8 +88,8 @@ class PPOSettings:
     # An answer's share of repeated token 4-grams beyond the picked answers' mean share costs this times the
     # excess (losses.repetition_penalized): a reward model that saw few loops may rate one by its trait. Off
     # by default: at 1 it left PPO's greedy loops on 100 opening picks as they were (5 of 60 held-out
-    # questions, rep4 +0.047 +- 0.020 over the base's either way): the loops are in greedy answers, and PPO
-    # only sees its sampled ones (docs/training-defaults-research.md).
+    # questions with it and without it): the loops are in greedy answers, and the sampled ones PPO scores
+    # repeated less than the picks themselves (0.029 against 0.061; docs/training-defaults-research.md).
     repetition_penalty: float = 0.0
 
 
