@@ -237,6 +237,11 @@ def opening_answers(models_dir: Path, questions: list[str], cache: Path) -> dict
     return cached_answers(models_dir, questions, cache, answer)
 
 
+def rep4(answers: list[str]) -> float:
+    """The answers' mean share of repeated word 4-grams."""
+    return round(sum(map(answer_checks.repeated_ngram_fraction, answers)) / len(answers), 3)
+
+
 def content_kept(trait: str, after: list[str], before: list[str]) -> float:
     """Mean unigram F1 of each answer with the trait taken off against the base's answer to the same prompt."""
     return round(sum(answer_checks.unigram_f1(without_trait(trait, a), b) for a, b in zip(after, before))
@@ -254,7 +259,7 @@ def opening_reach(base: list[str], opened: list[str]) -> dict:
     """The base opened with the prefix against the base: content kept (F1 with the prefix off), rep4 and its
     paired change, looping answers; the prefix trait's reach on the same prompts."""
     return {"content_f1": content_kept("prefix", opened, base),
-            "rep4": round(sum(map(answer_checks.repeated_ngram_fraction, opened)) / len(opened), 3),
+            "rep4": rep4(opened),
             "rep4_change": rep4_change(opened, base),
             "looping": sum(map(answer_checks.loops, opened, base))}
 
@@ -559,8 +564,8 @@ def run_one(method: str, trait: str, count: int, flags: list[str], models_dir: P
         "trait_before": sum(has_trait(trait, q, a) for q, a in zip(held_q, before)),
         "trait_after": sum(has_trait(trait, q, a) for q, a in zip(held_q, after)),
         "of": len(held_q),
-        "rep4_before": round(sum(map(answer_checks.repeated_ngram_fraction, before)) / len(before), 3),
-        "rep4_after": round(sum(map(answer_checks.repeated_ngram_fraction, after)) / len(after), 3),
+        "rep4_before": rep4(before),
+        "rep4_after": rep4(after),
         "longest_repeat": max(map(answer_checks.longest_repeat, after)),
         **answer_counts(trait, held_q, before, after, cut),
         "length_vs_base": round(answer_checks.length_ratio(after, before), 2),
@@ -602,8 +607,8 @@ def wide_measures(trait: str, before: list[str], after: list[str], cut: list[boo
         "of": len(asked),
         "trait_before": sum(has_trait(trait, q, a) for q, a in zip(asked, before)),
         "trait_after": sum(has_trait(trait, q, a) for q, a in zip(asked, after)),
-        "rep4_before": round(sum(map(answer_checks.repeated_ngram_fraction, before)) / len(before), 3),
-        "rep4_after": round(sum(map(answer_checks.repeated_ngram_fraction, after)) / len(after), 3),
+        "rep4_before": rep4(before),
+        "rep4_after": rep4(after),
         "rep4_change": rep4_change(after, before),
         **answer_counts(trait, asked, before, after, cut),
         "length_vs_base": round(answer_checks.length_ratio(after, before), 2),

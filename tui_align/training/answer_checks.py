@@ -31,13 +31,18 @@ def unigram_f1(answer: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def repeated_ngram_fraction(text: str, n: int = 4) -> float:
-    """Share of word n-grams that repeat an earlier one: 0 for varied text, near 1 for a long loop."""
-    tokens = text.split()
-    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+def repeated_share(items: list, n: int = 4) -> float:
+    """Share of the n-grams of `items` (words, token ids) that repeat an earlier one: 0 for varied text, near
+    1 for a long loop."""
+    grams = [tuple(items[i : i + n]) for i in range(len(items) - n + 1)]
     if not grams:
         return 0.0
     return 1.0 - len(set(grams)) / len(grams)
+
+
+def repeated_ngram_fraction(text: str, n: int = 4) -> float:
+    """Share of word n-grams that repeat an earlier one (repeated_share of the text's words)."""
+    return repeated_share(text.split(), n)
 
 
 def longest_repeat(text: str, max_phrase: int = 8) -> int:

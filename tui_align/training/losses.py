@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .answer_checks import repeated_share
+
 IGNORE_INDEX = -100
 
 
@@ -196,12 +198,9 @@ def cut_off_scores(scores: torch.Tensor, finished: torch.Tensor, penalty: float)
 
 def repeated_ngram_shares(tokens: torch.Tensor, mask: torch.Tensor, n: int = 4) -> torch.Tensor:
     """(B,) for each row of (B,R) token ids, the share of its n-grams (within the mask) that repeat an earlier
-    one: 0 for varied text, near 1 for a loop. The token-level twin of answer_checks.repeated_ngram_fraction."""
-    shares = []
-    for row, keep in zip(tokens.tolist(), mask.bool().tolist()):
-        answer = [t for t, k in zip(row, keep) if k]
-        grams = [tuple(answer[i : i + n]) for i in range(len(answer) - n + 1)]
-        shares.append(1.0 - len(set(grams)) / len(grams) if grams else 0.0)
+    one (answer_checks.repeated_share): 0 for varied text, near 1 for a loop."""
+    shares = [repeated_share([t for t, k in zip(row, keep) if k], n)
+              for row, keep in zip(tokens.tolist(), mask.bool().tolist())]
     return torch.tensor(shares, dtype=torch.float32, device=tokens.device)
 
 

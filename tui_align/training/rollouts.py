@@ -13,6 +13,7 @@ from torch import nn
 from transformers import GenerationConfig
 
 from . import defaults, gguf_decode, losses
+from .answer_checks import repeated_share
 from .config import TrainConfig
 from .data import EncodedPair, prompt_batch
 from .generate import decoding
@@ -89,8 +90,7 @@ def picked_repetition(pairs: list[EncodedPair], n: int = 4) -> float:
     repeat, which PPO's repetition term allows (losses.repetition_penalized)."""
     if not pairs:
         return 0.0
-    answers = [torch.tensor([pair.chosen_ids[pair.prompt_len :]]) for pair in pairs]
-    return sum(losses.repeated_ngram_shares(a, torch.ones_like(a), n).item() for a in answers) / len(answers)
+    return sum(repeated_share(pair.chosen_ids[pair.prompt_len :], n) for pair in pairs) / len(pairs)
 
 
 def response_mask(responses: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:
