@@ -652,15 +652,18 @@ def test_ppo_s_rollouts_are_as_long_as_most_picked_answers():
     assert dpo.ppo.max_new_tokens is None
 
 
-def test_ppo_s_warm_start_takes_its_passes_up_to_the_step_budget():
+def test_ppo_s_warm_start_takes_its_passes_up_to_a_few_dozen_steps():
     from tui_align.training import loop
 
-    small, large = TrainConfig(method="ppo"), TrainConfig(method="ppo")
-    defaults.fill(small, 100)
-    defaults.fill(large, 270)  # 300 picks less the held-out share: 3 passes at batch 4 would be 204 steps
-    assert small.ppo.sft_steps == defaults.SFT_EPOCHS * 25 == defaults.sft_steps(small, 100)
-    assert large.ppo.sft_steps == defaults.step_budget(270, 4).value == defaults.sft_steps(large, 270) == 100
-    assert "at most the step budget's 100" in defaults.warm_start_steps(270, 4).why
+    small, mid, large = TrainConfig(method="ppo"), TrainConfig(method="ppo"), TrainConfig(method="ppo")
+    defaults.fill(small, 32)  # 36 picks less the held-out share: three passes of 8 steps
+    defaults.fill(mid, 92)  # 100 picks: three passes would be 69 steps, and their answers looped
+    defaults.fill(large, 270)  # 300 picks: 204 steps
+    assert small.ppo.sft_steps == defaults.SFT_EPOCHS * 8 == defaults.sft_steps(small, 32) == 24
+    assert mid.ppo.sft_steps == defaults.sft_steps(mid, 92) == defaults.WARM_START_MAX_STEPS == 30
+    assert large.ppo.sft_steps == defaults.sft_steps(large, 270) == 30
+    assert "would be 69 steps; at most 30" in defaults.warm_start_steps(92, 4).why
+    assert "at most" not in defaults.warm_start_steps(32, 4).why
     given = TrainConfig(method="ppo")
     given.ppo.sft_epochs = 4  # --sft-epochs is passes, as it says, whatever the set's size
     assert "ppo.sft_steps" not in [c.setting for c in defaults.fill(given, 270)]

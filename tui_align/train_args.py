@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
              f"default: {defaults.ppo.reference})")
     add("--sft-epochs", type=int,
         help=f"PPO: supervised passes over the chosen answers before PPO, so it samples what it should reinforce "
-             f"(default: {rule.SFT_EPOCHS}, at most the step budget's steps; 0 = none)")
+             f"(default: {rule.SFT_EPOCHS}, at most {rule.WARM_START_MAX_STEPS} steps; 0 = none)")
     add("--lora-rank", type=int, default=defaults.lora.rank, help=f"LoRA rank (default: {defaults.lora.rank})")
     add("--lora-alpha", type=int, help="LoRA alpha (default: twice the rank)")
     add("--max-length", type=int, default=defaults.max_length,

@@ -34,7 +34,7 @@ class ORPOSettings:
 class PPOSettings:
     # The warm start: supervised passes over the chosen answers before PPO (RL only reinforces what it
     # samples). None: the rule's (defaults.warm_start_steps, kept in sft_steps): defaults.SFT_EPOCHS passes,
-    # at most the step budget's steps.
+    # at most defaults.WARM_START_MAX_STEPS steps.
     sft_epochs: int | None = None
     sft_steps: int | None = None
     # None: two passes over the pairs, at least defaults.MIN_STEPS steps (16 steps on 32 pairs left the
