@@ -513,12 +513,14 @@ class TimedEvents:
         self.times.append(time.monotonic())
 
     def split(self, started: float) -> dict[str, float]:
-        """Seconds by part (steps, answer checks, evals, the rest): the time before each event is spent on
-        the work that event ends."""
+        """Seconds by part (steps, by phase where a run has several; answer checks, evals, the rest): the time
+        before each event is spent on the work that event ends."""
         parts: dict[str, float] = {}
         for event, at, before in zip(self.events, self.times, [started, *self.times]):
             kind = event.get("task", event["event"]) if event["event"] == "progress" else event["event"]
             part = self.PARTS.get(kind, "loading and the rest")
+            if part == "steps" and event.get("phase"):  # PPO's three phases apart: where its time goes
+                part = f"steps: {event['phase']}"
             parts[part] = parts.get(part, 0.0) + at - before
         return {part: round(seconds, 1) for part, seconds in parts.items()}
 

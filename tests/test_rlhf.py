@@ -701,3 +701,30 @@ def test_a_ppo_run_takes_its_rollout_limit_from_the_picked_answers(smol_tokenize
     assert chosen["ppo.max_new_tokens"] == expected
     assert events.of("start")[0]["config"]["ppo"]["max_new_tokens"] == expected  # run.json's settings
     assert memory_fit.workload(TrainConfig(method="ppo"), pairs).max_new_tokens >= expected
+
+
+def test_the_warm_start_reads_the_picked_answers_as_wide_as_the_longest_of_them(smol_tokenizer, tiny_llama):
+    """A trait that shortens answers picks short ones over long ones: the warm start's pass must be as wide
+    as its own longest picked answer, not the passed-over answers' (twice as wide or more), and its loss the
+    same as over the pair-wide batch."""
+    from tui_align.training import warm_start
+
+    model = with_lora(tiny_llama)
+    randomize_lora_b(model, 0.05)
+    pairs = [Pair(prompt=[{"role": "user", "content": f"Question {i}?"}], chosen="Short.",
+                  rejected="A long and winding answer that goes on. " * (3 + i)) for i in range(3)]
+    encoded, _ = encode_pairs(smol_tokenizer, pairs, 256)
+    pad = smol_tokenizer.pad_token_id
+    widths = []
+    real_forward = model.forward
+    model.forward = lambda input_ids, **kw: widths.append(input_ids.shape) or real_forward(input_ids=input_ids, **kw)
+    with torch.no_grad():
+        nll, tokens = warm_start.chosen_nll(model, encoded, pad)
+    assert widths == [(3, max(len(p.chosen_ids) for p in encoded))]
+    assert tokens == sum(len(p.chosen_ids) for p in encoded)
+    wide = preference_batch(encoded, pad)  # every row as wide as the longest rejected answer
+    with torch.no_grad():
+        logits = real_forward(input_ids=wide["input_ids"][:3], attention_mask=wide["attention_mask"][:3],
+                              use_cache=False).logits
+    assert wide["input_ids"].shape[1] > 2 * widths[0][1]
+    assert torch.allclose(nll, -losses.sequence_logps(logits, wide["labels"][:3], average=True), atol=1e-5)

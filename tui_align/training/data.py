@@ -99,8 +99,20 @@ def preference_batch(batch: list[EncodedPair], pad_id: int) -> dict:
     Returns input_ids, attention_mask, labels, each (2B,T): rows 0..B-1 are the chosen sequences,
     rows B..2B-1 the rejected ones in the same order. Labels are -100 on prompt and padding.
     """
-    rows = [p.chosen_ids for p in batch] + [p.rejected_ids for p in batch]
-    prompt_lens = [p.prompt_len for p in batch] * 2
+    return sequence_batch([p.chosen_ids for p in batch] + [p.rejected_ids for p in batch],
+                          [p.prompt_len for p in batch] * 2, pad_id)
+
+
+def chosen_batch(batch: list[EncodedPair], pad_id: int) -> dict:
+    """Right-padded tensors of the chosen sequences alone, (B,T) as wide as the longest of them: a pass
+    that reads only the picked answers (PPO's warm start) must not pay for the passed-over ones' width,
+    which on a trait that shortens answers is twice theirs or more."""
+    return sequence_batch([p.chosen_ids for p in batch], [p.prompt_len for p in batch], pad_id)
+
+
+def sequence_batch(rows: list[list[int]], prompt_lens: list[int], pad_id: int) -> dict:
+    """input_ids, attention_mask and labels (-100 on prompt and padding), each (N,T), the rows padded on the
+    right to the longest."""
     width = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from . import defaults, loop, losses
-from .data import EncodedPair, preference_batch
+from .data import EncodedPair, chosen_batch
 from .divergence import Divergence
 from .job import Job
 from .reward import POLICY_ADAPTER, adapter_parameters
@@ -17,10 +17,9 @@ from .reward import POLICY_ADAPTER, adapter_parameters
 
 def chosen_nll(model, batch: list[EncodedPair], pad_id: int) -> tuple[torch.Tensor, int]:
     """(B,) per-token NLL of each chosen answer (the policy adapter active), and the tokens read."""
-    tensors = preference_batch(batch, pad_id)
+    tensors = chosen_batch(batch, pad_id)
     device = next(model.parameters()).device
-    n = len(batch)
-    ids, mask, labels = (tensors[k][:n].to(device) for k in ("input_ids", "attention_mask", "labels"))
+    ids, mask, labels = (tensors[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
     keep = ids.shape[1] - (min(p.prompt_len for p in batch) - 1)  # the LM head skips prompt positions
     logits = model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep).logits
     return -losses.sequence_logps(logits, labels[:, -keep:], average=True), int(mask.sum())
