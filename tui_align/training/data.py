@@ -106,7 +106,7 @@ def preference_batch(batch: list[EncodedPair], pad_id: int) -> dict:
 def chosen_batch(batch: list[EncodedPair], pad_id: int) -> dict:
     """Right-padded tensors of the chosen sequences alone, (B,T) as wide as the longest of them: a pass
     that reads only the picked answers (PPO's warm start) must not pay for the passed-over ones' width,
-    which on a trait that shortens answers is twice theirs or more."""
+    wider than theirs where the picks shorten answers."""
     return sequence_batch([p.chosen_ids for p in batch], [p.prompt_len for p in batch], pad_id)
 
 
